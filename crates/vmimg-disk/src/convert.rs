@@ -1,0 +1,302 @@
+//! Conversion of a raw or qcow2 image to a sparse raw disk, on all cores.
+//!
+//! The allocation map is cut into batches: runs of data and compressed
+//! clusters that are contiguous in the virtual disk, at most [`BATCH_BYTES`]
+//! each. Zero and unallocated runs are never batched: the output is sized
+//! with `set_len` first, so they are holes already. Worker threads take
+//! batches from a shared cursor, read each batch's compressed clusters in one
+//! positioned read, decompress them with their own decoder, and write the
+//! result with positioned writes in whatever order they finish, skipping
+//! every 4 KiB block that is all zeros. Memory is a few batch buffers per
+//! worker, whatever the image size.
+
+use crate::error::{Error, Result};
+use crate::image::{DiskImage, Kind};
+use crate::raw::RawExtents;
+use crate::zero::write_skipping_zeros;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use vmimg_qcow2::{Allocation, ClusterDecoder, Extent, Qcow2, ReadAt};
+
+/// The most virtual bytes one batch covers.
+pub const BATCH_BYTES: u64 = 4 << 20;
+/// The largest host span read at once for a batch's compressed clusters.
+const MAX_COMPRESSED_SPAN: u64 = 16 << 20;
+
+/// How to convert.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvertOptions {
+    /// Worker threads; 0 means one per available core.
+    pub threads: usize,
+    /// Flush the output to stable storage before it is published.
+    pub sync: bool,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions { threads: 0, sync: true }
+    }
+}
+
+impl ConvertOptions {
+    fn worker_count(&self) -> usize {
+        match self.threads {
+            0 => thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvertStats {
+    pub virtual_size: u64,
+    /// Bytes actually written (everything else is a hole).
+    pub bytes_written: u64,
+}
+
+/// Converts `src` into `dst` (truncated first) as a sparse raw disk.
+pub fn convert_to_raw(src: &DiskImage, dst: &File, options: &ConvertOptions) -> Result<ConvertStats> {
+    let virtual_size = src.virtual_size()?;
+    dst.set_len(0)
+        .and_then(|()| dst.set_len(virtual_size))
+        .map_err(Error::io("cannot size the output for", src.path()))?;
+    let batcher = Mutex::new(Batcher::new(extents_of(src)?));
+    let written = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error = Mutex::new(None);
+    thread::scope(|s| {
+        for _ in 0..options.worker_count() {
+            s.spawn(|| {
+                let outcome = Worker::new(src, dst).and_then(|mut w| w.run(&batcher, &written, &failed));
+                if let Err(e) = outcome {
+                    failed.store(true, Ordering::Relaxed);
+                    first_error.lock().expect("error slot").get_or_insert(e);
+                }
+            });
+        }
+    });
+    match first_error.into_inner().expect("error slot") {
+        Some(e) => Err(e),
+        None => Ok(ConvertStats { virtual_size, bytes_written: written.into_inner() }),
+    }
+}
+
+/// Converts `src` to a sparse raw file at `dst`, atomically: the data goes to
+/// a temporary file beside `dst`, which is flushed (unless `options.sync` is
+/// off) and renamed over `dst` only when complete. On failure nothing is left.
+pub fn convert_to_path(src: &DiskImage, dst: &Path, options: &ConvertOptions) -> Result<ConvertStats> {
+    let tmp = temp_path_beside(dst);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(Error::io("cannot create", &tmp))?;
+    let outcome = convert_to_raw(src, &file, options).and_then(|stats| {
+        if options.sync {
+            file.sync_all().map_err(Error::io("cannot flush", &tmp))?;
+        }
+        fs::rename(&tmp, dst).map_err(Error::io("cannot rename the output to", dst))?;
+        if options.sync {
+            sync_parent(dst)?;
+        }
+        Ok(stats)
+    });
+    if outcome.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    outcome
+}
+
+fn temp_path_beside(dst: &Path) -> PathBuf {
+    let name = dst.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    dst.with_file_name(format!(".{name}.vmimg-{}-{nanos}.tmp", std::process::id()))
+}
+
+fn sync_parent(path: &Path) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent).and_then(|d| d.sync_all()).map_err(Error::io("cannot flush directory", parent))
+}
+
+type ExtentIter<'a> = Box<dyn Iterator<Item = Result<Extent>> + Send + 'a>;
+
+fn extents_of(src: &DiskImage) -> Result<ExtentIter<'_>> {
+    let path = src.path().to_owned();
+    Ok(match src.kind() {
+        Kind::Raw(file) => {
+            let len = src.virtual_size()?;
+            Box::new(RawExtents::new(file, len).map(move |r| r.map_err(Error::io("cannot map", &path))))
+        }
+        Kind::Qcow2(img) => Box::new(img.extents(0).map(move |r| r.map_err(Error::qcow2(&path)))),
+    })
+}
+
+/// A run of contiguous data or compressed extents, converted as one unit.
+struct Batch {
+    extents: Vec<Extent>,
+}
+
+impl Batch {
+    fn start(&self) -> u64 {
+        self.extents[0].start
+    }
+
+    fn len(&self) -> u64 {
+        self.extents.last().map_or(0, Extent::end) - self.start()
+    }
+
+    /// The host byte range holding all the batch's compressed clusters, when
+    /// they lie close enough together to read in one go.
+    fn compressed_span(&self) -> Option<(u64, u64)> {
+        let mut span: Option<(u64, u64)> = None;
+        let mut total = 0;
+        for e in &self.extents {
+            if let Allocation::Compressed { host_offset, compressed_len } = e.allocation {
+                let (lo, hi) = span.unwrap_or((host_offset, host_offset));
+                span = Some((lo.min(host_offset), hi.max(host_offset + compressed_len)));
+                total += compressed_len;
+            }
+        }
+        span.filter(|(lo, hi)| hi - lo <= MAX_COMPRESSED_SPAN && hi - lo <= total * 2)
+    }
+}
+
+/// Cuts the allocation map into batches; shared by the workers under a lock.
+struct Batcher<'a> {
+    extents: ExtentIter<'a>,
+    carry: Option<Extent>,
+}
+
+impl<'a> Batcher<'a> {
+    fn new(extents: ExtentIter<'a>) -> Self {
+        Batcher { extents, carry: None }
+    }
+
+    fn next_batch(&mut self) -> Option<Result<Batch>> {
+        let mut batch: Vec<Extent> = Vec::new();
+        let mut len = 0;
+        loop {
+            let extent = match self.carry.take().map(Ok).or_else(|| self.extents.next()) {
+                None => break,
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok(e)) => e,
+            };
+            if extent.reads_as_zero() {
+                if batch.is_empty() {
+                    continue;
+                }
+                break;
+            }
+            let contiguous = batch.last().is_none_or(|last| last.end() == extent.start);
+            let room = BATCH_BYTES.saturating_sub(len);
+            if !contiguous || (room < extent.len && !batch.is_empty() && !is_data(&extent)) || room == 0 {
+                self.carry = Some(extent);
+                break;
+            }
+            let (head, tail) = split_data(extent, room);
+            len += head.len;
+            batch.push(head);
+            if let Some(tail) = tail {
+                self.carry = Some(tail);
+                break;
+            }
+        }
+        (!batch.is_empty()).then_some(Ok(Batch { extents: batch }))
+    }
+}
+
+fn is_data(e: &Extent) -> bool {
+    matches!(e.allocation, Allocation::Data { .. })
+}
+
+/// Splits a data extent longer than `room` into its first `room` bytes and
+/// the rest; other extents are returned whole.
+fn split_data(e: Extent, room: u64) -> (Extent, Option<Extent>) {
+    match e.allocation {
+        Allocation::Data { host_offset } if e.len > room => (
+            Extent { len: room, ..e },
+            Some(Extent {
+                start: e.start + room,
+                len: e.len - room,
+                allocation: Allocation::Data { host_offset: host_offset + room },
+            }),
+        ),
+        _ => (e, None),
+    }
+}
+
+/// One conversion thread with its own buffers and decoder.
+struct Worker<'a> {
+    src: &'a DiskImage,
+    dst: &'a File,
+    decoder: Option<ClusterDecoder>,
+    buf: Vec<u8>,
+    compressed: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl<'a> Worker<'a> {
+    fn new(src: &'a DiskImage, dst: &'a File) -> Result<Self> {
+        let decoder = match src.kind() {
+            Kind::Qcow2(img) => Some(img.decoder().map_err(Error::qcow2(src.path()))?),
+            Kind::Raw(_) => None,
+        };
+        Ok(Worker { src, dst, decoder, buf: Vec::new(), compressed: Vec::new(), scratch: Vec::new() })
+    }
+
+    fn run(&mut self, batcher: &Mutex<Batcher>, written: &AtomicU64, failed: &AtomicBool) -> Result<()> {
+        while !failed.load(Ordering::Relaxed) {
+            let next = batcher.lock().expect("batcher").next_batch();
+            let Some(batch) = next.transpose()? else { return Ok(()) };
+            written.fetch_add(self.convert(&batch)?, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Reads, decompresses and writes one batch; returns the bytes written.
+    fn convert(&mut self, batch: &Batch) -> Result<u64> {
+        let start = batch.start();
+        self.buf.resize(batch.len() as usize, 0);
+        match self.src.kind() {
+            Kind::Raw(file) => {
+                for e in &batch.extents {
+                    let out = &mut self.buf[(e.start - start) as usize..][..e.len as usize];
+                    file.read_exact_or_zero_at(out, e.start).map_err(Error::io("cannot read", self.src.path()))?;
+                }
+            }
+            Kind::Qcow2(img) => self.fill_qcow2(img, batch)?,
+        }
+        write_skipping_zeros(self.dst, &self.buf, start).map_err(Error::io("cannot write the output for", self.src.path()))
+    }
+
+    fn fill_qcow2(&mut self, img: &Qcow2<File>, batch: &Batch) -> Result<()> {
+        let start = batch.start();
+        let decoder = self.decoder.as_mut().expect("qcow2 workers have a decoder");
+        let span = batch.compressed_span();
+        if let Some((lo, hi)) = span {
+            self.compressed.resize((hi - lo) as usize, 0);
+            img.source()
+                .read_exact_or_zero_at(&mut self.compressed, lo)
+                .map_err(Error::io("cannot read", self.src.path()))?;
+        }
+        for e in &batch.extents {
+            let out = &mut self.buf[(e.start - start) as usize..][..e.len as usize];
+            let outcome = match (e.allocation, span) {
+                (Allocation::Compressed { host_offset, compressed_len }, Some((lo, _))) => {
+                    let input = &self.compressed[(host_offset - lo) as usize..][..compressed_len as usize];
+                    img.decompress_cluster(e, input, out, decoder)
+                }
+                _ => img.read_extent_prefix(e, out, decoder, &mut self.scratch),
+            };
+            outcome.map_err(Error::qcow2(self.src.path()))?;
+        }
+        Ok(())
+    }
+}

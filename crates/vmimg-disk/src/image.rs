@@ -1,0 +1,98 @@
+//! Opening a disk image file as raw or qcow2.
+//!
+//! The format is probed from the first bytes only when the caller did not say
+//! it. Probing is one-way safe: a file without the qcow2 magic is raw, and a
+//! caller who says `raw` gets raw even if the bytes look like qcow2 (so a
+//! guest that writes a qcow2 header into its raw disk cannot make the host
+//! read other files through it).
+
+use crate::error::{Error, Result};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use vmimg_qcow2::{OpenOptions, Qcow2, ReadAt};
+
+/// The disk formats vmimg reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Raw,
+    Qcow2,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+        }
+    }
+
+    /// qcow2 when the file starts with the qcow2 magic, raw otherwise.
+    pub fn probe(file: &File) -> std::io::Result<Format> {
+        let mut magic = [0u8; 4];
+        file.read_exact_or_zero_at(&mut magic, 0)?;
+        Ok(if magic == vmimg_qcow2::MAGIC { Format::Qcow2 } else { Format::Raw })
+    }
+}
+
+impl FromStr for Format {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Format> {
+        match s {
+            "raw" => Ok(Format::Raw),
+            "qcow2" => Ok(Format::Qcow2),
+            other => Err(Error::UnknownFormat(other.to_string())),
+        }
+    }
+}
+
+/// An open disk image, ready to be read or converted.
+pub struct DiskImage {
+    path: PathBuf,
+    kind: Kind,
+}
+
+pub(crate) enum Kind {
+    Raw(File),
+    Qcow2(Qcow2<File>),
+}
+
+impl DiskImage {
+    /// Opens `path` as `format`, or as what it probes as when `format` is None.
+    /// qcow2 images that refer to other files are refused.
+    pub fn open(path: &Path, format: Option<Format>) -> Result<DiskImage> {
+        let file = File::open(path).map_err(Error::io("cannot open", path))?;
+        let format = match format {
+            Some(f) => f,
+            None => Format::probe(&file).map_err(Error::io("cannot read", path))?,
+        };
+        let kind = match format {
+            Format::Raw => Kind::Raw(file),
+            Format::Qcow2 => Kind::Qcow2(Qcow2::open_with(file, OpenOptions::default()).map_err(Error::qcow2(path))?),
+        };
+        Ok(DiskImage { path: path.to_owned(), kind })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn format(&self) -> Format {
+        match self.kind {
+            Kind::Raw(_) => Format::Raw,
+            Kind::Qcow2(_) => Format::Qcow2,
+        }
+    }
+
+    pub fn virtual_size(&self) -> Result<u64> {
+        match &self.kind {
+            Kind::Raw(f) => f.size().map_err(Error::io("cannot stat", &self.path)),
+            Kind::Qcow2(q) => Ok(q.virtual_size()),
+        }
+    }
+
+    pub(crate) fn kind(&self) -> &Kind {
+        &self.kind
+    }
+}

@@ -1,0 +1,24 @@
+//! Disk images as vmimg handles them: what format a file is, what it holds,
+//! and turning it into a sparse raw disk quickly.
+//!
+//! - [`DiskImage`] opens a raw or qcow2 file, probing only when the caller did
+//!   not name the format (a file that probes as raw is never read as qcow2);
+//! - [`ImageInfo`] is the set of facts `qemu-img info` reports, in its JSON shape;
+//! - [`convert_to_raw`] and [`convert_to_path`] write a sparse raw copy whose
+//!   bytes equal `qemu-img convert -O raw` and which allocates no more than it,
+//!   decompressing on all cores with positioned writes.
+//!
+//! This crate knows files only: no network, no store.
+
+mod convert;
+mod error;
+mod image;
+mod info;
+mod raw;
+mod zero;
+
+pub use convert::{ConvertOptions, ConvertStats, convert_to_path, convert_to_raw};
+pub use error::{Error, Result};
+pub use image::{DiskImage, Format};
+pub use info::{EncryptFacts, FormatSpecific, ImageInfo, Qcow2Facts};
+pub use zero::is_zero;
