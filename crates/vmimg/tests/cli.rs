@@ -1,0 +1,224 @@
+//! The `vmimg` binary as a user meets it: `info` against `qemu-img info`,
+//! `convert` results and refusals, one-line errors and exit codes, help.
+
+use serde_json::Value;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn vmimg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmimg")).args(args).output().expect("run vmimg")
+}
+
+fn qemu_img(args: &[&str]) -> String {
+    let out = Command::new("qemu-img").args(args).output().expect("run qemu-img");
+    assert!(out.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The keys of `qemu-img info --output=json` that describe the image itself.
+const TOP_KEYS: &[&str] = &[
+    "format",
+    "virtual-size",
+    "actual-size",
+    "cluster-size",
+    "dirty-flag",
+    "backing-filename",
+    "backing-filename-format",
+    "encrypted",
+];
+const QCOW2_KEYS: &[&str] = &[
+    "compat",
+    "compression-type",
+    "lazy-refcounts",
+    "refcount-bits",
+    "corrupt",
+    "extended-l2",
+    "data-file",
+    "data-file-raw",
+];
+
+/// Checks that vmimg's JSON agrees with qemu-img's on every fact both report.
+fn assert_info_matches_qemu(image: &Path) {
+    let path = image.to_str().unwrap();
+    let theirs: Value = serde_json::from_str(&qemu_img(&["info", "-U", "--output=json", path])).unwrap();
+    let out = vmimg(&["info", "--json", path]);
+    assert!(out.status.success(), "vmimg info {path}: {}", stderr(&out));
+    let ours: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in TOP_KEYS {
+        assert_eq!(ours.get(key), theirs.get(key), "{path}: {key}");
+    }
+    let data = |v: &Value| v.pointer("/format-specific/data").cloned().unwrap_or(Value::Null);
+    let (ours_q, theirs_q) = (data(&ours), data(&theirs));
+    for key in QCOW2_KEYS {
+        assert_eq!(ours_q.get(key), theirs_q.get(key), "{path}: format-specific {key}");
+    }
+    if let Some(encrypt) = theirs_q.get("encrypt") {
+        assert_eq!(ours_q.pointer("/encrypt/format"), encrypt.get("format"), "{path}: encrypt format");
+    }
+}
+
+#[test]
+fn info_agrees_with_qemu_img() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let raw = p("base.raw");
+    fs::write(&raw, vec![7u8; 1 << 20]).unwrap();
+    let creations: &[&[&str]] = &[
+        &["-f", "qcow2", "-o", "compat=0.10", &p("v2.qcow2"), "1G"],
+        &["-f", "qcow2", &p("v3.qcow2"), "3G"],
+        &["-f", "qcow2", "-o", "compression_type=zstd,extended_l2=on,cluster_size=128k", &p("zstd.qcow2"), "10G"],
+        &["-f", "qcow2", "-o", "lazy_refcounts=on,refcount_bits=64,cluster_size=512", &p("lazy.qcow2"), "100M"],
+        &["-f", "qcow2", "-o", "cluster_size=2M", &p("big-cluster.qcow2"), "1T"],
+        &["-f", "qcow2", "-b", &raw, "-F", "raw", &p("overlay.qcow2")],
+        &["-f", "qcow2", "-o", &format!("data_file={}", p("data.bin")), &p("datafile.qcow2"), "64M"],
+        &["-f", "qcow2", "-o", &format!("data_file={},data_file_raw=on", p("data2.bin")), &p("datafile-raw.qcow2"), "1M"],
+        &[
+            "--object",
+            "secret,id=sec0,data=123456",
+            "-f",
+            "qcow2",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+            &p("luks.qcow2"),
+            "16M",
+        ],
+    ];
+    for args in creations {
+        let mut full = vec!["create", "-q"];
+        full.extend_from_slice(args);
+        qemu_img(&full);
+    }
+    for name in [
+        "base.raw",
+        "v2.qcow2",
+        "v3.qcow2",
+        "zstd.qcow2",
+        "lazy.qcow2",
+        "big-cluster.qcow2",
+        "overlay.qcow2",
+        "datafile.qcow2",
+        "datafile-raw.qcow2",
+        "luks.qcow2",
+    ] {
+        assert_info_matches_qemu(&dir.path().join(name));
+    }
+}
+
+#[test]
+fn info_reports_the_dirty_and_corrupt_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("flags.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", image.to_str().unwrap(), "16M"]);
+    // incompatible_features is the big-endian u64 at offset 72: dirty is bit 0, corrupt bit 1.
+    fs::OpenOptions::new().write(true).open(&image).unwrap().write_all_at(&[3], 79).unwrap();
+    let out = vmimg(&["info", "--json", image.to_str().unwrap()]);
+    let ours: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ours["dirty-flag"], true);
+    assert_eq!(ours.pointer("/format-specific/data/corrupt"), Some(&Value::Bool(true)));
+    let text = String::from_utf8(vmimg(&["info", image.to_str().unwrap()]).stdout).unwrap();
+    assert!(text.contains("dirty flag: yes") && text.contains("corrupt: true"), "{text}");
+}
+
+#[test]
+fn info_text_names_format_and_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("t.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", image.to_str().unwrap(), "20G"]);
+    let out = vmimg(&["info", image.to_str().unwrap()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    for expected in ["file format: qcow2", "virtual size: 20 GiB (21474836480 bytes)", "compression type: zstd"] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn convert_writes_the_disk_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("in.raw");
+    fs::write(&raw, (0..3 << 20).map(|i: u32| (i % 251) as u8).collect::<Vec<_>>()).unwrap();
+    let image = dir.path().join("in.qcow2");
+    let dst = dir.path().join("out.raw");
+    qemu_img(&["convert", "-c", "-O", "qcow2", raw.to_str().unwrap(), image.to_str().unwrap()]);
+    let out = vmimg(&["convert", image.to_str().unwrap(), dst.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read(&dst).unwrap(), fs::read(&raw).unwrap());
+    assert!(stderr(&out).contains("converted"), "{}", stderr(&out));
+    let quiet = vmimg(&["-q", "convert", image.to_str().unwrap(), dst.to_str().unwrap()]);
+    assert!(quiet.status.success() && quiet.stderr.is_empty() && quiet.stdout.is_empty());
+}
+
+/// A refusal is one line on stderr, exit code 1, and no output file or
+/// temporary file left behind.
+fn assert_refused(args: &[&str], dir: &Path, expected: &[&str]) {
+    let before: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let out = vmimg(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("vmimg: error: "), "{err}");
+    for e in expected {
+        assert!(err.contains(e), "{args:?}: {err:?} lacks {e:?}");
+    }
+    let after: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "files changed in {}", dir.display());
+}
+
+#[test]
+fn convert_refuses_foreign_references_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).to_str().unwrap().to_string();
+    fs::write(p("base.raw"), [1u8; 4096]).unwrap();
+    qemu_img(&["create", "-q", "-f", "qcow2", "-b", &p("base.raw"), "-F", "raw", &p("overlay.qcow2")]);
+    qemu_img(&["create", "-q", "-f", "qcow2", "-o", &format!("data_file={}", p("data.bin")), &p("df.qcow2"), "1M"]);
+    let dst = p("out.raw");
+    assert_refused(&["convert", &p("overlay.qcow2"), &dst], d, &["backing file", "base.raw"]);
+    assert_refused(&["convert", &p("df.qcow2"), &dst], d, &["external data file", "data.bin"]);
+    assert_refused(&["convert", &p("missing.qcow2"), &dst], d, &["cannot open", "missing.qcow2"]);
+    assert_refused(&["convert", "-f", "qcow2", &p("base.raw"), &dst], d, &["not a qcow2 image"]);
+}
+
+#[test]
+fn usage_errors_exit_2_and_name_the_bad_value() {
+    let out = vmimg(&["info", "-f", "vmdk", "whatever.img"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("unknown image format \"vmdk\""), "{}", stderr(&out));
+}
+
+#[test]
+fn convert_failure_midway_leaves_no_partial_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = d.join("in.raw");
+    fs::write(&raw, (0..4 << 20).map(|i: u32| (i / 3 % 256) as u8).collect::<Vec<_>>()).unwrap();
+    let image = d.join("in.qcow2");
+    qemu_img(&["convert", "-c", "-O", "qcow2", raw.to_str().unwrap(), image.to_str().unwrap()]);
+    // Garble the tail of the file, where the last compressed clusters live.
+    let len = fs::metadata(&image).unwrap().len();
+    fs::OpenOptions::new().write(true).open(&image).unwrap().write_all_at(&[0xff; 4096], len - 8192).unwrap();
+    fs::remove_file(&raw).unwrap();
+    let dst = d.join("out.raw");
+    assert_refused(
+        &["convert", image.to_str().unwrap(), dst.to_str().unwrap()],
+        d,
+        &["corrupt compressed cluster"],
+    );
+}
+
+#[test]
+fn help_documents_each_command() {
+    let top = String::from_utf8(vmimg(&["--help"]).stdout).unwrap();
+    for cmd in ["info", "convert"] {
+        assert!(top.contains(cmd), "{top}");
+        let help = String::from_utf8(vmimg(&[cmd, "--help"]).stdout).unwrap();
+        assert!(help.contains("--format") && help.contains("Usage"), "{cmd}: {help}");
+    }
+    let convert = String::from_utf8(vmimg(&["convert", "--help"]).stdout).unwrap();
+    assert!(convert.contains("qemu-img convert -O raw") && convert.contains("--threads"));
+}
