@@ -22,7 +22,7 @@ use std::thread;
 use vmimg_qcow2::{Allocation, ClusterDecoder, Extent, Qcow2, ReadAt};
 
 /// The most virtual bytes one batch covers.
-pub const BATCH_BYTES: u64 = 4 << 20;
+pub const BATCH_BYTES: u64 = 2 << 20;
 /// The largest host span read at once for a batch's compressed clusters.
 const MAX_COMPRESSED_SPAN: u64 = 16 << 20;
 
@@ -61,9 +61,7 @@ pub struct ConvertStats {
 /// Converts `src` into `dst` (truncated first) as a sparse raw disk.
 pub fn convert_to_raw(src: &DiskImage, dst: &File, options: &ConvertOptions) -> Result<ConvertStats> {
     let virtual_size = src.virtual_size()?;
-    dst.set_len(0)
-        .and_then(|()| dst.set_len(virtual_size))
-        .map_err(Error::io("cannot size the output for", src.path()))?;
+    size_output(dst, virtual_size).map_err(Error::io("cannot size the output for", src.path()))?;
     let batcher = Mutex::new(Batcher::new(extents_of(src)?));
     let written = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
@@ -85,16 +83,21 @@ pub fn convert_to_raw(src: &DiskImage, dst: &File, options: &ConvertOptions) -> 
     }
 }
 
+/// Makes `dst` a hole of `len` bytes. An empty file is only extended: on
+/// ext4, truncating to zero arms a flush of the whole file at close.
+fn size_output(dst: &File, len: u64) -> std::io::Result<()> {
+    if dst.metadata()?.len() != 0 {
+        dst.set_len(0)?;
+    }
+    dst.set_len(len)
+}
+
 /// Converts `src` to a sparse raw file at `dst`, atomically: the data goes to
 /// a temporary file beside `dst`, which is flushed (unless `options.sync` is
 /// off) and renamed over `dst` only when complete. On failure nothing is left.
 pub fn convert_to_path(src: &DiskImage, dst: &Path, options: &ConvertOptions) -> Result<ConvertStats> {
     let tmp = temp_path_beside(dst);
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(Error::io("cannot create", &tmp))?;
+    let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(Error::io("cannot create", &tmp))?;
     let outcome = convert_to_raw(src, &file, options).and_then(|stats| {
         if options.sync {
             file.sync_all().map_err(Error::io("cannot flush", &tmp))?;
@@ -262,32 +265,39 @@ impl<'a> Worker<'a> {
 
     /// Reads, decompresses and writes one batch; returns the bytes written.
     fn convert(&mut self, batch: &Batch) -> Result<u64> {
-        let start = batch.start();
-        self.buf.resize(batch.len() as usize, 0);
+        let len = batch.len() as usize;
+        grown(&mut self.buf, len);
         match self.src.kind() {
-            Kind::Raw(file) => {
-                for e in &batch.extents {
-                    let out = &mut self.buf[(e.start - start) as usize..][..e.len as usize];
-                    file.read_exact_or_zero_at(out, e.start).map_err(Error::io("cannot read", self.src.path()))?;
-                }
-            }
+            Kind::Raw(file) => self.fill_raw(file, batch)?,
             Kind::Qcow2(img) => self.fill_qcow2(img, batch)?,
         }
-        write_skipping_zeros(self.dst, &self.buf, start).map_err(Error::io("cannot write the output for", self.src.path()))
+        write_skipping_zeros(self.dst, &self.buf[..len], batch.start())
+            .map_err(Error::io("cannot write the output for", self.src.path()))
+    }
+
+    /// The part of the batch buffer that holds `extent`.
+    fn slot<'b>(buf: &'b mut [u8], batch: &Batch, extent: &Extent) -> &'b mut [u8] {
+        &mut buf[(extent.start - batch.start()) as usize..][..extent.len as usize]
+    }
+
+    fn fill_raw(&mut self, file: &File, batch: &Batch) -> Result<()> {
+        for e in &batch.extents {
+            file.read_exact_or_zero_at(Self::slot(&mut self.buf, batch, e), e.start)
+                .map_err(Error::io("cannot read", self.src.path()))?;
+        }
+        Ok(())
     }
 
     fn fill_qcow2(&mut self, img: &Qcow2<File>, batch: &Batch) -> Result<()> {
-        let start = batch.start();
         let decoder = self.decoder.as_mut().expect("qcow2 workers have a decoder");
         let span = batch.compressed_span();
         if let Some((lo, hi)) = span {
-            self.compressed.resize((hi - lo) as usize, 0);
             img.source()
-                .read_exact_or_zero_at(&mut self.compressed, lo)
+                .read_exact_or_zero_at(grown(&mut self.compressed, (hi - lo) as usize), lo)
                 .map_err(Error::io("cannot read", self.src.path()))?;
         }
         for e in &batch.extents {
-            let out = &mut self.buf[(e.start - start) as usize..][..e.len as usize];
+            let out = Self::slot(&mut self.buf, batch, e);
             let outcome = match (e.allocation, span) {
                 (Allocation::Compressed { host_offset, compressed_len }, Some((lo, _))) => {
                     let input = &self.compressed[(host_offset - lo) as usize..][..compressed_len as usize];
@@ -299,4 +309,13 @@ impl<'a> Worker<'a> {
         }
         Ok(())
     }
+}
+
+/// The first `len` bytes of `buf`, grown if needed. Buffers only grow, so a
+/// worker zeroes each byte of its buffers once, not once per batch.
+fn grown(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    &mut buf[..len]
 }

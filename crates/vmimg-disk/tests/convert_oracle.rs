@@ -101,14 +101,14 @@ fn extended_l2_subclusters() {
         qemu_io(
             &image,
             &[
-                "write -P 0x11 0 4k",          // first subcluster(s) of cluster 0
-                "write -P 0x22 70k 2k",        // one 2 KiB subcluster (64k clusters)
-                "write -z 8k 4k",              // zero subcluster beside data
-                "write -P 0x33 1M 300k",       // several whole and partial subclusters
-                "write -z 1088k 64k",          // zero run inside allocated data
-                "write -P 0x44 5M 1k",         // a partial subcluster (copy-on-write)
-                "write -z 9M 512k",            // zero subclusters in an unallocated cluster
-                "write -P 0x66 12287k 1k",     // the last bytes of the disk
+                "write -P 0x11 0 4k",      // first subcluster(s) of cluster 0
+                "write -P 0x22 70k 2k",    // one 2 KiB subcluster (64k clusters)
+                "write -z 8k 4k",          // zero subcluster beside data
+                "write -P 0x33 1M 300k",   // several whole and partial subclusters
+                "write -z 1088k 64k",      // zero run inside allocated data
+                "write -P 0x44 5M 1k",     // a partial subcluster (copy-on-write)
+                "write -z 9M 512k",        // zero subclusters in an unallocated cluster
+                "write -P 0x66 12287k 1k", // the last bytes of the disk
             ],
         );
         let allocs = allocations(&image);

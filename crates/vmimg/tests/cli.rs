@@ -77,7 +77,14 @@ fn info_agrees_with_qemu_img() {
         &["-f", "qcow2", "-o", "cluster_size=2M", &p("big-cluster.qcow2"), "1T"],
         &["-f", "qcow2", "-b", &raw, "-F", "raw", &p("overlay.qcow2")],
         &["-f", "qcow2", "-o", &format!("data_file={}", p("data.bin")), &p("datafile.qcow2"), "64M"],
-        &["-f", "qcow2", "-o", &format!("data_file={},data_file_raw=on", p("data2.bin")), &p("datafile-raw.qcow2"), "1M"],
+        &[
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("data_file={},data_file_raw=on", p("data2.bin")),
+            &p("datafile-raw.qcow2"),
+            "1M",
+        ],
         &[
             "--object",
             "secret,id=sec0,data=123456",
@@ -204,11 +211,7 @@ fn convert_failure_midway_leaves_no_partial_output() {
     fs::OpenOptions::new().write(true).open(&image).unwrap().write_all_at(&[0xff; 4096], len - 8192).unwrap();
     fs::remove_file(&raw).unwrap();
     let dst = d.join("out.raw");
-    assert_refused(
-        &["convert", image.to_str().unwrap(), dst.to_str().unwrap()],
-        d,
-        &["corrupt compressed cluster"],
-    );
+    assert_refused(&["convert", image.to_str().unwrap(), dst.to_str().unwrap()], d, &["corrupt compressed cluster"]);
 }
 
 #[test]
