@@ -50,10 +50,7 @@ fn inflate(z: &mut Decompress, input: &[u8], output: &mut [u8]) -> Result<(), St
     let produced = z.total_out() as usize;
     match status {
         Status::StreamEnd | Status::BufError | Status::Ok if produced == output.len() => Ok(()),
-        _ => Err(format!(
-            "deflate stream ended after {produced} bytes, short of the {}-byte cluster",
-            output.len()
-        )),
+        _ => Err(format!("deflate stream ended after {produced} bytes, short of the {}-byte cluster", output.len())),
     }
 }
 

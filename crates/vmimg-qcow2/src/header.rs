@@ -429,9 +429,9 @@ fn read_magic<R: ReadAt + ?Sized>(src: &R) -> Result<[u8; 4]> {
 pub(crate) fn check_range(offset: u64, len: u64, file_len: u64, what: &str) -> Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= file_len => Ok(()),
-        _ => Err(invalid!(
-            "{what} at offset {offset:#x} ({len} bytes) runs past the end of the file ({file_len} bytes)"
-        )),
+        _ => {
+            Err(invalid!("{what} at offset {offset:#x} ({len} bytes) runs past the end of the file ({file_len} bytes)"))
+        }
     }
 }
 

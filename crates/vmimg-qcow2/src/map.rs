@@ -143,7 +143,9 @@ impl<'a, R: ReadAt + ?Sized> Extents<'a, R> {
         let cluster_end = (cluster_start + cluster).min(h.virtual_size);
         if entry & L2E_COMPRESSED != 0 {
             if bitmap != 0 {
-                return Err(invalid!("compressed cluster at virtual offset {cluster_start:#x} has a subcluster bitmap"));
+                return Err(invalid!(
+                    "compressed cluster at virtual offset {cluster_start:#x} has a subcluster bitmap"
+                ));
             }
             let allocation = self.compressed(entry)?;
             self.push(cluster_end, allocation);
@@ -189,7 +191,9 @@ impl<'a, R: ReadAt + ?Sized> Extents<'a, R> {
                     return Err(invalid!("subcluster at virtual offset {start:#x} is marked both allocated and zero"));
                 }
                 (true, false) if host == 0 => {
-                    return Err(invalid!("subcluster at virtual offset {start:#x} is allocated in an unallocated cluster"));
+                    return Err(invalid!(
+                        "subcluster at virtual offset {start:#x} is allocated in an unallocated cluster"
+                    ));
                 }
                 (true, false) => Allocation::Data { host_offset: host + (self.pos - cluster_start) },
                 (false, true) => Allocation::Zero,
