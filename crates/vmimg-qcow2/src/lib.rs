@@ -99,7 +99,12 @@ impl<R: ReadAt> Qcow2<R> {
 
     /// The allocation map from virtual offset `from` to the end of the disk.
     pub fn extents(&self, from: u64) -> Extents<'_, R> {
-        Extents::new(&self.header, &self.l1, &self.src, self.file_len, from)
+        self.extents_in(from..self.virtual_size())
+    }
+
+    /// The allocation map of a virtual range: runs are cut at its ends.
+    pub fn extents_in(&self, range: std::ops::Range<u64>) -> Extents<'_, R> {
+        Extents::new(&self.header, &self.l1, &self.src, self.file_len, range)
     }
 
     /// A decompressor for this image's clusters; keep one per thread.
@@ -119,13 +124,9 @@ impl<R: ReadAt> Qcow2<R> {
             ));
         };
         let mut scratch = Vec::new();
-        for extent in self.extents(offset) {
+        for extent in self.extents_in(offset..end) {
             let extent = extent?;
-            if extent.start >= end {
-                break;
-            }
-            let len = (extent.end().min(end) - extent.start) as usize;
-            let out = &mut buf[(extent.start - offset) as usize..][..len];
+            let out = &mut buf[(extent.start - offset) as usize..][..extent.len as usize];
             self.read_extent_prefix(&extent, out, decoder, &mut scratch)?;
         }
         Ok(())

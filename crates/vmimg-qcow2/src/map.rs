@@ -6,11 +6,18 @@
 //! is read once, its offset checked first; every entry is decoded with the
 //! same checks QEMU applies (alignment, reserved subcluster states), and every
 //! host offset is checked against the file before it is returned.
+//!
+//! No host cluster may serve twice: not an L2 table used by two L1 entries,
+//! not a data cluster mapped at two virtual offsets, not either of them on
+//! top of the header, the L1 table or the refcount table. QEMU never writes
+//! such an image, and refusing it bounds the walk by the file size: a small
+//! file cannot loop one L2 table over an exabyte of virtual disk.
 
 use crate::error::{Error, Result, invalid};
 use crate::header::{Header, be_u64, check_aligned, check_range};
 use crate::read_at::ReadAt;
 use std::collections::VecDeque;
+use std::ops::Range;
 
 /// What a virtual range of the image holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +76,7 @@ const L2E_COMPRESSED: u64 = 1 << 62;
 const L2E_ZERO: u64 = 1;
 const SECTOR: u64 = 512;
 
-/// Iterator over the allocation map from a virtual offset to the end.
+/// Iterator over the allocation map of a virtual range.
 pub struct Extents<'a, R: ReadAt + ?Sized> {
     header: &'a Header,
     l1: &'a [u64],
@@ -77,6 +84,9 @@ pub struct Extents<'a, R: ReadAt + ?Sized> {
     file_len: u64,
     /// Next virtual offset to decode.
     pos: u64,
+    /// Where the walk stops (at most the virtual size).
+    end: u64,
+    claims: HostClaims,
     /// The L2 table in `l2`, by L1 index.
     l2_index: Option<u64>,
     l2: Vec<u8>,
@@ -88,14 +98,16 @@ pub struct Extents<'a, R: ReadAt + ?Sized> {
 }
 
 impl<'a, R: ReadAt + ?Sized> Extents<'a, R> {
-    pub(crate) fn new(header: &'a Header, l1: &'a [u64], src: &'a R, file_len: u64, from: u64) -> Self {
-        let pos = from.min(header.virtual_size);
+    pub(crate) fn new(header: &'a Header, l1: &'a [u64], src: &'a R, file_len: u64, range: Range<u64>) -> Self {
+        let end = range.end.min(header.virtual_size);
         Extents {
             header,
             l1,
             src,
             file_len,
-            pos,
+            pos: range.start.min(end),
+            end,
+            claims: HostClaims::new(header, file_len),
             l2_index: None,
             l2: Vec::new(),
             pending: VecDeque::new(),
@@ -111,7 +123,7 @@ impl<'a, R: ReadAt + ?Sized> Extents<'a, R> {
         let l1_index = self.pos / h.l2_coverage();
         let l2_offset = self.l1[l1_index as usize] & L1E_OFFSET_MASK;
         if l2_offset == 0 {
-            let end = ((l1_index + 1) * h.l2_coverage()).min(h.virtual_size);
+            let end = ((l1_index + 1) * h.l2_coverage()).min(self.end);
             self.push(end, Allocation::Unallocated);
             return Ok(());
         }
@@ -130,6 +142,7 @@ impl<'a, R: ReadAt + ?Sized> Extents<'a, R> {
         let cluster = self.header.cluster_size();
         check_aligned(l2_offset, cluster, "L2 table")?;
         check_range(l2_offset, cluster, self.file_len, "L2 table")?;
+        self.claims.claim(l2_offset, "the L2 table", l1_index * self.header.l2_coverage())?;
         self.l2.resize(cluster as usize, 0);
         self.src.read_exact_or_zero_at(&mut self.l2, l2_offset).map_err(Error::io("an L2 table"))?;
         self.l2_index = Some(l1_index);
@@ -140,7 +153,7 @@ impl<'a, R: ReadAt + ?Sized> Extents<'a, R> {
         let h = self.header;
         let cluster = h.cluster_size();
         let cluster_start = self.pos & !(cluster - 1);
-        let cluster_end = (cluster_start + cluster).min(h.virtual_size);
+        let cluster_end = (cluster_start + cluster).min(self.end);
         if entry & L2E_COMPRESSED != 0 {
             if bitmap != 0 {
                 return Err(invalid!(
@@ -164,8 +177,13 @@ impl<'a, R: ReadAt + ?Sized> Extents<'a, R> {
                 self.file_len
             ));
         }
+        let zero_flag = entry & L2E_ZERO != 0 && !h.extended_l2();
+        let allocated = bitmap as u32 != 0 || (!h.extended_l2() && !zero_flag);
+        if host != 0 && allocated {
+            self.claims.claim(host, "a data cluster", cluster_start)?;
+        }
         if !h.extended_l2() {
-            let allocation = match (entry & L2E_ZERO != 0, host) {
+            let allocation = match (zero_flag, host) {
                 (true, _) => Allocation::Zero,
                 (false, 0) => Allocation::Unallocated,
                 (false, host_offset) => Allocation::Data { host_offset: host_offset + (self.pos - cluster_start) },
@@ -248,7 +266,7 @@ impl<R: ReadAt + ?Sized> Iterator for Extents<'_, R> {
                     None => self.current = Some(next),
                 }
             }
-            if self.pos >= self.header.virtual_size {
+            if self.pos >= self.end {
                 return self.current.take().map(Ok);
             }
             if let Err(e) = self.decode_next() {
@@ -256,5 +274,51 @@ impl<R: ReadAt + ?Sized> Iterator for Extents<'_, R> {
                 return Some(Err(e));
             }
         }
+    }
+}
+
+/// The host clusters the walk has seen in use, one bit each (a file of
+/// `n` clusters costs `n / 8` bytes).
+struct HostClaims {
+    bits: Vec<u64>,
+    cluster_bits: u32,
+}
+
+impl HostClaims {
+    /// Starts with the header cluster, the L1 table and the refcount table
+    /// claimed. The header bounded all three by the file size.
+    fn new(header: &Header, file_len: u64) -> Self {
+        let clusters = file_len.div_ceil(header.cluster_size());
+        let mut claims =
+            HostClaims { bits: vec![0; clusters.div_ceil(64) as usize], cluster_bits: header.cluster_bits };
+        claims.mark_range(0, 1);
+        claims.mark_range(header.l1_table_offset, u64::from(header.l1_size) * 8);
+        claims
+            .mark_range(header.refcount_table_offset, u64::from(header.refcount_table_clusters) << header.cluster_bits);
+        claims
+    }
+
+    fn mark_range(&mut self, offset: u64, len: u64) {
+        let first = offset >> self.cluster_bits;
+        let last = (offset + len).div_ceil(1 << self.cluster_bits);
+        for cluster in first..last.min(self.bits.len() as u64 * 64) {
+            self.bits[(cluster / 64) as usize] |= 1 << (cluster % 64);
+        }
+    }
+
+    /// Claims the cluster at `host` (checked to lie in the file) for `what`
+    /// at virtual offset `virt`; an error if something already uses it.
+    fn claim(&mut self, host: u64, what: &str, virt: u64) -> Result<()> {
+        let cluster = host >> self.cluster_bits;
+        let (word, bit) = ((cluster / 64) as usize, 1u64 << (cluster % 64));
+        let Some(slot) = self.bits.get_mut(word) else { return Ok(()) };
+        if *slot & bit != 0 {
+            return Err(invalid!(
+                "{what} for virtual offset {virt:#x} is at host offset {host:#x}, a cluster the image already \
+                 uses for other data or metadata (its tables overlap or loop)"
+            ));
+        }
+        *slot |= bit;
+        Ok(())
     }
 }
