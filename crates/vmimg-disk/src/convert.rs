@@ -24,12 +24,16 @@ use vmimg_qcow2::{Allocation, ClusterDecoder, Extent, Qcow2, ReadAt};
 /// The most virtual bytes one batch covers.
 pub const BATCH_BYTES: u64 = 2 << 20;
 /// The largest host span read at once for a batch's compressed clusters.
-const MAX_COMPRESSED_SPAN: u64 = 16 << 20;
+const MAX_COMPRESSED_SPAN: u64 = 2 * BATCH_BYTES;
+/// The most workers chosen by default: past this, writes into one file's
+/// page cache contend on its inode lock and each worker only adds memory
+/// (at most a batch, a compressed span and a cluster: about 8 MiB).
+const MAX_DEFAULT_WORKERS: usize = 8;
 
 /// How to convert.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvertOptions {
-    /// Worker threads; 0 means one per available core.
+    /// Worker threads; 0 means one per available core (at most 8).
     pub threads: usize,
     /// Flush the output to stable storage before it is published.
     pub sync: bool,
@@ -44,7 +48,7 @@ impl Default for ConvertOptions {
 impl ConvertOptions {
     fn worker_count(&self) -> usize {
         match self.threads {
-            0 => thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_DEFAULT_WORKERS),
             n => n,
         }
     }

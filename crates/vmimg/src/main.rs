@@ -57,7 +57,7 @@ enum Command {
         /// Output format (only raw for now).
         #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = ["raw"])]
         output_format: String,
-        /// Worker threads (default: one per core).
+        /// Worker threads (default: one per core, at most 8).
         #[arg(long, default_value_t = 0)]
         threads: usize,
         /// Do not flush the output to disk before publishing it.
