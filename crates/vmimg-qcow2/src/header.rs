@@ -275,7 +275,7 @@ impl Header {
             )));
         }
         if self.version == 3 {
-            if self.header_length < V3_HEADER_LEN || self.header_length % 8 != 0 {
+            if self.header_length < V3_HEADER_LEN || !self.header_length.is_multiple_of(8) {
                 return Err(invalid!(
                     "header_length is {}; version 3 needs at least 104 and a multiple of 8",
                     self.header_length
@@ -436,7 +436,7 @@ pub(crate) fn check_range(offset: u64, len: u64, file_len: u64, what: &str) -> R
 }
 
 pub(crate) fn check_aligned(offset: u64, cluster: u64, what: &str) -> Result<()> {
-    if offset % cluster != 0 {
+    if !offset.is_multiple_of(cluster) {
         return Err(invalid!("{what} offset {offset:#x} is not aligned to the cluster size {cluster}"));
     }
     Ok(())

@@ -165,7 +165,7 @@ impl<'a, R: ReadAt + ?Sized> Extents<'a, R> {
             return Ok(());
         }
         let host = entry & L2E_OFFSET_MASK;
-        if host % cluster != 0 {
+        if !host.is_multiple_of(cluster) {
             return Err(invalid!(
                 "data cluster for virtual offset {cluster_start:#x} has unaligned host offset {host:#x}"
             ));
