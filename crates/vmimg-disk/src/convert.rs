@@ -11,11 +11,12 @@
 //! worker, whatever the image size.
 
 use crate::error::{Error, Result};
-use crate::image::{DiskImage, Kind};
+use crate::image::{DiskImage, Kind, Qcow2Source};
+use crate::publish::publish;
 use crate::raw::RawExtents;
 use crate::zero::write_skipping_zeros;
-use std::fs::{self, File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -100,36 +101,7 @@ fn size_output(dst: &File, len: u64) -> std::io::Result<()> {
 /// a temporary file beside `dst`, which is flushed (unless `options.sync` is
 /// off) and renamed over `dst` only when complete. On failure nothing is left.
 pub fn convert_to_path(src: &DiskImage, dst: &Path, options: &ConvertOptions) -> Result<ConvertStats> {
-    let tmp = temp_path_beside(dst);
-    let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(Error::io("cannot create", &tmp))?;
-    let outcome = convert_to_raw(src, &file, options).and_then(|stats| {
-        if options.sync {
-            file.sync_all().map_err(Error::io("cannot flush", &tmp))?;
-        }
-        fs::rename(&tmp, dst).map_err(Error::io("cannot rename the output to", dst))?;
-        if options.sync {
-            sync_parent(dst)?;
-        }
-        Ok(stats)
-    });
-    if outcome.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    outcome
-}
-
-fn temp_path_beside(dst: &Path) -> PathBuf {
-    let name = dst.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    dst.with_file_name(format!(".{name}.vmimg-{}-{nanos}.tmp", std::process::id()))
-}
-
-fn sync_parent(path: &Path) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(parent).and_then(|d| d.sync_all()).map_err(Error::io("cannot flush directory", parent))
+    publish(dst, options.sync, |file| convert_to_raw(src, file, options))
 }
 
 type ExtentIter<'a> = Box<dyn Iterator<Item = Result<Extent>> + Send + 'a>;
@@ -292,7 +264,7 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    fn fill_qcow2(&mut self, img: &Qcow2<File>, batch: &Batch) -> Result<()> {
+    fn fill_qcow2(&mut self, img: &Qcow2<Qcow2Source>, batch: &Batch) -> Result<()> {
         let decoder = self.decoder.as_mut().expect("qcow2 workers have a decoder");
         let span = batch.compressed_span();
         if let Some((lo, hi)) = span {

@@ -1,4 +1,5 @@
-//! Errors of the disk layer: a qcow2 refusal, or an I/O failure with its path.
+//! Errors of the disk layer: a qcow2 refusal, an I/O failure with its path,
+//! a refused copy, or a size that does not parse.
 
 use std::io;
 use std::path::PathBuf;
@@ -20,6 +21,14 @@ pub enum Error {
     },
     #[error("unknown image format {0:?}: vmimg reads raw and qcow2")]
     UnknownFormat(String),
+    #[error("{path} is a qcow2 image and copy copies raw disks only: use `vmimg convert` (or `vmimg pull`)")]
+    CopyOfQcow2 { path: PathBuf },
+    #[error("shrinking is refused: {path} is {size} bytes, more than the requested size of {requested} bytes")]
+    Shrink { path: PathBuf, size: u64, requested: u64 },
+    #[error("copying a file onto itself is refused: {src} and {dst} are the same file")]
+    SameFile { src: PathBuf, dst: PathBuf },
+    #[error("invalid size {input:?}: {problem}")]
+    InvalidSize { input: String, problem: &'static str },
 }
 
 impl Error {

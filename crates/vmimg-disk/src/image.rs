@@ -53,9 +53,13 @@ pub struct DiskImage {
     kind: Kind,
 }
 
+/// Where a qcow2 image's bytes come from: a file, or any positioned reader
+/// (a file that a download is still writing).
+pub type Qcow2Source = Box<dyn ReadAt + Send + Sync>;
+
 pub(crate) enum Kind {
     Raw(File),
-    Qcow2(Qcow2<File>),
+    Qcow2(Box<Qcow2<Qcow2Source>>),
 }
 
 impl DiskImage {
@@ -69,9 +73,16 @@ impl DiskImage {
         };
         let kind = match format {
             Format::Raw => Kind::Raw(file),
-            Format::Qcow2 => Kind::Qcow2(Qcow2::open_with(file, OpenOptions::default()).map_err(Error::qcow2(path))?),
+            Format::Qcow2 => return DiskImage::qcow2_from(Box::new(file), path),
         };
         Ok(DiskImage { path: path.to_owned(), kind })
+    }
+
+    /// Opens qcow2 bytes from any positioned reader; `label` names it in
+    /// errors. Backing files and external data files are refused.
+    pub fn qcow2_from(source: Qcow2Source, label: &Path) -> Result<DiskImage> {
+        let qcow2 = Qcow2::open_with(source, OpenOptions::default()).map_err(Error::qcow2(label))?;
+        Ok(DiskImage { path: label.to_owned(), kind: Kind::Qcow2(Box::new(qcow2)) })
     }
 
     pub fn path(&self) -> &Path {

@@ -6,19 +6,28 @@
 //! - [`ImageInfo`] is the set of facts `qemu-img info` reports, in its JSON shape;
 //! - [`convert_to_raw`] and [`convert_to_path`] write a sparse raw copy whose
 //!   bytes equal `qemu-img convert -O raw` and which allocates no more than it,
-//!   decompressing on all cores with positioned writes.
+//!   decompressing on all cores with positioned writes;
+//! - [`copy_raw`] copies a raw disk keeping its holes (reflink, else
+//!   `copy_file_range` or reads and writes of its data ranges), optionally
+//!   extended;
+//! - [`parse_size`] reads sizes such as `20G`.
 //!
 //! This crate knows files only: no network, no store.
 
 mod convert;
+mod copy;
 mod error;
 mod image;
 mod info;
+mod publish;
 mod raw;
+mod size;
 mod zero;
 
 pub use convert::{ConvertOptions, ConvertStats, convert_to_path, convert_to_raw};
+pub use copy::{CopyMethod, CopyOptions, CopyStats, copy_raw};
 pub use error::{Error, Result};
-pub use image::{DiskImage, Format};
+pub use image::{DiskImage, Format, Qcow2Source};
 pub use info::{EncryptFacts, FormatSpecific, ImageInfo, Qcow2Facts};
+pub use size::parse_size;
 pub use zero::is_zero;
