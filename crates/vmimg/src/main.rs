@@ -1,7 +1,10 @@
 //! The `vmimg` command line: argument parsing, human and JSON output, exit
 //! codes. Everything a library user would need lives in the library crates.
 
+mod catalog;
 mod info;
+mod progress;
+mod pull;
 mod units;
 
 use anyhow::Result;
@@ -17,12 +20,90 @@ struct Cli {
     /// Print nothing but results and errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    #[command(flatten)]
+    store: StoreArgs,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Where the store is and what it resolves aliases against.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// The store directory [default: $XDG_CACHE_HOME/vmimg, else ~/.cache/vmimg].
+    #[arg(long, global = true, env = "VMIMG_STORE", value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// A catalog file whose aliases add to or override the embedded ones
+    /// (same schema; a catalog.json in the store root is read too).
+    #[arg(long, global = true, value_name = "FILE")]
+    catalog: Option<PathBuf>,
+    /// Rewrite URLs starting with FROM to start with TO (a mirror), e.g.
+    /// https://cloud.debian.org/images/cloud/=http://mirror.lan/debian/.
+    /// Repeatable; config.json in the store root may hold {"mirrors": {FROM: TO}}.
+    #[arg(long, global = true, value_name = "FROM=TO")]
+    mirror: Vec<String>,
+    /// The architecture catalog aliases resolve to [default: this host's].
+    #[arg(long, global = true, value_parser = ["amd64", "arm64"])]
+    arch: Option<String>,
+    /// Attempts in a row without progress before a download gives up.
+    #[arg(long, global = true, default_value_t = 8)]
+    retries: usize,
+    /// First delay between attempts, in milliseconds (doubles up to 30 s).
+    #[arg(long, global = true, default_value_t = 500, value_name = "MS")]
+    retry_delay: u64,
+    /// Cut and resume a download that sends nothing for this many seconds.
+    #[arg(long, global = true, default_value_t = 60, value_name = "SECS")]
+    read_timeout: u64,
+    /// Conversion threads (default: one per core, at most 8).
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
+}
+
+impl StoreArgs {
+    fn open(&self) -> Result<vmimg_store::Store> {
+        let mut mirrors = vmimg_store::Mirrors::default();
+        for rule in &self.mirror {
+            mirrors.add_rule(rule)?;
+        }
+        let fetch = vmimg_fetch::FetchOptions {
+            attempts: self.retries.max(1),
+            min_delay: std::time::Duration::from_millis(self.retry_delay),
+            read_timeout: std::time::Duration::from_secs(self.read_timeout.max(1)),
+            ..Default::default()
+        };
+        Ok(vmimg_store::Store::open(vmimg_store::StoreOptions {
+            root: self.store.clone(),
+            catalog: self.catalog.clone(),
+            mirrors,
+            arch: self.arch.as_deref().map(str::parse).transpose()?,
+            fetch,
+            threads: self.threads,
+        })?)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Get a VM disk into the store: a catalog alias, an http(s) URL or a file.
+    ///
+    /// Prints the path of the ready raw disk as the last line of stdout (its
+    /// record with --json). An alias is verified against the catalog's
+    /// digest; a URL or file only with --digest. The download resumes after
+    /// a cut and is retried with backoff; conversion of a qcow2 overlaps the
+    /// download. Nothing enters the store unless the digest matched. A
+    /// second pull of the same source returns at once.
+    Pull {
+        /// `debian-12` (see `vmimg catalog list`), `https://…/disk.qcow2`, or `./disk.img`.
+        source: String,
+        /// The digest the source must have: sha256:<hex> or sha512:<hex>.
+        #[arg(long)]
+        digest: Option<vmimg_fetch::Digest>,
+        /// Print the image record as JSON instead of the path.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The embedded catalog of aliases, with any overrides.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
     /// Show what a disk image is: format, sizes, qcow2 features, references.
     ///
     /// Reads only the header, so it also describes images that `convert`
@@ -64,6 +145,44 @@ enum Command {
         #[arg(long)]
         no_sync: bool,
     },
+    /// Copy a raw disk, keeping its holes, optionally growing it.
+    ///
+    /// Where the filesystem can (btrfs, XFS), the copy is a reflink: it
+    /// shares the source's blocks, so nothing is copied. Elsewhere only the
+    /// source's data ranges (SEEK_DATA/SEEK_HOLE) are copied, with
+    /// copy_file_range, or with reads and writes when the kernel refuses
+    /// that (across filesystems, for one); holes are never read or written.
+    /// With --size the copy is extended to SIZE and the new space is a hole
+    /// that reads as zeros; a SIZE smaller than the source is refused. The
+    /// copy appears at DST only when complete (written beside it, flushed,
+    /// renamed). A qcow2 source is refused (use `vmimg convert`), and so is
+    /// copying a file onto itself.
+    Copy {
+        /// The raw disk to copy.
+        src: PathBuf,
+        /// The copy (replaced atomically if it exists).
+        dst: PathBuf,
+        /// Extend the copy to SIZE bytes: a whole number with an optional K,
+        /// M, G, T or P suffix, binary as in qemu-img (1K = 1024; KiB and KB
+        /// mean the same), e.g. 20G. At least the source's size.
+        #[arg(long, value_parser = vmimg_disk::parse_size)]
+        size: Option<u64>,
+        /// Do not flush the copy to disk before publishing it.
+        #[arg(long)]
+        no_sync: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// List the aliases: distribution, version, snapshot, architectures.
+    List {
+        /// Print the catalog itself (JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one alias: its snapshot and, per architecture, URL and digest.
+    Show { alias: String },
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -96,6 +215,12 @@ fn error_line(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Pull { source, digest, json } => {
+            let store = cli.store.open()?;
+            runtime()?.block_on(pull::run(&store, &source, digest, json, cli.quiet))
+        }
+        Command::Catalog(CatalogCommand::List { json }) => catalog::list(&cli.store.open()?, json),
+        Command::Catalog(CatalogCommand::Show { alias }) => catalog::show(&cli.store.open()?, &alias),
         Command::Info { file, json, format } => info::run(&file, format, json),
         Command::Convert { src, dst, format, output_format: _, threads, no_sync } => {
             let image = DiskImage::open(&src, format)?;
@@ -115,5 +240,30 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Copy { src, dst, size, no_sync } => {
+            let options = vmimg_disk::CopyOptions { size, sync: !no_sync, ..Default::default() };
+            let started = std::time::Instant::now();
+            let stats = vmimg_disk::copy_raw(&src, &dst, &options)?;
+            if !cli.quiet {
+                let moved = match stats.method {
+                    vmimg_disk::CopyMethod::Reflink => "blocks shared with the source".to_string(),
+                    _ => format!("{} written, the rest left as holes", units::human(stats.bytes_copied)),
+                };
+                eprintln!(
+                    "copied {} ({}) to {} ({}) in {:.2?} by {}: {moved}",
+                    src.display(),
+                    units::human(stats.source_size),
+                    dst.display(),
+                    units::human(stats.virtual_size),
+                    started.elapsed(),
+                    stats.method.name(),
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }

@@ -225,3 +225,47 @@ fn help_documents_each_command() {
     let convert = String::from_utf8(vmimg(&["convert", "--help"]).stdout).unwrap();
     assert!(convert.contains("qemu-img convert -O raw") && convert.contains("--threads"));
 }
+
+#[test]
+fn copy_extends_the_disk_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("in.raw"), dir.path().join("out.raw"));
+    let file = fs::File::create(&src).unwrap();
+    file.set_len(3 << 20).unwrap();
+    file.write_all_at(b"data at an odd offset", 1_000_001).unwrap();
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let out = vmimg(&["copy", s, d, "--size", "8MiB"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let copy = fs::read(&dst).unwrap();
+    assert_eq!(copy.len(), 8 << 20);
+    assert_eq!(copy[..3 << 20], fs::read(&src).unwrap()[..]);
+    assert!(copy[3 << 20..].iter().all(|&b| b == 0));
+    let report = stderr(&out);
+    assert!(report.contains("copied") && report.contains("(8 MiB)") && report.contains(" by "), "{report}");
+    let quiet = vmimg(&["-q", "copy", s, d]);
+    assert!(quiet.status.success() && quiet.stderr.is_empty() && quiet.stdout.is_empty());
+    assert_eq!(fs::metadata(&dst).unwrap().len(), 3 << 20);
+}
+
+#[test]
+fn copy_refusals_are_one_line_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).to_str().unwrap().to_string();
+    fs::write(p("in.raw"), [1u8; 8192]).unwrap();
+    fs::write(p("out.raw"), b"old").unwrap();
+    qemu_img(&["create", "-q", "-f", "qcow2", &p("disk.qcow2"), "1G"]);
+    assert_refused(
+        &["copy", &p("in.raw"), &p("out.raw"), "--size", "4K"],
+        d,
+        &["shrinking is refused", "8192", "4096"],
+    );
+    assert_refused(&["copy", &p("disk.qcow2"), &p("out.raw")], d, &["qcow2", "vmimg convert"]);
+    assert_refused(&["copy", &p("in.raw"), &p("in.raw")], d, &["same file"]);
+    assert_eq!(fs::read(p("out.raw")).unwrap(), b"old");
+    let bad = vmimg(&["copy", &p("in.raw"), &p("out.raw"), "--size", "20X"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("invalid size \"20X\": unknown unit"), "{}", stderr(&bad));
+    let help = String::from_utf8(vmimg(&["copy", "--help"]).stdout).unwrap();
+    assert!(help.contains("--size") && help.contains("reflink") && help.contains("1K = 1024"), "{help}");
+}

@@ -1,0 +1,455 @@
+//! One file downloaded over HTTP(S), verified while it streams, resumed after
+//! a cut, retried with backoff.
+//!
+//! The life of a download: bytes go to a partial file the caller names (the
+//! store keeps it under its `tmp/`), and into a running hash as they arrive,
+//! so the digest is ready the moment the last byte lands: there is no second
+//! pass. A sidecar `<partial>.meta` records the URL and the server's validator
+//! (strong ETag, else Last-Modified). After a cut, the next attempt asks for
+//! `Range: bytes=N-` with `If-Range: <validator>`; a 206 continues the file
+//! and the hash; a 200 means the server ignored the range or the file changed:
+//! the bytes already held are skipped when the validator proves them the same,
+//! else the download starts over. A partial left by an earlier process is
+//! resumed the same way once its bytes are hashed again (read locally, once).
+//!
+//! Connection errors, timeouts (including a body that stalls for
+//! `read_timeout`), cut bodies, 408, 429 (honouring Retry-After) and 5xx are
+//! retried with exponential backoff and jitter from `backon`; any attempt that
+//! made progress resets the budget. Other answers fail at once. Why not
+//! `reqwest-retry`: it cannot retry a streaming body and never resumes one.
+//!
+//! This module does not decide whether the digest is right: the caller
+//! compares [`Fetched::digest`] with what it expected, and owns the partial.
+
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::error::{Error, Result};
+use backon::BackoffBuilder;
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How hard to try.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Attempts in a row without progress before giving up.
+    pub attempts: usize,
+    /// First delay between attempts; doubles up to `max_delay`.
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    pub connect_timeout: Duration,
+    /// A body that sends nothing for this long is cut and resumed.
+    pub read_timeout: Duration,
+    /// Refuse bodies larger than this (a hostile server could stream forever).
+    pub max_size: u64,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            attempts: 8,
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+            max_size: 1 << 40,
+        }
+    }
+}
+
+/// What a download reports as it goes. Every method has a no-op default.
+pub trait Progress: Send + Sync {
+    /// An attempt starts with `offset` bytes already in the partial file
+    /// (0 after a restart), `total` when the server said the length.
+    fn started(&self, _offset: u64, _total: Option<u64>) {}
+    /// The first `written` bytes of the partial file are final.
+    fn advanced(&self, _written: u64) {}
+    /// An attempt failed; the next starts after `delay`.
+    fn retrying(&self, _error: &Error, _delay: Duration) {}
+}
+
+/// Progress that nobody watches.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// A finished download: the partial file holds exactly these bytes.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// An HTTP client with vmimg's retry and resume rules.
+pub struct Fetcher {
+    client: reqwest::Client,
+    options: FetchOptions,
+}
+
+/// Bytes are written to the partial file in blocks of this size.
+const WRITE_BLOCK: usize = 1 << 20;
+
+impl Fetcher {
+    pub fn new(options: FetchOptions) -> Result<Fetcher> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("vmimg/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(options.connect_timeout)
+            .read_timeout(options.read_timeout)
+            .build()
+            .map_err(|e| Error::Transfer {
+                url: String::new(),
+                message: format!("cannot start an HTTP client: {e}"),
+            })?;
+        Ok(Fetcher { client, options })
+    }
+
+    /// Downloads `url` into `partial`, resuming what an earlier attempt left
+    /// there for the same URL, and returns the digest of the whole body.
+    pub async fn fetch(
+        &self,
+        url: &str,
+        algorithm: Algorithm,
+        partial: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Fetched> {
+        check_url(url)?;
+        let mut transfer = Transfer::resume(url, algorithm, partial, progress, self.options.max_size)?;
+        let mut delays = self.backoff();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let before = transfer.written;
+            let error = match transfer.attempt(&self.client).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() => e,
+                Err(e) => return Err(e),
+            };
+            if transfer.written > before {
+                (delays, attempts) = (self.backoff(), 1);
+            }
+            let Some(delay) = delays.next() else {
+                return Err(Error::GaveUp { attempts, last: Box::new(error) });
+            };
+            let delay = self.honour_retry_after(&error, delay);
+            progress.retrying(&error, delay);
+            tokio::time::sleep(delay).await;
+        }
+        transfer.file.sync_all().map_err(Error::io("cannot flush", partial))?;
+        Ok(Fetched { digest: transfer.hasher.finish(), size: transfer.written })
+    }
+
+    /// A small document (a checksum list, a directory index), at most `limit`
+    /// bytes, with the same retries.
+    pub async fn get_text(&self, url: &str, limit: usize) -> Result<String> {
+        check_url(url)?;
+        let mut delays = self.backoff();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let error = match self.get_text_once(url, limit).await {
+                Ok(text) => return Ok(text),
+                Err(e) if e.is_transient() => e,
+                Err(e) => return Err(e),
+            };
+            let Some(delay) = delays.next() else {
+                return Err(Error::GaveUp { attempts, last: Box::new(error) });
+            };
+            tokio::time::sleep(self.honour_retry_after(&error, delay)).await;
+        }
+    }
+
+    async fn get_text_once(&self, url: &str, limit: usize) -> Result<String> {
+        let response = self.client.get(url).send().await.map_err(|e| Error::transfer(url, e))?;
+        if response.status() != StatusCode::OK {
+            return Err(status_error(url, &response));
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            body.extend_from_slice(&chunk.map_err(|e| Error::transfer(url, e))?);
+            if body.len() > limit {
+                return Err(Error::TooLarge { url: url.to_owned(), limit: limit as u64 });
+            }
+        }
+        String::from_utf8(body).map_err(|_| Error::Transfer { url: url.to_owned(), message: "not UTF-8 text".into() })
+    }
+
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.options.min_delay)
+            .with_max_delay(self.options.max_delay)
+            .with_max_times(self.options.attempts.saturating_sub(1))
+            .with_jitter()
+            .build()
+    }
+
+    fn honour_retry_after(&self, error: &Error, delay: Duration) -> Duration {
+        match error {
+            Error::Status { retry_after: Some(secs), .. } => {
+                delay.max(Duration::from_secs(*secs)).min(self.options.max_delay)
+            }
+            _ => delay,
+        }
+    }
+}
+
+fn check_url(url: &str) -> Result<()> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| Error::Url { url: url.to_owned(), reason: e.to_string() })?;
+    match parsed.scheme() {
+        "http" | "https" => Ok(()),
+        other => {
+            Err(Error::Url { url: url.to_owned(), reason: format!("unsupported scheme {other:?} (use http or https)") })
+        }
+    }
+}
+
+fn status_error(url: &str, response: &reqwest::Response) -> Error {
+    let retry_after = header_str(response.headers(), header::RETRY_AFTER).and_then(|s| s.trim().parse().ok());
+    Error::Status { url: url.to_owned(), status: response.status().as_u16(), retry_after }
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// What the sidecar file remembers so another process can resume.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct PartialMeta {
+    url: String,
+    validator: Option<String>,
+    total: Option<u64>,
+}
+
+/// The sidecar of a partial file.
+pub fn meta_path(partial: &Path) -> PathBuf {
+    let mut name = partial.as_os_str().to_owned();
+    name.push(".meta");
+    PathBuf::from(name)
+}
+
+/// Removes a partial file and its sidecar (missing files are fine).
+pub fn remove_partial(partial: &Path) -> std::io::Result<()> {
+    for path in [partial.to_owned(), meta_path(partial)] {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The state of one download across its attempts.
+struct Transfer<'a> {
+    url: &'a str,
+    path: &'a Path,
+    file: File,
+    meta: PartialMeta,
+    algorithm: Algorithm,
+    hasher: Hasher,
+    /// Bytes of the body in the file (and in the hash).
+    written: u64,
+    buffer: Vec<u8>,
+    progress: &'a dyn Progress,
+    max_size: u64,
+}
+
+impl<'a> Transfer<'a> {
+    /// Opens `path`, keeping (and hashing again) what an earlier download of
+    /// the same URL left there.
+    fn resume(
+        url: &'a str,
+        algorithm: Algorithm,
+        path: &'a Path,
+        progress: &'a dyn Progress,
+        max_size: u64,
+    ) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(Error::io("cannot create", path))?;
+        let meta = std::fs::read(meta_path(path)).ok().and_then(|b| serde_json::from_slice::<PartialMeta>(&b).ok());
+        let mut transfer = Transfer {
+            url,
+            path,
+            file,
+            meta: PartialMeta { url: url.to_owned(), ..PartialMeta::default() },
+            algorithm,
+            hasher: Hasher::new(algorithm),
+            written: 0,
+            buffer: Vec::with_capacity(WRITE_BLOCK),
+            progress,
+            max_size,
+        };
+        let len = transfer.file.metadata().map_err(Error::io("cannot stat", path))?.len();
+        match meta {
+            Some(meta) if meta.url == url && meta.total.is_none_or(|t| len <= t) && len > 0 => {
+                let prefix = (&transfer.file).take(len);
+                transfer.hasher = Hasher::new(algorithm).consume(prefix).map_err(Error::io("cannot read", path))?;
+                transfer.written = len;
+                transfer.meta = meta;
+            }
+            _ => transfer.restart()?,
+        }
+        Ok(transfer)
+    }
+
+    /// Forgets every byte held: empty file, fresh hash.
+    fn restart(&mut self) -> Result<()> {
+        self.file.set_len(0).map_err(Error::io("cannot truncate", self.path))?;
+        self.hasher = Hasher::new(self.algorithm);
+        self.written = 0;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    async fn attempt(&mut self, client: &reqwest::Client) -> Result<()> {
+        let response = self.request(client).await?;
+        let skip = match (response.status(), self.written) {
+            (StatusCode::OK, 0) => 0,
+            (StatusCode::OK, held) if self.same_validator(response.headers()) => held,
+            (StatusCode::OK, _) => {
+                self.restart()?;
+                0
+            }
+            (StatusCode::PARTIAL_CONTENT, held) if held > 0 => {
+                self.check_content_range(response.headers())?;
+                0
+            }
+            (StatusCode::RANGE_NOT_SATISFIABLE, held) if Some(held) == self.meta.total => return Ok(()),
+            _ => return Err(status_error(self.url, &response)),
+        };
+        self.remember(&response)?;
+        self.progress.started(self.written, self.meta.total);
+        let result = self.receive(response, skip).await;
+        self.flush()?;
+        result?;
+        match self.meta.total {
+            Some(total) if total != self.written => Err(Error::Transfer {
+                url: self.url.to_owned(),
+                message: format!("the body ended after {} of {total} bytes", self.written),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn request(&self, client: &reqwest::Client) -> Result<reqwest::Response> {
+        let mut request = client.get(self.url);
+        if self.written > 0 {
+            request = request.header(header::RANGE, format!("bytes={}-", self.written));
+            if let Some(validator) = &self.meta.validator {
+                request = request.header(header::IF_RANGE, validator);
+            }
+        }
+        request.send().await.map_err(|e| Error::transfer(self.url, e))
+    }
+
+    /// The validator that proves two answers are the same file: a strong
+    /// ETag, else Last-Modified.
+    fn validator_of(headers: &HeaderMap) -> Option<String> {
+        match header_str(headers, header::ETAG) {
+            Some(etag) if !etag.starts_with("W/") => Some(etag.to_owned()),
+            _ => header_str(headers, header::LAST_MODIFIED).map(str::to_owned),
+        }
+    }
+
+    fn same_validator(&self, headers: &HeaderMap) -> bool {
+        self.meta.validator.is_some() && Self::validator_of(headers) == self.meta.validator
+    }
+
+    /// A 206 must continue exactly where the file ends.
+    fn check_content_range(&self, headers: &HeaderMap) -> Result<()> {
+        let range = header_str(headers, header::CONTENT_RANGE).unwrap_or_default();
+        let parsed = parse_content_range(range);
+        match parsed {
+            Some((start, total))
+                if start == self.written && (self.meta.total.is_none() || self.meta.total == total) =>
+            {
+                Ok(())
+            }
+            _ => Err(Error::Transfer {
+                url: self.url.to_owned(),
+                message: format!("asked for bytes {}- but the server sent Content-Range {range:?}", self.written),
+            }),
+        }
+    }
+
+    /// Records the length and validator of this answer in the sidecar.
+    fn remember(&mut self, response: &reqwest::Response) -> Result<()> {
+        let total = match response.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                parse_content_range(header_str(response.headers(), header::CONTENT_RANGE).unwrap_or_default())
+                    .and_then(|r| r.1)
+            }
+            _ => response.content_length(),
+        };
+        if total.is_some_and(|t| t > self.max_size) {
+            return Err(Error::TooLarge { url: self.url.to_owned(), limit: self.max_size });
+        }
+        let meta = PartialMeta {
+            url: self.url.to_owned(),
+            validator: Self::validator_of(response.headers()).or(self.meta.validator.take()),
+            total: total.or(self.meta.total),
+        };
+        if meta != self.meta || self.written == 0 {
+            let sidecar = meta_path(self.path);
+            std::fs::write(&sidecar, serde_json::to_vec(&meta).expect("meta serializes"))
+                .map_err(Error::io("cannot write", &sidecar))?;
+        }
+        self.meta = meta;
+        Ok(())
+    }
+
+    /// Streams the body into the hash and the file, dropping its first
+    /// `skip` bytes (already held).
+    async fn receive(&mut self, response: reqwest::Response, mut skip: u64) -> Result<()> {
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| Error::transfer(self.url, e))?;
+            let dropped = skip.min(chunk.len() as u64) as usize;
+            skip -= dropped as u64;
+            let fresh = &chunk[dropped..];
+            let held = self.written + self.buffer.len() as u64;
+            if held + fresh.len() as u64 > self.max_size
+                || self.meta.total.is_some_and(|t| held + fresh.len() as u64 > t)
+            {
+                return Err(Error::TooLarge {
+                    url: self.url.to_owned(),
+                    limit: self.meta.total.unwrap_or(self.max_size),
+                });
+            }
+            self.hasher.update(fresh);
+            self.buffer.extend_from_slice(fresh);
+            if self.buffer.len() >= WRITE_BLOCK {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all_at(&self.buffer, self.written).map_err(Error::io("cannot write", self.path))?;
+        self.written += self.buffer.len() as u64;
+        self.buffer.clear();
+        self.progress.advanced(self.written);
+        Ok(())
+    }
+}
+
+/// `bytes START-END/TOTAL` (TOTAL may be `*`) → (START, TOTAL).
+fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _end) = range.split_once('-')?;
+    let total = if total == "*" { None } else { Some(total.parse().ok()?) };
+    Some((start.parse().ok()?, total))
+}

@@ -1,0 +1,50 @@
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a download failed. Messages name the URL or file and say what the
+/// server did, so the user can tell a typo from an outage.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("invalid URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("GET {url}: the server answered {status}")]
+    Status { url: String, status: u16, retry_after: Option<u64> },
+    #[error("GET {url}: {message}")]
+    Transfer { url: String, message: String },
+    #[error("GET {url}: the body is larger than the limit of {limit} bytes")]
+    TooLarge { url: String, limit: u64 },
+    #[error("{last} (gave up after {attempts} attempts)")]
+    GaveUp { attempts: usize, last: Box<Error> },
+}
+
+impl Error {
+    pub(crate) fn io(action: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.to_owned();
+        move |source| Error::Io { action, path, source }
+    }
+
+    pub(crate) fn transfer(url: &str, error: reqwest::Error) -> Error {
+        // reqwest's Display hides the cause (timeout, reset, DNS): append it.
+        let error = error.without_url();
+        let mut message = error.to_string();
+        let mut cause = std::error::Error::source(&error);
+        while let Some(c) = cause {
+            message = format!("{message}: {c}");
+            cause = c.source();
+        }
+        Error::Transfer { url: url.to_owned(), message }
+    }
+
+    /// Whether trying again may succeed: connection trouble, timeouts, cut
+    /// bodies, 408, 429 and 5xx answers.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Transfer { .. } => true,
+            Error::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            _ => false,
+        }
+    }
+}

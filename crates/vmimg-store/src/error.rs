@@ -1,0 +1,39 @@
+use std::path::{Path, PathBuf};
+use vmimg_fetch::Digest;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a store operation failed; each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("catalog {origin}: {message}")]
+    Catalog { origin: String, message: String },
+    #[error(
+        "unknown alias {alias:?}: `vmimg catalog list` shows the aliases; a file needs a path with a slash (./{alias})"
+    )]
+    UnknownAlias { alias: String },
+    #[error("alias {alias:?} has no {arch} image (it has: {available}); pick one with --arch")]
+    NoArch { alias: String, arch: String, available: String },
+    #[error(
+        "digest mismatch for {source_name}: expected {expected}, got {actual}; nothing was kept \
+         (if upstream replaced a catalog image, `vmimg catalog refresh` updates its pin)"
+    )]
+    DigestMismatch { source_name: String, expected: Digest, actual: Digest },
+    #[error("image record {}: {message}", path.display())]
+    Record { path: PathBuf, message: String },
+    #[error(transparent)]
+    Fetch(#[from] vmimg_fetch::Error),
+    #[error(transparent)]
+    Disk(#[from] vmimg_disk::Error),
+}
+
+impl Error {
+    pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.to_owned();
+        move |source| Error::Io { action, path, source }
+    }
+}

@@ -1,0 +1,25 @@
+//! vmimg's image store: where disks live on the host and how they get there.
+//!
+//! - [`Catalog`]: aliases pinned to dated upstream snapshots and digests;
+//! - [`Store`]: the on-disk layout, cache keys, per-key locks (in-process and
+//!   across processes), and [`Store::pull`], which fetches, verifies,
+//!   converts and atomically publishes an image (see the `store` module for
+//!   the life of an image).
+//!
+//! The store never prints and never parses command lines: the CLI does.
+
+mod catalog;
+mod error;
+mod fsutil;
+mod growing;
+mod pull;
+mod record;
+mod source;
+mod store;
+
+pub use catalog::{Arch, Artifact, Catalog, EMBEDDED, Entry, MAX_CATALOG_BYTES, Mirrors};
+pub use error::{Error, Result};
+pub use pull::Pulled;
+pub use record::{ImageRecord, Status};
+pub use source::{Location, Resolved, SourceInfo};
+pub use store::{Store, StoreOptions, default_root};

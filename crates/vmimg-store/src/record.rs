@@ -1,0 +1,58 @@
+//! The image record: one JSON file per image (`images/<key>/image.json`),
+//! written atomically, read with a size limit.
+
+use crate::error::{Error, Result};
+use crate::source::SourceInfo;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use vmimg_fetch::Digest;
+
+/// A record larger than this is refused as corrupt.
+const MAX_RECORD_BYTES: u64 = 1 << 20;
+
+/// What the store knows of one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The cache key, also the image's directory name.
+    pub name: String,
+    pub source: SourceInfo,
+    /// The digest of the source's bytes (checked against the catalog or
+    /// `--digest` when `verified`; computed only otherwise).
+    pub digest: Digest,
+    pub verified: bool,
+    /// What the source was: `raw` or `qcow2`.
+    pub source_format: String,
+    /// The downloaded source, relative to the store root (none for a local file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+    /// The disk's format: `raw`.
+    pub format: String,
+    pub virtual_size: u64,
+    /// Bytes the disk occupies on the host (it is sparse).
+    pub allocated_size: u64,
+    pub status: Status,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ready,
+}
+
+impl ImageRecord {
+    pub(crate) fn load(path: &Path) -> Result<ImageRecord> {
+        let text = crate::fsutil::read_bounded(path, MAX_RECORD_BYTES)?;
+        serde_json::from_str(&text).map_err(|e| Error::Record { path: path.to_owned(), message: e.to_string() })
+    }
+
+    pub(crate) fn save(&self, path: &Path) -> Result<()> {
+        crate::fsutil::write_atomic(path, &serde_json::to_vec_pretty(self).expect("a record serializes"))
+    }
+}
+
+/// Now, as RFC 3339 in UTC, to the second.
+pub(crate) fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}

@@ -1,0 +1,212 @@
+//! The store on disk, and who may write which part of it when.
+//!
+//! ```text
+//! <root>/
+//!   blobs/<algorithm>/<hex>     downloaded sources, by digest, immutable
+//!   images/<key>/disk.raw       a ready disk
+//!   images/<key>/image.json     its record
+//!   tmp/<key>.part[.meta]       a download in progress (kept to resume)
+//!   tmp/<key>.work-*/           an image being made (removed if abandoned)
+//!   locks/<key>.lock            held while <key> is being made
+//!   catalog.json, config.json   optional: more aliases; mirrors
+//! ```
+//!
+//! The life of an image: under the key's lock (a tokio mutex inside the
+//! process, an advisory file lock across processes), the source streams into
+//! `tmp/<key>.part` while the disk is made in a work directory under `tmp/`.
+//! Nothing is visible until the digest matched: then the partial is renamed
+//! into `blobs/`, the record written into the work directory, everything
+//! flushed, and the work directory renamed to `images/<key>`. A crash at any
+//! moment leaves either no image or a whole one; the next holder of the lock
+//! removes abandoned work directories and resumes the partial.
+
+use crate::catalog::{Arch, Catalog, Mirrors};
+use crate::error::{Error, Result};
+use crate::record::ImageRecord;
+use crate::source::{Resolved, Resolver};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use vmimg_fetch::{Digest, FetchOptions, Fetcher};
+
+/// How to open a store.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// The root directory; [`default_root`] when None.
+    pub root: Option<PathBuf>,
+    /// A catalog file whose aliases add to or override the others.
+    pub catalog: Option<PathBuf>,
+    /// URL prefix rewrites, on top of the store's config.json.
+    pub mirrors: Mirrors,
+    /// The architecture aliases resolve to (the host's when None).
+    pub arch: Option<Arch>,
+    pub fetch: FetchOptions,
+    /// Conversion threads (0: one per core, at most 8).
+    pub threads: usize,
+}
+
+/// `config.json` in the store root.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    mirrors: Mirrors,
+}
+
+/// `$VMIMG_STORE`, else `$XDG_CACHE_HOME/vmimg`, else `~/.cache/vmimg`.
+pub fn default_root() -> PathBuf {
+    let env = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("VMIMG_STORE")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("vmimg")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache/vmimg")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/vmimg"))
+}
+
+/// An open image store.
+pub struct Store {
+    root: PathBuf,
+    catalog: Catalog,
+    mirrors: Mirrors,
+    arch: Arch,
+    pub(crate) fetcher: Fetcher,
+    pub(crate) threads: usize,
+    in_process: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store and loads its catalog and config.
+    pub fn open(options: StoreOptions) -> Result<Store> {
+        let root = options.root.unwrap_or_else(default_root);
+        let root = std::path::absolute(&root).map_err(Error::io("cannot resolve", &root))?;
+        for dir in ["blobs", "images", "tmp", "locks"] {
+            let path = root.join(dir);
+            std::fs::create_dir_all(&path).map_err(Error::io("cannot create", &path))?;
+        }
+        let mut catalog = Catalog::embedded();
+        let mut mirrors = Mirrors::default();
+        if let Some(config) = read_optional(&root.join("config.json"))? {
+            let (path, text) = config;
+            let config: Config =
+                serde_json::from_str(&text).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+            mirrors.extend(config.mirrors);
+        }
+        mirrors.extend(options.mirrors);
+        if let Some((path, text)) = read_optional(&root.join("catalog.json"))? {
+            catalog.overlay(Catalog::parse(&text, &path.display().to_string())?);
+        }
+        if let Some(path) = &options.catalog {
+            catalog.overlay(Catalog::load(path)?);
+        }
+        let arch = options.arch.or_else(Arch::host).ok_or_else(|| {
+            Error::Usage(format!("no catalog architecture for this host ({}): pass --arch", std::env::consts::ARCH))
+        })?;
+        Ok(Store {
+            root,
+            catalog,
+            mirrors,
+            arch,
+            fetcher: Fetcher::new(options.fetch)?,
+            threads: options.threads,
+            in_process: Mutex::default(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// What `source` (an alias, URL or file path) names, with the digest it must have.
+    pub fn resolve(&self, source: &str, digest: Option<Digest>) -> Result<Resolved> {
+        Resolver { catalog: &self.catalog, mirrors: &self.mirrors, arch: self.arch }.resolve(source, digest)
+    }
+
+    pub(crate) fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub(crate) fn image_dir(&self, key: &str) -> PathBuf {
+        self.root.join("images").join(key)
+    }
+
+    /// The ready disk of image `key`.
+    pub fn disk_path(&self, key: &str) -> PathBuf {
+        self.image_dir(key).join("disk.raw")
+    }
+
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs").join(digest.algorithm().name()).join(digest.hex())
+    }
+
+    /// The partial download of `key`'s source.
+    pub fn partial_path(&self, key: &str) -> PathBuf {
+        self.tmp().join(format!("{key}.part"))
+    }
+
+    /// The record of image `key`, if it is in the store.
+    pub fn lookup(&self, key: &str) -> Result<Option<ImageRecord>> {
+        let path = self.image_dir(key).join("image.json");
+        match path.try_exists() {
+            Ok(true) => ImageRecord::load(&path).map(Some),
+            Ok(false) => Ok(None),
+            Err(e) => Err(Error::io("cannot stat", &path)(e)),
+        }
+    }
+
+    /// Holds `key` for this caller alone, in this process and across
+    /// processes, until the guard drops.
+    pub(crate) async fn lock(&self, key: &str) -> Result<KeyLock> {
+        let mutex = self.in_process.lock().expect("lock table").entry(key.to_owned()).or_default().clone();
+        let in_process = mutex.lock_owned().await;
+        let path = self.root.join("locks").join(format!("{key}.lock"));
+        let file = tokio::task::spawn_blocking(move || {
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(Error::io("cannot open", &path))?;
+            file.lock().map_err(Error::io("cannot lock", &path))?;
+            Ok::<_, Error>(file)
+        })
+        .await
+        .expect("lock task")?;
+        Ok(KeyLock { _file: file, _in_process: in_process })
+    }
+
+    /// Removes work directories of `key` that an interrupted run left.
+    pub(crate) fn remove_abandoned_work(&self, key: &str) -> Result<()> {
+        let tmp = self.tmp();
+        let prefix = format!("{key}.work-");
+        for entry in std::fs::read_dir(&tmp).map_err(Error::io("cannot list", &tmp))? {
+            let entry = entry.map_err(Error::io("cannot list", &tmp))?;
+            if entry.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)) {
+                std::fs::remove_dir_all(entry.path()).map_err(Error::io("cannot remove", &entry.path()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Exclusive hold on one cache key (released on drop, or when the process dies).
+pub(crate) struct KeyLock {
+    _file: File,
+    _in_process: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// A small file of the store's that may be absent, with its path.
+fn read_optional(path: &Path) -> Result<Option<(PathBuf, String)>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some((path.to_owned(), crate::fsutil::read_bounded(path, crate::catalog::MAX_CATALOG_BYTES)?)))
+}

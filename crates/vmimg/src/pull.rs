@@ -1,0 +1,37 @@
+//! `vmimg pull`: prints the ready disk's path as the last line of stdout,
+//! or its record with `--json`.
+
+use crate::progress::DownloadProgress;
+use anyhow::Result;
+use std::sync::Arc;
+use vmimg_fetch::Digest;
+use vmimg_store::{Location, Store};
+
+pub async fn run(store: &Store, source: &str, digest: Option<Digest>, json: bool, quiet: bool) -> Result<()> {
+    let resolved = store.resolve(source, digest)?;
+    if resolved.expected.is_none() && !quiet {
+        eprintln!(
+            "vmimg: warning: {} is not verified: pass --digest sha256:<hex> to check it",
+            resolved.display_name()
+        );
+    }
+    let progress = Arc::new(DownloadProgress::new(quiet, &resolved.key));
+    let started = std::time::Instant::now();
+    let pulled = store.pull(&resolved, Some(progress.clone())).await;
+    progress.finish();
+    let pulled = pulled?;
+    if !quiet && !pulled.cached {
+        let from = match &resolved.location {
+            Location::Url(_) => "downloaded, verified and converted",
+            Location::File(_) => "verified and converted",
+        };
+        let verified = if pulled.record.verified { "" } else { " (unverified)" };
+        eprintln!("{} {from}{verified} in {:.1?}", resolved.display_name(), started.elapsed());
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&pulled)?);
+    } else {
+        println!("{}", pulled.path.display());
+    }
+    Ok(())
+}
