@@ -1,0 +1,130 @@
+//! `vmimg pull` as a user and a script meet it: the path as the last line,
+//! `--json`, quiet runs, one-line errors, and several processes pulling the
+//! same source at once downloading it once.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use vmimg_testserver::{Fault, TestServer};
+
+fn vmimg(store: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vmimg"));
+    command.arg("--store").arg(store).args(["--retry-delay", "10"]).args(args);
+    command
+}
+
+fn run(mut command: Command) -> Output {
+    command.output().expect("run vmimg")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A small qcow2 made by qemu-img, its sha256, and its raw bytes.
+fn image(dir: &Path) -> (Vec<u8>, String, Vec<u8>) {
+    let raw = dir.join("src.raw");
+    let qcow2 = dir.join("src.qcow2");
+    let ok = |c: &mut Command| assert!(c.status().unwrap().success());
+    ok(Command::new("qemu-img").args(["create", "-q", "-f", "raw"]).arg(&raw).arg("32M"));
+    ok(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0x33 2M 6M"]).arg(&raw).stdout(Stdio::null()));
+    ok(Command::new("qemu-img").args(["convert", "-c", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2));
+    let out = Command::new("sha256sum").arg(&qcow2).output().unwrap();
+    let digest = format!("sha256:{}", text(&out.stdout).split_whitespace().next().unwrap());
+    (std::fs::read(qcow2).unwrap(), digest, std::fs::read(raw).unwrap())
+}
+
+#[test]
+fn pull_prints_the_disk_path_last_and_json_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (qcow2, digest, raw) = image(dir.path());
+    let server = TestServer::start();
+    server.add("/os.qcow2", qcow2);
+    let store = dir.path().join("store");
+    let url = server.url("/os.qcow2");
+
+    let out = run(vmimg(&store, &["pull", &url, "--digest", &digest]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let path = stdout.lines().last().unwrap();
+    assert!(std::fs::read(path).unwrap() == raw);
+    assert!(text(&out.stderr).contains("downloaded, verified and converted"), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains('\r'), "no progress bar when not on a terminal");
+
+    let out = run(vmimg(&store, &["-q", "pull", &url, "--digest", &digest, "--json"]));
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", text(&out.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["path"], path);
+    assert_eq!(record["cached"], true);
+    assert_eq!(record["verified"], true);
+    assert_eq!(record["digest"], digest.as_str());
+    assert_eq!(server.requests("/os.qcow2"), 1);
+}
+
+#[test]
+fn unverified_urls_are_flagged_and_failures_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (qcow2, digest, _) = image(dir.path());
+    let server = TestServer::start();
+    server.add("/os.qcow2", qcow2);
+    let store = dir.path().join("store");
+
+    let out = run(vmimg(&store, &["pull", &server.url("/os.qcow2")]));
+    assert!(out.status.success());
+    assert!(text(&out.stderr).contains("is not verified"), "{}", text(&out.stderr));
+
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let out = run(vmimg(&store, &["pull", &server.url("/os.qcow2"), "--digest", &wrong]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("vmimg: error: digest mismatch") && stderr.contains(&digest) && stderr.contains(&wrong));
+
+    for (source, expected) in [("no-such-alias", "unknown alias"), ("./missing.img", "cannot open")] {
+        let out = run(vmimg(&store, &["pull", source]));
+        assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out.stderr).contains(expected), "{}", text(&out.stderr));
+    }
+    let out = run(vmimg(&store, &["pull", "x", "--digest", "md5:00"]));
+    assert_eq!(out.status.code(), Some(2), "a malformed digest is a usage error");
+}
+
+#[test]
+fn processes_pulling_the_same_source_download_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (qcow2, digest, raw) = image(dir.path());
+    let server = TestServer::start();
+    // A body that takes about a second, so the processes overlap.
+    server.fault("/os.qcow2", Fault::SlowBody { bytes_per_sec: qcow2.len() as u64 }, usize::MAX);
+    server.add("/os.qcow2", qcow2);
+    let store = dir.path().join("store");
+    let url = server.url("/os.qcow2");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            let mut command = vmimg(&store, &["-q", "pull", &url, "--digest", &digest]);
+            command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    let paths: Vec<String> = children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            text(&out.stdout).trim().to_owned()
+        })
+        .collect();
+    assert!(paths.windows(2).all(|w| w[0] == w[1]), "{paths:?}");
+    assert_eq!(server.requests("/os.qcow2"), 1, "one download for four processes");
+    assert!(std::fs::read(&paths[0]).unwrap() == raw);
+}
+
+#[test]
+fn catalog_list_and_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let out = run(vmimg(&store, &["catalog", "list"]));
+    let list = text(&out.stdout);
+    assert!(list.contains("debian-12") && list.contains("amd64,arm64"), "{list}");
+    let out = run(vmimg(&store, &["catalog", "show", "debian-12"]));
+    let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(entry["arch"]["arm64"]["digest"].as_str().unwrap().starts_with("sha512:"));
+}
