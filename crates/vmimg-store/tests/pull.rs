@@ -332,3 +332,16 @@ async fn concurrent_pulls_in_one_process_share_one_download() {
     assert_eq!(server.requests("/disk.qcow2"), 1);
     assert_same_disk(&paths[0], &f.raw);
 }
+
+#[tokio::test]
+async fn redirects_are_followed() {
+    let f = fixture(14);
+    let server = TestServer::start();
+    server.add("/real/disk.qcow2", f.qcow2.clone());
+    server.redirect("/latest/disk.qcow2", "/real/disk.qcow2", 302);
+    let root = tempfile::tempdir().unwrap();
+    let store = open_store(root.path(), quick());
+    let pulled = pull(&store, &server.url("/latest/disk.qcow2"), Some(sha256(&f.qcow2))).await.unwrap();
+    assert_same_disk(&pulled.path, &f.raw);
+    assert_eq!(server.requests("/real/disk.qcow2"), 1);
+}
