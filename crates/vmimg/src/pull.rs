@@ -21,12 +21,9 @@ pub async fn run(store: &Store, source: &str, digest: Option<Digest>, json: bool
     progress.finish();
     let pulled = pulled?;
     if !quiet && !pulled.cached {
-        let from = match &resolved.location {
-            Location::Url(_) => "downloaded, verified and converted",
-            Location::File(_) => "verified and converted",
-        };
-        let verified = if pulled.record.verified { "" } else { " (unverified)" };
-        eprintln!("{} {from}{verified} in {:.1?}", resolved.display_name(), started.elapsed());
+        let fetched = matches!(resolved.location, Location::Url(_)).then_some("downloaded, ").unwrap_or_default();
+        let verified = if pulled.record.verified { "verified" } else { "NOT verified" };
+        eprintln!("{}: {fetched}{verified} and converted in {:.1?}", resolved.display_name(), started.elapsed());
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&pulled)?);

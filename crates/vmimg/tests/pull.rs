@@ -2,6 +2,8 @@
 //! `--json`, quiet runs, one-line errors, and several processes pulling the
 //! same source at once downloading it once.
 
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use vmimg_testserver::{Fault, TestServer};
@@ -20,13 +22,16 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A small qcow2 made by qemu-img, its sha256, and its raw bytes.
+/// A qcow2 made by qemu-img (6 MiB of incompressible data in 32 MiB), its
+/// sha256, and its raw bytes.
 fn image(dir: &Path) -> (Vec<u8>, String, Vec<u8>) {
     let raw = dir.join("src.raw");
     let qcow2 = dir.join("src.qcow2");
     let ok = |c: &mut Command| assert!(c.status().unwrap().success());
     ok(Command::new("qemu-img").args(["create", "-q", "-f", "raw"]).arg(&raw).arg("32M"));
-    ok(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0x33 2M 6M"]).arg(&raw).stdout(Stdio::null()));
+    let mut noise = vec![0u8; 6 << 20];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut noise).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&raw).unwrap().write_all_at(&noise, 2 << 20).unwrap();
     ok(Command::new("qemu-img").args(["convert", "-c", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2));
     let out = Command::new("sha256sum").arg(&qcow2).output().unwrap();
     let digest = format!("sha256:{}", text(&out.stdout).split_whitespace().next().unwrap());
@@ -127,4 +132,73 @@ fn catalog_list_and_show() {
     let out = run(vmimg(&store, &["catalog", "show", "debian-12"]));
     let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(entry["arch"]["arm64"]["digest"].as_str().unwrap().starts_with("sha512:"));
+}
+
+#[test]
+fn a_killed_pull_is_resumed_by_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (qcow2, digest, raw) = image(dir.path());
+    let len = qcow2.len() as u64;
+    let server = TestServer::start();
+    // The first request trickles (about 4 s for the whole body).
+    server.fault("/os.qcow2", Fault::SlowBody { bytes_per_sec: len / 4 }, 1);
+    server.add("/os.qcow2", qcow2);
+    let store = dir.path().join("store");
+    let url = server.url("/os.qcow2");
+    let mut first = vmimg(&store, &["-q", "pull", &url, "--digest", &digest]).spawn().unwrap();
+    let part = wait_for_partial(&store, len / 4);
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    assert!(std::fs::read_dir(store.join("images")).unwrap().next().is_none(), "no image from a killed pull");
+
+    let out = run(vmimg(&store, &["-q", "pull", &url, "--digest", &digest]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(std::fs::read(text(&out.stdout).trim()).unwrap() == raw);
+    let last = server.log().pop().unwrap();
+    let resumed_at: u64 = last.range.unwrap().trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap();
+    assert!(resumed_at >= part, "resumed at {resumed_at}, {part} bytes were held");
+    assert!(!part_path(&store).exists(), "the partial became the blob");
+}
+
+fn part_path(store: &Path) -> std::path::PathBuf {
+    let tmp = store.join("tmp");
+    std::fs::read_dir(&tmp)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "part"))
+        .unwrap_or_else(|| tmp.join("none.part"))
+}
+
+/// Waits until the partial download holds at least `bytes`; returns its length.
+fn wait_for_partial(store: &Path, bytes: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let len = std::fs::metadata(part_path(store)).map(|m| m.len()).unwrap_or(0);
+        if len >= bytes {
+            return len;
+        }
+        assert!(std::time::Instant::now() < deadline, "the download never got going");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_terminal_gets_a_progress_bar() {
+    let dir = tempfile::tempdir().unwrap();
+    let (qcow2, digest, _) = image(dir.path());
+    let server = TestServer::start();
+    server.add("/os.qcow2", qcow2);
+    let command = format!(
+        "{} --store {} pull {} --digest {digest}",
+        env!("CARGO_BIN_EXE_vmimg"),
+        dir.path().join("store").display(),
+        server.url("/os.qcow2")
+    );
+    // script(1) runs the command on a pseudo-terminal and copies what it draws.
+    let out = Command::new("script").args(["-qec", &command, "/dev/null"]).output().expect("script(1) from util-linux");
+    let screen = text(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("ETA") && screen.contains("MiB"), "no bar: {screen}");
 }
