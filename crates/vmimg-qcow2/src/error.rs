@@ -1,4 +1,4 @@
-//! The one error type of the qcow2 reader.
+//! The one error type of the qcow2 reader and overlay writer.
 //!
 //! Every refusal names the field or structure that was wrong and the value it
 //! held, so a user can tell a damaged download from a hostile one.
@@ -36,11 +36,23 @@ pub enum Error {
     Encrypted(&'static str),
     #[error("corrupt compressed cluster at host offset {host_offset:#x}: {reason}")]
     Decompress { host_offset: u64, reason: String },
+    #[error("cannot create the qcow2 image: {0}")]
+    Create(String),
+    #[error("I/O error while writing {what}: {source}")]
+    Write {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl Error {
     pub(crate) fn io(what: &'static str) -> impl FnOnce(io::Error) -> Error {
         move |source| Error::Io { what, source }
+    }
+
+    pub(crate) fn write(what: &'static str) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::Write { what, source }
     }
 }
 

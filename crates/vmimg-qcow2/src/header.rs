@@ -25,7 +25,7 @@ pub const MAX_SNAPSHOTS: u32 = 65536;
 pub const MAX_FILE_NAME: u32 = 1023;
 
 const V2_HEADER_LEN: u32 = 72;
-const V3_HEADER_LEN: u32 = 104;
+pub(crate) const V3_HEADER_LEN: u32 = 104;
 
 const INCOMPAT_DIRTY: u64 = 1 << 0;
 const INCOMPAT_CORRUPT: u64 = 1 << 1;
@@ -36,8 +36,8 @@ const INCOMPAT_KNOWN: u64 = (1 << 5) - 1;
 const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
 const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
 
-const EXT_END: u32 = 0;
-const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+pub(crate) const EXT_END: u32 = 0;
+pub(crate) const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
 const EXT_CRYPTO_HEADER: u32 = 0x0537_be77;
 const EXT_DATA_FILE: u32 = 0x4441_5441;

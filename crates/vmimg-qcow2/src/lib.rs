@@ -17,7 +17,10 @@
 //! - [`Qcow2::read_at`] reads any virtual range, decompressing as needed.
 //!
 //! All reads are positioned ([`ReadAt`]), so one `Qcow2` serves many threads.
-//! Writing (overlays) will live beside the reader in this crate.
+//!
+//! One way out: [`create_overlay`] writes an empty version 3 overlay over a
+//! backing file (metadata only, refcounts exact). Writing data into images
+//! will live beside it.
 //!
 //! ```no_run
 //! use vmimg_qcow2::{Qcow2, Allocation};
@@ -33,12 +36,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod create;
 mod decompress;
 mod error;
 mod header;
 mod map;
 mod read_at;
 
+pub use create::{BackingFormat, DEFAULT_CLUSTER_BITS, OverlayOptions, create_overlay};
 pub use decompress::ClusterDecoder;
 pub use error::{Error, Result};
 pub use header::{Compression, Encryption, FeatureName, Header, MAGIC};

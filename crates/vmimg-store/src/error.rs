@@ -23,6 +23,12 @@ pub enum Error {
          (if upstream replaced a catalog image, `vmimg catalog refresh` updates its pin)"
     )]
     DigestMismatch { source_name: String, expected: Digest, actual: Digest },
+    #[error("image {image} has instances ({instances}): remove them first, or pass --force to remove them too")]
+    InUse { image: String, instances: String },
+    #[error("no {what} named {name:?} in the store")]
+    NotFound { what: &'static str, name: String },
+    #[error("{}: {source}", path.display())]
+    Qcow2 { path: PathBuf, source: vmimg_qcow2::Error },
     #[error("image record {}: {message}", path.display())]
     Record { path: PathBuf, message: String },
     #[error(transparent)]

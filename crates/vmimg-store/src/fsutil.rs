@@ -36,3 +36,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     temp.persist(path).map_err(|e| Error::io("cannot rename into", path)(e.error))?;
     sync_dir(dir)
 }
+
+/// Removes a file; a missing one is fine.
+pub(crate) fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("cannot remove", path)(e)),
+        _ => Ok(()),
+    }
+}

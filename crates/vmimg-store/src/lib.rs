@@ -4,7 +4,9 @@
 //! - [`Store`]: the on-disk layout, cache keys, per-key locks (in-process and
 //!   across processes), and [`Store::pull`], which fetches, verifies,
 //!   converts and atomically publishes an image (see the `store` module for
-//!   the life of an image).
+//!   the life of an image);
+//! - [`Store::refresh_catalog`]: moves a catalog file's aliases to their
+//!   publishers' newest snapshots (the `refresh` module).
 //!
 //! The store never prints and never parses command lines: the CLI does.
 
@@ -12,14 +14,20 @@ mod catalog;
 mod error;
 mod fsutil;
 mod growing;
+mod instance;
+mod manage;
 mod pull;
 mod record;
+mod refresh;
 mod source;
 mod store;
 
 pub use catalog::{Arch, Artifact, Catalog, EMBEDDED, Entry, MAX_CATALOG_BYTES, Mirrors};
 pub use error::{Error, Result};
+pub use instance::{Instance, InstanceFormat, InstanceRecord, InstanceRequest};
+pub use manage::{GcReport, ImageSummary, Usage};
 pub use pull::Pulled;
 pub use record::{ImageRecord, Status};
+pub use refresh::{Change, MAX_UPSTREAM_TEXT, RefreshError, Refreshed};
 pub use source::{Location, Resolved, SourceInfo};
 pub use store::{Store, StoreOptions, default_root};

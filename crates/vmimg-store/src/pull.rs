@@ -60,15 +60,11 @@ impl Store {
     }
 
     fn found(&self, key: &str) -> Result<Option<Pulled>> {
-        Ok(self.lookup(key)?.map(|record| Pulled { path: self.disk_path(key), record, cached: true }))
-    }
-
-    fn work_dir(&self, key: &str) -> Result<tempfile::TempDir> {
-        let tmp = self.tmp();
-        tempfile::Builder::new()
-            .prefix(&format!("{key}.work-"))
-            .tempdir_in(&tmp)
-            .map_err(Error::io("cannot create a directory in", &tmp))
+        let found = self.lookup(key)?.map(|record| Pulled { path: self.disk_path(key), record, cached: true });
+        if found.is_some() {
+            self.touch(key);
+        }
+        Ok(found)
     }
 
     fn convert_options(&self) -> ConvertOptions {

@@ -125,6 +125,11 @@ impl Store {
         self.arch
     }
 
+    /// The URL rewrites applied to every fetch.
+    pub fn mirrors(&self) -> &Mirrors {
+        &self.mirrors
+    }
+
     /// What `source` (an alias, URL or file path) names, with the digest it must have.
     pub fn resolve(&self, source: &str, digest: Option<Digest>) -> Result<Resolved> {
         Resolver { catalog: &self.catalog, mirrors: &self.mirrors, arch: self.arch }.resolve(source, digest)
@@ -181,6 +186,32 @@ impl Store {
         .await
         .expect("lock task")?;
         Ok(KeyLock { _file: file, _in_process: in_process })
+    }
+
+    /// A fresh work directory for `key` under `tmp/` (removed on drop
+    /// unless kept).
+    pub(crate) fn work_dir(&self, key: &str) -> Result<tempfile::TempDir> {
+        let tmp = self.tmp();
+        tempfile::Builder::new()
+            .prefix(&format!("{key}.work-"))
+            .tempdir_in(&tmp)
+            .map_err(Error::io("cannot create a directory in", &tmp))
+    }
+
+    /// Holds `key` if nobody else does (None if someone does).
+    pub(crate) fn try_lock(&self, key: &str) -> Result<Option<File>> {
+        let path = self.root.join("locks").join(format!("{key}.lock"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(Error::io("cannot open", &path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", &path)(e)),
+        }
     }
 
     /// Removes work directories of `key` that an interrupted run left.

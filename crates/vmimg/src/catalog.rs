@@ -1,7 +1,8 @@
-//! `vmimg catalog list|show`.
+//! `vmimg catalog list|show|refresh`.
 
 use anyhow::{Result, bail};
-use vmimg_store::Store;
+use std::path::Path;
+use vmimg_store::{Change, Store};
 
 pub fn list(store: &Store, json: bool) -> Result<()> {
     if json {
@@ -28,5 +29,30 @@ pub fn show(store: &Store, alias: &str) -> Result<()> {
         bail!(vmimg_store::Error::UnknownAlias { alias: alias.to_owned() });
     };
     println!("{}", serde_json::to_string_pretty(entry)?);
+    Ok(())
+}
+
+/// Refreshes `aliases` (all when empty) in `file`: one line per alias on
+/// stdout, one error line per alias that failed, then a failure if any did
+/// (`file` keeps the others' updates).
+pub async fn refresh(store: &Store, file: &Path, aliases: &[String]) -> Result<()> {
+    let report = store.refresh_catalog(file, aliases).await?;
+    let total = report.len();
+    let mut failed = Vec::new();
+    for refreshed in report {
+        let alias = refreshed.alias;
+        match refreshed.outcome {
+            Ok(Change::Unchanged { snapshot }) => println!("{alias}: unchanged ({snapshot})"),
+            Ok(Change::Bumped { from, to }) => println!("{alias}: {from} -> {to}"),
+            Ok(Change::Republished { snapshot }) => println!("{alias}: {snapshot} (republished: new digests)"),
+            Err(e) => {
+                eprintln!("vmimg: error: {alias}: {e}");
+                failed.push(alias);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} of {total} aliases not refreshed: {}", failed.len(), failed.join(", "));
+    }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod catalog;
 mod info;
+mod manage;
 mod progress;
 mod pull;
 mod units;
@@ -101,6 +102,39 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the images in the store: name, format, sizes, instances, source.
+    Images {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image from the store (and its blob, if no other image uses it).
+    ///
+    /// Refused while the image has instances, unless --force, which removes
+    /// them too (a qcow2 instance cannot outlive its backing image).
+    Rm {
+        /// An image name (`vmimg images`) or the source it was pulled from.
+        image: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Bytes on disk: images, downloaded blobs, partial downloads, instances.
+    Du {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove what nothing needs, and old images beyond a budget.
+    ///
+    /// Removes abandoned work and day-old partial downloads under tmp/,
+    /// blobs no image names, and, with --keep-under, the least recently
+    /// used images without instances until the store fits the budget.
+    Gc {
+        /// Store size to get under: 20G, 512M, bytes.
+        #[arg(long, value_parser = vmimg_disk::parse_size)]
+        keep_under: Option<u64>,
+    },
+    /// Writable disks made from store images, one per VM.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
     /// The embedded catalog of aliases, with any overrides.
     #[command(subcommand)]
     Catalog(CatalogCommand),
@@ -174,6 +208,42 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum InstanceCommand {
+    /// Make a writable disk from IMAGE and print its path.
+    ///
+    /// By default a qcow2 overlay whose backing file is the image (constant
+    /// time whatever the image size); --format raw makes a full copy (a
+    /// reflink where the filesystem allows, else sparse). IMAGE is an image
+    /// name or a source, pulled first if needed.
+    Create {
+        image: String,
+        /// The instance's name [default: <image>-<n>].
+        #[arg(long)]
+        name: Option<String>,
+        /// A virtual size at least the image's: 20G, 512M, bytes.
+        #[arg(long, value_parser = vmimg_disk::parse_size)]
+        size: Option<u64>,
+        #[arg(long, default_value = "qcow2", value_parser = parse_instance_format)]
+        format: vmimg_store::InstanceFormat,
+    },
+    /// List the instances.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an instance and its disk.
+    Rm { name: String },
+}
+
+fn parse_instance_format(s: &str) -> Result<vmimg_store::InstanceFormat, String> {
+    match s {
+        "qcow2" => Ok(vmimg_store::InstanceFormat::Qcow2),
+        "raw" => Ok(vmimg_store::InstanceFormat::Raw),
+        _ => Err("qcow2 or raw".into()),
+    }
+}
+
+#[derive(Subcommand)]
 enum CatalogCommand {
     /// List the aliases: distribution, version, snapshot, architectures.
     List {
@@ -183,6 +253,21 @@ enum CatalogCommand {
     },
     /// Show one alias: its snapshot and, per architecture, URL and digest.
     Show { alias: String },
+    /// Move aliases to their publisher's newest snapshot, in a catalog file.
+    ///
+    /// Reads each distribution's published directory listing for the newest
+    /// dated snapshot, and its checksum file for each architecture's digest
+    /// (never computed here). Rewrites FILE atomically and prints one line
+    /// per alias: unchanged, or ALIAS: OLD -> NEW. An alias that cannot be
+    /// refreshed is an error for that alias alone; FILE keeps the others'
+    /// updates. --mirror rules apply to what is read; FILE keeps upstream
+    /// URLs. Use the result with --catalog FILE.
+    Refresh {
+        /// The catalog file to rewrite (made from the embedded catalog if absent).
+        file: PathBuf,
+        /// The aliases to refresh [default: every alias in FILE].
+        aliases: Vec<String>,
+    },
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -219,8 +304,24 @@ fn run(cli: Cli) -> Result<()> {
             let store = cli.store.open()?;
             runtime()?.block_on(pull::run(&store, &source, digest, json, cli.quiet))
         }
+        Command::Images { json } => manage::images(&cli.store.open()?, json),
+        Command::Rm { image, force } => runtime()?.block_on(manage::remove_image(&cli.store.open()?, &image, force)),
+        Command::Du { json } => manage::du(&cli.store.open()?, json),
+        Command::Gc { keep_under } => runtime()?.block_on(manage::gc(&cli.store.open()?, keep_under, cli.quiet)),
+        Command::Instance(InstanceCommand::Create { image, name, size, format }) => {
+            let store = cli.store.open()?;
+            runtime()?.block_on(manage::create_instance(&store, &image, name, size, format, cli.quiet))
+        }
+        Command::Instance(InstanceCommand::List { json }) => manage::list_instances(&cli.store.open()?, json),
+        Command::Instance(InstanceCommand::Rm { name }) => {
+            runtime()?.block_on(async { Ok(cli.store.open()?.remove_instance(&name).await?) })
+        }
         Command::Catalog(CatalogCommand::List { json }) => catalog::list(&cli.store.open()?, json),
         Command::Catalog(CatalogCommand::Show { alias }) => catalog::show(&cli.store.open()?, &alias),
+        Command::Catalog(CatalogCommand::Refresh { file, aliases }) => {
+            let store = cli.store.open()?;
+            runtime()?.block_on(catalog::refresh(&store, &file, &aliases))
+        }
         Command::Info { file, json, format } => info::run(&file, format, json),
         Command::Convert { src, dst, format, output_format: _, threads, no_sync } => {
             let image = DiskImage::open(&src, format)?;

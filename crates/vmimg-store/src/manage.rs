@@ -1,0 +1,211 @@
+//! Keeping the store in hand: listing images, removing them, accounting
+//! for space, collecting garbage.
+//!
+//! Every removal renames the doomed directory into `tmp/` first (one atomic
+//! step), then deletes it, under the image's key lock, so a crash never
+//! leaves half an image in `images/`. An image with instances is never
+//! removed unless the caller forces it (then its instances go too: a qcow2
+//! instance cannot outlive its backing file).
+
+use crate::error::{Error, Result};
+use crate::instance::remove_dir_atomically;
+use crate::record::ImageRecord;
+use crate::store::Store;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// An image as `vmimg images` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageSummary {
+    pub path: PathBuf,
+    #[serde(flatten)]
+    pub record: ImageRecord,
+    /// Bytes the image's directory occupies.
+    pub bytes_on_disk: u64,
+    pub instances: usize,
+    /// When a pull or an instance last used it (RFC 3339).
+    pub last_used_at: String,
+}
+
+/// Bytes on disk, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub images: u64,
+    pub blobs: u64,
+    /// Partial downloads and other work in `tmp/`.
+    pub partial: u64,
+    pub instances: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.images + self.blobs + self.partial + self.instances
+    }
+}
+
+/// What `gc` removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    pub images: Vec<String>,
+    pub blobs: usize,
+    pub tmp_entries: usize,
+    pub bytes_freed: u64,
+}
+
+/// A partial download untouched this long is stale.
+const STALE_PARTIAL: Duration = Duration::from_secs(24 * 3600);
+
+impl Store {
+    /// Every image, oldest use first.
+    pub fn images(&self) -> Result<Vec<ImageSummary>> {
+        let dir = self.root().join("images");
+        let instances = self.instances()?;
+        let mut images = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(Error::io("cannot list", &dir))? {
+            let key = entry.map_err(Error::io("cannot list", &dir))?.file_name().to_string_lossy().into_owned();
+            let Some(record) = self.lookup(&key)? else { continue };
+            let image_dir = self.image_dir(&key);
+            images.push(ImageSummary {
+                path: self.disk_path(&key),
+                bytes_on_disk: allocated(&image_dir),
+                instances: instances.iter().filter(|i| i.record.image == key).count(),
+                last_used_at: humantime::format_rfc3339_seconds(last_used(&image_dir)).to_string(),
+                record,
+            });
+        }
+        images.sort_by(|a, b| (&a.last_used_at, &a.record.name).cmp(&(&b.last_used_at, &b.record.name)));
+        Ok(images)
+    }
+
+    /// Marks image `key` as just used (for least-recently-used collection).
+    pub(crate) fn touch(&self, key: &str) {
+        let record = self.image_dir(key).join("image.json");
+        if let Ok(file) = std::fs::File::options().append(true).open(&record) {
+            let _ = file.set_modified(SystemTime::now());
+        }
+    }
+
+    /// Removes image `key` and, if no other image uses it, its blob.
+    pub async fn remove_image(&self, key: &str, force: bool) -> Result<()> {
+        let _lock = self.lock(key).await?;
+        let record = self.lookup(key)?.ok_or_else(|| Error::NotFound { what: "image", name: key.to_owned() })?;
+        let instances = self.instances_of(key)?;
+        if !instances.is_empty() && !force {
+            let names: Vec<_> = instances.iter().map(|i| i.record.name.as_str()).collect();
+            return Err(Error::InUse { image: key.to_owned(), instances: names.join(", ") });
+        }
+        for instance in instances {
+            remove_dir_atomically(&instance.path.parent().expect("instances/<name>").to_owned(), &self.tmp())?;
+        }
+        remove_dir_atomically(&self.image_dir(key), &self.tmp())?;
+        if let Some(blob) = record.blob {
+            if !self.referenced_blobs()?.contains(&blob) {
+                crate::fsutil::remove_file(&self.root().join(blob))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes on disk of images, blobs, partial work and instances.
+    pub fn usage(&self) -> Usage {
+        let of = |dir: &str| allocated(&self.root().join(dir));
+        Usage { images: of("images"), blobs: of("blobs"), partial: of("tmp"), instances: of("instances") }
+    }
+
+    /// Removes what nothing needs: leftovers in `tmp/` (abandoned work,
+    /// partial downloads idle for a day), blobs no image names, and then,
+    /// while the store is over `keep_under` bytes, the least recently used
+    /// images that have no instances.
+    pub async fn gc(&self, keep_under: Option<u64>) -> Result<GcReport> {
+        let before = self.usage().total();
+        let mut report = GcReport { tmp_entries: self.collect_tmp()?, ..GcReport::default() };
+        report.blobs = self.collect_blobs()?;
+        if let Some(budget) = keep_under {
+            for image in self.images()? {
+                if self.usage().total() <= budget {
+                    break;
+                }
+                if image.instances == 0 {
+                    self.remove_image(&image.record.name, false).await?;
+                    report.images.push(image.record.name);
+                }
+            }
+        }
+        report.bytes_freed = before.saturating_sub(self.usage().total());
+        Ok(report)
+    }
+
+    fn referenced_blobs(&self) -> Result<HashSet<String>> {
+        Ok(self.images()?.into_iter().filter_map(|i| i.record.blob).collect())
+    }
+
+    fn collect_blobs(&self) -> Result<usize> {
+        let referenced = self.referenced_blobs()?;
+        let mut removed = 0;
+        for path in entries(&self.root().join("blobs"))?.iter().flat_map(|dir| entries(dir).unwrap_or_default()) {
+            let relative = path.strip_prefix(self.root()).expect("inside the store").to_string_lossy().into_owned();
+            if !referenced.contains(&relative) {
+                crate::fsutil::remove_file(&path)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes entries of `tmp/` whose key nobody holds: work and removal
+    /// directories always, partial downloads once stale.
+    fn collect_tmp(&self) -> Result<usize> {
+        let mut removed = 0;
+        for path in entries(&self.tmp())? {
+            let name = path.file_name().expect("a named entry").to_string_lossy().into_owned();
+            let (key, stale) = match name.split_once(".work-").or_else(|| name.split_once(".removing-")) {
+                Some((key, _)) => (key.to_owned(), true),
+                None => match name.split_once(".part") {
+                    Some((key, _)) => (key.to_owned(), idle_for(&path) > STALE_PARTIAL),
+                    None => continue,
+                },
+            };
+            if stale && let Some(_held) = self.try_lock(&key)? {
+                remove_any(&path)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    match std::fs::read_dir(dir) {
+        Ok(list) => Ok(list.flatten().map(|e| e.path()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("cannot list", dir)(e)),
+    }
+}
+
+fn remove_any(path: &Path) -> Result<()> {
+    let result = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+    result.map_err(Error::io("cannot remove", path))
+}
+
+/// Bytes allocated to `path` and everything under it.
+fn allocated(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    let own = meta.blocks() * 512;
+    if !meta.is_dir() {
+        return own;
+    }
+    let children = std::fs::read_dir(path).into_iter().flatten().flatten();
+    own + children.map(|e| allocated(&e.path())).sum::<u64>()
+}
+
+fn last_used(image_dir: &Path) -> SystemTime {
+    std::fs::metadata(image_dir.join("image.json")).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn idle_for(path: &Path) -> Duration {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+    SystemTime::now().duration_since(modified).unwrap_or_default()
+}

@@ -1,0 +1,136 @@
+//! `vmimg images|rm|du|gc` and `vmimg instance create|list|rm`.
+
+use crate::units::human;
+use anyhow::Result;
+use std::sync::Arc;
+use vmimg_store::{InstanceFormat, InstanceRequest, Store};
+
+/// The store key of IMAGE: an image name as `vmimg images` lists it, or a
+/// source (alias, URL, file) that was pulled, pulled now when `pull` is set.
+async fn image_key(store: &Store, image: &str, pull: bool, quiet: bool) -> Result<String> {
+    if store.lookup(image).ok().flatten().is_some() {
+        return Ok(image.to_owned());
+    }
+    let resolved = store.resolve(image, None)?;
+    if pull && store.lookup(&resolved.key)?.is_none() {
+        let progress = Arc::new(crate::progress::DownloadProgress::new(quiet, &resolved.key));
+        store.pull(&resolved, Some(progress.clone())).await?;
+        progress.finish();
+    }
+    Ok(resolved.key)
+}
+
+pub fn images(store: &Store, json: bool) -> Result<()> {
+    let images = store.images()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&images)?);
+        return Ok(());
+    }
+    println!(
+        "{:<48} {:<7} {:>9} {:>9} {:>9}  {:<20} SOURCE",
+        "NAME", "FORMAT", "SIZE", "ON DISK", "INSTANCES", "CREATED"
+    );
+    for image in images {
+        let r = &image.record;
+        let source = match &r.source {
+            vmimg_store::SourceInfo::Alias { alias, .. } => alias.clone(),
+            vmimg_store::SourceInfo::Url { url } => url.clone(),
+            vmimg_store::SourceInfo::File { path } => path.display().to_string(),
+        };
+        println!(
+            "{:<48} {:<7} {:>9} {:>9} {:>9}  {:<20} {source}",
+            r.name,
+            r.format,
+            human(r.virtual_size),
+            human(image.bytes_on_disk),
+            image.instances,
+            r.created_at
+        );
+    }
+    Ok(())
+}
+
+pub async fn remove_image(store: &Store, image: &str, force: bool) -> Result<()> {
+    let key = image_key(store, image, false, true).await?;
+    store.remove_image(&key, force).await?;
+    Ok(())
+}
+
+pub fn du(store: &Store, json: bool) -> Result<()> {
+    let usage = store.usage();
+    if json {
+        let total = usage.total();
+        println!(
+            "{}",
+            serde_json::json!({ "images": usage.images, "blobs": usage.blobs, "partial": usage.partial, "instances": usage.instances, "total": total })
+        );
+        return Ok(());
+    }
+    for (what, bytes) in [
+        ("images", usage.images),
+        ("blobs (downloaded sources)", usage.blobs),
+        ("partial downloads and work", usage.partial),
+        ("instances", usage.instances),
+        ("total", usage.total()),
+    ] {
+        println!("{:>9}  {what}", human(bytes));
+    }
+    Ok(())
+}
+
+pub async fn gc(store: &Store, keep_under: Option<u64>, quiet: bool) -> Result<()> {
+    let report = store.gc(keep_under).await?;
+    if !quiet {
+        for image in &report.images {
+            eprintln!("removed image {image}");
+        }
+        eprintln!(
+            "freed {} ({} images, {} blobs, {} leftovers in tmp/)",
+            human(report.bytes_freed),
+            report.images.len(),
+            report.blobs,
+            report.tmp_entries
+        );
+    }
+    Ok(())
+}
+
+pub async fn create_instance(
+    store: &Store,
+    image: &str,
+    name: Option<String>,
+    size: Option<u64>,
+    format: InstanceFormat,
+    quiet: bool,
+) -> Result<()> {
+    let image = image_key(store, image, true, quiet).await?;
+    let instance = store.create_instance(&InstanceRequest { image, name, size, format }).await?;
+    if !quiet {
+        eprintln!(
+            "instance {} of {} ({})",
+            instance.record.name,
+            instance.record.image,
+            human(instance.record.virtual_size)
+        );
+    }
+    println!("{}", instance.path.display());
+    Ok(())
+}
+
+pub fn list_instances(store: &Store, json: bool) -> Result<()> {
+    let instances = store.instances()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&instances)?);
+        return Ok(());
+    }
+    println!("{:<24} {:<6} {:>9}  {:<20} IMAGE", "NAME", "FORMAT", "SIZE", "CREATED");
+    for i in instances {
+        let r = &i.record;
+        let format = match r.format {
+            InstanceFormat::Qcow2 => "qcow2",
+            InstanceFormat::Raw => "raw",
+        };
+        println!("{:<24} {format:<6} {:>9}  {:<20} {}", r.name, human(r.virtual_size), r.created_at, r.image);
+    }
+    Ok(())
+}
