@@ -41,9 +41,12 @@ impl Watermark {
         Arc::new(Watermark { next, ..Watermark::default() })
     }
 
-    /// The download is over: `ok` when all its bytes are in the file.
+    /// The download is over: `ok` when all its bytes are in the file. The
+    /// first call counts.
     pub fn end(&self, ok: bool) {
-        self.update(|s| s.ended = Some(ok));
+        self.update(|s| {
+            s.ended.get_or_insert(ok);
+        });
     }
 
     fn update(&self, change: impl FnOnce(&mut State)) {
@@ -86,6 +89,16 @@ impl Progress for Watermark {
         if let Some(next) = &self.next {
             next.retrying(error, delay);
         }
+    }
+}
+
+/// Ends the watermark as failed when dropped, unless it ended before: a
+/// pull dropped midway (cancelled) so releases its converter.
+pub struct EndOnDrop(pub Arc<Watermark>);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.end(false);
     }
 }
 

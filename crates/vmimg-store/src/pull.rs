@@ -9,7 +9,7 @@
 //! after the digest matched; a mismatch deletes the partial and the work.
 
 use crate::error::{Error, Result};
-use crate::growing::{GrowingFile, Watermark};
+use crate::growing::{EndOnDrop, GrowingFile, Watermark};
 use crate::record::{ImageRecord, Status, now};
 use crate::source::{Location, Resolved};
 use crate::store::Store;
@@ -73,19 +73,21 @@ impl Store {
 
     async fn make_from_url(&self, source: &Resolved, url: &str, progress: Option<Arc<dyn Progress>>) -> Result<Made> {
         let algorithm = source.expected.as_ref().map_or(Algorithm::Sha256, Digest::algorithm);
+        let fetcher = self.fetcher()?;
         let partial = self.partial_path(&source.key);
         let work = self.work_dir(&source.key)?;
         let disk = work.path().join("disk.raw");
         let reader = File::options().create(true).truncate(false).write(true).read(true).open(&partial);
         let reader = reader.map_err(Error::io("cannot create", &partial))?;
         let watermark = Watermark::new(progress);
+        let _release_converter = EndOnDrop(watermark.clone());
         let converter = {
             let (watermark, disk, options) = (watermark.clone(), disk.clone(), self.convert_options());
             tokio::task::spawn_blocking(move || {
                 convert_while_downloading(GrowingFile::new(reader, watermark), &disk, &options)
             })
         };
-        let fetched = self.fetcher.fetch(url, algorithm, &partial, &*watermark).await;
+        let fetched = fetcher.fetch(url, algorithm, &partial, &*watermark).await;
         watermark.end(fetched.is_ok());
         let converted = converter.await.expect("converter thread");
         let Fetched { digest, .. } = fetched?;

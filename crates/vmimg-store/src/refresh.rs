@@ -101,7 +101,7 @@ impl Store {
             [] => catalog.entries().map(|(alias, _)| alias.to_owned()).collect(),
             named => named.to_vec(),
         };
-        let mut upstream = Upstream { fetcher: &self.fetcher, mirrors: self.mirrors(), texts: HashMap::new() };
+        let mut upstream = Upstream { fetcher: self.fetcher()?, mirrors: self.mirrors(), texts: HashMap::new() };
         let mut report = Vec::new();
         let mut changed = false;
         for alias in aliases {

@@ -70,7 +70,10 @@ pub struct Store {
     catalog: Catalog,
     mirrors: Mirrors,
     arch: Arch,
-    pub(crate) fetcher: Fetcher,
+    fetch_options: FetchOptions,
+    /// Made on first use: loading the system's root certificates costs
+    /// more than a whole `instance create`.
+    fetcher: std::sync::OnceLock<Fetcher>,
     pub(crate) threads: usize,
     in_process: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -107,10 +110,20 @@ impl Store {
             catalog,
             mirrors,
             arch,
-            fetcher: Fetcher::new(options.fetch)?,
+            fetch_options: options.fetch,
+            fetcher: std::sync::OnceLock::new(),
             threads: options.threads,
             in_process: Mutex::default(),
         })
+    }
+
+    /// The HTTP client, made on first use.
+    pub(crate) fn fetcher(&self) -> Result<&Fetcher> {
+        if let Some(fetcher) = self.fetcher.get() {
+            return Ok(fetcher);
+        }
+        let fetcher = Fetcher::new(self.fetch_options.clone())?;
+        Ok(self.fetcher.get_or_init(|| fetcher))
     }
 
     pub fn root(&self) -> &Path {
