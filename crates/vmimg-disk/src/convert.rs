@@ -9,11 +9,15 @@
 //! result with positioned writes in whatever order they finish, skipping
 //! every 4 KiB block that is all zeros. Memory is a few batch buffers per
 //! worker, whatever the image size.
+//!
+//! A trusted backing chain ([`DiskImage::open_chain`]) converts as the one
+//! disk it stands for: its merged allocation map names the image ("layer")
+//! each extent reads from, and a batch never spans two layers.
 
+use crate::chain::{LayerExtent, LayerExtents, chain_extents};
 use crate::error::{Error, Result};
 use crate::image::{DiskImage, Kind, Qcow2Source};
 use crate::publish::publish;
-use crate::raw::RawExtents;
 use crate::zero::write_skipping_zeros;
 use std::fs::File;
 use std::path::Path;
@@ -67,7 +71,7 @@ pub struct ConvertStats {
 pub fn convert_to_raw(src: &DiskImage, dst: &File, options: &ConvertOptions) -> Result<ConvertStats> {
     let virtual_size = src.virtual_size()?;
     size_output(dst, virtual_size).map_err(Error::io("cannot size the output for", src.path()))?;
-    let batcher = Mutex::new(Batcher::new(extents_of(src)?));
+    let batcher = Mutex::new(Batcher::new(chain_extents(src)?));
     let written = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     let first_error = Mutex::new(None);
@@ -104,21 +108,9 @@ pub fn convert_to_path(src: &DiskImage, dst: &Path, options: &ConvertOptions) ->
     publish(dst, options.sync, |file| convert_to_raw(src, file, options))
 }
 
-type ExtentIter<'a> = Box<dyn Iterator<Item = Result<Extent>> + Send + 'a>;
-
-fn extents_of(src: &DiskImage) -> Result<ExtentIter<'_>> {
-    let path = src.path().to_owned();
-    Ok(match src.kind() {
-        Kind::Raw(file) => {
-            let len = src.virtual_size()?;
-            Box::new(RawExtents::new(file, len).map(move |r| r.map_err(Error::io("cannot map", &path))))
-        }
-        Kind::Qcow2(img) => Box::new(img.extents(0).map(move |r| r.map_err(Error::qcow2(&path)))),
-    })
-}
-
-/// A run of contiguous data or compressed extents, converted as one unit.
+/// A run of contiguous data or compressed extents of one layer, converted as one unit.
 struct Batch {
+    layer: usize,
     extents: Vec<Extent>,
 }
 
@@ -149,45 +141,48 @@ impl Batch {
 
 /// Cuts the allocation map into batches; shared by the workers under a lock.
 struct Batcher<'a> {
-    extents: ExtentIter<'a>,
-    carry: Option<Extent>,
+    extents: LayerExtents<'a>,
+    carry: Option<LayerExtent>,
 }
 
 impl<'a> Batcher<'a> {
-    fn new(extents: ExtentIter<'a>) -> Self {
+    fn new(extents: LayerExtents<'a>) -> Self {
         Batcher { extents, carry: None }
     }
 
     fn next_batch(&mut self) -> Option<Result<Batch>> {
-        let mut batch: Vec<Extent> = Vec::new();
+        let mut batch = Batch { layer: 0, extents: Vec::new() };
         let mut len = 0;
         loop {
-            let extent = match self.carry.take().map(Ok).or_else(|| self.extents.next()) {
+            let LayerExtent { layer, extent } = match self.carry.take().map(Ok).or_else(|| self.extents.next()) {
                 None => break,
                 Some(Err(e)) => return Some(Err(e)),
                 Some(Ok(e)) => e,
             };
             if extent.reads_as_zero() {
-                if batch.is_empty() {
+                if batch.extents.is_empty() {
                     continue;
                 }
                 break;
             }
-            let contiguous = batch.last().is_none_or(|last| last.end() == extent.start);
+            if batch.extents.is_empty() {
+                batch.layer = layer;
+            }
+            let contiguous = layer == batch.layer && batch.extents.last().is_none_or(|last| last.end() == extent.start);
             let room = BATCH_BYTES.saturating_sub(len);
-            if !contiguous || (room < extent.len && !batch.is_empty() && !is_data(&extent)) || room == 0 {
-                self.carry = Some(extent);
+            if !contiguous || (room < extent.len && !batch.extents.is_empty() && !is_data(&extent)) || room == 0 {
+                self.carry = Some(LayerExtent { layer, extent });
                 break;
             }
             let (head, tail) = split_data(extent, room);
             len += head.len;
-            batch.push(head);
+            batch.extents.push(head);
             if let Some(tail) = tail {
-                self.carry = Some(tail);
+                self.carry = Some(LayerExtent { layer, extent: tail });
                 break;
             }
         }
-        (!batch.is_empty()).then_some(Ok(Batch { extents: batch }))
+        (!batch.extents.is_empty()).then_some(Ok(batch))
     }
 }
 
@@ -211,11 +206,13 @@ fn split_data(e: Extent, room: u64) -> (Extent, Option<Extent>) {
     }
 }
 
-/// One conversion thread with its own buffers and decoder.
+/// One conversion thread with its own buffers and decoders.
 struct Worker<'a> {
-    src: &'a DiskImage,
+    /// The image converted, then its backing chain: indexed by layer.
+    layers: Vec<&'a DiskImage>,
     dst: &'a File,
-    decoder: Option<ClusterDecoder>,
+    /// A decoder for each qcow2 layer.
+    decoders: Vec<Option<ClusterDecoder>>,
     buf: Vec<u8>,
     compressed: Vec<u8>,
     scratch: Vec<u8>,
@@ -223,11 +220,15 @@ struct Worker<'a> {
 
 impl<'a> Worker<'a> {
     fn new(src: &'a DiskImage, dst: &'a File) -> Result<Self> {
-        let decoder = match src.kind() {
-            Kind::Qcow2(img) => Some(img.decoder().map_err(Error::qcow2(src.path()))?),
-            Kind::Raw(_) => None,
-        };
-        Ok(Worker { src, dst, decoder, buf: Vec::new(), compressed: Vec::new(), scratch: Vec::new() })
+        let layers: Vec<_> = std::iter::successors(Some(src), |image| image.backing()).collect();
+        let decoders = layers
+            .iter()
+            .map(|image| match image.kind() {
+                Kind::Qcow2(img) => img.decoder().map(Some).map_err(Error::qcow2(image.path())),
+                Kind::Raw(_) => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Worker { layers, dst, decoders, buf: Vec::new(), compressed: Vec::new(), scratch: Vec::new() })
     }
 
     fn run(&mut self, batcher: &Mutex<Batcher>, written: &AtomicU64, failed: &AtomicBool) -> Result<()> {
@@ -243,12 +244,13 @@ impl<'a> Worker<'a> {
     fn convert(&mut self, batch: &Batch) -> Result<u64> {
         let len = batch.len() as usize;
         grown(&mut self.buf, len);
-        match self.src.kind() {
-            Kind::Raw(file) => self.fill_raw(file, batch)?,
-            Kind::Qcow2(img) => self.fill_qcow2(img, batch)?,
+        let image = self.layers[batch.layer];
+        match image.kind() {
+            Kind::Raw(file) => self.fill_raw(image.path(), file, batch)?,
+            Kind::Qcow2(img) => self.fill_qcow2(image.path(), img, batch)?,
         }
         write_skipping_zeros(self.dst, &self.buf[..len], batch.start())
-            .map_err(Error::io("cannot write the output for", self.src.path()))
+            .map_err(Error::io("cannot write the output for", self.layers[0].path()))
     }
 
     /// The part of the batch buffer that holds `extent`.
@@ -256,21 +258,21 @@ impl<'a> Worker<'a> {
         &mut buf[(extent.start - batch.start()) as usize..][..extent.len as usize]
     }
 
-    fn fill_raw(&mut self, file: &File, batch: &Batch) -> Result<()> {
+    fn fill_raw(&mut self, path: &Path, file: &File, batch: &Batch) -> Result<()> {
         for e in &batch.extents {
             file.read_exact_or_zero_at(Self::slot(&mut self.buf, batch, e), e.start)
-                .map_err(Error::io("cannot read", self.src.path()))?;
+                .map_err(Error::io("cannot read", path))?;
         }
         Ok(())
     }
 
-    fn fill_qcow2(&mut self, img: &Qcow2<Qcow2Source>, batch: &Batch) -> Result<()> {
-        let decoder = self.decoder.as_mut().expect("qcow2 workers have a decoder");
+    fn fill_qcow2(&mut self, path: &Path, img: &Qcow2<Qcow2Source>, batch: &Batch) -> Result<()> {
+        let decoder = self.decoders[batch.layer].as_mut().expect("qcow2 layers have a decoder");
         let span = batch.compressed_span();
         if let Some((lo, hi)) = span {
             img.source()
                 .read_exact_or_zero_at(grown(&mut self.compressed, (hi - lo) as usize), lo)
-                .map_err(Error::io("cannot read", self.src.path()))?;
+                .map_err(Error::io("cannot read", path))?;
         }
         for e in &batch.extents {
             let out = Self::slot(&mut self.buf, batch, e);
@@ -281,7 +283,7 @@ impl<'a> Worker<'a> {
                 }
                 _ => img.read_extent_prefix(e, out, decoder, &mut self.scratch),
             };
-            outcome.map_err(Error::qcow2(self.src.path()))?;
+            outcome.map_err(Error::qcow2(path))?;
         }
         Ok(())
     }

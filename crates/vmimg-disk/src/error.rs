@@ -1,5 +1,6 @@
 //! Errors of the disk layer: a qcow2 refusal, an I/O failure with its path,
-//! a refused copy, or a size that does not parse.
+//! a refused copy, a size that does not parse, or a backing chain that loops
+//! or runs too deep.
 
 use std::io;
 use std::path::PathBuf;
@@ -29,6 +30,10 @@ pub enum Error {
     SameFile { src: PathBuf, dst: PathBuf },
     #[error("invalid size {input:?}: {problem}")]
     InvalidSize { input: String, problem: &'static str },
+    #[error("{path}: the backing chain loops: {backing} is already in it")]
+    BackingLoop { path: PathBuf, backing: PathBuf },
+    #[error("{path}: the backing chain is deeper than {max} backing files")]
+    ChainTooDeep { path: PathBuf, max: usize },
 }
 
 impl Error {

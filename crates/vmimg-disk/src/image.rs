@@ -5,6 +5,10 @@
 //! caller who says `raw` gets raw even if the bytes look like qcow2 (so a
 //! guest that writes a qcow2 header into its raw disk cannot make the host
 //! read other files through it).
+//!
+//! [`DiskImage::open`] is for images from outside and refuses qcow2 images
+//! that name a backing file; images the store made itself are opened with
+//! their backing chain by [`DiskImage::open_chain`] (in `chain.rs`).
 
 use crate::error::{Error, Result};
 use std::fs::File;
@@ -51,6 +55,8 @@ impl FromStr for Format {
 pub struct DiskImage {
     path: PathBuf,
     kind: Kind,
+    /// What the image's unallocated ranges read from (trusted chains only).
+    backing: Option<Box<DiskImage>>,
 }
 
 /// Where a qcow2 image's bytes come from: a file, or any positioned reader
@@ -71,18 +77,21 @@ impl DiskImage {
             Some(f) => f,
             None => Format::probe(&file).map_err(Error::io("cannot read", path))?,
         };
-        let kind = match format {
-            Format::Raw => Kind::Raw(file),
-            Format::Qcow2 => return DiskImage::qcow2_from(Box::new(file), path),
-        };
-        Ok(DiskImage { path: path.to_owned(), kind })
+        match format {
+            Format::Raw => Ok(DiskImage::from_parts(path, Kind::Raw(file), None)),
+            Format::Qcow2 => DiskImage::qcow2_from(Box::new(file), path),
+        }
     }
 
     /// Opens qcow2 bytes from any positioned reader; `label` names it in
     /// errors. Backing files and external data files are refused.
     pub fn qcow2_from(source: Qcow2Source, label: &Path) -> Result<DiskImage> {
         let qcow2 = Qcow2::open_with(source, OpenOptions::default()).map_err(Error::qcow2(label))?;
-        Ok(DiskImage { path: label.to_owned(), kind: Kind::Qcow2(Box::new(qcow2)) })
+        Ok(DiskImage::from_parts(label, Kind::Qcow2(Box::new(qcow2)), None))
+    }
+
+    pub(crate) fn from_parts(path: &Path, kind: Kind, backing: Option<Box<DiskImage>>) -> DiskImage {
+        DiskImage { path: path.to_owned(), kind, backing }
     }
 
     pub fn path(&self) -> &Path {
@@ -101,6 +110,12 @@ impl DiskImage {
             Kind::Raw(f) => f.size().map_err(Error::io("cannot stat", &self.path)),
             Kind::Qcow2(q) => Ok(q.virtual_size()),
         }
+    }
+
+    /// The image this one's unallocated ranges read from: only images opened
+    /// by [`DiskImage::open_chain`] have one.
+    pub fn backing(&self) -> Option<&DiskImage> {
+        self.backing.as_deref()
     }
 
     pub(crate) fn kind(&self) -> &Kind {

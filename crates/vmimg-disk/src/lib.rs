@@ -3,6 +3,8 @@
 //!
 //! - [`DiskImage`] opens a raw or qcow2 file, probing only when the caller did
 //!   not name the format (a file that probes as raw is never read as qcow2);
+//!   [`DiskImage::open_chain`] opens an overlay the store made with its
+//!   backing chain, which then reads and converts as one disk;
 //! - [`ImageInfo`] is the set of facts `qemu-img info` reports, in its JSON shape;
 //! - [`convert_to_raw`] and [`convert_to_path`] write a sparse raw copy whose
 //!   bytes equal `qemu-img convert -O raw` and which allocates no more than it,
@@ -14,6 +16,7 @@
 //!
 //! This crate knows files only: no network, no store.
 
+mod chain;
 mod convert;
 mod copy;
 mod error;
@@ -24,6 +27,7 @@ mod raw;
 mod size;
 mod zero;
 
+pub use chain::MAX_CHAIN_DEPTH;
 pub use convert::{ConvertOptions, ConvertStats, convert_to_path, convert_to_raw};
 pub use copy::{CopyMethod, CopyOptions, CopyStats, copy_raw};
 pub use error::{Error, Result};

@@ -177,9 +177,9 @@ fn refuses_bad_options() {
         (OverlayOptions { cluster_bits: 22, ..good.clone() }, "cluster_bits is 22"),
         (OverlayOptions { virtual_size: 0, ..good.clone() }, "virtual size 0 is out of range"),
         (OverlayOptions { virtual_size: u64::MAX, ..good.clone() }, "out of range"),
-        (OverlayOptions { backing_file: String::new(), ..good.clone() }, "must be 1 to 1023 bytes"),
-        (OverlayOptions { backing_file: "a".repeat(1024), ..good.clone() }, "it is 1024 bytes"),
-        (OverlayOptions { backing_file: "a\0b".into(), ..good.clone() }, "without NUL"),
+        (OverlayOptions { backing_file: String::new(), ..good.clone() }, "is 0 bytes; it must be 1 to 1023 bytes"),
+        (OverlayOptions { backing_file: "a".repeat(1024), ..good.clone() }, "is 1024 bytes"),
+        (OverlayOptions { backing_file: "a\0b".into(), ..good.clone() }, "\"a\\0b\" contains a NUL byte"),
         (options(&"a".repeat(385), BackingFormat::Raw, MIB, 9), "at most 384 fit the header cluster"),
     ];
     for (options, expected) in cases {

@@ -103,18 +103,26 @@ pub fn allocated(path: &Path) -> u64 {
 /// Converts `image` with vmimg (format given or probed) and with qemu-img,
 /// and checks the bytes are identical and vmimg allocates no more.
 pub fn assert_converts_like_qemu(image: &Path, format: Option<Format>) {
+    let src = DiskImage::open(image, format).unwrap_or_else(|e| panic!("open {}: {e}", image.display()));
+    assert_image_converts_like_qemu(&src, format.unwrap_or(src.format()));
+}
+
+/// Converts the open image `src` with vmimg and its file with qemu-img (as
+/// `format`), and checks the bytes are identical and vmimg allocates no more.
+/// Returns the path of qemu-img's output.
+pub fn assert_image_converts_like_qemu(src: &DiskImage, format: Format) -> PathBuf {
+    let image = src.path();
     let dir = image.parent().unwrap();
     let stem = image.file_name().unwrap().to_string_lossy();
     let ours = dir.join(format!("{stem}.vmimg.raw"));
     let theirs = dir.join(format!("{stem}.qemu.raw"));
-    let src = DiskImage::open(image, format).unwrap_or_else(|e| panic!("open {}: {e}", image.display()));
     let options = ConvertOptions { threads: 2, sync: false };
-    vmimg_disk::convert_to_path(&src, &ours, &options).unwrap_or_else(|e| panic!("convert {}: {e}", image.display()));
-    let fmt = format.unwrap_or(src.format()).name();
-    qemu_img(&["convert", "-f", fmt, "-O", "raw", image.to_str().unwrap(), theirs.to_str().unwrap()]);
+    vmimg_disk::convert_to_path(src, &ours, &options).unwrap_or_else(|e| panic!("convert {}: {e}", image.display()));
+    qemu_img(&["convert", "-f", format.name(), "-O", "raw", image.to_str().unwrap(), theirs.to_str().unwrap()]);
     assert_same_bytes(&ours, &theirs);
     let (a, b) = (allocated(&ours), allocated(&theirs));
     assert!(a <= b, "{}: vmimg allocates {a} bytes, qemu-img {b}", image.display());
+    theirs
 }
 
 /// Compares two files, naming the first differing offset. Only the union of
