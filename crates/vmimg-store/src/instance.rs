@@ -97,32 +97,25 @@ impl Store {
             None => self.free_instance_name(&request.image)?,
         };
         let work = self.work_dir(&format!("instance-{name}"))?;
-        let disk = work.path().join(request.format.file_name());
-        let base = self.disk_path(&request.image);
-        let base = base.as_path();
-        let options = (size, request.format);
-        tokio::task::spawn_blocking({
-            let (disk, base) = (disk.clone(), base.to_owned());
-            move || write_instance_disk(&disk, &base, options.0, options.1)
-        })
-        .await
-        .expect("instance task")?;
-        let record = InstanceRecord {
-            name: name.clone(),
-            image: request.image.clone(),
-            format: request.format,
-            virtual_size: size,
-            created_at: now(),
-        };
-        crate::fsutil::write_atomic(
-            &work.path().join(RECORD),
-            &serde_json::to_vec_pretty(&record).expect("serializes"),
-        )?;
-        let target = self.instance_dir(&name);
-        std::fs::create_dir_all(self.instances_dir()).map_err(Error::io("cannot create", &self.instances_dir()))?;
+        let (disk, base, format) =
+            (work.path().join(request.format.file_name()), self.disk_path(&request.image), request.format);
+        tokio::task::spawn_blocking(move || write_instance_disk(&disk, &base, size, format))
+            .await
+            .expect("instance task")?;
+        let record =
+            InstanceRecord { name, image: request.image.clone(), format, virtual_size: size, created_at: now() };
+        self.publish_instance(work, record)
+    }
+
+    /// Writes the record into the work directory and renames it into `instances/`.
+    fn publish_instance(&self, work: tempfile::TempDir, record: InstanceRecord) -> Result<Instance> {
+        let json = serde_json::to_vec_pretty(&record).expect("a record serializes");
+        crate::fsutil::write_atomic(&work.path().join(RECORD), &json)?;
+        let (dir, target) = (self.instances_dir(), self.instance_dir(&record.name));
+        std::fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
         std::fs::rename(work.keep(), &target).map_err(Error::io("cannot rename into", &target))?;
-        crate::fsutil::sync_dir(&self.instances_dir())?;
-        Ok(Instance { path: target.join(request.format.file_name()), record })
+        crate::fsutil::sync_dir(&dir)?;
+        Ok(Instance { path: target.join(record.format.file_name()), record })
     }
 
     /// Every instance, by name.
