@@ -2,6 +2,7 @@
 //! codes. Everything a library user would need lives in the library crates.
 
 mod catalog;
+mod files;
 mod info;
 mod manage;
 mod progress;
@@ -12,7 +13,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vmimg_disk::{ConvertOptions, DiskImage, Format};
+use vmimg_disk::{ConvertOptions, Format};
 
 /// Get VM disk images onto the host, verified, converted and ready to boot.
 #[derive(Parser)]
@@ -324,43 +325,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Info { file, json, format } => info::run(&file, format, json),
         Command::Convert { src, dst, format, output_format: _, threads, no_sync } => {
-            let image = DiskImage::open(&src, format)?;
-            let options = ConvertOptions { threads, sync: !no_sync };
-            let started = std::time::Instant::now();
-            let stats = vmimg_disk::convert_to_path(&image, &dst, &options)?;
-            if !cli.quiet {
-                eprintln!(
-                    "converted {} ({}, {}) to {} in {:.2?}: {} written, the rest left as holes",
-                    src.display(),
-                    image.format().name(),
-                    units::human(stats.virtual_size),
-                    dst.display(),
-                    started.elapsed(),
-                    units::human(stats.bytes_written),
-                );
-            }
-            Ok(())
+            files::convert(&src, &dst, format, &ConvertOptions { threads, sync: !no_sync }, cli.quiet)
         }
         Command::Copy { src, dst, size, no_sync } => {
             let options = vmimg_disk::CopyOptions { size, sync: !no_sync, ..Default::default() };
-            let started = std::time::Instant::now();
-            let stats = vmimg_disk::copy_raw(&src, &dst, &options)?;
-            if !cli.quiet {
-                let moved = match stats.method {
-                    vmimg_disk::CopyMethod::Reflink => "blocks shared with the source".to_string(),
-                    _ => format!("{} written, the rest left as holes", units::human(stats.bytes_copied)),
-                };
-                eprintln!(
-                    "copied {} ({}) to {} ({}) in {:.2?} by {}: {moved}",
-                    src.display(),
-                    units::human(stats.source_size),
-                    dst.display(),
-                    units::human(stats.virtual_size),
-                    started.elapsed(),
-                    stats.method.name(),
-                );
-            }
-            Ok(())
+            files::copy(&src, &dst, &options, cli.quiet)
         }
     }
 }

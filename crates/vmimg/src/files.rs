@@ -1,0 +1,46 @@
+//! `vmimg convert` and `vmimg copy`: disk files in, disk files out, no store.
+
+use crate::units::human;
+use anyhow::Result;
+use std::path::Path;
+use std::time::Instant;
+use vmimg_disk::{ConvertOptions, CopyMethod, CopyOptions, DiskImage, Format};
+
+pub fn convert(src: &Path, dst: &Path, format: Option<Format>, options: &ConvertOptions, quiet: bool) -> Result<()> {
+    let image = DiskImage::open(src, format)?;
+    let started = Instant::now();
+    let stats = vmimg_disk::convert_to_path(&image, dst, options)?;
+    if !quiet {
+        eprintln!(
+            "converted {} ({}, {}) to {} in {:.2?}: {} written, the rest left as holes",
+            src.display(),
+            image.format().name(),
+            human(stats.virtual_size),
+            dst.display(),
+            started.elapsed(),
+            human(stats.bytes_written),
+        );
+    }
+    Ok(())
+}
+
+pub fn copy(src: &Path, dst: &Path, options: &CopyOptions, quiet: bool) -> Result<()> {
+    let started = Instant::now();
+    let stats = vmimg_disk::copy_raw(src, dst, options)?;
+    if !quiet {
+        let moved = match stats.method {
+            CopyMethod::Reflink => "blocks shared with the source".to_string(),
+            _ => format!("{} written, the rest left as holes", human(stats.bytes_copied)),
+        };
+        eprintln!(
+            "copied {} ({}) to {} ({}) in {:.2?} by {}: {moved}",
+            src.display(),
+            human(stats.source_size),
+            dst.display(),
+            human(stats.virtual_size),
+            started.elapsed(),
+            stats.method.name(),
+        );
+    }
+    Ok(())
+}
