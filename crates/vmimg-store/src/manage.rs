@@ -98,13 +98,13 @@ impl Store {
             return Err(Error::InUse { image: key.to_owned(), instances: names.join(", ") });
         }
         for instance in instances {
-            remove_dir_atomically(&instance.path.parent().expect("instances/<name>").to_owned(), &self.tmp())?;
+            remove_dir_atomically(instance.path.parent().expect("instances/<name>"), &self.tmp())?;
         }
         remove_dir_atomically(&self.image_dir(key), &self.tmp())?;
-        if let Some(blob) = record.blob {
-            if !self.referenced_blobs()?.contains(&blob) {
-                crate::fsutil::remove_file(&self.root().join(blob))?;
-            }
+        if let Some(blob) = record.blob
+            && !self.referenced_blobs()?.contains(&blob)
+        {
+            crate::fsutil::remove_file(&self.root().join(blob))?;
         }
         Ok(())
     }

@@ -98,7 +98,7 @@ async fn usage_and_gc_within_a_budget_take_the_least_recently_used() {
     std::fs::write(root.path().join("blobs/sha256").join("0".repeat(64)), b"orphan").unwrap();
     let budget = usage.total() - (1 << 20);
     let report = store.gc(Some(budget)).await.unwrap();
-    assert_eq!(report.images, [old.clone()]);
+    assert_eq!(report.images, std::slice::from_ref(&old));
     assert_eq!((report.blobs, report.tmp_entries), (1, 1));
     let left: Vec<_> = store.images().unwrap().into_iter().map(|i| i.record.name).collect();
     assert!(left.contains(&recent) && left.contains(&used) && !left.contains(&old));

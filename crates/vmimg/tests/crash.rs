@@ -74,10 +74,10 @@ fn sigkill_at_any_point_of_a_pull_leaves_old_or_new() {
         child.wait().unwrap();
         assert_only_whole_images(&store);
         assert!(std::fs::read(&kept_disk).unwrap() == kept, "an existing image changed (killed at {delay_ms} ms)");
-        if let Ok(record) = std::fs::read_dir(store.join("images")) {
-            if record.count() == 2 {
-                break; // the pull won the race: the new image is whole (checked above)
-            }
+        if let Ok(record) = std::fs::read_dir(store.join("images"))
+            && record.count() == 2
+        {
+            break; // the pull won the race: the new image is whole (checked above)
         }
     }
     let new_disk = ok(vmimg(&store, &["pull", &url]));
