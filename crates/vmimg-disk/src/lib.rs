@@ -33,5 +33,6 @@ pub use copy::{CopyMethod, CopyOptions, CopyStats, copy_raw};
 pub use error::{Error, Result};
 pub use image::{DiskImage, Format, Qcow2Source};
 pub use info::{EncryptFacts, FormatSpecific, ImageInfo, Qcow2Facts};
+pub use raw::raw_extents;
 pub use size::parse_size;
-pub use zero::is_zero;
+pub use zero::{BLOCK, is_zero, write_skipping_zeros};

@@ -10,8 +10,14 @@ use std::fs::File;
 use std::io;
 use vmimg_qcow2::{Allocation, Extent};
 
+/// The data and hole runs of a raw file of `len` bytes: holes as
+/// [`Allocation::Unallocated`], data as [`Allocation::Data`].
+pub fn raw_extents(file: &File, len: u64) -> RawExtents<'_> {
+    RawExtents::new(file, len)
+}
+
 /// Iterates the data and hole runs of a raw file of `len` bytes.
-pub(crate) struct RawExtents<'a> {
+pub struct RawExtents<'a> {
     file: &'a File,
     len: u64,
     pos: u64,

@@ -1,0 +1,154 @@
+//! The streaming tar writer.
+//!
+//! Entries are ustar; a name over 100 bytes or a size over 8 GiB goes into
+//! a PAX extended header in front. Sparse files are PAX 1.0: the header
+//! names `GNUSparseFile.0/<name>` (what an old reader extracts, map and
+//! all), the PAX records carry the real name and size, and the data starts
+//! with the map as decimal lines, padded to a block.
+
+use super::Segment;
+use super::header::{BLOCK, Header, MAX_OCTAL_SIZE, padding};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+
+/// Writes entries to a stream; [`Writer::finish`] ends the archive.
+pub struct Writer<W: Write> {
+    out: W,
+    buf: Vec<u8>,
+}
+
+const COPY_CHUNK: usize = 1 << 20;
+
+impl<W: Write> Writer<W> {
+    pub fn new(out: W) -> Self {
+        Writer { out, buf: Vec::new() }
+    }
+
+    /// A regular file holding `data`.
+    pub fn append_bytes(&mut self, name: &str, mode: u32, mtime: u64, data: &[u8]) -> io::Result<()> {
+        self.header(name, b'0', data.len() as u64, mode, mtime, &[])?;
+        self.out.write_all(data)?;
+        self.pad(data.len() as u64)
+    }
+
+    /// A regular file holding the segments of `file` (its holes stored as
+    /// holes) for a file of `size` bytes. Like GNU tar, the map ends with an
+    /// empty segment at `size` when the file ends in a hole, so that
+    /// extractors extend the file to its size. Segments are widened to
+    /// 512-byte blocks (clamped to `size`): GNU tar starts each segment's
+    /// data on a block.
+    pub fn append_sparse(
+        &mut self,
+        name: &str,
+        mode: u32,
+        mtime: u64,
+        file: &File,
+        size: u64,
+        segments: &[Segment],
+    ) -> io::Result<()> {
+        let mut segments = block_aligned(segments, size);
+        let end = segments.last().map_or(0, |s| s.offset + s.len);
+        if end < size {
+            segments.push(Segment { offset: size, len: 0 });
+        }
+        let mut map = format!("{}\n", segments.len());
+        for s in &segments {
+            map.push_str(&format!("{}\n{}\n", s.offset, s.len));
+        }
+        let map_len = map.len() as u64 + padding(map.len() as u64);
+        let data: u64 = segments.iter().map(|s| s.len).sum();
+        let sparse_records = [
+            ("GNU.sparse.major", "1".to_owned()),
+            ("GNU.sparse.minor", "0".to_owned()),
+            ("GNU.sparse.name", name.to_owned()),
+            ("GNU.sparse.realsize", size.to_string()),
+        ];
+        let stored = map_len + data;
+        self.header(&format!("GNUSparseFile.0/{name}"), b'0', stored, mode, mtime, &sparse_records)?;
+        self.out.write_all(map.as_bytes())?;
+        self.pad(map.len() as u64)?;
+        for segment in &segments {
+            self.copy_range(file, segment)?;
+        }
+        self.pad(stored)
+    }
+
+    /// Ends the archive (two zero blocks) and returns the stream.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.out.write_all(&[0u8; 2 * BLOCK])?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+
+    /// The header of an entry, behind a PAX header when `records` or a long
+    /// name or size need one.
+    fn header(
+        &mut self,
+        name: &str,
+        kind: u8,
+        size: u64,
+        mode: u32,
+        mtime: u64,
+        records: &[(&str, String)],
+    ) -> io::Result<()> {
+        let mut pax: Vec<(&str, String)> = records.to_vec();
+        if name.len() > 100 {
+            pax.push(("path", name.to_owned()));
+        }
+        if size > MAX_OCTAL_SIZE {
+            pax.push(("size", size.to_string()));
+        }
+        if !pax.is_empty() {
+            let body: Vec<u8> = pax.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
+            let pax_name = format!("PaxHeaders/{}", name.rsplit('/').next().unwrap_or(name));
+            self.out.write_all(&Header::ustar(pax_name.as_bytes(), b'x', body.len() as u64, 0o644, mtime).0)?;
+            self.out.write_all(&body)?;
+            self.pad(body.len() as u64)?;
+        }
+        self.out.write_all(&Header::ustar(name.as_bytes(), kind, size, mode, mtime).0)
+    }
+
+    fn copy_range(&mut self, file: &File, segment: &Segment) -> io::Result<()> {
+        if self.buf.len() < COPY_CHUNK {
+            self.buf.resize(COPY_CHUNK, 0);
+        }
+        let mut done = 0;
+        while done < segment.len {
+            let n = (segment.len - done).min(COPY_CHUNK as u64) as usize;
+            file.read_exact_at(&mut self.buf[..n], segment.offset + done)?;
+            self.out.write_all(&self.buf[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn pad(&mut self, len: u64) -> io::Result<()> {
+        self.out.write_all(&[0u8; BLOCK][..padding(len) as usize])
+    }
+}
+
+/// The segments widened to whole 512-byte blocks (the last one may end at
+/// `size`), merged where they then touch.
+fn block_aligned(segments: &[Segment], size: u64) -> Vec<Segment> {
+    let mut aligned: Vec<Segment> = Vec::with_capacity(segments.len());
+    for s in segments.iter().filter(|s| s.len > 0) {
+        let start = s.offset / BLOCK as u64 * BLOCK as u64;
+        let end = (s.offset + s.len).next_multiple_of(BLOCK as u64).min(size);
+        match aligned.last_mut() {
+            Some(last) if last.offset + last.len >= start => last.len = end.max(last.offset + last.len) - last.offset,
+            _ => aligned.push(Segment { offset: start, len: end - start }),
+        }
+    }
+    aligned
+}
+
+/// `LEN key=value\n`, where LEN counts the whole record, its own digits too.
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body + body.to_string().len();
+    if len.to_string().len() + body != len {
+        len += 1;
+    }
+    format!("{len} {key}={value}\n").into_bytes()
+}

@@ -1,0 +1,328 @@
+//! Bundles against GNU tar, zstd and qemu-img: what vmimg exports they
+//! read, what they make vmimg imports, and every refusal.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use vmimg_bundle::bundle::{self, ExportOptions, Limits};
+use vmimg_bundle::machine::Machine;
+use vmimg_bundle::tar::Writer;
+
+fn run(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{command:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A 64 MiB raw disk with 2 MiB of random data in a few places.
+fn sparse_disk(path: &Path) -> Vec<u8> {
+    let file = File::create(path).unwrap();
+    file.set_len(64 << 20).unwrap();
+    let mut noise = vec![0u8; 2 << 20];
+    File::open("/dev/urandom").unwrap().read_exact(&mut noise).unwrap();
+    file.write_all_at(&noise[..1 << 20], 0).unwrap();
+    file.write_all_at(&noise[1 << 20..], 40 << 20).unwrap();
+    file.write_all_at(b"tail", (64 << 20) - 4).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+fn import(bundle: &Path, out: &Path) -> Result<bundle::Imported, String> {
+    let disk = out.join("disk.raw");
+    let _ = std::fs::remove_file(&disk);
+    let result = bundle::import(File::open(bundle).unwrap(), &disk, &out.join("layer.tmp"), &Limits::default());
+    assert!(!out.join("layer.tmp").exists(), "the scratch layer was left behind");
+    result.map_err(|e| e.to_string())
+}
+
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn export_then_gnu_tar_and_qemu_img_read_it_and_import_gives_the_disk_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    let expected = sparse_disk(&disk);
+    let machine = Machine::new();
+    let bundle_path = dir.path().join("image.tar.zst");
+    let exported =
+        bundle::export(&disk, &machine, File::create(&bundle_path).unwrap(), &ExportOptions::default()).unwrap();
+    assert!(exported.data_bytes < 3 << 20, "holes were exported as data: {}", exported.data_bytes);
+    assert!(std::fs::metadata(&bundle_path).unwrap().len() < 3 << 20);
+
+    // GNU tar and zstd unpack it: a sparse disk.img, a layer qemu-img accepts, machine.json.
+    let unpacked = dir.path().join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    run(Command::new("sh").arg("-c").arg(format!(
+        "zstd -dc {} | tar -xf - -C {}",
+        bundle_path.display(),
+        unpacked.display()
+    )));
+    assert!(std::fs::read(unpacked.join("disk.img")).unwrap() == expected);
+    assert!(allocated(&unpacked.join("disk.img")) < 4 << 20, "GNU tar did not extract disk.img sparse");
+    run(Command::new("qemu-img").arg("check").arg(unpacked.join("layer.qcow2")));
+    let info = run(Command::new("qemu-img").args(["info", "--output=json"]).arg(unpacked.join("layer.qcow2")));
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["backing-filename"], "disk.img");
+    assert_eq!(info["backing-filename-format"], "raw");
+    assert_eq!(info["virtual-size"], 64 << 20);
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(unpacked.join("layer.qcow2"))
+        .arg(dir.path().join("flat.raw")));
+    assert!(std::fs::read(dir.path().join("flat.raw")).unwrap() == expected);
+    assert_eq!(Machine::parse(&std::fs::read(unpacked.join("machine.json")).unwrap()).unwrap(), machine);
+
+    // And vmimg imports it back.
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let imported = import(&bundle_path, &out).unwrap();
+    assert_eq!(imported.machine, machine);
+    assert_eq!(imported.virtual_size, 64 << 20);
+    assert_eq!(imported.layer_bytes, 0);
+    assert!(std::fs::read(out.join("disk.raw")).unwrap() == expected);
+    assert!(allocated(&out.join("disk.raw")) <= allocated(&disk));
+}
+
+/// A bundle packed by GNU tar (with `flags`) and zstd from `dir`'s files.
+fn pack(dir: &Path, flags: &str, names: &[&str]) -> PathBuf {
+    let name = dir.file_name().unwrap().to_string_lossy();
+    let bundle = dir.with_file_name(format!("{name}{}.tar.zst", flags.replace([' ', '='], "")));
+    run(Command::new("sh").arg("-c").arg(format!(
+        "tar {flags} -cf - -C {} {} | zstd -q -f -T0 -o {}",
+        dir.display(),
+        names.join(" "),
+        bundle.display()
+    )));
+    bundle
+}
+
+fn write_machine(dir: &Path) {
+    std::fs::write(dir.join("machine.json"), Machine::new().to_json()).unwrap();
+}
+
+#[test]
+fn imports_what_gnu_tar_packs_and_commits_a_written_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    sparse_disk(&src.join("disk.img"));
+    write_machine(&src);
+    // The layer grows the disk to 80 MiB, writes data over data, over a
+    // hole and past the old end, and zeroes part of the disk's data.
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-b", "disk.img", "-F", "raw"])
+        .arg(src.join("layer.qcow2"))
+        .arg("80M"));
+    for io in [
+        "write -P 0x5a 4096 8192",
+        "write -P 0x11 20M 1M",
+        "write -z 40M 512K",
+        "write -P 0x22 70M 64K",
+        "write -P 0 100k 4k",
+    ] {
+        run(Command::new("qemu-io").args(["-f", "qcow2", "-c", io]).arg(src.join("layer.qcow2")));
+    }
+    let flat = dir.path().join("flat.raw");
+    run(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(src.join("layer.qcow2")).arg(&flat));
+    let expected = std::fs::read(&flat).unwrap();
+
+    for flags in [
+        "-S --format=gnu",
+        "-S --format=posix --sparse-version=0.0",
+        "-S --format=posix --sparse-version=0.1",
+        "-S --format=posix --sparse-version=1.0",
+        "--format=ustar",
+    ] {
+        let bundle = pack(&src, flags, &["disk.img", "layer.qcow2", "machine.json"]);
+        let out = dir.path().join("out");
+        let _ = std::fs::create_dir(&out);
+        let imported = import(&bundle, &out).unwrap_or_else(|e| panic!("{flags}: {e}"));
+        assert_eq!(imported.virtual_size, 80 << 20);
+        assert!(imported.layer_bytes > 0);
+        assert!(std::fs::read(out.join("disk.raw")).unwrap() == expected, "{flags}: the committed disk differs");
+        assert!(allocated(&out.join("disk.raw")) < 8 << 20, "{flags}: the import is not sparse");
+    }
+    // `tar -C dir .` adds the directory itself: that is fine.
+    let bundle = pack(&src, "-S", &["."]);
+    let out = dir.path().join("out");
+    import(&bundle, &out).unwrap();
+    assert!(std::fs::read(out.join("disk.raw")).unwrap() == expected);
+}
+
+/// A file in a hand-made bundle: its name in the archive and its bytes.
+type Entry<'a> = (&'a str, &'a [u8]);
+
+/// A bundle written entry by entry with our own tar writer.
+fn bundle_of(path: &Path, entries: &[(&str, &[u8])]) {
+    let encoder = zstd::Encoder::new(File::create(path).unwrap(), 3).unwrap();
+    let mut writer = Writer::new(encoder);
+    for (name, data) in entries {
+        writer.append_bytes(name, 0o644, 0, data).unwrap();
+    }
+    writer.finish().unwrap().finish().unwrap();
+}
+
+struct Parts {
+    disk: Vec<u8>,
+    layer: Vec<u8>,
+    machine: Vec<u8>,
+}
+
+fn parts(dir: &Path) -> Parts {
+    let disk = vec![1u8; 1 << 20];
+    std::fs::write(dir.join("disk.img"), &disk).unwrap();
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-b", "disk.img", "-F", "raw"])
+        .arg(dir.join("layer.qcow2")));
+    Parts { disk, layer: std::fs::read(dir.join("layer.qcow2")).unwrap(), machine: Machine::new().to_json() }
+}
+
+fn refused(dir: &Path, entries: &[(&str, &[u8])]) -> String {
+    let bundle = dir.join("hostile.tar.zst");
+    bundle_of(&bundle, entries);
+    let out = dir.join("hostile-out");
+    let _ = std::fs::create_dir(&out);
+    import(&bundle, &out).expect_err("a hostile bundle was imported")
+}
+
+/// A layer over `disk.img` made by qemu-img with extra `options`, backing `backing`.
+fn layer_with(dir: &Path, backing: &str, format: &str, options: &str) -> Vec<u8> {
+    let path = dir.join("other.qcow2");
+    let _ = std::fs::remove_file(&path);
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", format, "-o", options])
+        .arg(&path)
+        .arg("1M"));
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn hostile_bundles_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = parts(dir.path());
+    let (d, l, m) = (p.disk.as_slice(), p.layer.as_slice(), p.machine.as_slice());
+    let good = [("disk.img", d), ("layer.qcow2", l), ("machine.json", m)];
+    let out = dir.path().join("good");
+    std::fs::create_dir(&out).unwrap();
+    bundle_of(&dir.path().join("good.tar.zst"), &good);
+    import(&dir.path().join("good.tar.zst"), &out).unwrap();
+
+    let cases: Vec<(&str, Vec<Entry>)> = vec![
+        ("unexpected entry \"/etc/passwd\"", vec![good[0], good[1], good[2], ("/etc/passwd", b"x")]),
+        ("unexpected entry \"../disk.img\"", vec![("../disk.img", d), good[1], good[2]]),
+        ("unexpected entry \"sub/disk.img\"", vec![("sub/disk.img", d), good[1], good[2]]),
+        ("unexpected entry \"notes.txt\"", vec![good[0], good[1], good[2], ("notes.txt", b"x")]),
+        ("holds disk.img twice", vec![good[0], good[0], good[1], good[2]]),
+        ("has no layer.qcow2", vec![good[0], good[2]]),
+        ("has no disk.img, no machine.json", vec![good[1]]),
+        ("disk.img is a qcow2 image", vec![("disk.img", l), good[1], good[2]]),
+        ("machine.json", vec![good[0], good[1], ("machine.json", b"{\"version\": 1, \"threads\": 0}")]),
+        ("machine.json", vec![good[0], good[1], ("machine.json", &[b'['; 100])]),
+        ("layer.qcow2", vec![good[0], ("layer.qcow2", b"not a qcow2 image at all"), good[2]]),
+    ];
+    for (expected, entries) in &cases {
+        let error = refused(dir.path(), entries);
+        assert!(error.contains(expected), "expected {expected:?} in: {error}");
+    }
+
+    let other_backing = layer_with(dir.path(), "/etc/shadow", "raw", "cluster_size=65536");
+    let error = refused(dir.path(), &[good[0], ("layer.qcow2", &other_backing), good[2]]);
+    assert!(error.contains("must have disk.img as its backing file") && error.contains("/etc/shadow"), "{error}");
+    let qcow2_backing = layer_with(dir.path(), "disk.img", "qcow2", "cluster_size=65536");
+    let error = refused(dir.path(), &[good[0], ("layer.qcow2", &qcow2_backing), good[2]]);
+    assert!(error.contains("backing file is qcow2"), "{error}");
+    let data_file = layer_with(dir.path(), "disk.img", "raw", "data_file=/etc/hostname");
+    let error = refused(dir.path(), &[good[0], ("layer.qcow2", &data_file), good[2]]);
+    assert!(error.contains("data file"), "{error}");
+
+    // Links, directories and special files under the expected names.
+    let links = dir.path().join("links");
+    std::fs::create_dir(&links).unwrap();
+    std::fs::write(links.join("layer.qcow2"), l).unwrap();
+    std::fs::write(links.join("machine.json"), m).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", links.join("disk.img")).unwrap();
+    let error = import(&pack(&links, "", &["disk.img", "layer.qcow2", "machine.json"]), &out).unwrap_err();
+    assert!(error.contains("disk.img in the bundle is a Symlink"), "{error}");
+    std::fs::remove_file(links.join("disk.img")).unwrap();
+    run(Command::new("mkfifo").arg(links.join("disk.img")));
+    let error = import(&pack(&links, "", &["disk.img", "layer.qcow2", "machine.json"]), &out).unwrap_err();
+    assert!(error.contains("disk.img in the bundle is a Fifo"), "{error}");
+    std::fs::remove_file(links.join("disk.img")).unwrap();
+    std::fs::write(links.join("x"), d).unwrap();
+    std::fs::hard_link(links.join("x"), links.join("disk.img")).unwrap();
+    let error = import(&pack(&links, "", &["x", "disk.img", "layer.qcow2", "machine.json"]), &out).unwrap_err();
+    assert!(error.contains("unexpected entry \"x\""), "{error}");
+    let error = import(&pack(&links, "--hard-dereference", &["disk.img", "layer.qcow2", "machine.json"]), &out);
+    error.unwrap();
+}
+
+#[test]
+fn size_limits_and_decompression_bombs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = parts(dir.path());
+    let bundle = dir.path().join("b.tar.zst");
+    bundle_of(&bundle, &[("disk.img", &p.disk), ("layer.qcow2", &p.layer), ("machine.json", &p.machine)]);
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let try_with = |limits: Limits| {
+        let _ = std::fs::remove_file(out.join("disk.raw"));
+        bundle::import(File::open(&bundle).unwrap(), &out.join("disk.raw"), &out.join("l"), &limits)
+            .map_err(|e| e.to_string())
+    };
+    let error = try_with(Limits { max_archive: 100, ..Limits::default() }).unwrap_err();
+    assert!(error.contains("compressed bundle is over its limit of 100 bytes"), "{error}");
+    let error = try_with(Limits { max_file: 1000, ..Limits::default() }).unwrap_err();
+    assert!(error.contains("over the limit of 1000"), "{error}");
+
+    // A zstd bomb: 1 GiB of zeros in a few KiB, stored as a non-sparse disk.img.
+    let bomb = dir.path().join("bomb.tar.zst");
+    let mut writer = Writer::new(zstd::Encoder::new(File::create(&bomb).unwrap(), 19).unwrap());
+    let zeros = dir.path().join("zeros");
+    File::create(&zeros).unwrap().set_len(1 << 30).unwrap();
+    writer
+        .append_sparse(
+            "disk.img",
+            0o644,
+            0,
+            &File::open(&zeros).unwrap(),
+            1 << 30,
+            &[vmimg_bundle::tar::Segment { offset: 0, len: 1 << 30 }],
+        )
+        .unwrap();
+    writer.finish().unwrap().finish().unwrap();
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 1 << 20);
+    let small = Limits { max_file: 64 << 20, ..Limits::default() };
+    let started = std::time::Instant::now();
+    let error = {
+        let _ = std::fs::remove_file(out.join("disk.raw"));
+        bundle::import(File::open(&bomb).unwrap(), &out.join("disk.raw"), &out.join("l"), &small)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(error.contains("over the limit"), "{error}");
+    assert!(started.elapsed().as_secs() < 30);
+
+    // A frame that asks for a 2 GiB window.
+    let wide = dir.path().join("wide.zst");
+    run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("head -c 4096 /dev/urandom | zstd -q --long=31 -o {}", wide.display())));
+    let error = {
+        let _ = std::fs::remove_file(out.join("disk.raw"));
+        bundle::import(File::open(&wide).unwrap(), &out.join("disk.raw"), &out.join("l"), &Limits::default())
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(error.to_lowercase().contains("window") || error.contains("Frame requires too much memory"), "{error}");
+
+    // Not zstd at all, and a truncated bundle.
+    std::fs::write(dir.path().join("plain.tar"), b"plain text").unwrap();
+    let error = import(&dir.path().join("plain.tar"), &out).unwrap_err();
+    assert!(error.contains("Unknown frame descriptor") || error.contains("bundle"), "{error}");
+    let whole = std::fs::read(&bundle).unwrap();
+    std::fs::write(dir.path().join("cut.tar.zst"), &whole[..whole.len() / 2]).unwrap();
+    import(&dir.path().join("cut.tar.zst"), &out).unwrap_err();
+}
