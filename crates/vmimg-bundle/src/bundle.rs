@@ -78,6 +78,8 @@ pub enum Error {
     Read(#[source] io::Error),
     #[error("cannot write the bundle: {0}")]
     Write(#[source] io::Error),
+    #[error("cannot read the disk: {0}")]
+    Disk(#[source] io::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -94,11 +96,10 @@ pub struct Exported {
     pub data_bytes: u64,
 }
 
-/// Writes a bundle of the raw disk at `disk` and `machine` to `out`.
-pub fn export(disk: &Path, machine: &Machine, out: impl Write, options: &ExportOptions) -> Result<Exported> {
-    let file = File::open(disk).map_err(io_error("cannot open", disk))?;
-    let size = file.metadata().map_err(io_error("cannot stat", disk))?.len();
-    let segments = data_segments(&file, size).map_err(io_error("cannot map", disk))?;
+/// Writes a bundle of the raw disk `disk` and `machine` to `out`.
+pub fn export(disk: &File, machine: &Machine, out: impl Write, options: &ExportOptions) -> Result<Exported> {
+    let size = disk.metadata().map_err(Error::Disk)?.len();
+    let segments = data_segments(disk, size).map_err(Error::Disk)?;
     let layer = empty_layer(size)?;
     let layer_len = layer.metadata().map_err(Error::Write)?.len();
     let layer_segments = data_segments(&layer, layer_len).map_err(Error::Write)?;
@@ -113,7 +114,7 @@ pub fn export(disk: &Path, machine: &Machine, out: impl Write, options: &ExportO
     let mut tar = tar::Writer::new(encoder);
     tar.append_bytes(MACHINE, 0o644, mtime, &machine.to_json()).map_err(Error::Write)?;
     tar.append_sparse(LAYER, 0o644, mtime, &layer, layer_len, &layer_segments).map_err(Error::Write)?;
-    tar.append_sparse(DISK, 0o644, mtime, &file, size, &segments).map_err(Error::Write)?;
+    tar.append_sparse(DISK, 0o644, mtime, disk, size, &segments).map_err(Error::Write)?;
     tar.finish().and_then(|encoder| encoder.finish()).map_err(Error::Write)?.flush().map_err(Error::Write)?;
     Ok(Exported { data_bytes: segments.iter().map(|s| s.len).sum() })
 }

@@ -26,7 +26,7 @@
 //!   a MAC that is not a locally administered unicast address, any CPU flag
 //!   (the schema defines none), and versions other than 0 and 1.
 //!
-//! New definitions ([`Machine::new`]) get a random version 4 UUID and a
+//! New definitions ([`Machine::generate`]) get a random version 4 UUID and a
 //! random locally administered unicast MAC ([`random_mac`]).
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -124,7 +124,7 @@ impl Machine {
     ///
     /// # Panics
     /// If the operating system's random source fails.
-    pub fn new() -> Machine {
+    pub fn generate() -> Machine {
         Machine { uuid: MachineUuid::random(), mac: MacAddress::random(), ..Machine::defaults() }
     }
 
@@ -208,13 +208,6 @@ impl Machine {
         let mut json = serde_json::to_vec_pretty(self).expect("a Machine holds only strings and numbers");
         json.push(b'\n');
         json
-    }
-}
-
-impl Default for Machine {
-    /// Same as [`Machine::new`]: random UUID and MAC.
-    fn default() -> Machine {
-        Machine::new()
     }
 }
 

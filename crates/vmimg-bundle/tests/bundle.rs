@@ -45,10 +45,15 @@ fn export_then_gnu_tar_and_qemu_img_read_it_and_import_gives_the_disk_back() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.raw");
     let expected = sparse_disk(&disk);
-    let machine = Machine::new();
+    let machine = Machine::generate();
     let bundle_path = dir.path().join("image.tar.zst");
-    let exported =
-        bundle::export(&disk, &machine, File::create(&bundle_path).unwrap(), &ExportOptions::default()).unwrap();
+    let exported = bundle::export(
+        &File::open(&disk).unwrap(),
+        &machine,
+        File::create(&bundle_path).unwrap(),
+        &ExportOptions::default(),
+    )
+    .unwrap();
     assert!(exported.data_bytes < 3 << 20, "holes were exported as data: {}", exported.data_bytes);
     assert!(std::fs::metadata(&bundle_path).unwrap().len() < 3 << 20);
 
@@ -100,7 +105,7 @@ fn pack(dir: &Path, flags: &str, names: &[&str]) -> PathBuf {
 }
 
 fn write_machine(dir: &Path) {
-    std::fs::write(dir.join("machine.json"), Machine::new().to_json()).unwrap();
+    std::fs::write(dir.join("machine.json"), Machine::generate().to_json()).unwrap();
 }
 
 #[test]
@@ -177,7 +182,7 @@ fn parts(dir: &Path) -> Parts {
     run(Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-b", "disk.img", "-F", "raw"])
         .arg(dir.join("layer.qcow2")));
-    Parts { disk, layer: std::fs::read(dir.join("layer.qcow2")).unwrap(), machine: Machine::new().to_json() }
+    Parts { disk, layer: std::fs::read(dir.join("layer.qcow2")).unwrap(), machine: Machine::generate().to_json() }
 }
 
 fn refused(dir: &Path, entries: &[(&str, &[u8])]) -> String {

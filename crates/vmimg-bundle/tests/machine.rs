@@ -782,7 +782,7 @@ fn mac_address_constructor_checks_the_two_bits() {
 
 #[test]
 fn a_new_machine_is_valid_with_a_fresh_uuid_and_mac() {
-    let machine = Machine::new();
+    let machine = Machine::generate();
     assert_eq!(machine.uuid.version(), 4);
     assert_eq!(machine.uuid.to_string().as_bytes()[14], b'4');
     assert!(b"89ab".contains(&machine.uuid.to_string().as_bytes()[19]));
@@ -792,11 +792,11 @@ fn a_new_machine_is_valid_with_a_fresh_uuid_and_mac() {
         Machine::defaults()
     );
 
-    let other = Machine::new();
+    let other = Machine::generate();
     assert_ne!(other.uuid, machine.uuid);
     assert_ne!(other.mac, machine.mac);
 
-    let mut sized = Machine::new();
+    let mut sized = Machine::generate();
     sized.memory = Mib::new(8192);
     sized.threads = n(2);
     let json = sized.to_json();

@@ -12,6 +12,7 @@
 //! - [`copy_raw`] copies a raw disk keeping its holes (reflink, else
 //!   `copy_file_range` or reads and writes of its data ranges), optionally
 //!   extended;
+//! - [`publish`] writes a file so that it appears whole or not at all;
 //! - [`parse_size`] reads sizes such as `20G`.
 //!
 //! This crate knows files only: no network, no store.
@@ -33,6 +34,7 @@ pub use copy::{CopyMethod, CopyOptions, CopyStats, copy_raw};
 pub use error::{Error, Result};
 pub use image::{DiskImage, Format, Qcow2Source};
 pub use info::{EncryptFacts, FormatSpecific, ImageInfo, Qcow2Facts};
+pub use publish::publish;
 pub use raw::raw_extents;
 pub use size::parse_size;
 pub use zero::{BLOCK, is_zero, write_skipping_zeros};

@@ -31,6 +31,8 @@ pub enum Error {
     Qcow2 { path: PathBuf, source: vmimg_qcow2::Error },
     #[error("image record {}: {message}", path.display())]
     Record { path: PathBuf, message: String },
+    #[error("bundle {}: {source}", path.display())]
+    Bundle { path: PathBuf, source: vmimg_bundle::bundle::Error },
     #[error(transparent)]
     Fetch(#[from] vmimg_fetch::Error),
     #[error(transparent)]

@@ -5,11 +5,15 @@
 //!   across processes), and [`Store::pull`], which fetches, verifies,
 //!   converts and atomically publishes an image (see the `store` module for
 //!   the life of an image);
+//! - [`Store::import_bundle`], [`Store::export_bundle`] and
+//!   [`Store::new_image`]: image bundles and blank mutable images (the
+//!   `bundle` module);
 //! - [`Store::refresh_catalog`]: moves a catalog file's aliases to their
 //!   publishers' newest snapshots (the `refresh` module).
 //!
 //! The store never prints and never parses command lines: the CLI does.
 
+mod bundle;
 mod catalog;
 mod error;
 mod fsutil;
@@ -31,3 +35,5 @@ pub use record::{ImageRecord, Status};
 pub use refresh::{Change, MAX_UPSTREAM_TEXT, RefreshError, Refreshed};
 pub use source::{Location, Resolved, SourceInfo};
 pub use store::{Store, StoreOptions, default_root};
+pub use vmimg_bundle::bundle::{ExportOptions, Exported, Limits as BundleLimits};
+pub use vmimg_bundle::machine::Machine;

@@ -136,14 +136,14 @@ impl Store {
         Ok(Made { work, digest, source_format, blob: None, stats })
     }
 
-    /// Writes the record and renames the work directory into `images/`.
+    /// The record of a pulled image.
     fn publish(&self, source: &Resolved, made: Made) -> Result<Pulled> {
         let disk = made.work.path().join("disk.raw");
         let allocated = std::fs::metadata(&disk).map_err(Error::io("cannot stat", &disk))?.blocks() * 512;
         let record = ImageRecord {
             name: source.key.clone(),
             source: source.info.clone(),
-            digest: made.digest,
+            digest: Some(made.digest),
             verified: source.expected.is_some(),
             source_format: made.source_format.name().to_owned(),
             blob: made.blob,
@@ -152,13 +152,20 @@ impl Store {
             allocated_size: allocated,
             status: Status::Ready,
             created_at: now(),
+            mutable: false,
         };
-        record.save(&made.work.path().join("image.json"))?;
-        let target = self.image_dir(&source.key);
-        let work = made.work.keep();
+        self.publish_work(made.work, record)
+    }
+
+    /// Writes the record into the work directory and renames it to
+    /// `images/<name>`: the image appears whole, in one step.
+    pub(crate) fn publish_work(&self, work: tempfile::TempDir, record: ImageRecord) -> Result<Pulled> {
+        record.save(&work.path().join("image.json"))?;
+        let target = self.image_dir(&record.name);
+        let work = work.keep();
         std::fs::rename(&work, &target).map_err(Error::io("cannot rename into", &target))?;
         crate::fsutil::sync_dir(target.parent().expect("images/"))?;
-        Ok(Pulled { path: self.disk_path(&source.key), record, cached: false })
+        Ok(Pulled { path: self.disk_path(&record.name), record, cached: false })
     }
 }
 

@@ -17,10 +17,12 @@ pub struct ImageRecord {
     pub name: String,
     pub source: SourceInfo,
     /// The digest of the source's bytes (checked against the catalog or
-    /// `--digest` when `verified`; computed only otherwise).
-    pub digest: Digest,
+    /// `--digest` when `verified`; computed only otherwise). None for a
+    /// blank image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
     pub verified: bool,
-    /// What the source was: `raw` or `qcow2`.
+    /// What the source was: `raw`, `qcow2`, `bundle`, or `blank`.
     pub source_format: String,
     /// The downloaded source, relative to the store root (none for a local file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -31,6 +33,10 @@ pub struct ImageRecord {
     /// Bytes the disk occupies on the host (it is sparse).
     pub allocated_size: u64,
     pub status: Status,
+    /// Made by `image new`: its owner writes the disk in place, and it
+    /// cannot be exported or removed while it has instances.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mutable: bool,
     /// RFC 3339, UTC.
     pub created_at: String,
 }

@@ -19,9 +19,24 @@ use vmimg_fetch::{Algorithm, Digest, Hasher};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SourceInfo {
-    Alias { alias: String, snapshot: String, arch: Arch, url: String },
-    Url { url: String },
-    File { path: PathBuf },
+    Alias {
+        alias: String,
+        snapshot: String,
+        arch: Arch,
+        url: String,
+    },
+    Url {
+        url: String,
+    },
+    File {
+        path: PathBuf,
+    },
+    /// Imported from an `image.tar.zst` bundle.
+    Bundle {
+        path: PathBuf,
+    },
+    /// Made blank by `image new`.
+    Blank,
 }
 
 /// Where the bytes are.

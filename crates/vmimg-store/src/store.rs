@@ -5,6 +5,7 @@
 //!   blobs/<algorithm>/<hex>     downloaded sources, by digest, immutable
 //!   images/<key>/disk.raw       a ready disk
 //!   images/<key>/image.json     its record
+//!   images/<key>/machine.json   its VM definition (bundles, blank images)
 //!   tmp/<key>.part[.meta]       a download in progress (kept to resume)
 //!   tmp/<key>.work-*/           an image being made (removed if abandoned)
 //!   locks/<key>.lock            held while <key> is being made

@@ -1,6 +1,7 @@
 //! The `vmimg` command line: argument parsing, human and JSON output, exit
 //! codes. Everything a library user would need lives in the library crates.
 
+mod bundle;
 mod catalog;
 mod files;
 mod info;
@@ -136,6 +137,12 @@ enum Command {
     /// Writable disks made from store images, one per VM.
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// Image bundles (image.tar.zst: disk.img, layer.qcow2, machine.json).
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Images made here rather than pulled.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// The embedded catalog of aliases, with any overrides.
     #[command(subcommand)]
     Catalog(CatalogCommand),
@@ -245,6 +252,69 @@ fn parse_instance_format(s: &str) -> Result<vmimg_store::InstanceFormat, String>
 }
 
 #[derive(Subcommand)]
+enum BundleCommand {
+    /// Pack a store image into FILE and print FILE.
+    ///
+    /// FILE is a zstd-compressed tar of disk.img (the raw disk, its holes
+    /// stored as holes: PAX sparse 1.0, which GNU tar and bsdtar extract
+    /// sparse), layer.qcow2 (an empty qcow2 whose backing file is disk.img)
+    /// and machine.json (the image's, or a new one with a random MAC). FILE
+    /// appears only when complete. A mutable image with instances is refused.
+    Export {
+        image: String,
+        file: PathBuf,
+        /// zstd level, 1 (fastest) to 19 (smallest).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+        level: i32,
+        /// Compression threads [default: one per core].
+        #[arg(long, default_value_t = 0)]
+        compress_threads: u32,
+    },
+    /// Import a bundle into the store as an image and print its disk's path.
+    ///
+    /// Reads what GNU tar writes (old GNU sparse, PAX sparse 0.0, 0.1 and
+    /// 1.0, or no sparse) compressed with zstd. The bundle must hold exactly
+    /// disk.img (raw), layer.qcow2 (backing file exactly disk.img, format
+    /// raw, no external data file) and a valid machine.json; anything else
+    /// is refused and nothing is kept. The layer is committed onto the disk:
+    /// the image is one sparse raw disk.
+    Import {
+        file: PathBuf,
+        /// The image's name [default: FILE's name without .tar.zst].
+        #[arg(long)]
+        name: Option<String>,
+        /// Refuse a compressed bundle larger than this (20G, 512M, bytes).
+        #[arg(long, default_value = "50G", value_parser = vmimg_disk::parse_size)]
+        max_archive_size: u64,
+        /// Refuse a file in the bundle larger than this, holes included.
+        #[arg(long, default_value = "50G", value_parser = vmimg_disk::parse_size)]
+        max_file_size: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Make a blank mutable image: a sparse raw disk of SIZE and a machine.json.
+    ///
+    /// Prints the disk's path: write it in place (install a system with
+    /// QEMU, say), then pack it with `vmimg bundle export`. While it has
+    /// instances it can be neither exported nor removed.
+    New {
+        name: String,
+        /// The disk's size: 20G, 512M, bytes.
+        #[arg(long, value_parser = vmimg_disk::parse_size)]
+        size: u64,
+        /// The machine definition to use [default: a new one, random MAC].
+        #[arg(long, value_name = "FILE")]
+        machine: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum CatalogCommand {
     /// List the aliases: distribution, version, snapshot, architectures.
     List {
@@ -312,6 +382,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Instance(InstanceCommand::Create { image, name, size, format }) => {
             let store = cli.store.open()?;
             runtime()?.block_on(manage::create_instance(&store, &image, name, size, format, cli.quiet))
+        }
+        Command::Bundle(BundleCommand::Export { image, file, level, compress_threads }) => {
+            let options = vmimg_store::ExportOptions { level, threads: compress_threads };
+            runtime()?.block_on(bundle::export(&cli.store.open()?, &image, &file, options, cli.quiet))
+        }
+        Command::Bundle(BundleCommand::Import { file, name, max_archive_size, max_file_size, json }) => {
+            let limits = vmimg_store::BundleLimits { max_archive: max_archive_size, max_file: max_file_size };
+            runtime()?.block_on(bundle::import(&cli.store.open()?, &file, name.as_deref(), limits, json, cli.quiet))
+        }
+        Command::Image(ImageCommand::New { name, size, machine, json }) => {
+            let store = cli.store.open()?;
+            runtime()?.block_on(bundle::new_image(&store, &name, size, machine.as_deref(), json, cli.quiet))
         }
         Command::Instance(InstanceCommand::List { json }) => manage::list_instances(&cli.store.open()?, json),
         Command::Instance(InstanceCommand::Rm { name }) => {

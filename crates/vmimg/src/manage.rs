@@ -7,11 +7,15 @@ use vmimg_store::{InstanceFormat, InstanceRequest, Store};
 
 /// The store key of IMAGE: an image name as `vmimg images` lists it, or a
 /// source (alias, URL, file) that was pulled, pulled now when `pull` is set.
-async fn image_key(store: &Store, image: &str, pull: bool, quiet: bool) -> Result<String> {
+pub(crate) async fn image_key(store: &Store, image: &str, pull: bool, quiet: bool) -> Result<String> {
     if store.lookup(image).ok().flatten().is_some() {
         return Ok(image.to_owned());
     }
-    let resolved = store.resolve(image, None)?;
+    let resolved = match store.resolve(image, None) {
+        Ok(resolved) => resolved,
+        Err(_) if !pull => anyhow::bail!("no image named {image:?} in the store (`vmimg images` lists them)"),
+        Err(e) => return Err(e.into()),
+    };
     if pull && store.lookup(&resolved.key)?.is_none() {
         let progress = Arc::new(crate::progress::DownloadProgress::new(quiet, &resolved.key));
         store.pull(&resolved, Some(progress.clone())).await?;
@@ -35,7 +39,10 @@ pub fn images(store: &Store, json: bool) -> Result<()> {
         let source = match &r.source {
             vmimg_store::SourceInfo::Alias { alias, .. } => alias.clone(),
             vmimg_store::SourceInfo::Url { url } => url.clone(),
-            vmimg_store::SourceInfo::File { path } => path.display().to_string(),
+            vmimg_store::SourceInfo::File { path } | vmimg_store::SourceInfo::Bundle { path } => {
+                path.display().to_string()
+            }
+            vmimg_store::SourceInfo::Blank => "(blank, mutable)".to_owned(),
         };
         println!(
             "{:<48} {:<7} {:>9} {:>9} {:>9}  {:<20} {source}",

@@ -87,3 +87,83 @@ fn sigkill_at_any_point_of_a_pull_leaves_old_or_new() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(assert_only_whole_images(&store).len(), 2);
 }
+
+/// Runs `args` once to time it, then again and again, killed (SIGKILL) at
+/// fractions of that time; `check` runs after each kill with the delay.
+fn kill_at_many_points(store: &Path, args: &[&str], mut check: impl FnMut(u64)) {
+    let started = std::time::Instant::now();
+    ok(vmimg(store, args));
+    let full = started.elapsed().as_millis() as u64;
+    check(u64::MAX);
+    for percent in [0, 2, 5, 10, 20, 35, 50, 65, 80, 90, 95, 99, 110, 150, 300] {
+        let delay_ms = full * percent / 100;
+        let mut child = vmimg(store, args).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+        check(delay_ms);
+    }
+}
+
+#[test]
+fn sigkill_at_any_point_of_an_export_leaves_the_old_bundle_or_a_whole_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let source = noisy_disk(&dir.path().join("disk.img"), 96);
+    let disk = ok(vmimg(&store, &["pull", dir.path().join("disk.img").to_str().unwrap()]));
+    let key = Path::new(&disk).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let bundle = out_dir.join("image.tar.zst");
+    let old = b"the bundle that was there before".to_vec();
+    std::fs::write(&bundle, &old).unwrap();
+    let scratch = dir.path().join("scratch");
+    let args = ["bundle", "export", &key, bundle.to_str().unwrap(), "--level", "6"];
+    let mut checked_new = 0;
+    kill_at_many_points(&store, &args, |delay_ms| {
+        let names: Vec<_> = std::fs::read_dir(&out_dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, ["image.tar.zst"], "killed at {delay_ms} ms: leftovers beside the bundle");
+        let now = std::fs::read(&bundle).unwrap();
+        if now != old {
+            // A new bundle: it must be whole.
+            let _ = std::fs::remove_dir_all(&scratch);
+            let imported = ok(vmimg(&scratch, &["bundle", "import", bundle.to_str().unwrap()]));
+            assert!(std::fs::read(imported).unwrap() == source, "killed at {delay_ms} ms: the bundle is not whole");
+            checked_new += 1;
+            std::fs::write(&bundle, &old).unwrap();
+        }
+        assert!(std::fs::read(&disk).unwrap() == source, "killed at {delay_ms} ms: the image changed");
+    });
+    assert!(checked_new >= 2, "no kill came after the rename: only {checked_new} new bundles seen");
+}
+
+#[test]
+fn sigkill_at_any_point_of_an_import_leaves_no_image_or_a_whole_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let kept = noisy_disk(&dir.path().join("kept.img"), 2);
+    let kept_disk = ok(vmimg(&store, &["pull", dir.path().join("kept.img").to_str().unwrap()]));
+    let source = noisy_disk(&dir.path().join("disk.img"), 96);
+    let maker = dir.path().join("maker");
+    let disk = ok(vmimg(&maker, &["pull", dir.path().join("disk.img").to_str().unwrap()]));
+    let key = Path::new(&disk).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
+    let bundle = dir.path().join("image.tar.zst");
+    ok(vmimg(&maker, &["bundle", "export", &key, bundle.to_str().unwrap(), "--level", "1"]));
+
+    let args = ["bundle", "import", bundle.to_str().unwrap(), "--name", "imported"];
+    kill_at_many_points(&store, &args, |delay_ms| {
+        for image in assert_only_whole_images(&store) {
+            if image.ends_with("imported") {
+                assert!(std::fs::read(image.join("disk.raw")).unwrap() == source, "killed at {delay_ms} ms");
+            }
+        }
+        assert!(std::fs::read(&kept_disk).unwrap() == kept, "killed at {delay_ms} ms: an existing image changed");
+        // Start over each time: the import either happened or left nothing that counts.
+        let _ = vmimg(&store, &["rm", "imported"]).output().unwrap();
+    });
+    ok(vmimg(&store, &args));
+    ok(vmimg(&store, &["gc"]));
+    let leftovers: Vec<_> = std::fs::read_dir(store.join("tmp")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(assert_only_whole_images(&store).len(), 2);
+}

@@ -1,0 +1,182 @@
+//! Bundles in and out of the store, and blank (mutable) images.
+//!
+//! - [`Store::import_bundle`] reads an `image.tar.zst` (hostile: see
+//!   `vmimg_bundle::bundle`) into a work directory under `tmp/`, hashing it
+//!   on the way, and publishes it like a pull: one rename, after the disk,
+//!   `machine.json` and the record were flushed. A crash leaves no image or
+//!   a whole one; the next holder of the key removes the abandoned work.
+//! - [`Store::export_bundle`] packs an image's disk and `machine.json` (a
+//!   fresh one, with a random MAC, when the image has none) into a file that
+//!   appears whole or not at all (`vmimg_disk::publish`).
+//! - [`Store::new_image`] makes a blank sparse raw disk with a
+//!   `machine.json`: a mutable image, whose owner writes the disk in place
+//!   (installing a system, say) before exporting it. A mutable image with
+//!   instances can be neither exported nor removed.
+
+use crate::catalog::is_name_safe;
+use crate::error::{Error, Result};
+use crate::pull::Pulled;
+use crate::record::{ImageRecord, Status, now};
+use crate::source::SourceInfo;
+use crate::store::Store;
+use std::fs::File;
+use std::io::{BufWriter, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use vmimg_bundle::bundle::{self, ExportOptions, Exported, Limits};
+use vmimg_bundle::machine::{MAX_MACHINE_BYTES, Machine};
+use vmimg_fetch::{Algorithm, Digest, Hasher};
+
+const MACHINE: &str = "machine.json";
+
+impl Store {
+    /// The image's `machine.json`, if it has one.
+    pub fn machine(&self, key: &str) -> Result<Option<Machine>> {
+        let path = self.image_dir(key).join(MACHINE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = crate::fsutil::read_bounded(&path, MAX_MACHINE_BYTES as u64)?;
+        Machine::parse(text.as_bytes()).map(Some).map_err(|e| Error::Record { path, message: e.to_string() })
+    }
+
+    /// Imports the bundle at `file` as image `name` (default: the file's
+    /// name without `.tar.zst`).
+    pub async fn import_bundle(&self, file: &Path, name: Option<&str>, limits: Limits) -> Result<Pulled> {
+        let key = match name {
+            Some(name) => name.to_owned(),
+            None => default_name(file)?,
+        };
+        let _lock = self.lock_new_image(&key).await?;
+        let work = self.work_dir(&key)?;
+        let (source, disk, scratch) = (file.to_owned(), work.path().join("disk.raw"), work.path().join("layer.qcow2"));
+        let (imported, digest) = tokio::task::spawn_blocking(move || {
+            let file = File::open(&source).map_err(Error::io("cannot open", &source))?;
+            let mut hashing = Hashing { inner: file, hasher: Hasher::new(Algorithm::Sha256) };
+            let imported = bundle::import(&mut hashing, &disk, &scratch, &limits)
+                .map_err(|e| Error::Bundle { path: source.clone(), source: e })?;
+            // Whatever follows the archive's end counts in its digest too.
+            let hasher = hashing.hasher.consume(hashing.inner).map_err(Error::io("cannot read", &source))?;
+            Ok::<_, Error>((imported, hasher.finish()))
+        })
+        .await
+        .expect("import task")?;
+        crate::fsutil::write_atomic(&work.path().join(MACHINE), &imported.machine.to_json())?;
+        let path = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+        let record = self.new_record(&key, &work, SourceInfo::Bundle { path }, Some(digest), "bundle")?;
+        self.publish_work(work, record)
+    }
+
+    /// Makes a blank mutable image of `size` bytes named `name`.
+    pub async fn new_image(&self, name: &str, size: u64, machine: Option<Machine>) -> Result<Pulled> {
+        let _lock = self.lock_new_image(name).await?;
+        let work = self.work_dir(name)?;
+        let disk = work.path().join("disk.raw");
+        let file = File::create(&disk).map_err(Error::io("cannot create", &disk))?;
+        file.set_len(size).and_then(|()| file.sync_all()).map_err(Error::io("cannot size", &disk))?;
+        let machine = machine.unwrap_or_else(Machine::generate);
+        crate::fsutil::write_atomic(&work.path().join(MACHINE), &machine.to_json())?;
+        let mut record = self.new_record(name, &work, SourceInfo::Blank, None, "blank")?;
+        record.mutable = true;
+        self.publish_work(work, record)
+    }
+
+    /// Packs image `key` into a bundle at `dst`.
+    pub async fn export_bundle(&self, key: &str, dst: &Path, options: ExportOptions) -> Result<Exported> {
+        let lock = self.lock(key).await?;
+        let record = self.lookup(key)?.ok_or_else(|| Error::NotFound { what: "image", name: key.to_owned() })?;
+        let instances = self.instances_of(key)?;
+        if record.mutable && !instances.is_empty() {
+            let names: Vec<_> = instances.iter().map(|i| i.record.name.as_str()).collect();
+            return Err(Error::Usage(format!(
+                "image {key} is mutable and in use by instances ({}): remove them before exporting it",
+                names.join(", ")
+            )));
+        }
+        let machine = self.machine(key)?.unwrap_or_else(Machine::generate);
+        let disk_path = self.disk_path(key);
+        let disk = File::open(&disk_path).map_err(Error::io("cannot open", &disk_path))?;
+        // An immutable image never changes, and the open file outlives a
+        // removal: only a mutable one stays locked while it is read.
+        let held = record.mutable.then_some(lock);
+        let dst = dst.to_owned();
+        let exported = tokio::task::spawn_blocking(move || {
+            vmimg_disk::publish(&dst, true, |out| {
+                bundle::export(&disk, &machine, BufWriter::with_capacity(1 << 20, out), &options)
+                    .map_err(|e| Error::Bundle { path: dst.clone(), source: e })
+            })
+        })
+        .await
+        .expect("export task")?;
+        drop(held);
+        self.touch(key);
+        Ok(exported)
+    }
+
+    /// Holds `key` for a new image: refused when the name is unsafe or taken.
+    async fn lock_new_image(&self, key: &str) -> Result<crate::store::KeyLock> {
+        if !is_name_safe(key) {
+            return Err(Error::Usage(format!("image name {key:?} is not 1 to 64 of [A-Za-z0-9._-]")));
+        }
+        let lock = self.lock(key).await?;
+        if self.lookup(key)?.is_some() {
+            return Err(Error::Usage(format!(
+                "an image named {key} exists: `vmimg rm {key}` removes it, or choose another --name"
+            )));
+        }
+        self.remove_abandoned_work(key)?;
+        Ok(lock)
+    }
+
+    /// The record of a raw disk made in `work`.
+    fn new_record(
+        &self,
+        key: &str,
+        work: &tempfile::TempDir,
+        source: SourceInfo,
+        digest: Option<Digest>,
+        source_format: &str,
+    ) -> Result<ImageRecord> {
+        let disk = work.path().join("disk.raw");
+        let meta = std::fs::metadata(&disk).map_err(Error::io("cannot stat", &disk))?;
+        Ok(ImageRecord {
+            name: key.to_owned(),
+            source,
+            digest,
+            verified: false,
+            source_format: source_format.to_owned(),
+            blob: None,
+            format: "raw".to_owned(),
+            virtual_size: meta.len(),
+            allocated_size: meta.blocks() * 512,
+            status: Status::Ready,
+            created_at: now(),
+            mutable: false,
+        })
+    }
+}
+
+/// `image` for `…/image.tar.zst` (also `.tzst`, `.tar`).
+fn default_name(file: &Path) -> Result<String> {
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = [".tar.zst", ".tzst", ".tar"].iter().find_map(|ext| name.strip_suffix(ext)).unwrap_or(&name);
+    if is_name_safe(stem) {
+        Ok(stem.to_owned())
+    } else {
+        Err(Error::Usage(format!("cannot name an image after {name:?}: pass --name")))
+    }
+}
+
+/// Hashes what is read through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}

@@ -1,0 +1,71 @@
+//! `vmimg bundle export|import` and `vmimg image new`.
+
+use crate::manage::image_key;
+use crate::units::human;
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::time::Instant;
+use vmimg_store::{BundleLimits, ExportOptions, Machine, Pulled, Store};
+
+pub async fn export(store: &Store, image: &str, file: &Path, options: ExportOptions, quiet: bool) -> Result<()> {
+    let key = image_key(store, image, false, true).await?;
+    let started = Instant::now();
+    let exported = store.export_bundle(&key, file, options).await?;
+    if !quiet {
+        let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or_default();
+        eprintln!(
+            "exported {key} to {} ({}, {} of disk data) in {:.1?}",
+            file.display(),
+            human(size),
+            human(exported.data_bytes),
+            started.elapsed()
+        );
+    }
+    println!("{}", file.display());
+    Ok(())
+}
+
+pub async fn import(
+    store: &Store,
+    file: &Path,
+    name: Option<&str>,
+    limits: BundleLimits,
+    json: bool,
+    quiet: bool,
+) -> Result<()> {
+    let started = Instant::now();
+    let imported = store.import_bundle(file, name, limits).await?;
+    report(&imported, json, quiet, &format!("imported {} in {:.1?}", file.display(), started.elapsed()))
+}
+
+pub async fn new_image(
+    store: &Store,
+    name: &str,
+    size: u64,
+    machine: Option<&Path>,
+    json: bool,
+    quiet: bool,
+) -> Result<()> {
+    let machine = match machine {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(Machine::parse(&bytes).with_context(|| path.display().to_string())?)
+        }
+        None => None,
+    };
+    let made = store.new_image(name, size, machine).await?;
+    report(&made, json, quiet, &format!("made blank image {name} ({})", human(size)))
+}
+
+/// The image's path (or record), and a line for people on stderr.
+fn report(image: &Pulled, json: bool, quiet: bool, line: &str) -> Result<()> {
+    if !quiet {
+        eprintln!("{line}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(image)?);
+    } else {
+        println!("{}", image.path.display());
+    }
+    Ok(())
+}
