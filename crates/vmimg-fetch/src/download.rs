@@ -77,6 +77,15 @@ pub trait Progress: Send + Sync {
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
+/// What to download: a URL, with headers sent on every attempt.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub url: &'a str,
+    pub headers: HeaderMap,
+    /// The body's exact size, when the caller knows it.
+    pub size: Option<u64>,
+}
+
 /// A finished download: the partial file holds exactly these bytes.
 #[derive(Debug, Clone)]
 pub struct Fetched {
@@ -116,8 +125,23 @@ impl Fetcher {
         partial: &Path,
         progress: &dyn Progress,
     ) -> Result<Fetched> {
+        self.fetch_with(&Request { url, headers: HeaderMap::new(), size: None }, algorithm, partial, progress).await
+    }
+
+    /// [`Fetcher::fetch`] with request headers (credentials) and, when the
+    /// size is known (a content-addressed blob), a body refused past it.
+    pub async fn fetch_with(
+        &self,
+        request: &Request<'_>,
+        algorithm: Algorithm,
+        partial: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Fetched> {
+        let url = request.url;
         check_url(url)?;
-        let mut transfer = Transfer::resume(url, algorithm, partial, progress, self.options.max_size)?;
+        let max_size = request.size.unwrap_or(self.options.max_size).min(self.options.max_size);
+        let mut transfer = Transfer::resume(url, algorithm, partial, progress, max_size)?;
+        transfer.headers = request.headers.clone();
         let mut delays = self.backoff();
         let mut attempts = 0;
         loop {
@@ -255,6 +279,7 @@ struct Transfer<'a> {
     buffer: Vec<u8>,
     progress: &'a dyn Progress,
     max_size: u64,
+    headers: HeaderMap,
 }
 
 impl<'a> Transfer<'a> {
@@ -286,6 +311,7 @@ impl<'a> Transfer<'a> {
             buffer: Vec::with_capacity(WRITE_BLOCK),
             progress,
             max_size,
+            headers: HeaderMap::new(),
         };
         let len = transfer.file.metadata().map_err(Error::io("cannot stat", path))?.len();
         match meta {
@@ -340,7 +366,7 @@ impl<'a> Transfer<'a> {
     }
 
     async fn request(&self, client: &reqwest::Client) -> Result<reqwest::Response> {
-        let mut request = client.get(self.url);
+        let mut request = client.get(self.url).headers(self.headers.clone());
         if self.written > 0 {
             request = request.header(header::RANGE, format!("bytes={}-", self.written));
             if let Some(validator) = &self.meta.validator {

@@ -14,5 +14,6 @@ mod download;
 mod error;
 
 pub use digest::{Algorithm, Digest, DigestParseError, Hasher, digest_reader};
-pub use download::{FetchOptions, Fetched, Fetcher, NoProgress, Progress, meta_path, remove_partial};
+pub use download::{FetchOptions, Fetched, Fetcher, NoProgress, Progress, Request, meta_path, remove_partial};
 pub use error::{Error, Result};
+pub use reqwest::header::{HeaderMap, HeaderValue};

@@ -1,11 +1,21 @@
 //! vmimg's OCI transport.
 //!
 //! - [`Reference`]: `alpine`, `ghcr.io/o/r:tag`, `localhost:5000/x@sha256:…`
-//!   parsed and normalized as Docker does (`docker.io/library/alpine:latest`).
+//!   parsed and normalized as Docker does (`docker.io/library/alpine:latest`);
+//! - [`Registry`]: the distribution API (manifests, blobs, uploads) with
+//!   anonymous, Basic and bearer-token auth (`auth`: Docker's config.json,
+//!   explicit credentials, challenges);
+//! - [`artifact`]: cloud-image artifacts as cocoonstack publishes them
+//!   (which layers are disk parts, in which order), read and written.
 //!
-//! Like `vmimg-fetch`, this crate moves bytes and knows nothing of images or
-//! of the store.
+//! Like `vmimg-fetch`, this crate moves bytes and knows nothing of the
+//! store or of disk formats.
 
+pub mod artifact;
+mod auth;
 mod reference;
+mod registry;
 
+pub use auth::{Challenge, Credentials, DockerConfig};
 pub use reference::{DEFAULT_TAG, DOCKER_HUB, Reference, ReferenceError};
+pub use registry::{Access, Error, MANIFEST_TYPES, MAX_MANIFEST_BYTES, Manifest, Registry, RegistryOptions, Result};

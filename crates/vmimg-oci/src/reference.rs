@@ -94,6 +94,16 @@ impl Reference {
         }
     }
 
+    /// The same repository at `digest` (a manifest an index points to).
+    pub fn at_digest(&self, digest: Digest) -> Reference {
+        Reference { digest: Some(digest), ..self.clone() }
+    }
+
+    /// The same repository under `tag`.
+    pub fn with_tag(&self, tag: &str) -> Reference {
+        Reference { tag: Some(tag.to_owned()), digest: None, ..self.clone() }
+    }
+
     /// The host the registry API answers on (Docker Hub's is not docker.io).
     pub fn api_host(&self) -> &str {
         match self.registry.as_str() {

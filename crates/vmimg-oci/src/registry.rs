@@ -1,0 +1,466 @@
+//! A client for the OCI distribution API, small and strict.
+//!
+//! Why our own rather than `oci-client`: that crate reads every manifest
+//! whole with no size limit (a hostile registry could send gigabytes), cannot
+//! resume an interrupted transfer, and asks a mount's token for the target
+//! repository only (DESIGN.md). Blob downloads here go through
+//! `vmimg_fetch::Fetcher`, which already resumes with `Range`, retries with
+//! backoff and hashes while bytes stream; what is left is a few requests.
+//!
+//! - Endpoints: `https://HOST/v2/…`; plain HTTP for loopback hosts
+//!   (`localhost`, `127.0.0.0/8`, `[::1]`) and the hosts the caller marks
+//!   insecure. Docker Hub is `registry-1.docker.io`.
+//! - Auth: every request carries the authorization cached for its registry,
+//!   repository and access; a `401` is answered once (token from the
+//!   challenge's realm, or Basic credentials), then the request is sent
+//!   again (see `auth`).
+//! - Manifests are read with a 4 MiB limit and hashed: a manifest asked for
+//!   by digest must have that digest.
+//! - Uploads are monolithic (`POST` then `PUT ?digest=` with the body
+//!   streamed from a file range), after a `HEAD` shows the registry lacks
+//!   the blob; transient failures retry the whole blob.
+
+use crate::auth::{Challenge, Credentials, DockerConfig};
+use crate::reference::Reference;
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use vmimg_fetch::{Algorithm, Digest, FetchOptions, Fetched, Fetcher, Hasher, Progress, Request};
+
+/// A manifest larger than this is refused.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// The manifest media types vmimg asks for.
+pub const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{url}: {message}")]
+    Http { url: String, message: String },
+    #[error("{url}: the registry answered {status}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Status { url: String, status: u16, detail: Option<String> },
+    #[error(
+        "{registry}: access denied to {repository}: log in (`docker login {registry}` writes ~/.docker/config.json) \
+         or pass --username and --password"
+    )]
+    Unauthorized { registry: String, repository: String },
+    #[error("{reference} not found in the registry (no such repository, tag or digest)")]
+    NotFound { reference: String },
+    #[error("{what} from {url} is larger than {limit} bytes")]
+    TooLarge { what: &'static str, url: String, limit: usize },
+    #[error("the manifest of {reference} has digest {actual}, not {expected}")]
+    ManifestDigest { reference: String, expected: Digest, actual: Digest },
+    #[error("docker config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Fetch(#[from] vmimg_fetch::Error),
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to reach registries.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Hosts (`host` or `host:port`) spoken to over plain HTTP.
+    pub insecure: Vec<String>,
+    /// Credentials for every registry, before Docker's config.
+    pub credentials: Option<Credentials>,
+    /// Docker's config.json; [`DockerConfig::default_path`] when None.
+    pub docker_config: Option<PathBuf>,
+    pub fetch: FetchOptions,
+}
+
+/// Read or write access to a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    Pull,
+    Push,
+}
+
+impl Access {
+    fn scope(self, repository: &str) -> String {
+        match self {
+            Access::Pull => format!("repository:{repository}:pull"),
+            Access::Push => format!("repository:{repository}:pull,push"),
+        }
+    }
+}
+
+/// A manifest as the registry sent it.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub bytes: Vec<u8>,
+    pub media_type: String,
+    /// The SHA-256 of `bytes`.
+    pub digest: Digest,
+}
+
+/// A client for any number of registries.
+pub struct Registry {
+    http: reqwest::Client,
+    fetcher: Fetcher,
+    options: RegistryOptions,
+    docker: DockerConfig,
+    /// Authorization by (registry, repository, access).
+    auth: Mutex<HashMap<(String, String, Access), HeaderValue>>,
+}
+
+impl Registry {
+    pub fn new(options: RegistryOptions) -> Result<Registry> {
+        let docker = match options.docker_config.clone().or_else(DockerConfig::default_path) {
+            Some(path) => DockerConfig::load(&path).map_err(Error::Config)?,
+            None => DockerConfig::default(),
+        };
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("vmimg/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(options.fetch.connect_timeout)
+            .read_timeout(options.fetch.read_timeout)
+            .build()
+            .map_err(|e| Error::Http { url: String::new(), message: format!("cannot start an HTTP client: {e}") })?;
+        let fetcher = Fetcher::new(options.fetch.clone())?;
+        Ok(Registry { http, fetcher, options, docker, auth: Mutex::default() })
+    }
+
+    /// `https://HOST` (or `http://` for loopback and insecure hosts).
+    pub fn endpoint(&self, reference: &Reference) -> String {
+        let plain = reference.is_loopback() || self.options.insecure.iter().any(|h| h == reference.registry());
+        format!("{}://{}", if plain { "http" } else { "https" }, reference.api_host())
+    }
+
+    fn url(&self, reference: &Reference, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.endpoint(reference), reference.repository())
+    }
+
+    /// The manifest `reference` names (its digest, else its tag).
+    pub async fn manifest(&self, reference: &Reference) -> Result<Manifest> {
+        let url = self.url(reference, &format!("manifests/{}", reference.manifest_reference()));
+        let accept = MANIFEST_TYPES.join(", ");
+        let response =
+            self.send(reference, Access::Pull, || self.http.get(&url).header(header::ACCEPT, &accept)).await?;
+        let response = expect(response, &[StatusCode::OK], reference)?;
+        let media_type = header_str(response.headers(), header::CONTENT_TYPE).unwrap_or_default().to_owned();
+        let bytes = read_bounded(response, &url, MAX_MANIFEST_BYTES, "manifest").await?;
+        let digest = sha256(&bytes);
+        if let Some(expected) = reference.digest()
+            && *expected != digest
+        {
+            return Err(Error::ManifestDigest {
+                reference: reference.to_string(),
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        Ok(Manifest { bytes, media_type, digest })
+    }
+
+    /// Downloads blob `digest` of `size` bytes into `partial` (resuming
+    /// what is there), hashing it on the way; the caller checks the digest.
+    pub async fn fetch_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        partial: &std::path::Path,
+        progress: &dyn Progress,
+    ) -> Result<Fetched> {
+        let url = self.url(reference, &format!("blobs/{digest}"));
+        let mut headers = HeaderMap::new();
+        if let Some(auth) = self.authorization(reference, Access::Pull).await? {
+            headers.insert(header::AUTHORIZATION, auth);
+        }
+        let request = Request { url: &url, headers, size: Some(size) };
+        Ok(self.fetcher.fetch_with(&request, digest.algorithm(), partial, progress).await?)
+    }
+
+    /// A blob's body from byte `offset`, for streaming.
+    pub async fn blob_from(&self, reference: &Reference, digest: &Digest, offset: u64) -> Result<reqwest::Response> {
+        let url = self.url(reference, &format!("blobs/{digest}"));
+        let response = self
+            .send(reference, Access::Pull, || {
+                let request = self.http.get(&url);
+                if offset > 0 { request.header(header::RANGE, format!("bytes={offset}-")) } else { request }
+            })
+            .await?;
+        let wanted = if offset > 0 { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+        expect(response, &[wanted], reference)
+    }
+
+    /// Whether the repository holds blob `digest`.
+    pub async fn has_blob(&self, reference: &Reference, digest: &Digest) -> Result<bool> {
+        let url = self.url(reference, &format!("blobs/{digest}"));
+        let response = self.send(reference, Access::Push, || self.http.head(&url)).await?;
+        match response.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(status_error(&url, response).await),
+        }
+    }
+
+    /// Uploads `len` bytes of `file` from `offset` as blob `digest`.
+    pub async fn upload_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        file: &std::fs::File,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        let start = self.url(reference, "blobs/uploads/");
+        let response = self.send(reference, Access::Push, || self.http.post(&start)).await?;
+        let response = expect(response, &[StatusCode::ACCEPTED], reference)?;
+        let location = header_str(response.headers(), header::LOCATION)
+            .ok_or_else(|| Error::Http { url: start.clone(), message: "no Location for the upload".into() })?;
+        let location = resolve(&start, location)?;
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let put = format!("{location}{separator}digest={digest}");
+        let response = self
+            .send(reference, Access::Push, || {
+                let body = file_range_body(file, offset, len);
+                self.http
+                    .put(&put)
+                    .header(header::CONTENT_TYPE, "application/octet-stream")
+                    .header(header::CONTENT_LENGTH, len)
+                    .body(body)
+            })
+            .await?;
+        expect(response, &[StatusCode::CREATED], reference).map(drop)
+    }
+
+    /// Puts a manifest under `reference`'s tag (or digest); returns its digest.
+    pub async fn put_manifest(&self, reference: &Reference, bytes: &[u8], media_type: &str) -> Result<Digest> {
+        let url = self.url(reference, &format!("manifests/{}", reference.manifest_reference()));
+        let body = bytes.to_vec();
+        let response = self
+            .send(reference, Access::Push, || {
+                self.http.put(&url).header(header::CONTENT_TYPE, media_type).body(body.clone())
+            })
+            .await?;
+        expect(response, &[StatusCode::CREATED], reference)?;
+        Ok(sha256(bytes))
+    }
+
+    /// Sends the request `build` makes with the cached authorization; after
+    /// a `401`, authorizes as the challenge asks and sends it once more.
+    async fn send(
+        &self,
+        reference: &Reference,
+        access: Access,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let key = (reference.registry().to_owned(), reference.repository().to_owned(), access);
+        let cached = self.auth.lock().expect("auth cache").get(&key).cloned();
+        let response = self.send_once(&build, cached.as_ref()).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let challenge = header_str(response.headers(), header::WWW_AUTHENTICATE).and_then(Challenge::parse);
+        let auth = self.answer(reference, access, challenge).await?;
+        self.auth.lock().expect("auth cache").insert(key, auth.clone());
+        let response = self.send_once(&build, Some(&auth)).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            return Err(self.unauthorized(reference));
+        }
+        Ok(response)
+    }
+
+    async fn send_once(
+        &self,
+        build: &impl Fn() -> reqwest::RequestBuilder,
+        auth: Option<&HeaderValue>,
+    ) -> Result<reqwest::Response> {
+        let mut request = build();
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        let request = request.build().map_err(|e| Error::Http { url: String::new(), message: e.to_string() })?;
+        let url = request.url().to_string();
+        self.http.execute(request).await.map_err(|e| Error::Http { url, message: error_chain(&e) })
+    }
+
+    /// The authorization for a blob download (fetched by another client):
+    /// the cached one, else what the registry's `/v2/` challenge asks for.
+    async fn authorization(&self, reference: &Reference, access: Access) -> Result<Option<HeaderValue>> {
+        let key = (reference.registry().to_owned(), reference.repository().to_owned(), access);
+        if let Some(auth) = self.auth.lock().expect("auth cache").get(&key) {
+            return Ok(Some(auth.clone()));
+        }
+        let url = format!("{}/v2/", self.endpoint(reference));
+        let response = self.send_once(&|| self.http.get(&url), None).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(None);
+        }
+        let challenge = header_str(response.headers(), header::WWW_AUTHENTICATE).and_then(Challenge::parse);
+        let auth = self.answer(reference, access, challenge).await?;
+        self.auth.lock().expect("auth cache").insert(key, auth.clone());
+        Ok(Some(auth))
+    }
+
+    fn credentials(&self, registry: &str) -> Option<&Credentials> {
+        self.options.credentials.as_ref().or_else(|| self.docker.get(registry))
+    }
+
+    /// The Authorization value that answers `challenge`.
+    async fn answer(&self, reference: &Reference, access: Access, challenge: Option<Challenge>) -> Result<HeaderValue> {
+        let credentials = self.credentials(reference.registry());
+        match challenge {
+            Some(Challenge::Basic) => credentials.map(basic).ok_or_else(|| self.unauthorized(reference)),
+            Some(Challenge::Bearer { realm, service }) => {
+                let token = self.token(reference, &realm, service.as_deref(), access, credentials).await?;
+                HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| Error::Http { url: realm, message: "the token is not a valid header value".into() })
+            }
+            None => Err(self.unauthorized(reference)),
+        }
+    }
+
+    /// A bearer token from the realm, for `access` to the repository.
+    async fn token(
+        &self,
+        reference: &Reference,
+        realm: &str,
+        service: Option<&str>,
+        access: Access,
+        credentials: Option<&Credentials>,
+    ) -> Result<String> {
+        let mut url = reqwest::Url::parse(realm)
+            .map_err(|e| Error::Http { url: realm.to_owned(), message: format!("bad token realm: {e}") })?;
+        url.query_pairs_mut().append_pair("scope", &access.scope(reference.repository()));
+        if let Some(service) = service {
+            url.query_pairs_mut().append_pair("service", service);
+        }
+        let mut request = self.http.get(url);
+        if let Some(c) = credentials {
+            request = request.basic_auth(&c.username, Some(&c.password));
+        }
+        let response =
+            request.send().await.map_err(|e| Error::Http { url: realm.to_owned(), message: error_chain(&e) })?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(self.unauthorized(reference)),
+            _ => return Err(status_error(realm, response).await),
+        }
+        let body = read_bounded(response, realm, 1 << 20, "token response").await?;
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let token: Token = serde_json::from_slice(&body)
+            .map_err(|e| Error::Http { url: realm.to_owned(), message: format!("bad token response: {e}") })?;
+        token
+            .token
+            .or(token.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::Http { url: realm.to_owned(), message: "the token response holds no token".into() })
+    }
+
+    fn unauthorized(&self, reference: &Reference) -> Error {
+        Error::Unauthorized { registry: reference.registry().to_owned(), repository: reference.repository().to_owned() }
+    }
+}
+
+fn basic(c: &Credentials) -> HeaderValue {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value");
+    value.set_sensitive(true);
+    value
+}
+
+fn sha256(bytes: &[u8]) -> Digest {
+    let mut hasher = Hasher::new(Algorithm::Sha256);
+    hasher.update(bytes);
+    hasher.finish()
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The response if its status is one of `ok`; a clear error otherwise.
+fn expect(response: reqwest::Response, ok: &[StatusCode], reference: &Reference) -> Result<reqwest::Response> {
+    match response.status() {
+        s if ok.contains(&s) => Ok(response),
+        StatusCode::NOT_FOUND => Err(Error::NotFound { reference: reference.to_string() }),
+        s => Err(Error::Status { url: response.url().to_string(), status: s.as_u16(), detail: None }),
+    }
+}
+
+async fn status_error(url: &str, response: reqwest::Response) -> Error {
+    let status = response.status().as_u16();
+    let detail =
+        read_bounded(response, url, 4096, "error").await.ok().map(|b| String::from_utf8_lossy(&b).trim().to_owned());
+    Error::Status { url: url.to_owned(), status, detail: detail.filter(|d| !d.is_empty()) }
+}
+
+/// The body, refused past `limit` bytes.
+async fn read_bounded(response: reqwest::Response, url: &str, limit: usize, what: &'static str) -> Result<Vec<u8>> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(Error::TooLarge { what, url: url.to_owned(), limit });
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        body.extend_from_slice(&chunk.map_err(|e| Error::Http { url: url.to_owned(), message: error_chain(&e) })?);
+        if body.len() > limit {
+            return Err(Error::TooLarge { what, url: url.to_owned(), limit });
+        }
+    }
+    Ok(body)
+}
+
+/// An upload Location, absolute or relative to the request that gave it.
+fn resolve(base: &str, location: &str) -> Result<String> {
+    let base = reqwest::Url::parse(base).map_err(|e| Error::Http { url: base.to_owned(), message: e.to_string() })?;
+    base.join(location)
+        .map(String::from)
+        .map_err(|e| Error::Http { url: location.to_owned(), message: format!("bad upload location: {e}") })
+}
+
+/// A request body that streams `len` bytes of `file` from `offset`, with
+/// positioned reads (so parallel uploads of one file never share a cursor).
+fn file_range_body(file: &std::fs::File, offset: u64, len: u64) -> reqwest::Body {
+    use std::os::unix::fs::FileExt;
+    let file = file.try_clone().map(std::sync::Arc::new);
+    let end = offset + len;
+    let stream = futures_util::stream::unfold((file, offset), move |(file, pos)| async move {
+        if pos >= end {
+            return None;
+        }
+        let handle = match &file {
+            Ok(f) => f.clone(),
+            Err(e) => return Some((Err(std::io::Error::new(e.kind(), e.to_string())), (file, end))),
+        };
+        let n = (end - pos).min(1 << 20) as usize;
+        let chunk = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; n];
+            handle.read_exact_at(&mut buf, pos).map(|()| buf)
+        })
+        .await
+        .expect("read task");
+        let next = if chunk.is_ok() { pos + n as u64 } else { end };
+        Some((chunk, (file, next)))
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        line = format!("{line}: {cause}");
+        source = cause.source();
+    }
+    line
+}

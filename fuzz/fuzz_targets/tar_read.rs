@@ -1,0 +1,50 @@
+//! Reads arbitrary bytes as an uncompressed tar archive, as an importer
+//! would: every entry's metadata (ustar, GNU long names, PAX records, the
+//! four sparse map formats) and its data through `read_data`.
+//!
+//! Small limits keep each input cheap. Any error is fine; a panic, an
+//! abort, a hang or a huge allocation is a bug. So is data the reader hands
+//! out of order: each piece must lie inside the entry's size and start at
+//! or after the end of the previous one, and the pieces must add up to the
+//! entry's segments.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vmimg_bundle::tar::{Limits, Reader};
+
+/// Entries read per input.
+const MAX_ENTRIES: usize = 64;
+
+const LIMITS: Limits = Limits { max_meta_bytes: 64 << 10, max_segments: 4096 };
+
+fuzz_target!(|data: &[u8]| {
+    let mut reader = Reader::new(data, LIMITS);
+    for _ in 0..MAX_ENTRIES {
+        let Ok(Some(entry)) = reader.next_entry() else { return };
+        // Leave some entries' data unread, so next_entry skips it.
+        if entry.mtime % 2 == 1 {
+            continue;
+        }
+        let (size, path) = (entry.size, entry.path_lossy());
+        let mut end = 0u64;
+        let mut total = 0u64;
+        let read = reader.read_data(&mut |offset, piece| {
+            let piece_end = offset.checked_add(piece.len() as u64);
+            assert!(
+                piece_end.is_some_and(|e| e <= size),
+                "{path:?}: a piece of {} bytes at {offset} runs past the entry's size {size}",
+                piece.len()
+            );
+            assert!(offset >= end, "{path:?}: a piece at {offset} overlaps or goes back before {end}");
+            end = offset + piece.len() as u64;
+            total += piece.len() as u64;
+            Ok(())
+        });
+        if read.is_err() {
+            return;
+        }
+        let segments: u64 = entry.segments.iter().map(|s| s.len).sum();
+        assert_eq!(total, segments, "{path:?}: the pieces do not add up to the segments");
+    }
+});
