@@ -5,6 +5,8 @@
 //! - [`Registry`]: the distribution API (manifests, blobs, uploads) with
 //!   anonymous, Basic and bearer-token auth (`auth`: Docker's config.json,
 //!   explicit credentials, challenges);
+//! - cloud images in a registry ([`Registry::cloud_image`],
+//!   [`Registry::stream_disk`], [`Registry::push_disk`]);
 //! - [`artifact`]: cloud-image artifacts as cocoonstack publishes them
 //!   (which layers are disk parts, in which order), read and written.
 //!
@@ -13,9 +15,11 @@
 
 pub mod artifact;
 mod auth;
+mod cloud;
 mod reference;
 mod registry;
 
 pub use auth::{Challenge, Credentials, DockerConfig};
+pub use cloud::{Push, Pushed};
 pub use reference::{DEFAULT_TAG, DOCKER_HUB, Reference, ReferenceError};
 pub use registry::{Access, Error, MANIFEST_TYPES, MAX_MANIFEST_BYTES, Manifest, Registry, RegistryOptions, Result};

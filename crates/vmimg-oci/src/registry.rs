@@ -61,12 +61,33 @@ pub enum Error {
     #[error("docker config: {0}")]
     Config(String),
     #[error(transparent)]
+    Artifact(#[from] crate::artifact::ArtifactError),
+    #[error("blob {digest}: {actual} bytes where its descriptor says {expected}; nothing from it is to be trusted")]
+    BlobSize { digest: Digest, expected: u64, actual: u64 },
+    #[error("blob digest mismatch: expected {expected}, got {actual}; nothing from it is to be trusted")]
+    BlobDigest { expected: Digest, actual: Digest },
+    #[error("cannot write the output: {0}")]
+    Output(String),
+    #[error(transparent)]
     Fetch(#[from] vmimg_fetch::Error),
     #[error("cannot read {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Worth another try: the network failed, or the registry said so
+    /// (408, 429, 5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Http { .. } => true,
+            Error::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            Error::Fetch(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
 
 /// How to reach registries.
 #[derive(Debug, Clone, Default)]
@@ -129,6 +150,10 @@ impl Registry {
             .map_err(|e| Error::Http { url: String::new(), message: format!("cannot start an HTTP client: {e}") })?;
         let fetcher = Fetcher::new(options.fetch.clone())?;
         Ok(Registry { http, fetcher, options, docker, auth: Mutex::default() })
+    }
+
+    pub fn options(&self) -> &RegistryOptions {
+        &self.options
     }
 
     /// `https://HOST` (or `http://` for loopback and insecure hosts).
@@ -215,6 +240,23 @@ impl Registry {
         offset: u64,
         len: u64,
     ) -> Result<()> {
+        self.upload(reference, digest, len, || file_range_body(file, offset, len)).await
+    }
+
+    /// Uploads a small blob held in memory.
+    pub async fn upload_bytes(&self, reference: &Reference, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        self.upload(reference, digest, bytes.len() as u64, || reqwest::Body::from(bytes.to_vec())).await
+    }
+
+    /// A monolithic upload: `POST` for a location, then `PUT ?digest=`
+    /// with the body `body` makes.
+    async fn upload(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        len: u64,
+        body: impl Fn() -> reqwest::Body,
+    ) -> Result<()> {
         let start = self.url(reference, "blobs/uploads/");
         let response = self.send(reference, Access::Push, || self.http.post(&start)).await?;
         let response = expect(response, &[StatusCode::ACCEPTED], reference)?;
@@ -225,12 +267,11 @@ impl Registry {
         let put = format!("{location}{separator}digest={digest}");
         let response = self
             .send(reference, Access::Push, || {
-                let body = file_range_body(file, offset, len);
                 self.http
                     .put(&put)
                     .header(header::CONTENT_TYPE, "application/octet-stream")
                     .header(header::CONTENT_LENGTH, len)
-                    .body(body)
+                    .body(body())
             })
             .await?;
         expect(response, &[StatusCode::CREATED], reference).map(drop)

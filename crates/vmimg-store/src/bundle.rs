@@ -146,6 +146,7 @@ impl Store {
             verified: false,
             source_format: source_format.to_owned(),
             blob: None,
+            blobs: Vec::new(),
             format: "raw".to_owned(),
             virtual_size: meta.len(),
             allocated_size: meta.blocks() * 512,

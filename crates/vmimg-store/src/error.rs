@@ -33,6 +33,13 @@ pub enum Error {
     Record { path: PathBuf, message: String },
     #[error("bundle {}: {source}", path.display())]
     Bundle { path: PathBuf, source: vmimg_bundle::bundle::Error },
+    #[error(
+        "a part of the cloud image has digest {actual} and {actual_size} bytes, where its manifest says {expected} and \
+         {size} bytes; nothing was kept"
+    )]
+    PartMismatch { expected: Digest, size: u64, actual: Digest, actual_size: u64 },
+    #[error(transparent)]
+    Oci(#[from] vmimg_oci::Error),
     #[error(transparent)]
     Fetch(#[from] vmimg_fetch::Error),
     #[error(transparent)]

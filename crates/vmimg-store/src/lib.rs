@@ -20,6 +20,7 @@ mod fsutil;
 mod growing;
 mod instance;
 mod manage;
+mod oci;
 mod pull;
 mod record;
 mod refresh;

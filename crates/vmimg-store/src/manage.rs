@@ -88,7 +88,7 @@ impl Store {
         }
     }
 
-    /// Removes image `key` and, if no other image uses it, its blob.
+    /// Removes image `key` and the blobs no other image uses.
     pub async fn remove_image(&self, key: &str, force: bool) -> Result<()> {
         let _lock = self.lock(key).await?;
         let record = self.lookup(key)?.ok_or_else(|| Error::NotFound { what: "image", name: key.to_owned() })?;
@@ -101,9 +101,8 @@ impl Store {
             remove_dir_atomically(instance.path.parent().expect("instances/<name>"), &self.tmp())?;
         }
         remove_dir_atomically(&self.image_dir(key), &self.tmp())?;
-        if let Some(blob) = record.blob
-            && !self.referenced_blobs()?.contains(&blob)
-        {
+        let referenced = self.referenced_blobs()?;
+        for blob in record.blob.into_iter().chain(record.blobs).filter(|b| !referenced.contains(b)) {
             crate::fsutil::remove_file(&self.root().join(blob))?;
         }
         Ok(())
@@ -139,7 +138,7 @@ impl Store {
     }
 
     fn referenced_blobs(&self) -> Result<HashSet<String>> {
-        Ok(self.images()?.into_iter().filter_map(|i| i.record.blob).collect())
+        Ok(self.images()?.into_iter().flat_map(|i| i.record.blob.into_iter().chain(i.record.blobs)).collect())
     }
 
     fn collect_blobs(&self) -> Result<usize> {

@@ -32,12 +32,14 @@ pub struct Pulled {
 }
 
 /// A disk made in a work directory, not yet published.
-struct Made {
-    work: tempfile::TempDir,
-    digest: Digest,
-    source_format: Format,
-    blob: Option<String>,
-    stats: ConvertStats,
+pub(crate) struct Made {
+    pub(crate) work: tempfile::TempDir,
+    pub(crate) digest: Digest,
+    pub(crate) source_format: Format,
+    pub(crate) blob: Option<String>,
+    /// The blobs of a source in parts.
+    pub(crate) blobs: Vec<String>,
+    pub(crate) stats: ConvertStats,
 }
 
 impl Store {
@@ -55,6 +57,7 @@ impl Store {
         let made = match &source.location {
             Location::Url(url) => self.make_from_url(source, url, progress).await?,
             Location::File(path) => self.make_from_file(source, path.clone()).await?,
+            Location::Oci(pinned) => self.make_from_oci(source, pinned, progress).await?,
         };
         self.publish(source, made)
     }
@@ -67,7 +70,7 @@ impl Store {
         Ok(found)
     }
 
-    fn convert_options(&self) -> ConvertOptions {
+    pub(crate) fn convert_options(&self) -> ConvertOptions {
         ConvertOptions { threads: self.threads, sync: true }
     }
 
@@ -102,11 +105,11 @@ impl Store {
             // convert the verified file now.
             _ => convert_file(&self.blob_path(&digest), &disk, &self.convert_options())?,
         };
-        Ok(Made { work, digest, source_format, blob: Some(blob), stats })
+        Ok(Made { work, digest, source_format, blob: Some(blob), blobs: Vec::new(), stats })
     }
 
     /// Moves a verified partial into `blobs/` and returns its store-relative path.
-    fn keep_blob(&self, partial: &Path, digest: &Digest) -> Result<String> {
+    pub(crate) fn keep_blob(&self, partial: &Path, digest: &Digest) -> Result<String> {
         let blob = self.blob_path(digest);
         let dir = blob.parent().expect("blobs/<algorithm>");
         std::fs::create_dir_all(dir).map_err(Error::io("cannot create", dir))?;
@@ -133,7 +136,7 @@ impl Store {
         let digest = digest?;
         check_digest(source, &digest)?;
         let (source_format, stats) = converted?;
-        Ok(Made { work, digest, source_format, blob: None, stats })
+        Ok(Made { work, digest, source_format, blob: None, blobs: Vec::new(), stats })
     }
 
     /// The record of a pulled image.
@@ -147,6 +150,7 @@ impl Store {
             verified: source.expected.is_some(),
             source_format: made.source_format.name().to_owned(),
             blob: made.blob,
+            blobs: made.blobs,
             format: "raw".to_owned(),
             virtual_size: made.stats.virtual_size,
             allocated_size: allocated,
@@ -202,7 +206,7 @@ fn convert_file(src: &Path, disk: &Path, options: &ConvertOptions) -> Result<(Fo
     Ok((image.format(), write_disk(&image, disk, options)?))
 }
 
-fn write_disk(image: &DiskImage, disk: &Path, options: &ConvertOptions) -> Result<ConvertStats> {
+pub(crate) fn write_disk(image: &DiskImage, disk: &Path, options: &ConvertOptions) -> Result<ConvertStats> {
     let out = File::create(disk).map_err(Error::io("cannot create", disk))?;
     let stats = vmimg_disk::convert_to_raw(image, &out, options)?;
     out.sync_all().map_err(Error::io("cannot flush", disk))?;

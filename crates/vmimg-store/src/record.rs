@@ -27,6 +27,10 @@ pub struct ImageRecord {
     /// The downloaded source, relative to the store root (none for a local file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob: Option<String>,
+    /// The downloaded parts of a source in parts (an OCI cloud image),
+    /// relative to the store root, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<String>,
     /// The disk's format: `raw`.
     pub format: String,
     pub virtual_size: u64,

@@ -37,6 +37,12 @@ pub enum SourceInfo {
     },
     /// Made blank by `image new`.
     Blank,
+    /// A cloud image from an OCI registry: the reference asked for, and the
+    /// digest of the manifest it named then.
+    Oci {
+        reference: String,
+        digest: Digest,
+    },
 }
 
 /// Where the bytes are.
@@ -44,6 +50,8 @@ pub enum SourceInfo {
 pub enum Location {
     Url(String),
     File(PathBuf),
+    /// A registry reference pinned to its manifest's digest.
+    Oci(vmimg_oci::Reference),
 }
 
 /// A source ready to pull.
@@ -62,6 +70,7 @@ impl Resolved {
         match &self.location {
             Location::Url(url) => url.clone(),
             Location::File(path) => path.display().to_string(),
+            Location::Oci(reference) => format!("oci://{reference}"),
         }
     }
 }

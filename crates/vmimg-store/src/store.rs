@@ -44,6 +44,8 @@ pub struct StoreOptions {
     /// The architecture aliases resolve to (the host's when None).
     pub arch: Option<Arch>,
     pub fetch: FetchOptions,
+    /// How to reach OCI registries (its `fetch` is replaced by the one above).
+    pub registry: vmimg_oci::RegistryOptions,
     /// Conversion threads (0: one per core, at most 8).
     pub threads: usize,
 }
@@ -75,6 +77,8 @@ pub struct Store {
     /// Made on first use: loading the system's root certificates costs
     /// more than a whole `instance create`.
     fetcher: std::sync::OnceLock<Fetcher>,
+    registry_options: vmimg_oci::RegistryOptions,
+    registry: std::sync::OnceLock<vmimg_oci::Registry>,
     pub(crate) threads: usize,
     in_process: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -111,8 +115,10 @@ impl Store {
             catalog,
             mirrors,
             arch,
+            registry_options: vmimg_oci::RegistryOptions { fetch: options.fetch.clone(), ..options.registry },
             fetch_options: options.fetch,
             fetcher: std::sync::OnceLock::new(),
+            registry: std::sync::OnceLock::new(),
             threads: options.threads,
             in_process: Mutex::default(),
         })
@@ -125,6 +131,15 @@ impl Store {
         }
         let fetcher = Fetcher::new(self.fetch_options.clone())?;
         Ok(self.fetcher.get_or_init(|| fetcher))
+    }
+
+    /// The OCI registry client, made on first use.
+    pub fn registry(&self) -> Result<&vmimg_oci::Registry> {
+        if let Some(registry) = self.registry.get() {
+            return Ok(registry);
+        }
+        let registry = vmimg_oci::Registry::new(self.registry_options.clone())?;
+        Ok(self.registry.get_or_init(|| registry))
     }
 
     pub fn root(&self) -> &Path {

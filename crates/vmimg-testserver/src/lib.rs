@@ -14,6 +14,9 @@
 //! HTTP framework hides. It is a test tool: it binds only 127.0.0.1.
 
 mod http;
+mod registry;
+
+pub use registry::RegistryServer;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -6,6 +6,7 @@ mod catalog;
 mod files;
 mod info;
 mod manage;
+mod oci;
 mod progress;
 mod pull;
 mod units;
@@ -59,6 +60,16 @@ struct StoreArgs {
     /// Conversion threads (default: one per core, at most 8).
     #[arg(long, global = true, default_value_t = 0)]
     threads: usize,
+    /// A registry host (host or host:port) to speak plain HTTP to;
+    /// repeatable. Loopback hosts always are.
+    #[arg(long, global = true, value_name = "HOST")]
+    insecure_registry: Vec<String>,
+    /// Registry user name (else ~/.docker/config.json; else anonymous).
+    #[arg(long, global = true, env = "VMIMG_REGISTRY_USERNAME", requires = "password")]
+    username: Option<String>,
+    /// Registry password or token.
+    #[arg(long, global = true, env = "VMIMG_REGISTRY_PASSWORD", hide_env_values = true, requires = "username")]
+    password: Option<String>,
 }
 
 impl StoreArgs {
@@ -79,6 +90,15 @@ impl StoreArgs {
             mirrors,
             arch: self.arch.as_deref().map(str::parse).transpose()?,
             fetch,
+            registry: vmimg_oci::RegistryOptions {
+                insecure: self.insecure_registry.clone(),
+                credentials: self
+                    .username
+                    .clone()
+                    .zip(self.password.clone())
+                    .map(|(username, password)| vmimg_oci::Credentials { username, password }),
+                ..Default::default()
+            },
             threads: self.threads,
         })?)
     }
@@ -86,7 +106,7 @@ impl StoreArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Get a VM disk into the store: a catalog alias, an http(s) URL or a file.
+    /// Get a VM disk into the store: a catalog alias, a URL, a file or oci://REF.
     ///
     /// Prints the path of the ready raw disk as the last line of stdout (its
     /// record with --json). An alias is verified against the catalog's
@@ -95,7 +115,9 @@ enum Command {
     /// download. Nothing enters the store unless the digest matched. A
     /// second pull of the same source returns at once.
     Pull {
-        /// `debian-12` (see `vmimg catalog list`), `https://…/disk.qcow2`, or `./disk.img`.
+        /// `debian-12` (see `vmimg catalog list`), `https://…/disk.qcow2`,
+        /// `./disk.img`, or `oci://REGISTRY/REPO[:TAG|@DIGEST]` (a cloud-image
+        /// artifact; `docker://` works too).
         source: String,
         /// The digest the source must have: sha256:<hex> or sha512:<hex>.
         #[arg(long)]
@@ -103,6 +125,36 @@ enum Command {
         /// Print the image record as JSON instead of the path.
         #[arg(long)]
         json: bool,
+    },
+    /// Stream a cloud image's disk from a registry to stdout.
+    ///
+    /// The disk's layers (parts) are written in order as they arrive, each
+    /// checked for its size and digest as it streams (a mismatch is an
+    /// error, and the output is then not to be trusted); nothing is kept.
+    Cat {
+        /// oci://REGISTRY/REPO[:TAG|@DIGEST]
+        source: String,
+    },
+    /// Push a store image to a registry as a cloud-image artifact.
+    ///
+    /// The disk is split into parts of --part-size, hashed and uploaded
+    /// --jobs at a time; parts the repository already has are not sent. The
+    /// manifest is an OCI 1.1 artifact (application/vnd.cocoonstack.os-image.v1+json)
+    /// that vmimg and cocoonstack's tools read. Prints the pushed reference,
+    /// pinned to its digest.
+    Push {
+        image: String,
+        /// oci://REGISTRY/REPO[:TAG]
+        target: String,
+        /// Bytes per part: 512M, 1G, bytes.
+        #[arg(long, default_value = "512M", value_parser = vmimg_disk::parse_size)]
+        part_size: u64,
+        /// The disk format pushed (raw for now; zstd-compressed qcow2 is next).
+        #[arg(long, default_value = "raw", value_parser = ["raw"])]
+        format: String,
+        /// Parts hashed and uploaded at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
     },
     /// List the images in the store: name, format, sizes, instances, source.
     Images {
@@ -374,6 +426,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pull { source, digest, json } => {
             let store = cli.store.open()?;
             runtime()?.block_on(pull::run(&store, &source, digest, json, cli.quiet))
+        }
+        Command::Cat { source } => runtime()?.block_on(oci::cat(&cli.store.open()?, &source, cli.quiet)),
+        Command::Push { image, target, part_size, format: _, jobs } => {
+            let args =
+                oci::PushArgs { format: vmimg_oci::artifact::DiskFormat::Raw, part_size: part_size.max(1), jobs };
+            runtime()?.block_on(oci::push(&cli.store.open()?, &image, &target, args, cli.quiet))
         }
         Command::Images { json } => manage::images(&cli.store.open()?, json),
         Command::Rm { image, force } => runtime()?.block_on(manage::remove_image(&cli.store.open()?, &image, force)),

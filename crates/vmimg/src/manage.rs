@@ -43,6 +43,7 @@ pub fn images(store: &Store, json: bool) -> Result<()> {
                 path.display().to_string()
             }
             vmimg_store::SourceInfo::Blank => "(blank, mutable)".to_owned(),
+            vmimg_store::SourceInfo::Oci { reference, .. } => format!("oci://{reference}"),
         };
         println!(
             "{:<48} {:<7} {:>9} {:>9} {:>9}  {:<20} {source}",

@@ -8,7 +8,13 @@ use vmimg_fetch::Digest;
 use vmimg_store::{Location, Store};
 
 pub async fn run(store: &Store, source: &str, digest: Option<Digest>, json: bool, quiet: bool) -> Result<()> {
-    let resolved = store.resolve(source, digest)?;
+    let resolved = match crate::oci::reference(source) {
+        Some(reference) if digest.is_none() => store.resolve_oci(&reference?).await?,
+        Some(_) => anyhow::bail!(
+            "an oci:// source is verified by its manifest: --digest does not apply (pin it as REF@sha256:…)"
+        ),
+        None => store.resolve(source, digest)?,
+    };
     if resolved.expected.is_none() && !quiet {
         eprintln!(
             "vmimg: warning: {} is not verified: pass --digest sha256:<hex> to check it",
@@ -21,7 +27,10 @@ pub async fn run(store: &Store, source: &str, digest: Option<Digest>, json: bool
     progress.finish();
     let pulled = pulled?;
     if !quiet && !pulled.cached {
-        let fetched = matches!(resolved.location, Location::Url(_)).then_some("downloaded, ").unwrap_or_default();
+        let fetched = match resolved.location {
+            Location::Url(_) | Location::Oci(_) => "downloaded, ",
+            Location::File(_) => "",
+        };
         let verified = if pulled.record.verified { "verified" } else { "NOT verified" };
         eprintln!("{}: {fetched}{verified} and converted in {:.1?}", resolved.display_name(), started.elapsed());
     }

@@ -1,0 +1,256 @@
+//! Cloud images in a registry: finding one, streaming its disk, pushing one.
+//!
+//! Every blob is checked for its size and its digest as it streams: a body
+//! longer than its descriptor says is cut off at once, a shorter one or a
+//! wrong digest is an error naming the part. A part cut midway is asked for
+//! again from where it stopped (`Range`), with backoff, as a pull would be.
+
+use crate::artifact::{self, CloudImage, DiskFormat};
+use crate::reference::Reference;
+use crate::registry::{Error, Registry, Result};
+use backon::BackoffBuilder;
+use futures_util::StreamExt;
+use std::collections::BTreeMap;
+use std::fs::File;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use vmimg_fetch::{Digest, Hasher};
+
+impl Registry {
+    /// The cloud image `reference` names (through an index, the entry for
+    /// linux/`architecture`), and the reference pinned to its manifest's digest.
+    pub async fn cloud_image(&self, reference: &Reference, architecture: &str) -> Result<(Reference, CloudImage)> {
+        let mut manifest = self.retry(|| self.manifest(reference)).await?;
+        let mut pinned = reference.at_digest(manifest.digest.clone());
+        if artifact::is_index(&manifest.media_type, &manifest.bytes) {
+            let digest = artifact::pick_platform(&manifest.bytes, &reference.to_string(), "linux", architecture)?;
+            pinned = reference.at_digest(digest);
+            manifest = self.retry(|| self.manifest(&pinned)).await?;
+        }
+        let image = artifact::parse(&manifest.bytes, &reference.to_string())?;
+        Ok((pinned, image))
+    }
+
+    /// Writes the disk (its parts in order) to `out`; returns its size.
+    pub async fn stream_disk(
+        &self,
+        reference: &Reference,
+        image: &CloudImage,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<u64> {
+        for part in &image.parts {
+            self.stream_blob(reference, &part.digest, part.size, out).await?;
+        }
+        out.flush().await.map_err(|e| Error::Output(e.to_string()))?;
+        Ok(image.size())
+    }
+
+    /// Streams one blob to `out`, resuming after a cut, checking its size
+    /// and digest.
+    async fn stream_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<()> {
+        let mut hasher = Hasher::new(digest.algorithm());
+        let mut written = 0u64;
+        let mut delays = self.backoff();
+        loop {
+            let before = written;
+            match self.stream_attempt(reference, digest, size, &mut hasher, &mut written, out).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() => {
+                    if written > before {
+                        delays = self.backoff();
+                    }
+                    let Some(delay) = delays.next() else { return Err(e) };
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if written != size {
+            return Err(Error::BlobSize { digest: digest.clone(), expected: size, actual: written });
+        }
+        let actual = hasher.finish();
+        if actual != *digest {
+            return Err(Error::BlobDigest { expected: digest.clone(), actual });
+        }
+        Ok(())
+    }
+
+    async fn stream_attempt(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        hasher: &mut Hasher,
+        written: &mut u64,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<()> {
+        let response = self.blob_from(reference, digest, *written).await?;
+        let url = response.url().to_string();
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| Error::Http { url: url.clone(), message: e.to_string() })?;
+            if *written + chunk.len() as u64 > size {
+                return Err(Error::BlobSize {
+                    digest: digest.clone(),
+                    expected: size,
+                    actual: *written + chunk.len() as u64,
+                });
+            }
+            hasher.update(&chunk);
+            out.write_all(&chunk).await.map_err(|e| Error::Output(e.to_string()))?;
+            *written += chunk.len() as u64;
+        }
+        if *written < size {
+            return Err(Error::Http { url, message: format!("the body ended after {written} of {size} bytes") });
+        }
+        Ok(())
+    }
+
+    /// Pushes `len` bytes of `file` as a cloud image of `format`, in parts
+    /// of `part_size` bytes, `jobs` parts at a time; blobs the repository
+    /// has are not sent again.
+    pub async fn push_disk(&self, reference: &Reference, file: &File, push: &Push) -> Result<Pushed> {
+        let len = file.metadata().map_err(|e| Error::Output(e.to_string()))?.len();
+        let ranges: Vec<(u64, u64)> = (0..len.div_ceil(push.part_size).max(1))
+            .map(|i| (i * push.part_size, push.part_size.min(len - i * push.part_size)))
+            .collect();
+        let digests = hash_ranges(file, &ranges, push.jobs).await?;
+        let uploads = ranges.iter().zip(&digests).map(|(&(offset, len), digest)| {
+            self.retry(move || async move {
+                if self.has_blob(reference, digest).await? {
+                    return Ok(false);
+                }
+                self.upload_blob(reference, digest, file, offset, len).await.map(|()| true)
+            })
+        });
+        let results: Vec<Result<bool>> =
+            futures_util::stream::iter(uploads).buffer_unordered(push.jobs.max(1)).collect().await;
+        let uploaded = results.into_iter().collect::<Result<Vec<bool>>>()?;
+        let config = artifact::empty_config();
+        self.retry(|| async {
+            if !self.has_blob(reference, &config.digest).await? {
+                self.upload_bytes(reference, &config.digest, b"{}").await?;
+            }
+            Ok(())
+        })
+        .await?;
+        let parts: Vec<(Digest, u64)> = digests.into_iter().zip(ranges.iter().map(|r| r.1)).collect();
+        let manifest = artifact::manifest(push.format, &parts, &push.name, push.annotations.clone());
+        let bytes = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
+        let digest = self.retry(|| self.put_manifest(reference, &bytes, artifact::OCI_MANIFEST)).await?;
+        let sent = uploaded.iter().filter(|&&u| u).count();
+        Ok(Pushed { digest, parts: uploaded.len(), sent })
+    }
+
+    /// Runs `attempt` until it succeeds or fails for good, with backoff
+    /// between transient failures.
+    async fn retry<T, F, Fut>(&self, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut delays = self.backoff();
+        loop {
+            match attempt().await {
+                Err(e) if e.is_transient() => match delays.next() {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => return Err(e),
+                },
+                outcome => return outcome,
+            }
+        }
+    }
+
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        let fetch = &self.options().fetch;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(fetch.min_delay)
+            .with_max_delay(fetch.max_delay)
+            .with_max_times(fetch.attempts.saturating_sub(1))
+            .with_jitter()
+            .build()
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    /// The manifest's digest.
+    pub digest: Digest,
+    pub parts: usize,
+    /// Parts uploaded (the others the repository had).
+    pub sent: usize,
+}
+
+/// What to push.
+#[derive(Debug, Clone)]
+pub struct Push {
+    pub format: DiskFormat,
+    /// Bytes per part (the last may be shorter).
+    pub part_size: u64,
+    /// Parts hashed and uploaded at once.
+    pub jobs: usize,
+    /// The name parts are titled after (`<name>.NN.<format>.part`).
+    pub name: String,
+    /// The manifest's annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The SHA-256 of each range of `file`, `jobs` at a time.
+async fn hash_ranges(file: &File, ranges: &[(u64, u64)], jobs: usize) -> Result<Vec<Digest>> {
+    let file = file.try_clone().map_err(|e| Error::Output(e.to_string()))?;
+    let ranges = ranges.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let digests = std::sync::Mutex::new((0..ranges.len()).map(|_| None).collect::<Vec<_>>());
+        std::thread::scope(|scope| {
+            for _ in 0..jobs.clamp(1, ranges.len()) {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(offset, len)) = ranges.get(i) else { return };
+                        let reader = PositionedReader { file: &file, pos: offset, end: offset + len };
+                        let digest = vmimg_fetch::digest_reader(vmimg_fetch::Algorithm::Sha256, reader);
+                        digests.lock().expect("digests")[i] = Some(digest);
+                    }
+                });
+            }
+        });
+        digests
+            .into_inner()
+            .expect("digests")
+            .into_iter()
+            .map(|d| d.expect("every range hashed").map_err(|e| Error::Output(e.to_string())))
+            .collect()
+    })
+    .await
+    .expect("hashing task")
+}
+
+/// `Read` over a range of a file, with positioned reads.
+struct PositionedReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl std::io::Read for PositionedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = (self.end - self.pos).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}

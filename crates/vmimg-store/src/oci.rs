@@ -1,0 +1,256 @@
+//! Cloud images from OCI registries into the store, and store images out
+//! to them.
+//!
+//! A pull asks the registry for the manifest (a tag may have moved; a
+//! digest pins it), and keys the image by that digest and the architecture,
+//! so a moved tag is a miss and a second pull of the same content a hit.
+//! The disk's parts download side by side (`PART_JOBS` at a time), each
+//! into its own partial file under `tmp/`, resumed after a cut, checked
+//! for its size and digest; a qcow2 disk is converted while the parts
+//! arrive: the converter reads their concatenation, each read waiting for
+//! the part it falls in. Each part is then kept as a blob, and the image
+//! published as a pull publishes any other.
+
+use crate::error::{Error, Result};
+use crate::growing::{EndOnDrop, GrowingFile, Watermark};
+use crate::pull::Made;
+use crate::source::{Resolved, SourceInfo};
+use crate::store::Store;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use vmimg_disk::{ConvertStats, DiskImage, Format};
+use vmimg_fetch::{Digest, Progress, remove_partial};
+use vmimg_oci::artifact::{CloudImage, Descriptor, DiskFormat};
+use vmimg_oci::{Push, Pushed, Reference};
+use vmimg_qcow2::ReadAt;
+
+/// Parts downloaded at once.
+const PART_JOBS: usize = 3;
+
+impl Store {
+    /// Resolves `reference` (asking the registry what its tag names) to
+    /// the source of a pull, keyed by its manifest's digest and the
+    /// architecture.
+    pub async fn resolve_oci(&self, reference: &Reference) -> Result<Resolved> {
+        let (pinned, _) = self.registry()?.cloud_image(reference, self.arch().name()).await?;
+        let digest = pinned.digest().expect("a pinned reference").clone();
+        let key = format!("oci-{}_{}", &digest.hex()[..16], self.arch());
+        let info = SourceInfo::Oci { reference: reference.to_string(), digest: digest.clone() };
+        Ok(Resolved { key, info, location: crate::source::Location::Oci(pinned), expected: Some(digest) })
+    }
+
+    /// Downloads the parts of `image` and converts them into a work directory.
+    pub(crate) async fn make_from_oci(
+        &self,
+        source: &Resolved,
+        pinned: &Reference,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<Made> {
+        let (_, image) = self.registry()?.cloud_image(pinned, self.arch().name()).await?;
+        let image = &image;
+        let work = self.work_dir(&source.key)?;
+        let disk = work.path().join("disk.raw");
+        let partials: Vec<_> =
+            (0..image.parts.len()).map(|i| self.tmp().join(format!("{}.part{i}", source.key))).collect();
+        let watermarks: Vec<_> = image.parts.iter().map(|_| Watermark::new(None)).collect();
+        let _release = watermarks.iter().map(|w| EndOnDrop(w.clone())).collect::<Vec<_>>();
+        let progress = Arc::new(PartsProgress::new(progress, image));
+        let converter = if image.format == DiskFormat::Qcow2 {
+            let reader = Concat::open(&partials, &watermarks, image)?;
+            let (disk, options) = (disk.clone(), self.convert_options());
+            Some(tokio::task::spawn_blocking(move || {
+                let image = DiskImage::qcow2_from(Box::new(reader), Path::new("the download"))?;
+                crate::pull::write_disk(&image, &disk, &options)
+            }))
+        } else {
+            None
+        };
+        let fetched = self.fetch_parts(pinned, image, &partials, &watermarks, &progress).await;
+        let converted = match converter {
+            Some(task) => Some(task.await.expect("converter thread")),
+            None => None,
+        };
+        fetched?;
+        let blobs = partials
+            .iter()
+            .zip(&image.parts)
+            .map(|(partial, part)| self.keep_blob(partial, &part.digest))
+            .collect::<Result<Vec<_>>>()?;
+        let stats = match converted {
+            Some(stats) => stats?,
+            None => self.join_raw_parts(image, &disk)?,
+        };
+        let source_format = if image.format == DiskFormat::Qcow2 { Format::Qcow2 } else { Format::Raw };
+        let digest = source.expected.clone().expect("an OCI source has its manifest digest");
+        Ok(Made { work, digest, source_format, blob: None, blobs, stats })
+    }
+
+    /// Fetches every part, `PART_JOBS` at a time; the first failure fails all.
+    async fn fetch_parts(
+        &self,
+        pinned: &Reference,
+        image: &CloudImage,
+        partials: &[std::path::PathBuf],
+        watermarks: &[Arc<Watermark>],
+        progress: &Arc<PartsProgress>,
+    ) -> Result<()> {
+        use futures_util::StreamExt;
+        let registry = self.registry()?;
+        let mut jobs = Vec::with_capacity(image.parts.len());
+        for (i, part) in image.parts.iter().enumerate() {
+            let (partial, watermark) = (&partials[i], watermarks[i].clone());
+            let tee = Tee { watermark: watermark.clone(), progress: progress.clone(), index: i };
+            jobs.push(async move {
+                let fetched = registry.fetch_blob(pinned, &part.digest, part.size, partial, &tee).await;
+                let checked = fetched.map_err(Error::from).and_then(|f| check_part(part, &f.digest, f.size));
+                watermark.end(checked.is_ok());
+                if checked.is_err() {
+                    let _ = remove_partial(partial);
+                }
+                checked
+            });
+        }
+        let results: Vec<Result<()>> = futures_util::stream::iter(jobs).buffer_unordered(PART_JOBS).collect().await;
+        let outcome: Result<()> = results.into_iter().collect();
+        if let Err(Error::PartMismatch { .. }) = outcome {
+            // The registry serves bad bytes: keep none of this image's parts.
+            for partial in partials {
+                let _ = remove_partial(partial);
+            }
+        }
+        outcome
+    }
+
+    /// A raw disk from raw parts: their bytes in order, zero blocks left as holes.
+    fn join_raw_parts(&self, image: &CloudImage, disk: &Path) -> Result<ConvertStats> {
+        let out = File::create(disk).map_err(Error::io("cannot create", disk))?;
+        out.set_len(image.size()).map_err(Error::io("cannot size", disk))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut offset = 0;
+        let mut written = 0;
+        for part in &image.parts {
+            let path = self.blob_path(&part.digest);
+            let file = File::open(&path).map_err(Error::io("cannot open", &path))?;
+            let mut done = 0;
+            while done < part.size {
+                let n = (part.size - done).min(buf.len() as u64) as usize;
+                file.read_exact_at(&mut buf[..n], done).map_err(Error::io("cannot read", &path))?;
+                written += vmimg_disk::write_skipping_zeros(&out, &buf[..n], offset)
+                    .map_err(Error::io("cannot write", disk))?;
+                (done, offset) = (done + n as u64, offset + n as u64);
+            }
+        }
+        out.sync_all().map_err(Error::io("cannot flush", disk))?;
+        Ok(ConvertStats { virtual_size: image.size(), bytes_written: written })
+    }
+
+    /// Pushes image `key` to `reference` as a cloud image.
+    pub async fn push(&self, key: &str, reference: &Reference, push: &Push) -> Result<Pushed> {
+        let record = self.lookup(key)?.ok_or_else(|| Error::NotFound { what: "image", name: key.to_owned() })?;
+        if push.format != DiskFormat::Raw {
+            return Err(Error::Usage("only --format raw can be pushed so far".into()));
+        }
+        let disk_path = self.disk_path(&record.name);
+        let disk = File::open(&disk_path).map_err(Error::io("cannot open", &disk_path))?;
+        Ok(self.registry()?.push_disk(reference, &disk, push).await?)
+    }
+}
+
+fn check_part(part: &Descriptor, digest: &Digest, size: u64) -> Result<()> {
+    if size != part.size || *digest != part.digest {
+        return Err(Error::PartMismatch {
+            expected: part.digest.clone(),
+            size: part.size,
+            actual: digest.clone(),
+            actual_size: size,
+        });
+    }
+    Ok(())
+}
+
+/// The parts of a disk read as one, each read waiting for its part's bytes.
+struct Concat {
+    parts: Vec<(u64, u64, GrowingFile)>,
+    len: u64,
+}
+
+impl Concat {
+    fn open(partials: &[std::path::PathBuf], watermarks: &[Arc<Watermark>], image: &CloudImage) -> Result<Concat> {
+        let mut parts = Vec::new();
+        let mut start = 0;
+        for ((path, watermark), part) in partials.iter().zip(watermarks).zip(&image.parts) {
+            let file = File::options().create(true).truncate(false).write(true).read(true).open(path);
+            let file = file.map_err(Error::io("cannot create", path))?;
+            parts.push((start, part.size, GrowingFile::new(file, watermark.clone())));
+            start += part.size;
+        }
+        Ok(Concat { parts, len: start })
+    }
+}
+
+impl ReadAt for Concat {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let index = self.parts.partition_point(|(start, len, _)| start + len <= offset);
+        let Some((start, len, part)) = self.parts.get(index) else { return Ok(0) };
+        let within = offset - start;
+        let n = (len - within).min(buf.len() as u64) as usize;
+        part.read_at(&mut buf[..n], within)
+    }
+
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.len)
+    }
+}
+
+/// Tells a part's watermark and the pull's progress (as one download of the
+/// whole disk) what a part's fetch does.
+struct Tee {
+    watermark: Arc<Watermark>,
+    progress: Arc<PartsProgress>,
+    index: usize,
+}
+
+impl Progress for Tee {
+    fn started(&self, offset: u64, total: Option<u64>) {
+        self.watermark.started(offset, total);
+        self.progress.advanced_part(self.index, offset);
+    }
+
+    fn advanced(&self, written: u64) {
+        self.watermark.advanced(written);
+        self.progress.advanced_part(self.index, written);
+    }
+
+    fn retrying(&self, error: &vmimg_fetch::Error, delay: std::time::Duration) {
+        if let Some(next) = &self.progress.next {
+            next.retrying(error, delay);
+        }
+    }
+}
+
+/// The whole pull's progress: bytes of every part added up.
+struct PartsProgress {
+    next: Option<Arc<dyn Progress>>,
+    done: std::sync::Mutex<Vec<u64>>,
+}
+
+impl PartsProgress {
+    fn new(next: Option<Arc<dyn Progress>>, image: &CloudImage) -> PartsProgress {
+        if let Some(next) = &next {
+            next.started(0, Some(image.size()));
+        }
+        PartsProgress { next, done: std::sync::Mutex::new(vec![0; image.parts.len()]) }
+    }
+
+    fn advanced_part(&self, index: usize, written: u64) {
+        let Some(next) = &self.next else { return };
+        let total = {
+            let mut done = self.done.lock().expect("progress");
+            done[index] = written;
+            done.iter().sum()
+        };
+        next.advanced(total);
+    }
+}

@@ -1,0 +1,260 @@
+//! Cloud images through a real OCI registry (Debian's docker-registry on
+//! 127.0.0.1): push, pull and cat round trips, an artifact assembled by hand
+//! the way cocoonstack publishes one, token auth, and every refusal.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use vmimg_fetch::{Algorithm, Digest, Hasher};
+use vmimg_oci::artifact::{self, Descriptor};
+use vmimg_oci::{Reference, Registry, RegistryOptions};
+use vmimg_testserver::{RegistryServer, TestServer};
+
+fn vmimg(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmimg"))
+        .arg("--store")
+        .arg(store)
+        .args(["--retry-delay", "10", "--retries", "2"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(store: &Path, args: &[&str]) -> (String, String) {
+    let out = vmimg(store, args);
+    assert!(out.status.success(), "vmimg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8(out.stdout).unwrap().trim().to_owned(), String::from_utf8(out.stderr).unwrap())
+}
+
+fn fails(store: &Path, args: &[&str]) -> String {
+    let out = vmimg(store, args);
+    assert_eq!(out.status.code(), Some(1), "vmimg {args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// A raw disk of `mib` MiB with random data in two places and holes.
+fn noisy_disk(path: &Path, mib: u64) -> Vec<u8> {
+    let mut noise = vec![0u8; 3 << 20];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut noise).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    file.set_len(mib << 20).unwrap();
+    file.write_all_at(&noise[..2 << 20], 0).unwrap();
+    file.write_all_at(&noise[2 << 20..], (mib - 2) << 20).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+fn sha256(bytes: &[u8]) -> Digest {
+    let mut hasher = Hasher::new(Algorithm::Sha256);
+    hasher.update(bytes);
+    hasher.finish()
+}
+
+fn images(store: &Path) -> Vec<Value> {
+    serde_json::from_str::<Value>(&ok(store, &["images", "--json"]).0).unwrap().as_array().unwrap().clone()
+}
+
+#[test]
+fn push_then_pull_and_cat_give_the_disk_back() {
+    let registry = RegistryServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, other) = (dir.path().join("store"), dir.path().join("other"));
+    let disk = noisy_disk(&dir.path().join("disk.img"), 24);
+    let (path, _) = ok(&store, &["pull", dir.path().join("disk.img").to_str().unwrap()]);
+    let key = Path::new(&path).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
+    let target = format!("oci://{}/vm/disk:v1", registry.host());
+
+    let (pinned, stderr) = ok(&store, &["push", &key, &target, "--part-size", "5M"]);
+    assert!(pinned.starts_with(&format!("{}/vm/disk:v1@sha256:", registry.host())), "{pinned}");
+    assert!(stderr.contains("5 parts, 5 sent, 0 already there"), "{stderr}");
+    let (_, stderr) = ok(&store, &["push", &key, &target, "--part-size", "5M"]);
+    assert!(stderr.contains("5 parts, 0 sent, 5 already there"), "the second push sent parts again: {stderr}");
+
+    let out = vmimg(&other, &["cat", &target]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == disk, "cat gave other bytes");
+
+    let (pulled, _) = ok(&other, &["pull", &target]);
+    assert!(std::fs::read(&pulled).unwrap() == disk);
+    assert!(std::fs::metadata(&pulled).unwrap().len() == 24 << 20);
+    let (again, stderr) = ok(&other, &["pull", &format!("oci://{pinned}")]);
+    assert_eq!(again, pulled, "a pull by digest of the same manifest is the same image");
+    assert!(!stderr.contains("converted"), "the second pull was not a hit: {stderr}");
+    let image = &images(&other)[0];
+    assert_eq!(image["source"]["kind"], "oci");
+    assert_eq!(image["verified"], true);
+    assert_eq!(image["blobs"].as_array().unwrap().len(), 5);
+    ok(&other, &["rm", image["name"].as_str().unwrap()]);
+    let blobs = std::fs::read_dir(other.join("blobs/sha256")).unwrap().count();
+    assert_eq!(blobs, 0, "removing the image left its part blobs");
+}
+
+/// Pushes `bytes` as a blob with the test's own client.
+fn put_blob(registry: &Registry, reference: &Reference, bytes: &[u8]) -> Descriptor {
+    let digest = sha256(bytes);
+    runtime().block_on(registry.upload_bytes(reference, &digest, bytes)).unwrap();
+    Descriptor {
+        media_type: String::new(),
+        digest,
+        size: bytes.len() as u64,
+        annotations: BTreeMap::new(),
+        platform: None,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn layer(mut descriptor: Descriptor, media_type: &str, title: &str) -> Descriptor {
+    descriptor.media_type = media_type.to_owned();
+    descriptor.annotations.insert(artifact::TITLE.to_owned(), title.to_owned());
+    descriptor
+}
+
+fn put_manifest(registry: &Registry, reference: &Reference, manifest: &Value) {
+    let bytes = serde_json::to_vec(manifest).unwrap();
+    runtime().block_on(registry.put_manifest(reference, &bytes, artifact::OCI_MANIFEST)).unwrap();
+}
+
+#[test]
+fn a_split_qcow2_artifact_published_as_cocoonstack_does() {
+    let server = RegistryServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    noisy_disk(&dir.path().join("disk.raw"), 16);
+    let qcow2 = dir.path().join("disk.qcow2");
+    let converted = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2", "-c", "-o", "compression_type=zstd"])
+        .arg(dir.path().join("disk.raw"))
+        .arg(&qcow2)
+        .status()
+        .unwrap();
+    assert!(converted.success());
+    let qcow2_bytes = std::fs::read(&qcow2).unwrap();
+    // Three parts, as `split -b N -d --additional-suffix=.qcow2.part` names them.
+    let part_size = qcow2_bytes.len().div_ceil(3);
+    let parts: Vec<&[u8]> = qcow2_bytes.chunks(part_size).collect();
+    assert_eq!(parts.len(), 3);
+
+    let registry = Registry::new(RegistryOptions::default()).unwrap();
+    let reference = Reference::parse(&format!("{}/cocoonstack/ubuntu:24.04", server.host())).unwrap();
+    let sums = b"0123  ubuntu.qcow2\n";
+    let config = put_blob(&registry, &reference, b"{}");
+    // Layers out of order: the titles give the order; the checksum list is skipped.
+    let layers = vec![
+        layer(put_blob(&registry, &reference, parts[2]), artifact::DISK_QCOW2_PART, "ubuntu02.qcow2.part"),
+        layer(put_blob(&registry, &reference, sums), "text/plain", "SHA256SUMS"),
+        layer(put_blob(&registry, &reference, parts[0]), artifact::DISK_QCOW2_PART, "ubuntu00.qcow2.part"),
+        layer(put_blob(&registry, &reference, parts[1]), artifact::DISK_QCOW2_PART, "ubuntu01.qcow2.part"),
+    ];
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": artifact::OCI_MANIFEST,
+        "artifactType": artifact::ARTIFACT_TYPE,
+        "config": { "mediaType": artifact::EMPTY_CONFIG, "digest": config.digest, "size": 2 },
+        "layers": layers,
+        "annotations": { "cocoonstack.os.name": "ubuntu", "cocoonstack.os.version": "24.04", "cocoonstack.disk.format": "qcow2" }
+    });
+    put_manifest(&registry, &reference, &manifest);
+    let source = format!("oci://{reference}");
+
+    let out = vmimg(&store, &["cat", &source]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == qcow2_bytes, "cat did not reassemble the parts in title order");
+
+    let (disk, _) = ok(&store, &["pull", &source]);
+    let expected = dir.path().join("expected.raw");
+    assert!(
+        Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&qcow2).arg(&expected).status().unwrap().success()
+    );
+    assert!(std::fs::read(&disk).unwrap() == std::fs::read(&expected).unwrap(), "the converted disk differs");
+    assert_eq!(images(&store)[0]["source_format"], "qcow2");
+
+    // A corrupt blob in the registry: refused, nothing kept.
+    let data = server.storage().join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{}/data",
+        &layers[0].digest.hex()[..2],
+        layers[0].digest.hex()
+    ));
+    let mut corrupt = std::fs::read(&data).unwrap();
+    corrupt[100] ^= 0xff;
+    std::fs::write(&data, corrupt).unwrap();
+    let fresh = dir.path().join("fresh");
+    let error = fails(&fresh, &["pull", &source]);
+    assert!(error.contains("digest") && error.contains(&layers[0].digest.to_string()), "{error}");
+    assert!(images(&fresh).is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(fresh.join("tmp")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let out = vmimg(&fresh, &["cat", &source]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("digest mismatch"));
+}
+
+#[test]
+fn what_is_not_a_cloud_image_is_refused_clearly() {
+    let server = RegistryServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let registry = Registry::new(RegistryOptions::default()).unwrap();
+    let at = |repo: &str| Reference::parse(&format!("{}/{repo}", server.host())).unwrap();
+
+    let config = put_blob(
+        &registry,
+        &at("app:1"),
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+    );
+    let container = serde_json::json!({
+        "schemaVersion": 2, "mediaType": artifact::OCI_MANIFEST,
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.digest, "size": config.size },
+        "layers": []
+    });
+    put_manifest(&registry, &at("app:1"), &container);
+    let error = fails(&store, &["cat", &format!("oci://{}/app:1", server.host())]);
+    assert!(error.contains("is a container image, not a cloud image"), "{error}");
+
+    let empty = put_blob(&registry, &at("nodisk:1"), b"{}");
+    let sums = put_blob(&registry, &at("nodisk:1"), b"sums");
+    let no_disk = serde_json::json!({
+        "schemaVersion": 2, "mediaType": artifact::OCI_MANIFEST, "artifactType": artifact::ARTIFACT_TYPE,
+        "config": { "mediaType": artifact::EMPTY_CONFIG, "digest": empty.digest, "size": 2 },
+        "layers": [layer(sums, "text/plain", "SHA256SUMS")]
+    });
+    put_manifest(&registry, &at("nodisk:1"), &no_disk);
+    let error = fails(&store, &["pull", &format!("oci://{}/nodisk:1", server.host())]);
+    assert!(error.contains("has no disk layer"), "{error}");
+
+    let error = fails(&store, &["pull", &format!("oci://{}/nodisk:missing", server.host())]);
+    assert!(error.contains("not found in the registry"), "{error}");
+    let error = fails(&store, &["pull", "oci://UPPER/Case"]);
+    assert!(error.contains("invalid image reference"), "{error}");
+    assert!(images(&store).is_empty());
+}
+
+#[test]
+fn a_registry_with_token_auth() {
+    let tokens = TestServer::start();
+    tokens.add("/token", br#"{"token": "vmimg-test-token"}"#.to_vec());
+    let server = RegistryServer::start_with_token_auth(&tokens.url("/token"));
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let disk = noisy_disk(&dir.path().join("disk.img"), 6);
+    let (path, _) = ok(&store, &["pull", dir.path().join("disk.img").to_str().unwrap()]);
+    let key = Path::new(&path).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
+    let target = format!("oci://{}/private/disk:1", server.host());
+    ok(&store, &["push", &key, &target, "--part-size", "2M"]);
+    let other = dir.path().join("other");
+    let (pulled, _) = ok(&other, &["pull", &target]);
+    assert!(std::fs::read(pulled).unwrap() == disk);
+    assert!(tokens.requests("/token") >= 2, "the token endpoint was not asked");
+
+    // A realm that refuses: a clear error saying how to log in.
+    let refusing = TestServer::start();
+    refusing.fault("/token", vmimg_testserver::Fault::Status(401), usize::MAX);
+    refusing.add("/token", Vec::new());
+    let locked = RegistryServer::start_with_token_auth(&refusing.url("/token"));
+    let error = fails(&other, &["pull", &format!("oci://{}/private/disk:1", locked.host())]);
+    assert!(error.contains("access denied") && error.contains("--username"), "{error}");
+}
