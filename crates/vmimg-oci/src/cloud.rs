@@ -60,6 +60,10 @@ impl Registry {
             let before = written;
             match self.stream_attempt(reference, digest, size, &mut hasher, &mut written, out).await {
                 Ok(()) => break,
+                // Asked to resume past the blob's end: it is shorter than described.
+                Err(Error::Status { status: 416, .. }) if written > 0 => {
+                    return Err(Error::BlobSize { digest: digest.clone(), expected: size, actual: written });
+                }
                 Err(e) if e.is_transient() => {
                     if written > before {
                         delays = self.backoff();

@@ -19,6 +19,7 @@ struct Request {
     path: String,
     range: Option<String>,
     if_range: Option<String>,
+    authorization: Option<String>,
 }
 
 /// What a request resolves to before faults.
@@ -35,6 +36,7 @@ pub(crate) fn serve_connection(stream: TcpStream, shared: &Shared) {
         path: request.path,
         range: request.range,
         if_range: request.if_range,
+        authorization: request.authorization,
         status,
     });
 }
@@ -48,7 +50,7 @@ fn read_request(stream: &TcpStream) -> io::Result<Request> {
         return Err(io::Error::other("not HTTP"));
     };
     let path = target.split('?').next().unwrap_or(target).to_owned();
-    let mut request = Request { method: method.to_owned(), path, range: None, if_range: None };
+    let mut request = Request { method: method.to_owned(), path, range: None, if_range: None, authorization: None };
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
@@ -62,6 +64,7 @@ fn read_request(stream: &TcpStream) -> io::Result<Request> {
             match name.trim().to_ascii_lowercase().as_str() {
                 "range" => request.range = Some(value.trim().to_owned()),
                 "if-range" => request.if_range = Some(value.trim().to_owned()),
+                "authorization" => request.authorization = Some(value.trim().to_owned()),
                 _ => {}
             }
         }

@@ -52,6 +52,7 @@ pub struct RequestRecord {
     pub path: String,
     pub range: Option<String>,
     pub if_range: Option<String>,
+    pub authorization: Option<String>,
     pub status: u16,
 }
 

@@ -15,6 +15,7 @@ use vmimg_testserver::{RegistryServer, TestServer};
 
 fn vmimg(store: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vmimg"))
+        .env("DOCKER_CONFIG", "/nonexistent/vmimg-test") // no credentials but the test's own
         .arg("--store")
         .arg(store)
         .args(["--retry-delay", "10", "--retries", "2"])
@@ -234,7 +235,7 @@ fn what_is_not_a_cloud_image_is_refused_clearly() {
 }
 
 #[test]
-fn a_registry_with_token_auth() {
+fn a_registry_with_token_auth_and_docker_config_credentials() {
     let tokens = TestServer::start();
     tokens.add("/token", br#"{"token": "vmimg-test-token"}"#.to_vec());
     let server = RegistryServer::start_with_token_auth(&tokens.url("/token"));
@@ -249,6 +250,24 @@ fn a_registry_with_token_auth() {
     let (pulled, _) = ok(&other, &["pull", &target]);
     assert!(std::fs::read(pulled).unwrap() == disk);
     assert!(tokens.requests("/token") >= 2, "the token endpoint was not asked");
+    assert!(tokens.log().iter().all(|r| r.authorization.is_none()), "credentials were sent that nobody gave");
+
+    // Credentials from Docker's config.json go to the realm as Basic auth.
+    let docker = dir.path().join("docker");
+    std::fs::create_dir(&docker).unwrap();
+    let config = format!(r#"{{"auths": {{"{}": {{"auth": "dXNlcjpzM2NyZXQ="}}}}}}"#, server.host());
+    std::fs::write(docker.join("config.json"), config).unwrap();
+    let with_config = Command::new(env!("CARGO_BIN_EXE_vmimg"))
+        .env("DOCKER_CONFIG", &docker)
+        .arg("--store")
+        .arg(dir.path().join("third"))
+        .args(["cat", &target])
+        .output()
+        .unwrap();
+    assert!(with_config.status.success(), "{}", String::from_utf8_lossy(&with_config.stderr));
+    assert!(with_config.stdout == disk);
+    let basic = tokens.log().into_iter().filter_map(|r| r.authorization).collect::<Vec<_>>();
+    assert!(basic.iter().any(|a| a == "Basic dXNlcjpzM2NyZXQ="), "{basic:?}");
 
     // A realm that refuses: a clear error saying how to log in.
     let refusing = TestServer::start();
@@ -257,4 +276,43 @@ fn a_registry_with_token_auth() {
     let locked = RegistryServer::start_with_token_auth(&refusing.url("/token"));
     let error = fails(&other, &["pull", &format!("oci://{}/private/disk:1", locked.host())]);
     assert!(error.contains("access denied") && error.contains("--username"), "{error}");
+}
+
+#[test]
+fn an_index_resolves_to_the_platform_asked_for() {
+    let server = RegistryServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new(RegistryOptions::default()).unwrap();
+    let at = Reference::parse(&format!("{}/multi:1", server.host())).unwrap();
+    let config = put_blob(&registry, &at, b"{}");
+    let mut entries = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let disk = format!("the {arch} disk").into_bytes();
+        let part = layer(put_blob(&registry, &at, &disk), artifact::DISK_RAW, "disk.raw");
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": artifact::OCI_MANIFEST, "artifactType": artifact::ARTIFACT_TYPE,
+            "config": { "mediaType": artifact::EMPTY_CONFIG, "digest": config.digest, "size": 2 },
+            "layers": [part]
+        });
+        let bytes = serde_json::to_vec(&manifest).unwrap();
+        let digest = sha256(&bytes);
+        put_manifest(&registry, &at.at_digest(digest.clone()), &manifest);
+        entries.push(serde_json::json!({
+            "mediaType": artifact::OCI_MANIFEST, "digest": digest, "size": bytes.len(),
+            "platform": { "os": "linux", "architecture": arch }
+        }));
+    }
+    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": artifact::OCI_INDEX, "manifests": entries });
+    runtime().block_on(registry.put_manifest(&at, &serde_json::to_vec(&index).unwrap(), artifact::OCI_INDEX)).unwrap();
+    let store = dir.path().join("store");
+    let source = format!("oci://{at}");
+    for arch in ["amd64", "arm64"] {
+        let out = vmimg(&store, &["--arch", arch, "cat", &source]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.stdout, format!("the {arch} disk").into_bytes());
+    }
+    let (amd, _) = ok(&store, &["--arch", "amd64", "pull", &source]);
+    let (arm, _) = ok(&store, &["--arch", "arm64", "pull", &source]);
+    assert_ne!(amd, arm, "two architectures of one index are two images");
+    assert_eq!(std::fs::read(arm).unwrap(), b"the arm64 disk");
 }

@@ -1,0 +1,86 @@
+//! A hostile registry (vmimg-testserver playing one on 127.0.0.1): huge
+//! manifests, manifests that are not what their digest says, blobs longer
+//! or shorter than their descriptors.
+
+use vmimg_fetch::{Algorithm, Digest, Hasher};
+use vmimg_oci::artifact;
+use vmimg_oci::{Error, Reference, Registry, RegistryOptions};
+use vmimg_testserver::TestServer;
+
+fn sha256(bytes: &[u8]) -> Digest {
+    let mut hasher = Hasher::new(Algorithm::Sha256);
+    hasher.update(bytes);
+    hasher.finish()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn registry() -> Registry {
+    let mut options = RegistryOptions::default();
+    options.docker_config = Some("/nonexistent/config.json".into());
+    options.fetch.attempts = 2;
+    options.fetch.min_delay = std::time::Duration::from_millis(5);
+    Registry::new(options).unwrap()
+}
+
+/// A cloud image manifest with one raw disk layer of `size` bytes and `digest`.
+fn manifest(digest: &Digest, size: u64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": artifact::OCI_MANIFEST, "artifactType": artifact::ARTIFACT_TYPE,
+        "config": artifact::empty_config(),
+        "layers": [{ "mediaType": artifact::DISK_RAW, "digest": digest, "size": size }]
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_huge_manifest_is_refused() {
+    let server = TestServer::start();
+    server.add("/v2/big/manifests/1", vec![b' '; vmimg_oci::MAX_MANIFEST_BYTES + 1]);
+    let reference = Reference::parse(&format!("{}/big:1", server.base_url().trim_start_matches("http://"))).unwrap();
+    let error = runtime().block_on(registry().manifest(&reference)).unwrap_err();
+    assert!(matches!(error, Error::TooLarge { .. }), "{error}");
+}
+
+#[test]
+fn a_manifest_that_is_not_its_digest_is_refused() {
+    let server = TestServer::start();
+    let bytes = manifest(&sha256(b"disk"), 4);
+    let claimed = sha256(b"something else");
+    server.add(&format!("/v2/x/manifests/{claimed}"), bytes);
+    let host = server.base_url().trim_start_matches("http://").to_owned();
+    let reference = Reference::parse(&format!("{host}/x@{claimed}")).unwrap();
+    let error = runtime().block_on(registry().manifest(&reference)).unwrap_err();
+    assert!(matches!(error, Error::ManifestDigest { .. }), "{error}");
+}
+
+#[test]
+fn blobs_longer_or_shorter_or_other_than_described_are_refused() {
+    let server = TestServer::start();
+    let host = server.base_url().trim_start_matches("http://").to_owned();
+    let disk = b"0123456789abcdef".to_vec();
+    let digest = sha256(&disk);
+    server.add(&format!("/v2/x/blobs/{digest}"), disk.clone());
+    // The registry serves the disk's bytes under another digest too.
+    let other = sha256(b"0123456789abcdeX");
+    server.add(&format!("/v2/x/blobs/{other}"), disk.clone());
+    let cases = [
+        ("short", manifest(&digest, 20), "16 bytes where its descriptor says 20"),
+        ("long", manifest(&digest, 8), "bytes where its descriptor says 8"),
+        ("other", manifest(&other, 16), "digest mismatch"),
+    ];
+    for (tag, bytes, expected) in cases {
+        server.add(&format!("/v2/x/manifests/{tag}"), bytes);
+        let reference = Reference::parse(&format!("{host}/x:{tag}")).unwrap();
+        let registry = registry();
+        let result = runtime().block_on(async {
+            let (pinned, image) = registry.cloud_image(&reference, "amd64").await?;
+            let mut out = Vec::new();
+            registry.stream_disk(&pinned, &image, &mut out).await
+        });
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains(expected), "{tag}: {error}");
+    }
+}
