@@ -18,10 +18,10 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn registry() -> Registry {
-    let mut options = RegistryOptions::default();
-    options.docker_config = Some("/nonexistent/config.json".into());
-    options.fetch.attempts = 2;
-    options.fetch.min_delay = std::time::Duration::from_millis(5);
+    let fetch =
+        vmimg_fetch::FetchOptions { attempts: 2, min_delay: std::time::Duration::from_millis(5), ..Default::default() };
+    let options =
+        RegistryOptions { docker_config: Some("/nonexistent/config.json".into()), fetch, ..Default::default() };
     Registry::new(options).unwrap()
 }
 
