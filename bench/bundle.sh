@@ -21,6 +21,7 @@ set -euo pipefail
 runs=${1:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$root/bench/work
+source "$root/bench/lib.sh"
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p vmimg
 vmimg=$root/target/release/vmimg
 [[ -f $work/inputs.done ]] || VMIMG=$vmimg "$root/bench/convert.sh" 1 >/dev/null
@@ -38,26 +39,6 @@ ln "$base" "$rival/in/disk.img"
 qemu-img create -q -f qcow2 -b disk.img -F raw "$rival/in/layer.qcow2"
 "$vmimg" -q --store "$store" image new scratch --size 1M >/dev/null
 cp "$store/images/scratch/machine.json" "$rival/in/machine.json"
-
-seconds() {
-    local start
-    start=$(date +%s.%N)
-    "$@" >/dev/null
-    echo "$(date +%s.%N) - $start" | bc
-}
-
-# Best of $runs: "$1" prepares each run (untimed), the rest is timed.
-best_of() {
-    local prepare=$1 best="" t
-    shift
-    for ((i = 0; i < runs; i++)); do
-        $prepare
-        sync
-        t=$(seconds "$@")
-        if [[ -z $best ]] || (($(echo "$t < $best" | bc))); then best=$t; fi
-    done
-    printf '%.3f' "$best"
-}
 
 ours_bundle=$work/ours.tar.zst
 theirs_bundle=$work/theirs.tar.zst
@@ -89,9 +70,9 @@ vmimg_import >/dev/null
 rival_import
 cmp "$store/images/imported/disk.raw" "$base" || { echo "bench: vmimg's import differs" >&2; exit 1; }
 cmp "$rival/out/disk.img" "$base" || { echo "bench: tar's import differs" >&2; exit 1; }
-rss_export=$( { /usr/bin/time -f %M "$vmimg" -q --store "$store" bundle export "$image" "$work/rss.tar.zst" >/dev/null; } 2>&1 | tail -1)
+rss_export=$(peak_rss_mib "$vmimg" -q --store "$store" bundle export "$image" "$work/rss.tar.zst")
 "$vmimg" -q --store "$store" rm imported
-rss_import=$( { /usr/bin/time -f %M "$vmimg" -q --store "$store" bundle import "$ours_bundle" --name imported >/dev/null; } 2>&1 | tail -1)
+rss_import=$(peak_rss_mib "$vmimg" -q --store "$store" bundle import "$ours_bundle" --name imported)
 rm -f "$work/rss.tar.zst"
 
 echo "disk: $(du -h --apparent-size "$base" | cut -f1) raw, $(du -h "$base" | cut -f1) allocated; $(nproc) cores; best of $runs;" \
@@ -99,7 +80,7 @@ echo "disk: $(du -h --apparent-size "$base" | cut -f1) raw, $(du -h "$base" | cu
 echo "bundles: vmimg $(du -h "$ours_bundle" | cut -f1), tar+zstd $(du -h "$theirs_bundle" | cut -f1)"
 printf '%-7s %9s %11s %8s %9s\n' '' vmimg 'tar + zstd' ratio 'RSS MiB'
 printf '%-7s %8ss %10ss %7.2fx %9s\n' export "$t_export" "$t_export_rival" \
-    "$(echo "$t_export_rival / $t_export" | bc -l)" $((rss_export / 1024))
+    "$(echo "$t_export_rival / $t_export" | bc -l)" "$rss_export"
 printf '%-7s %8ss %10ss %7.2fx %9s\n' import "$t_import" "$t_import_rival" \
-    "$(echo "$t_import_rival / $t_import" | bc -l)" $((rss_import / 1024))
+    "$(echo "$t_import_rival / $t_import" | bc -l)" "$rss_import"
 rm -f "$ours_bundle" "$theirs_bundle"

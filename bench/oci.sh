@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Benchmark: cloud images through an OCI registry, vmimg against skopeo on
+# the same artifact in the same run.
+#
+# Starts Debian's docker-registry on a free 127.0.0.1 port (storage under
+# bench/work/), then, with the zstd qcow2 of bench/convert.sh (built there
+# once: the 3.1 GiB rootfs as 540 MB of zstd clusters, made by qemu-img)
+# split into PART_MIB parts as cocoonstack publishes them:
+#   push: skopeo copy oci:LAYOUT docker://REGISTRY/bench/rival:1 (the parts
+#         as an OCI layout, made here with split + sha256sum)
+#   pull: vmimg pull oci://REGISTRY/bench/rival:1 into an empty store
+#         against skopeo copy docker://… dir:D; cat D/<parts> > disk.qcow2;
+#         qemu-img convert -O raw disk.qcow2 disk.raw; sync disk.raw
+# best of RUNS each (vmimg flushes its blobs and disk before publishing,
+# hence the rival's sync), checks that both raw disks are byte-identical,
+# and prints times, the ratio and vmimg's peak RSS.
+#
+# Usage: bench/oci.sh [RUNS]     (RUNS defaults to 3)
+# Env:   PART_MIB  part size in MiB (default 128)
+set -euo pipefail
+
+runs=${1:-3}
+part_mib=${PART_MIB:-128}
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$root/bench/work
+source "$root/bench/lib.sh"
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p vmimg
+vmimg=$root/target/release/vmimg
+[[ -f $work/inputs.done ]] || VMIMG=$vmimg "$root/bench/convert.sh" 1 >/dev/null
+for tool in docker-registry skopeo python3; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install $tool)" >&2; exit 1; }
+done
+
+oci=$work/oci
+rm -rf "$oci" && mkdir -p "$oci"
+registry_pid=
+cleanup() {
+    [[ -n $registry_pid ]] && kill "$registry_pid" 2>/dev/null || true
+    rm -rf "$oci"
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat >"$oci/registry.yml" <<EOF
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $oci/storage
+http:
+  addr: 127.0.0.1:$port
+EOF
+docker-registry serve "$oci/registry.yml" >/dev/null 2>&1 &
+registry_pid=$!
+for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+host=127.0.0.1:$port
+
+# The artifact as an OCI layout: parts named and ordered as `split -d` does.
+layout=$oci/layout
+mkdir -p "$layout/blobs/sha256" "$oci/parts"
+(cd "$oci/parts" && split -b "${part_mib}M" -d --additional-suffix=.qcow2.part "$work/zstd.qcow2" rootfs)
+python3 - "$layout" "$oci/parts" "$oci/parts.txt" <<'EOF'
+import hashlib, json, os, shutil, sys
+layout, parts_dir, parts_list = sys.argv[1:4]
+def blob(data_path=None, data=None):
+    h = hashlib.sha256()
+    if data is None:
+        with open(data_path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        size = os.path.getsize(data_path)
+        shutil.move(data_path, os.path.join(layout, "blobs/sha256", h.hexdigest()))
+    else:
+        h.update(data)
+        size = len(data)
+        open(os.path.join(layout, "blobs/sha256", h.hexdigest()), "wb").write(data)
+    return {"digest": "sha256:" + h.hexdigest(), "size": size}
+layers = []
+for name in sorted(os.listdir(parts_dir)):
+    d = blob(os.path.join(parts_dir, name))
+    layers.append({"mediaType": "application/vnd.cocoonstack.disk.qcow2.part", **d,
+                   "annotations": {"org.opencontainers.image.title": name}})
+config = {"mediaType": "application/vnd.oci.empty.v1+json", **blob(data=b"{}")}
+manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.cocoonstack.os-image.v1+json", "config": config, "layers": layers,
+            "annotations": {"cocoonstack.os.name": "bench", "cocoonstack.disk.format": "qcow2"}}
+m = json.dumps(manifest).encode()
+md = blob(data=m)
+index = {"schemaVersion": 2, "manifests": [{"mediaType": manifest["mediaType"], **md,
+         "annotations": {"org.opencontainers.image.ref.name": "rootfs"}}]}
+open(os.path.join(layout, "index.json"), "w").write(json.dumps(index))
+open(os.path.join(layout, "oci-layout"), "w").write('{"imageLayoutVersion": "1.0.0"}')
+open(parts_list, "w").write("".join(l["digest"][7:] + "\n" for l in layers))
+EOF
+nparts=$(wc -l <"$oci/parts.txt")
+
+# A fresh repository for every push: the registry then has none of its blobs.
+push_count=0
+next_repository() { push_count=$((push_count + 1)); }
+skopeo_push() { skopeo copy -q --dest-tls-verify=false "oci:$layout:rootfs" "docker://$host/bench/push-$push_count:1"; }
+t_push_rival=$(best_of next_repository skopeo_push)
+
+ref=$host/bench/rival:1
+skopeo_push
+
+store=$oci/store
+vmimg_pull() { "$vmimg" -q --store "$store" pull "oci://$ref"; }
+rival_pull() {
+    skopeo copy -q --src-tls-verify=false "docker://$ref" "dir:$oci/dir"
+    (cd "$oci/dir" && cat $(cat "$oci/parts.txt")) >"$oci/rival.qcow2"
+    qemu-img convert -O raw "$oci/rival.qcow2" "$oci/rival.raw"
+    sync "$oci/rival.raw"
+}
+clear_pulls() { rm -rf "$store" "$oci/dir" "$oci/rival.qcow2" "$oci/rival.raw"; }
+t_pull=$(best_of clear_pulls vmimg_pull)
+t_pull_rival=$(best_of clear_pulls rival_pull)
+clear_pulls
+vmimg_pull >/dev/null
+rival_pull
+cmp "$store"/images/*/disk.raw "$oci/rival.raw" || { echo "bench: the two disks differ" >&2; exit 1; }
+cmp "$oci/rival.raw" "$work/rootfs.raw" || { echo "bench: the disk is not the rootfs" >&2; exit 1; }
+rm -rf "$store"
+rss=$(peak_rss_mib "$vmimg" -q --store "$store" pull "oci://$ref")
+
+echo "artifact: $(du -h "$work/zstd.qcow2" | cut -f1) zstd qcow2 in $nparts parts of ${part_mib} MiB" \
+    "(disk $(du -h --apparent-size "$work/rootfs.raw" | cut -f1)); $(nproc) cores; best of $runs;" \
+    "$(skopeo --version), docker-registry on 127.0.0.1"
+printf '%-40s %9s\n' "skopeo copy oci:layout docker://" "${t_push_rival}s"
+printf '%-40s %9s\n' "skopeo copy dir: + cat + qemu-img convert" "${t_pull_rival}s"
+printf '%-40s %9s  (peak RSS %s MiB)\n' "vmimg pull oci://" "${t_pull}s" "$rss"
+printf 'pull ratio: %.2fx\n' "$(echo "$t_pull_rival / $t_pull" | bc -l)"
