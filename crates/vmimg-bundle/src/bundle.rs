@@ -15,7 +15,8 @@
 //! duplicates), a file over the size limit, a missing file, a `disk.img`
 //! that is not raw (it starts with the qcow2 magic), a `layer.qcow2` that
 //! names any other backing file, another backing format or an external
-//! data file, and a `machine.json` that does not validate. The layer is
+//! data file, or whose virtual size is over the file size limit, and a
+//! `machine.json` that does not validate. The layer is
 //! then committed onto the disk (its data written over the disk's, its
 //! zero clusters punched out, the disk resized to the layer's size), so
 //! what comes out is one sparse raw disk. The caller owns the output
@@ -184,7 +185,7 @@ pub fn import(src: impl Read, disk: &Path, scratch: &Path, limits: &Limits) -> R
     let result = read_entries(&mut reader, disk, scratch, limits).and_then(|(machine, disk_size)| {
         let layer = File::open(scratch).map_err(io_error("cannot open", scratch))?;
         let out = File::options().write(true).open(disk).map_err(io_error("cannot open", disk))?;
-        let (virtual_size, layer_bytes) = commit_layer(&layer, &out, disk_size)?;
+        let (virtual_size, layer_bytes) = commit_layer(&layer, &out, disk_size, limits.max_file)?;
         out.sync_all().map_err(io_error("cannot flush", disk))?;
         Ok(Imported { machine, virtual_size, layer_bytes })
     });
@@ -281,8 +282,9 @@ fn extract<R: Read>(reader: &mut tar::Reader<R>, entry: &tar::Entry, path: &Path
 }
 
 /// Checks the layer and writes its clusters onto the disk; returns the
-/// disk's new size and the bytes committed.
-fn commit_layer(layer: &File, disk: &File, disk_size: u64) -> Result<(u64, u64)> {
+/// disk's new size and the bytes committed. The layer's virtual size is the
+/// disk's new size, so it answers to the same limit as the files.
+fn commit_layer(layer: &File, disk: &File, disk_size: u64, max_size: u64) -> Result<(u64, u64)> {
     let image = Qcow2::open_with(layer, OpenOptions { allow_backing_file: true }).map_err(Error::Layer)?;
     let header = image.header();
     if header.backing_file.as_deref() != Some(DISK) {
@@ -295,6 +297,11 @@ fn commit_layer(layer: &File, disk: &File, disk_size: u64) -> Result<(u64, u64)>
         return Err(Error::Refused(format!("{LAYER} says its backing file is {format}; {DISK} must be raw")));
     }
     let size = image.virtual_size();
+    if size > max_size {
+        return Err(Error::Refused(format!(
+            "{LAYER} makes a disk of {size} bytes, over the limit of {max_size} (raise it with --max-file-size)"
+        )));
+    }
     let mut decoder = image.decoder().map_err(Error::Layer)?;
     let mut buf = Vec::new();
     let mut committed = 0;

@@ -189,20 +189,24 @@ impl<R: Read> Reader<R> {
             None => header.number(field::MTIME, "mtime")?,
         };
         let mode = header.number(field::MODE, "mode")? as u32 & 0o7777;
-        let (size, segments, map_bytes) = if header.kind() == b'S' && header.is_gnu() {
-            (header.number(field::GNU_REAL_SIZE, "real size")?, Some(self.old_gnu_map(header)?), 0)
+        let (size, segments, map_bytes, sparse) = if !kind.has_data() {
+            if pax.iter().any(|(key, _)| key.starts_with("GNU.sparse.")) {
+                return Err(invalid(format!(
+                    "a sparse map on {:?}, which is not a regular file",
+                    String::from_utf8_lossy(&path)
+                )));
+            }
+            (0, Vec::new(), 0, false)
+        } else if header.kind() == b'S' && header.is_gnu() {
+            (header.number(field::GNU_REAL_SIZE, "real size")?, self.old_gnu_map(header)?, 0, true)
         } else if let Some(sparse) = self.pax_sparse(pax)? {
             if let Some(name) = sparse.name {
                 path = name;
             }
-            (sparse.size, Some(sparse.map), sparse.map_bytes)
-        } else if kind.has_data() {
-            (stored, None, 0)
+            (sparse.size, sparse.map, sparse.map_bytes, true)
         } else {
-            (0, Some(Vec::new()), 0)
+            (stored, vec![Segment { offset: 0, len: stored }], 0, false)
         };
-        let sparse = segments.is_some() && kind.has_data();
-        let segments = segments.unwrap_or_else(|| vec![Segment { offset: 0, len: stored }]);
         let stored_data =
             stored.checked_sub(map_bytes).ok_or_else(|| invalid("sparse map longer than its entry".into()))?;
         if kind.has_data() {
