@@ -18,11 +18,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn registry() -> Registry {
-    let fetch =
-        vmimg_fetch::FetchOptions { attempts: 2, min_delay: std::time::Duration::from_millis(5), ..Default::default() };
-    let options =
-        RegistryOptions { docker_config: Some("/nonexistent/config.json".into()), fetch, ..Default::default() };
-    Registry::new(options).unwrap()
+    registry_with_retries(2)
 }
 
 /// A cloud image manifest with one raw disk layer of `size` bytes and `digest`.
@@ -83,4 +79,39 @@ fn blobs_longer_or_shorter_or_other_than_described_are_refused() {
         let error = result.unwrap_err().to_string();
         assert!(error.contains(expected), "{tag}: {error}");
     }
+}
+
+#[test]
+fn a_blob_cut_midway_is_resumed_where_it_stopped() {
+    let server = TestServer::start();
+    let host = server.base_url().trim_start_matches("http://").to_owned();
+    let disk: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = sha256(&disk);
+    let path = format!("/v2/x/blobs/{digest}");
+    server.add(&path, disk.clone());
+    server.fault(&path, vmimg_testserver::Fault::CutAfter(1_000_000), 2);
+    server.add("/v2/x/manifests/cut", manifest(&digest, disk.len() as u64));
+    let reference = Reference::parse(&format!("{host}/x:cut")).unwrap();
+    let registry = registry_with_retries(4);
+    let out = runtime()
+        .block_on(async {
+            let (pinned, image) = registry.cloud_image(&reference, "amd64").await?;
+            let mut out = Vec::new();
+            registry.stream_disk(&pinned, &image, &mut out).await.map(|_| out)
+        })
+        .unwrap();
+    assert!(out == disk);
+    let ranges: Vec<_> = server.log().into_iter().filter(|r| r.path == path).map(|r| r.range).collect();
+    assert_eq!(ranges, [None, Some("bytes=1000000-".into()), Some("bytes=2000000-".into())]);
+}
+
+fn registry_with_retries(attempts: usize) -> Registry {
+    let fetch =
+        vmimg_fetch::FetchOptions { attempts, min_delay: std::time::Duration::from_millis(5), ..Default::default() };
+    Registry::new(RegistryOptions {
+        docker_config: Some("/nonexistent/config.json".into()),
+        fetch,
+        ..Default::default()
+    })
+    .unwrap()
 }
