@@ -15,6 +15,12 @@
 //! import that fails with EFBIG tried to make a file far over the limit,
 //! which is reported as a bug, and the machine's memory (/dev/shm) is kept
 //! safe from it.
+//!
+//! A layer whose virtual size was over `max_file` failed this way (found
+//! by reading bundle.rs, fixed in ef3a748; see `fuzz/README.md`).
+//!
+//! zstd may allocate its whole window, which import allows up to 128 MiB:
+//! run this target with `-malloc_limit_mb=160`, not 64.
 
 #![no_main]
 
