@@ -19,12 +19,7 @@
 set -euo pipefail
 
 runs=${1:-3}
-root=$(cd "$(dirname "$0")/.." && pwd)
-work=$root/bench/work
-source "$root/bench/lib.sh"
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p vmimg
-vmimg=$root/target/release/vmimg
-[[ -f $work/inputs.done ]] || VMIMG=$vmimg "$root/bench/convert.sh" 1 >/dev/null
+source "$(dirname "$0")/lib.sh"
 
 store=$work/bundle-store
 rival=$work/bundle-rival

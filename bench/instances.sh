@@ -13,11 +13,7 @@
 set -euo pipefail
 
 count=${1:-1000}
-root=$(cd "$(dirname "$0")/.." && pwd)
-work=$root/bench/work
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p vmimg
-vmimg=$root/target/release/vmimg
-[[ -f $work/inputs.done ]] || VMIMG=$vmimg "$root/bench/convert.sh" 1 >/dev/null
+source "$(dirname "$0")/lib.sh"
 
 store=$work/instances-store
 rm -rf "$store" "$work/qemu-overlays"
@@ -25,13 +21,6 @@ trap 'rm -rf "$store" "$work/qemu-overlays"' EXIT
 base=$("$vmimg" -q --store "$store" pull "$work/rootfs.raw")
 image=$(basename "$(dirname "$base")")
 mkdir -p "$work/qemu-overlays"
-
-seconds() {
-    local start
-    start=$(date +%s.%N)
-    "$@"
-    echo "$(date +%s.%N) - $start" | bc
-}
 
 with_vmimg() {
     for ((i = 1; i <= count; i++)); do

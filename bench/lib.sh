@@ -1,4 +1,15 @@
 # Helpers shared by the benchmark scripts (sourced, not run).
+#
+# Sourcing sets $root (the repository), $work (bench/work, where inputs are
+# cached), builds the release vmimg into $vmimg, and builds the realistic
+# input of bench/convert.sh (bench/work/rootfs.raw and its qcow2 forms)
+# the first time.
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+work=$root/bench/work
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p vmimg
+vmimg=$root/target/release/vmimg
+[[ -f $work/inputs.done ]] || VMIMG=$vmimg "$root/bench/convert.sh" 1 >/dev/null
 
 # Wall time in seconds of "$@", its output discarded.
 seconds() {
