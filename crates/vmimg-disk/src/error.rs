@@ -1,6 +1,6 @@
 //! Errors of the disk layer: a qcow2 refusal, an I/O failure with its path,
-//! a refused copy, a size that does not parse, or a backing chain that loops
-//! or runs too deep.
+//! a refused copy, a size that does not parse, a backing chain that loops
+//! or runs too deep, or one asked to become a compressed qcow2 image.
 
 use std::io;
 use std::path::PathBuf;
@@ -34,6 +34,11 @@ pub enum Error {
     BackingLoop { path: PathBuf, backing: PathBuf },
     #[error("{path}: the backing chain is deeper than {max} backing files")]
     ChainTooDeep { path: PathBuf, max: usize },
+    #[error(
+        "{path} has a backing chain, which cannot be written as a compressed qcow2 image directly: convert it to \
+         raw first"
+    )]
+    ChainToQcow2 { path: PathBuf },
 }
 
 impl Error {

@@ -1,5 +1,5 @@
 //! Disk images as vmimg handles them: what format a file is, what it holds,
-//! and turning it into a sparse raw disk quickly.
+//! and turning it quickly into a sparse raw disk or a compressed qcow2 image.
 //!
 //! - [`DiskImage`] opens a raw or qcow2 file, probing only when the caller did
 //!   not name the format (a file that probes as raw is never read as qcow2);
@@ -12,6 +12,10 @@
 //! - [`copy_raw`] copies a raw disk keeping its holes (reflink, else
 //!   `copy_file_range` or reads and writes of its data ranges), optionally
 //!   extended;
+//! - [`convert_to_qcow2`] writes a raw or qcow2 image as a zstd- (or zlib-)
+//!   compressed qcow2 image, as `qemu-img convert -c` does, the form vmimg
+//!   pushes disks in: compressed on all cores, written front to back with
+//!   bounded memory, published atomically;
 //! - [`publish`] writes a file so that it appears whole or not at all;
 //! - [`parse_size`] reads sizes such as `20G`.
 //!
@@ -26,6 +30,7 @@ mod info;
 mod publish;
 mod raw;
 mod size;
+mod to_qcow2;
 mod zero;
 
 pub use chain::MAX_CHAIN_DEPTH;
@@ -37,4 +42,6 @@ pub use info::{EncryptFacts, FormatSpecific, ImageInfo, Qcow2Facts};
 pub use publish::publish;
 pub use raw::raw_extents;
 pub use size::parse_size;
+pub use to_qcow2::{Qcow2ConvertOptions, convert_to_qcow2};
+pub use vmimg_qcow2::{CompressOptions, CompressStats, Compression};
 pub use zero::{BLOCK, is_zero, write_skipping_zeros};

@@ -36,10 +36,10 @@ use std::os::unix::fs::FileExt;
 /// The cluster size `qemu-img create` picks: 64 KiB.
 pub const DEFAULT_CLUSTER_BITS: u32 = 16;
 /// Refcounts are 16 bits wide (refcount_order 4), QEMU's default.
-const REFCOUNT_ORDER: u32 = 4;
-const REFCOUNT_BYTES: u64 = 1 << (REFCOUNT_ORDER - 3);
+pub(crate) const REFCOUNT_ORDER: u32 = 4;
+pub(crate) const REFCOUNT_BYTES: u64 = 1 << (REFCOUNT_ORDER - 3);
 /// qemu-img rounds virtual sizes up to whole sectors.
-const SECTOR: u64 = 512;
+pub(crate) const SECTOR: u64 = 512;
 
 /// The format of an overlay's backing file, recorded in the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,13 +133,13 @@ fn validate(options: &OverlayOptions) -> Result<u64> {
 }
 
 /// Bytes one L2 table maps: a cluster of 8-byte entries, each one cluster.
-fn l2_coverage(cluster_bits: u32) -> u64 {
+pub(crate) fn l2_coverage(cluster_bits: u32) -> u64 {
     1 << (2 * cluster_bits - 3)
 }
 
 /// Makes `dst` a hole of `len` bytes. An empty file is only extended: on
 /// ext4, truncating to zero arms a flush of the whole file at close.
-fn make_holes(dst: &File, len: u64) -> std::io::Result<()> {
+pub(crate) fn make_holes(dst: &File, len: u64) -> std::io::Result<()> {
     if dst.metadata()?.len() != 0 {
         dst.set_len(0)?;
     }
@@ -265,19 +265,19 @@ fn header_cluster(options: &OverlayOptions, virtual_size: u64, layout: &Layout) 
 }
 
 /// Appends big-endian header fields.
-struct HeaderBytes(Vec<u8>);
+pub(crate) struct HeaderBytes(pub(crate) Vec<u8>);
 
 impl HeaderBytes {
-    fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
+    pub(crate) fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
         self.0.extend_from_slice(bytes);
         self
     }
 
-    fn u32(&mut self, value: u32) -> &mut Self {
+    pub(crate) fn u32(&mut self, value: u32) -> &mut Self {
         self.bytes(&value.to_be_bytes())
     }
 
-    fn u64(&mut self, value: u64) -> &mut Self {
+    pub(crate) fn u64(&mut self, value: u64) -> &mut Self {
         self.bytes(&value.to_be_bytes())
     }
 }

@@ -18,9 +18,10 @@
 //!
 //! All reads are positioned ([`ReadAt`]), so one `Qcow2` serves many threads.
 //!
-//! One way out: [`create_overlay`] writes an empty version 3 overlay over a
-//! backing file (metadata only, refcounts exact). Writing data into images
-//! will live beside it.
+//! Two ways out: [`create_overlay`] writes an empty version 3 overlay over a
+//! backing file (metadata only, refcounts exact), and [`write_compressed`]
+//! writes a raw disk as a zstd- or zlib-compressed image, as `qemu-img
+//! convert -c` does, on all cores with bounded memory.
 //!
 //! ```no_run
 //! use vmimg_qcow2::{Qcow2, Allocation};
@@ -36,6 +37,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod compress;
 mod create;
 mod decompress;
 mod error;
@@ -43,6 +45,7 @@ mod header;
 mod map;
 mod read_at;
 
+pub use compress::{CompressOptions, CompressStats, DEFAULT_ZLIB_LEVEL, DEFAULT_ZSTD_LEVEL, write_compressed};
 pub use create::{BackingFormat, DEFAULT_CLUSTER_BITS, OverlayOptions, create_overlay};
 pub use decompress::ClusterDecoder;
 pub use error::{Error, Result};
