@@ -73,6 +73,13 @@ impl Store {
             None => None,
         };
         fetched?;
+        if let Some(Err(refused)) = converted {
+            // Verified parts that do not make a disk (a hostile qcow2): keep none.
+            for partial in &partials {
+                let _ = remove_partial(partial);
+            }
+            return Err(refused);
+        }
         let blobs = partials
             .iter()
             .zip(&image.parts)
@@ -146,15 +153,34 @@ impl Store {
         Ok(ConvertStats { virtual_size: image.size(), bytes_written: written })
     }
 
-    /// Pushes image `key` to `reference` as a cloud image.
+    /// Pushes image `key` to `reference` as a cloud image. For qcow2 the
+    /// disk is first written as a zstd-compressed qcow2 into a work directory
+    /// under `tmp/` (removed after, or by `gc` if the push is killed), held
+    /// under a lock of its own so the image stays usable meanwhile.
     pub async fn push(&self, key: &str, reference: &Reference, push: &Push) -> Result<Pushed> {
         let record = self.lookup(key)?.ok_or_else(|| Error::NotFound { what: "image", name: key.to_owned() })?;
-        if push.format != DiskFormat::Raw {
-            return Err(Error::Usage("only --format raw can be pushed so far".into()));
-        }
         let disk_path = self.disk_path(&record.name);
         let disk = File::open(&disk_path).map_err(Error::io("cannot open", &disk_path))?;
-        Ok(self.registry()?.push_disk(reference, &disk, push).await?)
+        if push.format == DiskFormat::Raw {
+            return Ok(self.registry()?.push_disk(reference, &disk, push).await?);
+        }
+        let push_key = format!("push-{key}");
+        let _lock = self.lock(&push_key).await?;
+        let work = self.work_dir(&push_key)?;
+        let qcow2 = work.path().join("disk.qcow2");
+        let options = vmimg_disk::Qcow2ConvertOptions {
+            compress: vmimg_disk::CompressOptions { threads: self.threads, ..Default::default() },
+            sync: false,
+        };
+        let target = qcow2.clone();
+        tokio::task::spawn_blocking(move || {
+            let image = DiskImage::open(&disk_path, Some(Format::Raw))?;
+            vmimg_disk::convert_to_qcow2(&image, &target, &options)
+        })
+        .await
+        .expect("qcow2 writer")?;
+        let file = File::open(&qcow2).map_err(Error::io("cannot open", &qcow2))?;
+        Ok(self.registry()?.push_disk(reference, &file, push).await?)
     }
 }
 

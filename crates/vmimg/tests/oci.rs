@@ -67,15 +67,36 @@ fn push_then_pull_and_cat_give_the_disk_back() {
     let key = Path::new(&path).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
     let target = format!("oci://{}/vm/disk:v1", registry.host());
 
-    let (pinned, stderr) = ok(&store, &["push", &key, &target, "--part-size", "5M"]);
+    let (pinned, stderr) = ok(&store, &["push", &key, &target, "--part-size", "5M", "--format", "raw"]);
     assert!(pinned.starts_with(&format!("{}/vm/disk:v1@sha256:", registry.host())), "{pinned}");
     assert!(stderr.contains("5 parts, 5 sent, 0 already there"), "{stderr}");
-    let (_, stderr) = ok(&store, &["push", &key, &target, "--part-size", "5M"]);
+    let (_, stderr) = ok(&store, &["push", &key, &target, "--part-size", "5M", "--format", "raw"]);
     assert!(stderr.contains("5 parts, 0 sent, 5 already there"), "the second push sent parts again: {stderr}");
 
     let out = vmimg(&other, &["cat", &target]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout == disk, "cat gave other bytes");
+
+    // The default: zstd-compressed qcow2 parts, smaller, that qemu-img reads back to the disk.
+    let compressed = format!("oci://{}/vm/disk:qcow2", registry.host());
+    let (_, stderr) = ok(&store, &["push", &key, &compressed, "--part-size", "1M"]);
+    assert!(stderr.contains("4 parts") || stderr.contains("3 parts"), "3 MiB of noise in 1 MiB parts: {stderr}");
+    let out = vmimg(&other, &["cat", &compressed]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let qcow2 = dir.path().join("pushed.qcow2");
+    std::fs::write(&qcow2, &out.stdout).unwrap();
+    let check = Command::new("qemu-img").arg("check").arg(&qcow2).output().unwrap();
+    assert!(check.status.success(), "{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    let info = Command::new("qemu-img").args(["info", "--output=json"]).arg(&qcow2).output().unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format-specific"]["data"]["compression-type"], "zstd");
+    let flat = dir.path().join("flat.raw");
+    assert!(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&qcow2).arg(&flat).status().unwrap().success());
+    assert!(std::fs::read(&flat).unwrap() == disk, "the pushed qcow2 is not the disk");
+    let (from_qcow2, _) = ok(&other, &["pull", &compressed]);
+    assert!(std::fs::read(&from_qcow2).unwrap() == disk);
+    assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0, "the push left its qcow2 behind");
+    ok(&other, &["rm", Path::new(&from_qcow2).parent().unwrap().file_name().unwrap().to_str().unwrap()]);
 
     let (pulled, _) = ok(&other, &["pull", &target]);
     assert!(std::fs::read(&pulled).unwrap() == disk);
@@ -227,6 +248,30 @@ fn what_is_not_a_cloud_image_is_refused_clearly() {
     let error = fails(&store, &["pull", &format!("oci://{}/nodisk:1", server.host())]);
     assert!(error.contains("has no disk layer"), "{error}");
 
+    // A disk that is a qcow2 naming a backing file on the host: refused, nothing kept.
+    let evil = dir.path().join("evil.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-u", "-b", "/etc/hostname", "-F", "raw"])
+        .arg(&evil)
+        .arg("1M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let part = layer(put_blob(&registry, &at("evil:1"), &std::fs::read(&evil).unwrap()), artifact::DISK_QCOW2, "x");
+    let config = put_blob(&registry, &at("evil:1"), b"{}");
+    let evil_manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": artifact::OCI_MANIFEST, "artifactType": artifact::ARTIFACT_TYPE,
+        "config": { "mediaType": artifact::EMPTY_CONFIG, "digest": config.digest, "size": 2 },
+        "layers": [part]
+    });
+    put_manifest(&registry, &at("evil:1"), &evil_manifest);
+    let error = fails(&store, &["pull", &format!("oci://{}/evil:1", server.host())]);
+    assert!(error.contains("backing file") && error.contains("/etc/hostname"), "{error}");
+    for dir in ["tmp", "blobs/sha256", "images"] {
+        let left: Vec<_> = std::fs::read_dir(store.join(dir)).map(|d| d.flatten().collect()).unwrap_or_default();
+        assert!(left.is_empty(), "{dir}: {:?}", left.iter().map(|e| e.file_name()).collect::<Vec<_>>());
+    }
+
     let error = fails(&store, &["pull", &format!("oci://{}/nodisk:missing", server.host())]);
     assert!(error.contains("not found in the registry"), "{error}");
     let error = fails(&store, &["pull", "oci://UPPER/Case"]);
@@ -245,7 +290,7 @@ fn a_registry_with_token_auth_and_docker_config_credentials() {
     let (path, _) = ok(&store, &["pull", dir.path().join("disk.img").to_str().unwrap()]);
     let key = Path::new(&path).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
     let target = format!("oci://{}/private/disk:1", server.host());
-    ok(&store, &["push", &key, &target, "--part-size", "2M"]);
+    ok(&store, &["push", &key, &target, "--part-size", "2M", "--format", "raw"]);
     let other = dir.path().join("other");
     let (pulled, _) = ok(&other, &["pull", &target]);
     assert!(std::fs::read(pulled).unwrap() == disk);
