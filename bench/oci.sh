@@ -117,7 +117,7 @@ rm -f "$oci/qemu.qcow2"
 t_push_rival_total=$(echo "$t_qemu_compress + $t_push_rival" | bc)
 
 ref=$host/bench/rival:1
-skopeo_push
+skopeo copy -q --dest-tls-verify=false "oci:$layout:rootfs" "docker://$ref"
 
 store=$oci/store
 vmimg_pull() { "$vmimg" -q --store "$store" pull "oci://$ref"; }

@@ -505,3 +505,27 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     line
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_for_loopback_and_insecure_hosts_only() {
+        let options = RegistryOptions {
+            insecure: vec!["registry.lan:5000".into()],
+            docker_config: Some("/nonexistent/config.json".into()),
+            ..RegistryOptions::default()
+        };
+        let registry = Registry::new(options).unwrap();
+        let endpoint = |r: &str| registry.endpoint(&Reference::parse(r).unwrap());
+        assert_eq!(endpoint("alpine"), "https://registry-1.docker.io");
+        assert_eq!(endpoint("ghcr.io/o/r"), "https://ghcr.io");
+        assert_eq!(endpoint("registry.lan:5000/r"), "http://registry.lan:5000");
+        assert_eq!(endpoint("registry.lan/r"), "https://registry.lan", "insecure names a host and port");
+        assert_eq!(endpoint("localhost:5000/r"), "http://localhost:5000");
+        assert_eq!(endpoint("127.0.0.1:5000/r"), "http://127.0.0.1:5000");
+        assert_eq!(endpoint("[::1]:5000/r"), "http://[::1]:5000");
+        assert_eq!(endpoint("127.example.com/r"), "https://127.example.com");
+    }
+}
