@@ -16,8 +16,8 @@
 #         against qemu-img convert -c -O qcow2 -o compression_type=zstd
 #         (timed alone) + skopeo copy of the parts as an OCI layout
 # best of RUNS each (vmimg flushes its blobs and disk before publishing,
-# hence the rival's sync; every push goes to a fresh repository, so nothing
-# is skipped), checks that both raw disks are byte-identical, and prints
+# hence the rival's sync; every push goes to a registry restarted with
+# empty storage, so nothing is skipped or mounted), checks that both raw disks are byte-identical, and prints
 # times, the ratios and vmimg's peak RSS.
 #
 # Usage: bench/oci.sh [RUNS]     (RUNS defaults to 3)
@@ -33,29 +33,28 @@ done
 
 oci=$work/oci
 rm -rf "$oci" && mkdir -p "$oci"
-registry_pid=
 cleanup() {
-    [[ -n $registry_pid ]] && kill "$registry_pid" 2>/dev/null || true
+    [[ -f $oci/registry.pid ]] && kill "$(cat "$oci/registry.pid")" 2>/dev/null || true
     rm -rf "$oci"
 }
 trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$oci/registry.yml" <<EOF
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $oci/storage
-http:
-  addr: 127.0.0.1:$port
-EOF
-docker-registry serve "$oci/registry.yml" >/dev/null 2>&1 &
-registry_pid=$!
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+printf '%s\n' "version: 0.1" "log:" "  level: error" "  accesslog:" "    disabled: true" "storage:" \
+    "  filesystem:" "    rootdirectory: $oci/storage" "http:" "  addr: 127.0.0.1:$port" >"$oci/registry.yml"
+# (Re)starts the registry with empty storage: a push then finds none of its
+# blobs there (skopeo would otherwise mount them from another repository).
+fresh_registry() {
+    if [[ -f $oci/registry.pid ]]; then
+        kill "$(cat "$oci/registry.pid")" 2>/dev/null || true
+        while (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null; do sleep 0.05; done
+    fi
+    rm -rf "$oci/storage"
+    docker-registry serve "$oci/registry.yml" >/dev/null 2>&1 &
+    echo $! >"$oci/registry.pid"
+    for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
+}
+fresh_registry
 host=127.0.0.1:$port
 
 # The artifact as an OCI layout: parts named and ordered as `split -d` does.
@@ -97,18 +96,15 @@ open(parts_list, "w").write("".join(l["digest"][7:] + "\n" for l in layers))
 EOF
 nparts=$(wc -l <"$oci/parts.txt")
 
-# A fresh repository for every push: the registry then has none of its blobs.
-push_count=0
-next_repository() { push_count=$((push_count + 1)); }
 no_prepare() { :; }
-skopeo_push() { skopeo copy -q --dest-tls-verify=false "oci:$layout:rootfs" "docker://$host/bench/push-$push_count:1"; }
-t_push_rival=$(best_of next_repository skopeo_push)
+skopeo_push() { skopeo copy -q --dest-tls-verify=false "oci:$layout:rootfs" "docker://$host/bench/push:1"; }
+t_push_rival=$(best_of fresh_registry skopeo_push)
 
 vmimg_push() {
-    "$vmimg" -q --store "$oci/push-store" push "$push_image" "oci://$host/bench/vmimg-$push_count:1" --part-size "${part_mib}M"
+    "$vmimg" -q --store "$oci/push-store" push "$push_image" "oci://$host/bench/vmimg:1" --part-size "${part_mib}M"
 }
 push_image=$(basename "$(dirname "$("$vmimg" -q --store "$oci/push-store" pull "$work/rootfs.raw")")")
-t_push=$(best_of next_repository vmimg_push)
+t_push=$(best_of fresh_registry vmimg_push)
 rss_push=$(peak_rss_mib "$vmimg" -q --store "$oci/push-store" push "$push_image" "oci://$host/bench/rss:1" \
     --part-size "${part_mib}M")
 qemu_compress() { qemu-img convert -c -f raw -O qcow2 -o compression_type=zstd "$work/rootfs.raw" "$oci/qemu.qcow2"; }
@@ -116,6 +112,7 @@ t_qemu_compress=$(best_of no_prepare qemu_compress)
 rm -f "$oci/qemu.qcow2"
 t_push_rival_total=$(echo "$t_qemu_compress + $t_push_rival" | bc)
 
+fresh_registry
 ref=$host/bench/rival:1
 skopeo copy -q --dest-tls-verify=false "oci:$layout:rootfs" "docker://$ref"
 
