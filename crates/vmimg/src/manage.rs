@@ -6,12 +6,13 @@ use std::sync::Arc;
 use vmimg_store::{InstanceFormat, InstanceRequest, Store};
 
 /// The store key of IMAGE: an image name as `vmimg images` lists it, or a
-/// source (alias, URL, file) that was pulled, pulled now when `pull` is set.
+/// source (alias, URL, file, oci://REF) that was pulled, pulled now when
+/// `pull` is set.
 pub(crate) async fn image_key(store: &Store, image: &str, pull: bool, quiet: bool) -> Result<String> {
     if store.lookup(image).ok().flatten().is_some() {
         return Ok(image.to_owned());
     }
-    let resolved = match store.resolve(image, None) {
+    let resolved = match crate::pull::resolve(store, image, None).await {
         Ok(resolved) => resolved,
         Err(_) if !pull => anyhow::bail!("no image named {image:?} in the store (`vmimg images` lists them)"),
         Err(e) => return Err(e.into()),

@@ -5,16 +5,22 @@ use crate::progress::DownloadProgress;
 use anyhow::Result;
 use std::sync::Arc;
 use vmimg_fetch::Digest;
-use vmimg_store::{Location, Store};
+use vmimg_store::{Location, Resolved, Store};
 
-pub async fn run(store: &Store, source: &str, digest: Option<Digest>, json: bool, quiet: bool) -> Result<()> {
-    let resolved = match crate::oci::reference(source) {
-        Some(reference) if digest.is_none() => store.resolve_oci(&reference?).await?,
+/// What `source` names: for `oci://REF`, what the registry says REF is now;
+/// else an alias, URL or file.
+pub(crate) async fn resolve(store: &Store, source: &str, digest: Option<Digest>) -> Result<Resolved> {
+    match crate::oci::reference(source) {
+        Some(reference) if digest.is_none() => Ok(store.resolve_oci(&reference?).await?),
         Some(_) => anyhow::bail!(
             "an oci:// source is verified by its manifest: --digest does not apply (pin it as REF@sha256:…)"
         ),
-        None => store.resolve(source, digest)?,
-    };
+        None => Ok(store.resolve(source, digest)?),
+    }
+}
+
+pub async fn run(store: &Store, source: &str, digest: Option<Digest>, json: bool, quiet: bool) -> Result<()> {
+    let resolved = resolve(store, source, digest).await?;
     if resolved.expected.is_none() && !quiet {
         eprintln!(
             "vmimg: warning: {} is not verified: pass --digest sha256:<hex> to check it",

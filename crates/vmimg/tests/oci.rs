@@ -86,7 +86,12 @@ fn push_then_pull_and_cat_give_the_disk_back() {
     let qcow2 = dir.path().join("pushed.qcow2");
     std::fs::write(&qcow2, &out.stdout).unwrap();
     let check = Command::new("qemu-img").arg("check").arg(&qcow2).output().unwrap();
-    assert!(check.status.success(), "{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
     let info = Command::new("qemu-img").args(["info", "--output=json"]).arg(&qcow2).output().unwrap();
     let info: Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["format-specific"]["data"]["compression-type"], "zstd");
@@ -101,6 +106,9 @@ fn push_then_pull_and_cat_give_the_disk_back() {
     let (pulled, _) = ok(&other, &["pull", &target]);
     assert!(std::fs::read(&pulled).unwrap() == disk);
     assert!(std::fs::metadata(&pulled).unwrap().len() == 24 << 20);
+    let (instance, _) = ok(&other, &["instance", "create", &target, "--name", "vm"]);
+    assert!(instance.ends_with("instances/vm/disk.qcow2"), "{instance}");
+    ok(&other, &["instance", "rm", "vm"]);
     let (again, stderr) = ok(&other, &["pull", &format!("oci://{pinned}")]);
     assert_eq!(again, pulled, "a pull by digest of the same manifest is the same image");
     assert!(!stderr.contains("converted"), "the second pull was not a hit: {stderr}");
