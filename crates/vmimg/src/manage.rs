@@ -15,7 +15,7 @@ pub(crate) async fn image_key(store: &Store, image: &str, pull: bool, quiet: boo
     let resolved = match crate::pull::resolve(store, image, None).await {
         Ok(resolved) => resolved,
         Err(_) if !pull => anyhow::bail!("no image named {image:?} in the store (`vmimg images` lists them)"),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     if pull && store.lookup(&resolved.key)?.is_none() {
         let progress = Arc::new(crate::progress::DownloadProgress::new(quiet, &resolved.key));
