@@ -48,8 +48,12 @@ pub fn publish<T, E: From<Error>>(dst: &Path, sync: bool, write: impl FnOnce(&Fi
     outcome
 }
 
-/// An unnamed file in `dir`, or None where the filesystem cannot make one.
+/// An unnamed file in `dir`, or None where the filesystem cannot make one
+/// or there is no /proc to name it through later.
 fn open_unnamed(dir: &Path) -> Option<File> {
+    if !Path::new("/proc/self/fd").is_dir() {
+        return None;
+    }
     let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
     rustix::fs::openat(CWD, dir, flags, Mode::from_raw_mode(0o644)).ok().map(File::from)
 }
