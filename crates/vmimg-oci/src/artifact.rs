@@ -140,6 +140,10 @@ pub enum ArtifactError {
     MixedFormats(String),
     #[error("{0} has more than {MAX_LAYERS} layers")]
     TooManyLayers(String),
+    #[error("{reference} is not a container image (config or artifact type {found:?})")]
+    NotContainerImage { reference: String, found: String },
+    #[error("{reference} has a layer of media type {media_type:?}, which vmimg cannot apply")]
+    UnknownLayer { reference: String, media_type: String },
     #[error("{reference}: the index has no manifest for {os}/{architecture}")]
     NoPlatform { reference: String, os: String, architecture: String },
 }

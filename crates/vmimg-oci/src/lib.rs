@@ -7,6 +7,8 @@
 //!   explicit credentials, challenges);
 //! - cloud images in a registry ([`Registry::cloud_image`],
 //!   [`Registry::stream_disk`], [`Registry::push_disk`]);
+//! - [`container`]: container images' manifests (layers and their
+//!   compression) and run configs, for building disks from them;
 //! - [`artifact`]: cloud-image artifacts as cocoonstack publishes them
 //!   (which layers are disk parts, in which order), read and written.
 //!
@@ -16,6 +18,7 @@
 pub mod artifact;
 mod auth;
 mod cloud;
+pub mod container;
 mod reference;
 mod registry;
 
