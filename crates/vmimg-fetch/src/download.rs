@@ -49,6 +49,19 @@ pub struct FetchOptions {
     pub max_size: u64,
 }
 
+impl FetchOptions {
+    /// The delays between attempts: exponential from `min_delay` to
+    /// `max_delay`, with jitter, `attempts - 1` of them.
+    pub fn backoff(&self) -> backon::ExponentialBackoff {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.attempts.saturating_sub(1))
+            .with_jitter()
+            .build()
+    }
+}
+
 impl Default for FetchOptions {
     fn default() -> Self {
         FetchOptions {
@@ -203,12 +216,7 @@ impl Fetcher {
     }
 
     fn backoff(&self) -> backon::ExponentialBackoff {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(self.options.min_delay)
-            .with_max_delay(self.options.max_delay)
-            .with_max_times(self.options.attempts.saturating_sub(1))
-            .with_jitter()
-            .build()
+        self.options.backoff()
     }
 
     fn honour_retry_after(&self, error: &Error, delay: Duration) -> Duration {

@@ -8,7 +8,6 @@
 use crate::artifact::{self, CloudImage, DiskFormat};
 use crate::reference::Reference;
 use crate::registry::{Error, Registry, Result};
-use backon::BackoffBuilder;
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -171,13 +170,7 @@ impl Registry {
     }
 
     fn backoff(&self) -> backon::ExponentialBackoff {
-        let fetch = &self.options().fetch;
-        backon::ExponentialBuilder::default()
-            .with_min_delay(fetch.min_delay)
-            .with_max_delay(fetch.max_delay)
-            .with_max_times(fetch.attempts.saturating_sub(1))
-            .with_jitter()
-            .build()
+        self.options().fetch.backoff()
     }
 }
 

@@ -298,15 +298,12 @@ impl Registry {
         access: Access,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
-        let key = (reference.registry().to_owned(), reference.repository().to_owned(), access);
-        let cached = self.auth.lock().expect("auth cache").get(&key).cloned();
+        let cached = self.auth.lock().expect("auth cache").get(&auth_key(reference, access)).cloned();
         let response = self.send_once(&build, cached.as_ref()).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        let challenge = header_str(response.headers(), header::WWW_AUTHENTICATE).and_then(Challenge::parse);
-        let auth = self.answer(reference, access, challenge).await?;
-        self.auth.lock().expect("auth cache").insert(key, auth.clone());
+        let auth = self.authorize(reference, access, &response).await?;
         let response = self.send_once(&build, Some(&auth)).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             return Err(self.unauthorized(reference));
@@ -331,8 +328,7 @@ impl Registry {
     /// The authorization for a blob download (fetched by another client):
     /// the cached one, else what the registry's `/v2/` challenge asks for.
     async fn authorization(&self, reference: &Reference, access: Access) -> Result<Option<HeaderValue>> {
-        let key = (reference.registry().to_owned(), reference.repository().to_owned(), access);
-        if let Some(auth) = self.auth.lock().expect("auth cache").get(&key) {
+        if let Some(auth) = self.auth.lock().expect("auth cache").get(&auth_key(reference, access)) {
             return Ok(Some(auth.clone()));
         }
         let url = format!("{}/v2/", self.endpoint(reference));
@@ -340,10 +336,20 @@ impl Registry {
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(None);
         }
+        self.authorize(reference, access, &response).await.map(Some)
+    }
+
+    /// Answers the challenge of a `401` and caches the answer.
+    async fn authorize(
+        &self,
+        reference: &Reference,
+        access: Access,
+        response: &reqwest::Response,
+    ) -> Result<HeaderValue> {
         let challenge = header_str(response.headers(), header::WWW_AUTHENTICATE).and_then(Challenge::parse);
         let auth = self.answer(reference, access, challenge).await?;
-        self.auth.lock().expect("auth cache").insert(key, auth.clone());
-        Ok(Some(auth))
+        self.auth.lock().expect("auth cache").insert(auth_key(reference, access), auth.clone());
+        Ok(auth)
     }
 
     fn credentials(&self, registry: &str) -> Option<&Credentials> {
@@ -408,6 +414,11 @@ impl Registry {
     fn unauthorized(&self, reference: &Reference) -> Error {
         Error::Unauthorized { registry: reference.registry().to_owned(), repository: reference.repository().to_owned() }
     }
+}
+
+/// Where the authorization for `access` to the repository is cached.
+fn auth_key(reference: &Reference, access: Access) -> (String, String, Access) {
+    (reference.registry().to_owned(), reference.repository().to_owned(), access)
 }
 
 fn basic(c: &Credentials) -> HeaderValue {
