@@ -16,16 +16,15 @@
 use crate::catalog::is_name_safe;
 use crate::error::{Error, Result};
 use crate::pull::Pulled;
-use crate::record::{ImageRecord, Status, now};
+use crate::record::ImageRecord;
 use crate::source::SourceInfo;
 use crate::store::Store;
 use std::fs::File;
 use std::io::{BufWriter, Read};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use vmimg_bundle::bundle::{self, ExportOptions, Exported, Limits};
 use vmimg_bundle::machine::{MAX_MACHINE_BYTES, Machine};
-use vmimg_fetch::{Algorithm, Digest, Hasher};
+use vmimg_fetch::{Algorithm, Hasher};
 
 const MACHINE: &str = "machine.json";
 
@@ -63,7 +62,7 @@ impl Store {
         .expect("import task")?;
         crate::fsutil::write_atomic(&work.path().join(MACHINE), &imported.machine.to_json())?;
         let path = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
-        let record = self.new_record(&key, &work, SourceInfo::Bundle { path }, Some(digest), "bundle")?;
+        let record = ImageRecord::for_work(&key, &work, SourceInfo::Bundle { path }, Some(digest), "bundle")?;
         self.publish_work(work, record)
     }
 
@@ -76,7 +75,7 @@ impl Store {
         file.set_len(size).and_then(|()| file.sync_all()).map_err(Error::io("cannot size", &disk))?;
         let machine = machine.unwrap_or_else(Machine::generate);
         crate::fsutil::write_atomic(&work.path().join(MACHINE), &machine.to_json())?;
-        let mut record = self.new_record(name, &work, SourceInfo::Blank, None, "blank")?;
+        let mut record = ImageRecord::for_work(name, &work, SourceInfo::Blank, None, "blank")?;
         record.mutable = true;
         self.publish_work(work, record)
     }
@@ -126,34 +125,6 @@ impl Store {
         }
         self.remove_abandoned_work(key)?;
         Ok(lock)
-    }
-
-    /// The record of a raw disk made in `work`.
-    fn new_record(
-        &self,
-        key: &str,
-        work: &tempfile::TempDir,
-        source: SourceInfo,
-        digest: Option<Digest>,
-        source_format: &str,
-    ) -> Result<ImageRecord> {
-        let disk = work.path().join("disk.raw");
-        let meta = std::fs::metadata(&disk).map_err(Error::io("cannot stat", &disk))?;
-        Ok(ImageRecord {
-            name: key.to_owned(),
-            source,
-            digest,
-            verified: false,
-            source_format: source_format.to_owned(),
-            blob: None,
-            blobs: Vec::new(),
-            format: "raw".to_owned(),
-            virtual_size: meta.len(),
-            allocated_size: meta.blocks() * 512,
-            status: Status::Ready,
-            created_at: now(),
-            mutable: false,
-        })
     }
 }
 

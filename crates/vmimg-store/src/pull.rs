@@ -10,11 +10,10 @@
 
 use crate::error::{Error, Result};
 use crate::growing::{EndOnDrop, GrowingFile, Watermark};
-use crate::record::{ImageRecord, Status, now};
+use crate::record::ImageRecord;
 use crate::source::{Location, Resolved};
 use crate::store::Store;
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmimg_disk::{ConvertOptions, ConvertStats, DiskImage, Format};
@@ -141,23 +140,13 @@ impl Store {
 
     /// The record of a pulled image.
     fn publish(&self, source: &Resolved, made: Made) -> Result<Pulled> {
-        let disk = made.work.path().join("disk.raw");
-        let allocated = std::fs::metadata(&disk).map_err(Error::io("cannot stat", &disk))?.blocks() * 512;
-        let record = ImageRecord {
-            name: source.key.clone(),
-            source: source.info.clone(),
-            digest: Some(made.digest),
-            verified: source.expected.is_some(),
-            source_format: made.source_format.name().to_owned(),
-            blob: made.blob,
-            blobs: made.blobs,
-            format: "raw".to_owned(),
-            virtual_size: made.stats.virtual_size,
-            allocated_size: allocated,
-            status: Status::Ready,
-            created_at: now(),
-            mutable: false,
-        };
+        let format = made.source_format.name();
+        let mut record =
+            ImageRecord::for_work(&source.key, &made.work, source.info.clone(), Some(made.digest), format)?;
+        record.virtual_size = made.stats.virtual_size;
+        record.verified = source.expected.is_some();
+        record.blob = made.blob;
+        record.blobs = made.blobs;
         self.publish_work(made.work, record)
     }
 

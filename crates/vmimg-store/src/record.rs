@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::source::SourceInfo;
 use serde::{Deserialize, Serialize};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use vmimg_fetch::Digest;
 
@@ -52,6 +53,34 @@ pub enum Status {
 }
 
 impl ImageRecord {
+    /// The record of the raw disk made in `work` (`disk.raw`), ready,
+    /// unverified, with no blob: callers set what differs.
+    pub(crate) fn for_work(
+        key: &str,
+        work: &tempfile::TempDir,
+        source: SourceInfo,
+        digest: Option<Digest>,
+        source_format: &str,
+    ) -> Result<ImageRecord> {
+        let disk = work.path().join("disk.raw");
+        let meta = std::fs::metadata(&disk).map_err(Error::io("cannot stat", &disk))?;
+        Ok(ImageRecord {
+            name: key.to_owned(),
+            source,
+            digest,
+            verified: false,
+            source_format: source_format.to_owned(),
+            blob: None,
+            blobs: Vec::new(),
+            format: "raw".to_owned(),
+            virtual_size: meta.len(),
+            allocated_size: meta.blocks() * 512,
+            status: Status::Ready,
+            created_at: now(),
+            mutable: false,
+        })
+    }
+
     pub(crate) fn load(path: &Path) -> Result<ImageRecord> {
         let text = crate::fsutil::read_bounded(path, MAX_RECORD_BYTES)?;
         serde_json::from_str(&text).map_err(|e| Error::Record { path: path.to_owned(), message: e.to_string() })
