@@ -22,7 +22,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmimg_bundle::tar::{Limits, Reader};
+use vmimg_tar::{Limits, Reader};
 
 /// Entries read per input.
 const MAX_ENTRIES: usize = 64;

@@ -23,7 +23,7 @@
 //! paths: on error it removes them.
 
 use crate::machine::{MAX_MACHINE_BYTES, Machine, MachineError};
-use crate::tar::{self, Kind, Segment};
+use vmimg_tar::{self as tar, Kind, Segment};
 use rustix::fs::{FallocateFlags, fallocate};
 use std::fs::File;
 use std::io::{self, Read, Write};

@@ -5,12 +5,10 @@
 //!   schema): bounded parsing, migration of older versions, validation,
 //!   defaults, random MAC addresses;
 //! - [`bundle`]: [`bundle::export`] and [`bundle::import`], which treats
-//!   the bundle as hostile and commits its layer onto one sparse raw disk;
-//! - [`tar`]: a streaming tar reader and writer that keep holes (GNU and PAX
-//!   sparse entries).
+//!   the bundle as hostile and commits its layer onto one sparse raw disk
+//!   (its tar is `vmimg-tar`'s, which keeps holes).
 //!
 //! This crate knows files and streams only: no network, no store.
 
 pub mod bundle;
 pub mod machine;
-pub mod tar;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use vmimg_bundle::bundle::{self, ExportOptions, Limits};
 use vmimg_bundle::machine::Machine;
-use vmimg_bundle::tar::Writer;
+use vmimg_tar::Writer;
 
 fn run(command: &mut Command) -> String {
     let out = command.output().unwrap();
@@ -294,7 +294,7 @@ fn size_limits_and_decompression_bombs() {
             0,
             &File::open(&zeros).unwrap(),
             1 << 30,
-            &[vmimg_bundle::tar::Segment { offset: 0, len: 1 << 30 }],
+            &[vmimg_tar::Segment { offset: 0, len: 1 << 30 }],
         )
         .unwrap();
     writer.finish().unwrap().finish().unwrap();

@@ -4,7 +4,7 @@
 //! `fuzz/artifacts/`; `fuzz/README.md` tells the story.
 
 use vmimg_bundle::bundle::{self, Limits as BundleLimits};
-use vmimg_bundle::tar::{Limits, Reader};
+use vmimg_tar::{Limits, Reader};
 
 /// A 512-byte tar block: zeros, with `fields` written at their offsets.
 fn block(fields: &[(usize, &[u8])]) -> [u8; 512] {

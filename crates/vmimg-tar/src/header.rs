@@ -22,6 +22,8 @@ pub(crate) mod field {
     pub const TYPE: usize = 156;
     pub const LINK_NAME: Range<usize> = 157..257;
     pub const MAGIC: Range<usize> = 257..265;
+    pub const DEV_MAJOR: Range<usize> = 329..337;
+    pub const DEV_MINOR: Range<usize> = 337..345;
     pub const PREFIX: Range<usize> = 345..500;
     /// Old GNU sparse: four (offset, length) pairs of 12 bytes each.
     pub const GNU_SPARSE: Range<usize> = 386..482;

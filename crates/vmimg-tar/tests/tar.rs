@@ -6,7 +6,7 @@ use std::io::{Cursor, Read};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
-use vmimg_bundle::tar::{Kind, Limits, Reader, Segment, Writer};
+use vmimg_tar::{Kind, Limits, Reader, Segment, Writer};
 
 /// A sparse file: data at the start, a small run, a large random run, a
 /// few bytes mid-disk, and a hole at the end.
@@ -268,4 +268,41 @@ fn old_gnu_sparse_extension_blocks() {
     assert!(entries[0].3.len() >= 40);
     let few = Limits { max_segments: 8, ..Limits::default() };
     assert!(read_error(&std::fs::read(&archive).unwrap(), few).contains("more than 8"));
+}
+
+/// Owners, device numbers, xattrs and link names as GNU tar stores them
+/// (ustar fields, and PAX records for xattrs).
+#[test]
+fn reads_owners_devices_and_xattrs() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("file"), b"hello").unwrap();
+    std::os::unix::fs::symlink("file", tree.join("link")).unwrap();
+    run(Command::new("setfattr").args(["-n", "user.vmimg", "-v", "yes"]).arg(tree.join("file")));
+    let archive = dir.path().join("a.tar");
+    run(Command::new("tar")
+        .args(["--format=posix", "--xattrs", "--xattrs-include=*", "--owner=1234", "--group=5678", "--numeric-owner"])
+        .arg("-C")
+        .arg(&tree)
+        .arg("-cf")
+        .arg(&archive)
+        .args(["file", "link"]));
+    let mut bytes = std::fs::read(&archive).unwrap();
+    // A character device, written by hand: GNU tar needs root to read one.
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap().div_ceil(512) * 512;
+    let mut device = header("null", b'3', b"00000000000\0");
+    device[329..337].copy_from_slice(b"0000001\0");
+    device[337..345].copy_from_slice(b"0000003\0");
+    fix_checksum(&mut device);
+    bytes.splice(end..end, device);
+    let mut reader = Reader::new(Cursor::new(bytes), Limits::default());
+    let file = reader.next_entry().unwrap().unwrap();
+    assert_eq!((file.uid, file.gid, file.kind), (1234, 5678, Kind::File));
+    assert_eq!(file.xattrs, vec![("user.vmimg".to_owned(), b"yes".to_vec())]);
+    let link = reader.next_entry().unwrap().unwrap();
+    assert_eq!((link.kind, link.link_name.as_slice()), (Kind::Symlink, &b"file"[..]));
+    let null = reader.next_entry().unwrap().unwrap();
+    assert_eq!((null.kind, null.device), (Kind::CharDevice, (1, 3)));
+    assert!(reader.next_entry().unwrap().is_none());
 }

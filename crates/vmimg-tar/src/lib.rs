@@ -7,6 +7,10 @@
 //! of data in 50 GiB would pay for in full. This module gives the data
 //! segments with their offsets instead, so holes cost nothing either way.
 //!
+//! Owners, device numbers and extended attributes (PAX `SCHILY.xattr.*`,
+//! what GNU tar, Docker and umoci write) come with each entry, so OCI
+//! layers can be applied with them.
+//!
 //! - [`Reader`] reads ustar, GNU (long names, old sparse) and PAX archives,
 //!   every sparse format GNU tar writes (old GNU, PAX 0.0, 0.1 and 1.0);
 //! - [`Writer`] writes ustar entries, with PAX records for what does not
@@ -51,9 +55,16 @@ pub struct Entry {
     pub kind: Kind,
     /// The file's size, holes included.
     pub size: u64,
+    /// Permission bits, setuid, setgid and sticky included.
     pub mode: u32,
-    /// Seconds since the epoch.
+    pub uid: u64,
+    pub gid: u64,
+    /// Seconds since the epoch (times before it read as 0).
     pub mtime: u64,
+    /// Major and minor numbers of a device node (0 for other kinds).
+    pub device: (u32, u32),
+    /// Extended attributes from PAX `SCHILY.xattr.NAME` records, in order.
+    pub xattrs: Vec<(String, Vec<u8>)>,
     pub link_name: Vec<u8>,
     /// Where the stored data goes in the file, in order.
     pub segments: Vec<Segment>,

@@ -16,8 +16,8 @@
 //! The reader does not judge names: the caller decides what may be
 //! extracted where.
 
-use super::header::{BLOCK, Header, field, invalid, padding};
-use super::{Entry, Kind, Segment};
+use crate::header::{BLOCK, Header, field, invalid, padding};
+use crate::{Entry, Kind, Segment};
 use std::io::{self, Read};
 
 /// What an archive may make the reader hold in memory.
@@ -185,10 +185,24 @@ impl<R: Read> Reader<R> {
             link_name = l.to_vec();
         }
         let mtime = match pax_value(pax, "mtime") {
+            Some(v) if v.starts_with(b"-") => 0,
             Some(v) => decimal(v.split(|&b| b == b'.').next().unwrap_or_default(), "mtime")?,
             None => header.number(field::MTIME, "mtime")?,
         };
         let mode = header.number(field::MODE, "mode")? as u32 & 0o7777;
+        let uid = pax_number(pax, "uid")?.map_or_else(|| header.number(field::UID, "uid"), Ok)?;
+        let gid = pax_number(pax, "gid")?.map_or_else(|| header.number(field::GID, "gid"), Ok)?;
+        let device = match kind {
+            Kind::CharDevice | Kind::BlockDevice => (
+                device_number(header.number(field::DEV_MAJOR, "device major")?)?,
+                device_number(header.number(field::DEV_MINOR, "device minor")?)?,
+            ),
+            _ => (0, 0),
+        };
+        let xattrs = pax
+            .iter()
+            .filter_map(|(key, value)| Some((key.strip_prefix("SCHILY.xattr.")?.to_owned(), value.clone())))
+            .collect();
         let (size, segments, map_bytes, sparse) = if !kind.has_data() {
             if pax.iter().any(|(key, _)| key.starts_with("GNU.sparse.")) {
                 return Err(invalid(format!(
@@ -213,7 +227,7 @@ impl<R: Read> Reader<R> {
             check_map(&segments, size, stored_data)?;
         }
         self.current = Some(Current { segments: segments.clone(), stored_left: stored_data, padding: padding(stored) });
-        Ok(Entry { path, kind, size, mode, mtime, link_name, segments, sparse })
+        Ok(Entry { path, kind, size, mode, uid, gid, mtime, device, xattrs, link_name, segments, sparse })
     }
 
     /// The map of an old GNU sparse entry: four pairs in the header, then
@@ -374,7 +388,7 @@ fn push_pairs(map: &mut Vec<Segment>, slots: &[u8]) -> io::Result<()> {
             break;
         }
         let number = |range: std::ops::Range<usize>| {
-            super::header::parse_number(&slot[range]).ok_or_else(|| invalid("bad old GNU sparse map".into()))
+            crate::header::parse_number(&slot[range]).ok_or_else(|| invalid("bad old GNU sparse map".into()))
         };
         map.push(Segment { offset: number(0..12)?, len: number(12..24)? });
     }
@@ -420,6 +434,10 @@ fn decimal(digits: &[u8], what: &str) -> io::Result<u64> {
         .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| invalid(format!("bad number in tar {what}: {:?}", String::from_utf8_lossy(digits))))
+}
+
+fn device_number(n: u64) -> io::Result<u32> {
+    u32::try_from(n).map_err(|_| invalid(format!("tar device number {n} is too large")))
 }
 
 fn trim_nul(mut data: Vec<u8>) -> Vec<u8> {

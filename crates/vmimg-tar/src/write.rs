@@ -6,8 +6,8 @@
 //! all), the PAX records carry the real name and size, and the data starts
 //! with the map as decimal lines, padded to a block.
 
-use super::Segment;
-use super::header::{BLOCK, Header, MAX_OCTAL_SIZE, padding};
+use crate::Segment;
+use crate::header::{BLOCK, Header, MAX_OCTAL_SIZE, padding};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
