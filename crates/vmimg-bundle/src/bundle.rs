@@ -23,13 +23,13 @@
 //! paths: on error it removes them.
 
 use crate::machine::{MAX_MACHINE_BYTES, Machine, MachineError};
-use vmimg_tar::{self as tar, Kind, Segment};
 use rustix::fs::{FallocateFlags, fallocate};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use vmimg_qcow2::{Allocation, OpenOptions, Qcow2};
+use vmimg_tar::{self as tar, Kind, Segment};
 
 pub const DISK: &str = "disk.img";
 pub const LAYER: &str = "layer.qcow2";
