@@ -1,0 +1,332 @@
+//! Layers applied to a root: every entry kind with its metadata, OCI
+//! whiteouts across layers, compressed layers, and hostile layers that try
+//! to write, link or remove outside the root.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use vmimg_rootfs::apply::{ApplyError, ApplyOptions, Compression, LayerSummary, Rootfs, decompress};
+
+/// A tar written entry by entry, with every header field the tests need.
+#[derive(Default)]
+struct Tar(Vec<u8>);
+
+struct Item<'a> {
+    name: &'a str,
+    kind: u8,
+    mode: u32,
+    owner: (u32, u32),
+    link: &'a str,
+    device: (u32, u32),
+    data: &'a [u8],
+    xattrs: &'a [(&'a str, &'a str)],
+}
+
+impl<'a> Item<'a> {
+    fn new(name: &'a str, kind: u8) -> Self {
+        let mode = if kind == b'5' { 0o755 } else { 0o644 };
+        Item { name, kind, mode, owner: (0, 0), link: "", device: (0, 0), data: b"", xattrs: &[] }
+    }
+}
+
+impl Tar {
+    fn file(mut self, name: &str, data: &[u8]) -> Self {
+        self.add(Item { data, ..Item::new(name, b'0') });
+        self
+    }
+    fn dir(mut self, name: &str) -> Self {
+        self.add(Item::new(name, b'5'));
+        self
+    }
+    fn symlink(mut self, name: &str, target: &str) -> Self {
+        self.add(Item { link: target, ..Item::new(name, b'2') });
+        self
+    }
+    fn hard_link(mut self, name: &str, target: &str) -> Self {
+        self.add(Item { link: target, ..Item::new(name, b'1') });
+        self
+    }
+    fn with(mut self, item: Item) -> Self {
+        self.add(item);
+        self
+    }
+
+    fn add(&mut self, item: Item) {
+        if !item.xattrs.is_empty() {
+            let mut records = Vec::new();
+            for (key, value) in item.xattrs {
+                let body = format!(" SCHILY.xattr.{key}={value}\n");
+                let mut len = body.len() + 1;
+                while format!("{len}{body}").len() != len {
+                    len += 1;
+                }
+                records.extend_from_slice(format!("{len}{body}").as_bytes());
+            }
+            self.block(&header("pax", b'x', 0o644, (0, 0), "", (0, 0), records.len()), &records);
+        }
+        let block = header(item.name, item.kind, item.mode, item.owner, item.link, item.device, item.data.len());
+        self.block(&block, item.data);
+    }
+
+    fn block(&mut self, header: &[u8; 512], data: &[u8]) {
+        self.0.extend_from_slice(header);
+        self.0.extend_from_slice(data);
+        self.0.resize(self.0.len().div_ceil(512) * 512, 0);
+    }
+
+    fn bytes(mut self) -> Vec<u8> {
+        self.0.extend_from_slice(&[0; 1024]);
+        self.0
+    }
+}
+
+fn header(
+    name: &str,
+    kind: u8,
+    mode: u32,
+    owner: (u32, u32),
+    link: &str,
+    device: (u32, u32),
+    size: usize,
+) -> [u8; 512] {
+    let mut block = [0u8; 512];
+    let octal = |block: &mut [u8; 512], at: usize, width: usize, value: u64| {
+        block[at..at + width - 1].copy_from_slice(format!("{value:0w$o}", w = width - 1).as_bytes());
+    };
+    block[..name.len()].copy_from_slice(name.as_bytes());
+    octal(&mut block, 100, 8, u64::from(mode));
+    octal(&mut block, 108, 8, u64::from(owner.0));
+    octal(&mut block, 116, 8, u64::from(owner.1));
+    octal(&mut block, 124, 12, size as u64);
+    octal(&mut block, 136, 12, 1_600_000_000);
+    block[156] = kind;
+    block[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    block[257..265].copy_from_slice(b"ustar\x0000");
+    octal(&mut block, 329, 8, u64::from(device.0));
+    octal(&mut block, 337, 8, u64::from(device.1));
+    block[148..156].fill(b' ');
+    let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+    block[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    block
+}
+
+fn apply(root: &Path, layers: &[Vec<u8>]) -> Result<Vec<LayerSummary>, ApplyError> {
+    let mut rootfs = Rootfs::open(root, ApplyOptions::default())?;
+    layers.iter().map(|layer| rootfs.apply_layer(layer.as_slice())).collect()
+}
+
+fn read(path: &Path) -> String {
+    String::from_utf8(fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn every_entry_kind_with_its_metadata() {
+    let root = tempfile::tempdir().unwrap();
+    let layer = Tar::default()
+        .dir("./")
+        .dir("bin")
+        .with(Item { mode: 0o4755, owner: (0, 0), data: b"#!/bin/sh\n", ..Item::new("bin/su", b'0') })
+        .with(Item { owner: (1000, 100), data: b"mine", xattrs: &[("user.note", "hi")], ..Item::new("home/u/f", b'0') })
+        .symlink("bin/sh", "/bin/busybox")
+        .hard_link("bin/su2", "bin/su")
+        .with(Item { mode: 0o666, device: (1, 3), ..Item::new("dev/null", b'3') })
+        .with(Item { mode: 0o660, device: (7, 0), ..Item::new("dev/loop0", b'4') })
+        .with(Item { mode: 0o600, ..Item::new("run/fifo", b'6') })
+        .with(Item { mode: 0o1777, ..Item::new("tmp", b'5') })
+        .bytes();
+    let summary = &apply(root.path(), &[layer]).unwrap()[0];
+    assert_eq!((summary.entries, summary.skipped_devices, summary.skipped_xattrs), (10, 0, 0));
+    let r = root.path();
+    let su = fs::metadata(r.join("bin/su")).unwrap();
+    assert_eq!((su.mode() & 0o7777, su.mtime(), su.nlink()), (0o4755, 1_600_000_000, 2));
+    assert_eq!(fs::metadata(r.join("bin/su2")).unwrap().ino(), su.ino());
+    let mine = fs::metadata(r.join("home/u/f")).unwrap();
+    assert_eq!((mine.uid(), mine.gid()), (1000, 100));
+    let note = Command::new("getfattr").args(["--only-values", "-n", "user.note"]).arg(r.join("home/u/f")).output();
+    assert_eq!(note.unwrap().stdout, b"hi");
+    assert_eq!(fs::read_link(r.join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
+    let null = fs::symlink_metadata(r.join("dev/null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!((null.rdev(), null.mode() & 0o7777), (rustix::fs::makedev(1, 3), 0o666));
+    assert!(fs::symlink_metadata(r.join("dev/loop0")).unwrap().file_type().is_block_device());
+    assert!(fs::symlink_metadata(r.join("run/fifo")).unwrap().file_type().is_fifo());
+    assert_eq!(fs::metadata(r.join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
+    assert_eq!(fs::metadata(r.join("home")).unwrap().permissions().mode() & 0o777, 0o755, "implied parents");
+}
+
+#[test]
+fn whiteouts_remove_and_hide_only_lower_layers() {
+    let root = tempfile::tempdir().unwrap();
+    let base = Tar::default()
+        .file("etc/motd", b"old")
+        .file("etc/keep", b"kept")
+        .file("var/cache/a", b"a")
+        .file("var/cache/sub/b", b"b")
+        .file("opt/dir/x", b"x")
+        .file("srv/file", b"file")
+        .hard_link("etc/motd-link", "etc/motd")
+        .bytes();
+    let top = Tar::default()
+        .file("etc/.wh.motd", b"")
+        // Opaque after some of the layer's own entries, and before others.
+        .file("var/cache/new-before", b"1")
+        .dir("var/cache/sub")
+        .file("var/cache/.wh..wh..opq", b"")
+        .file("var/cache/new-after", b"2")
+        // A directory replaced by a file, and a file by a directory.
+        .file("opt/dir", b"now a file")
+        .dir("srv/file")
+        .file("srv/file/inside", b"now a dir")
+        // Removing what is not there is fine; an aufs entry is ignored.
+        .file(".wh.nothing", b"")
+        .file(".wh..wh.plnk", b"")
+        .bytes();
+    let summaries = apply(root.path(), &[base, top]).unwrap();
+    assert_eq!(summaries[1].whiteouts, 4);
+    let r = root.path();
+    assert!(!r.join("etc/motd").exists());
+    assert_eq!(read(&r.join("etc/motd-link")), "old", "a hard link keeps its own name");
+    assert_eq!(read(&r.join("etc/keep")), "kept");
+    let mut cache: Vec<_> = fs::read_dir(r.join("var/cache")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    cache.sort();
+    assert_eq!(cache, ["new-after", "new-before", "sub"]);
+    assert_eq!(fs::read_dir(r.join("var/cache/sub")).unwrap().count(), 0, "lower content under an opaque dir");
+    assert_eq!(read(&r.join("opt/dir")), "now a file");
+    assert_eq!(read(&r.join("srv/file/inside")), "now a dir");
+}
+
+#[test]
+fn compressed_layers() {
+    let tar = Tar::default().file("hello", b"world").bytes();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gzip.write_all(&tar).unwrap();
+    let gzip = gzip.finish().unwrap();
+    let zstd = zstd::encode_all(tar.as_slice(), 3).unwrap();
+    for (blob, compression) in [(gzip, Compression::Gzip), (zstd, Compression::Zstd), (tar, Compression::None)] {
+        let root = tempfile::tempdir().unwrap();
+        let mut rootfs = Rootfs::open(root.path(), ApplyOptions::default()).unwrap();
+        rootfs.apply_layer(decompress(blob.as_slice(), compression).unwrap()).unwrap();
+        assert_eq!(read(&root.path().join("hello")), "world");
+    }
+}
+
+/// A host directory beside the root stands for everything outside it:
+/// nothing may appear there, change, or go.
+struct Host {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    outside: std::path::PathBuf,
+}
+
+impl Host {
+    fn new() -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+        fs::create_dir(&root).unwrap();
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), "host").unwrap();
+        Host { _dir: dir, root, outside }
+    }
+
+    fn apply(&self, layers: &[Vec<u8>]) -> Result<Vec<LayerSummary>, ApplyError> {
+        apply(&self.root, layers)
+    }
+
+    fn assert_untouched(&self) {
+        let names: Vec<_> = fs::read_dir(&self.outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["secret"]);
+        assert_eq!(read(&self.outside.join("secret")), "host");
+        assert_eq!(fs::metadata(self.outside.join("secret")).unwrap().nlink(), 1);
+    }
+}
+
+#[test]
+fn hostile_names_are_refused() {
+    for name in ["/etc/passwd", "../outside/new", "a/../../outside/new", "./.wh...", "x/.wh.."] {
+        let host = Host::new();
+        let error = host.apply(&[Tar::default().file(name, b"evil").bytes()]).unwrap_err();
+        assert!(matches!(error, ApplyError::Refused { .. }), "{name}: {error}");
+        host.assert_untouched();
+    }
+    let host = Host::new();
+    let link = Tar::default().hard_link("stolen", "../outside/secret").bytes();
+    assert!(matches!(host.apply(&[link]).unwrap_err(), ApplyError::Refused { .. }));
+    host.assert_untouched();
+}
+
+#[test]
+fn symlinks_resolve_inside_the_root() {
+    let host = Host::new();
+    let outside = host.outside.to_str().unwrap().to_owned();
+    let layers = [
+        Tar::default()
+            .dir(&outside[1..])
+            .dir("outside")
+            .symlink("abs", &outside)
+            .symlink("rel", "../../../../outside")
+            .symlink("up", "..")
+            .symlink("dangling", "/nowhere")
+            .bytes(),
+        Tar::default()
+            .file("abs/new", b"through an absolute link")
+            .file("rel/new", b"through a relative link")
+            .file("up/up/new", b"through ..")
+            .file("abs/.wh.secret", b"")
+            .file("rel/.wh..wh..opq", b"")
+            .bytes(),
+    ];
+    host.apply(&layers).unwrap();
+    host.assert_untouched();
+    let r = &host.root;
+    assert_eq!(read(&r.join(outside.trim_start_matches('/')).join("new")), "through an absolute link");
+    assert_eq!(read(&r.join("outside/new")), "through a relative link");
+    assert_eq!(read(&r.join("new")), "through ..");
+    // A write through a dangling link fails; it makes nothing on the host.
+    let dangling = Tar::default().file("dangling/new", b"x").bytes();
+    assert!(matches!(host.apply(&[dangling]).unwrap_err(), ApplyError::Io { .. }));
+    // Hard links through a link to the host find nothing there to steal.
+    let stolen = Tar::default().hard_link("stolen", "abs/secret").bytes();
+    assert!(matches!(host.apply(&[stolen]).unwrap_err(), ApplyError::Io { .. }));
+    host.assert_untouched();
+}
+
+#[test]
+fn limits_bound_a_bomb() {
+    let root = tempfile::tempdir().unwrap();
+    let options = ApplyOptions { max_bytes: 1000, ..ApplyOptions::default() };
+    let mut rootfs = Rootfs::open(root.path(), options).unwrap();
+    let big = Tar::default().file("a", &[1; 600]).file("b", &[2; 600]).bytes();
+    assert!(matches!(rootfs.apply_layer(big.as_slice()).unwrap_err(), ApplyError::Io { .. }));
+    let options = ApplyOptions { max_entries: 2, ..ApplyOptions::default() };
+    let mut rootfs = Rootfs::open(root.path(), options).unwrap();
+    let many = Tar::default().dir("x").dir("y").dir("z").bytes();
+    assert!(matches!(rootfs.apply_layer(many.as_slice()).unwrap_err(), ApplyError::Limit(_)));
+}
+
+#[test]
+fn gnu_tar_layers_apply_like_tar_extracts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    fs::create_dir_all(tree.join("a/b")).unwrap();
+    fs::write(tree.join("a/b/file"), vec![7u8; 3 << 20]).unwrap();
+    std::os::unix::fs::symlink("b/file", tree.join("a/link")).unwrap();
+    fs::hard_link(tree.join("a/b/file"), tree.join("a/hard")).unwrap();
+    let layer = dir.path().join("layer.tar");
+    let status = Command::new("tar")
+        .args(["--format=posix", "--xattrs", "-C"])
+        .arg(&tree)
+        .arg("-cf")
+        .arg(&layer)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let root = dir.path().join("root");
+    fs::create_dir(&root).unwrap();
+    apply(&root, &[fs::read(&layer).unwrap()]).unwrap();
+    let diff = Command::new("diff").arg("-r").arg("--no-dereference").arg(&tree).arg(&root).output().unwrap();
+    assert!(diff.status.success(), "{}", String::from_utf8_lossy(&diff.stdout));
+    assert_eq!(fs::metadata(root.join("a/hard")).unwrap().ino(), fs::metadata(root.join("a/b/file")).unwrap().ino());
+}
