@@ -13,7 +13,9 @@
 //! wire (cut a body after exactly N bytes, hold a socket silent), which an
 //! HTTP framework hides. It is a test tool: it binds only 127.0.0.1.
 
+pub mod guest;
 mod http;
+pub mod oci_image;
 mod registry;
 
 pub use registry::RegistryServer;
