@@ -13,3 +13,6 @@
 //! This crate knows files and processes only: no network, no store.
 
 pub mod apply;
+pub mod cpio;
+pub mod erofs;
+pub mod ext4;
