@@ -1,11 +1,13 @@
-//! Cloud images in a registry: finding one, streaming its disk, pushing one.
+//! Images in a registry: finding one (a cloud image or a container image),
+//! streaming a cloud image's disk, pushing one.
 //!
 //! Every blob is checked for its size and its digest as it streams: a body
 //! longer than its descriptor says is cut off at once, a shorter one or a
 //! wrong digest is an error naming the part. A part cut midway is asked for
 //! again from where it stopped (`Range`), with backoff, as a pull would be.
 
-use crate::artifact::{self, CloudImage, DiskFormat};
+use crate::artifact::{self, ArtifactError, CloudImage, DiskFormat};
+use crate::container::{self, ContainerImage, MAX_CONFIG_BYTES, RunConfig};
 use crate::reference::Reference;
 use crate::registry::{Error, Registry, Result};
 use futures_util::StreamExt;
@@ -14,10 +16,18 @@ use std::fs::File;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use vmimg_fetch::{Digest, Hasher};
 
+/// What an OCI reference names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OciImage {
+    Cloud(CloudImage),
+    Container(ContainerImage),
+}
+
 impl Registry {
-    /// The cloud image `reference` names (through an index, the entry for
-    /// linux/`architecture`), and the reference pinned to its manifest's digest.
-    pub async fn cloud_image(&self, reference: &Reference, architecture: &str) -> Result<(Reference, CloudImage)> {
+    /// The image `reference` names (through an index, the entry for
+    /// linux/`architecture`), and the reference pinned to its manifest's
+    /// digest: a cloud image, or else a container image.
+    pub async fn image(&self, reference: &Reference, architecture: &str) -> Result<(Reference, OciImage)> {
         let mut manifest = self.retry(|| self.manifest(reference)).await?;
         let mut pinned = reference.at_digest(manifest.digest.clone());
         if artifact::is_index(&manifest.media_type, &manifest.bytes) {
@@ -25,8 +35,29 @@ impl Registry {
             pinned = reference.at_digest(digest);
             manifest = self.retry(|| self.manifest(&pinned)).await?;
         }
-        let image = artifact::parse(&manifest.bytes, &reference.to_string())?;
+        let image = match artifact::parse(&manifest.bytes, &reference.to_string()) {
+            Err(ArtifactError::ContainerImage(_)) => {
+                OciImage::Container(container::parse_manifest(&manifest.bytes, &reference.to_string())?)
+            }
+            parsed => OciImage::Cloud(parsed?),
+        };
         Ok((pinned, image))
+    }
+
+    /// The cloud image `reference` names, and the reference pinned to its
+    /// manifest's digest; a container image is an error.
+    pub async fn cloud_image(&self, reference: &Reference, architecture: &str) -> Result<(Reference, CloudImage)> {
+        match self.image(reference, architecture).await? {
+            (pinned, OciImage::Cloud(image)) => Ok((pinned, image)),
+            (_, OciImage::Container(_)) => Err(ArtifactError::ContainerImage(reference.to_string()).into()),
+        }
+    }
+
+    /// A container image's run settings, from its config blob (bounded and checked).
+    pub async fn run_config(&self, reference: &Reference, image: &ContainerImage) -> Result<RunConfig> {
+        let config = &image.config;
+        let bytes = self.retry(|| self.small_blob(reference, &config.digest, config.size, MAX_CONFIG_BYTES)).await?;
+        Ok(container::parse_config(&bytes)?)
     }
 
     /// Writes the disk (its parts in order) to `out`; returns its size.

@@ -23,6 +23,6 @@ mod reference;
 mod registry;
 
 pub use auth::{Challenge, Credentials, DockerConfig};
-pub use cloud::{Push, Pushed};
+pub use cloud::{OciImage, Push, Pushed};
 pub use reference::{DEFAULT_TAG, DOCKER_HUB, Reference, ReferenceError};
 pub use registry::{Access, Error, MANIFEST_TYPES, MAX_MANIFEST_BYTES, Manifest, Registry, RegistryOptions, Result};

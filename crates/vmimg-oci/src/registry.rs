@@ -220,6 +220,27 @@ impl Registry {
         expect(response, &[wanted], reference)
     }
 
+    /// A small blob (a config), whole in memory: its size must be `size`,
+    /// at most `limit`, and its digest `digest`.
+    pub async fn small_blob(&self, reference: &Reference, digest: &Digest, size: u64, limit: u64) -> Result<Vec<u8>> {
+        let url = self.url(reference, &format!("blobs/{digest}"));
+        if size > limit {
+            return Err(Error::TooLarge { what: "config blob", url, limit: limit as usize });
+        }
+        let response = self.blob_from(reference, digest, 0).await?;
+        let bytes = read_bounded(response, &url, size as usize, "config blob").await?;
+        if bytes.len() as u64 != size {
+            return Err(Error::BlobSize { digest: digest.clone(), expected: size, actual: bytes.len() as u64 });
+        }
+        let mut hasher = vmimg_fetch::Hasher::new(digest.algorithm());
+        hasher.update(&bytes);
+        let actual = hasher.finish();
+        if actual != *digest {
+            return Err(Error::BlobDigest { expected: digest.clone(), actual });
+        }
+        Ok(bytes)
+    }
+
     /// Whether the repository holds blob `digest`.
     pub async fn has_blob(&self, reference: &Reference, digest: &Digest) -> Result<bool> {
         let url = self.url(reference, &format!("blobs/{digest}"));

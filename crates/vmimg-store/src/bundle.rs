@@ -93,7 +93,7 @@ impl Store {
             )));
         }
         let machine = self.machine(key)?.unwrap_or_else(Machine::generate);
-        let disk_path = self.disk_path(key);
+        let disk_path = self.raw_disk(&record)?;
         let disk = File::open(&disk_path).map_err(Error::io("cannot open", &disk_path))?;
         // An immutable image never changes, and the open file outlives a
         // removal: only a mutable one stays locked while it is read.

@@ -38,6 +38,8 @@ pub enum Error {
          {size} bytes; nothing was kept"
     )]
     PartMismatch { expected: Digest, size: u64, actual: Digest, actual_size: u64 },
+    #[error("layer {}: {source}", path.display())]
+    Layer { path: PathBuf, source: vmimg_rootfs::apply::ApplyError },
     #[error(transparent)]
     Oci(#[from] vmimg_oci::Error),
     #[error(transparent)]

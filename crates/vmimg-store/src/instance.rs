@@ -84,6 +84,7 @@ impl Store {
         let image = self
             .lookup(&request.image)?
             .ok_or_else(|| Error::NotFound { what: "image", name: request.image.clone() })?;
+        let base = self.raw_disk(&image)?;
         self.touch(&request.image);
         let size = request.size.unwrap_or(image.virtual_size);
         if size < image.virtual_size {
@@ -97,8 +98,7 @@ impl Store {
             None => self.free_instance_name(&request.image)?,
         };
         let work = self.work_dir(&format!("instance-{name}"))?;
-        let (disk, base, format) =
-            (work.path().join(request.format.file_name()), self.disk_path(&request.image), request.format);
+        let (disk, base, format) = (work.path().join(request.format.file_name()), base, request.format);
         tokio::task::spawn_blocking(move || write_instance_disk(&disk, &base, size, format))
             .await
             .expect("instance task")?;

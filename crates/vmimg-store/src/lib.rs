@@ -8,13 +8,20 @@
 //! - [`Store::import_bundle`], [`Store::export_bundle`] and
 //!   [`Store::new_image`]: image bundles and blank mutable images (the
 //!   `bundle` module);
+//! - [`Store::build_container`]: container images made into ext4, erofs or
+//!   cpio disks, their layers cached by digest (the `container` module);
+//!   [`Manager`] queues such builds, a few at a time, keeps their status,
+//!   recovers those a crash interrupted, and counts them (the `builds`
+//!   module);
 //! - [`Store::refresh_catalog`]: moves a catalog file's aliases to their
 //!   publishers' newest snapshots (the `refresh` module).
 //!
 //! The store never prints and never parses command lines: the CLI does.
 
+mod builds;
 mod bundle;
 mod catalog;
+mod container;
 mod error;
 mod fsutil;
 mod growing;
@@ -27,10 +34,13 @@ mod refresh;
 mod source;
 mod store;
 
+pub use builds::{Build, BuildStatus, Histogram, Manager, ManagerOptions, Metrics, Totals, build_id};
 pub use catalog::{Arch, Artifact, Catalog, EMBEDDED, Entry, MAX_CATALOG_BYTES, Mirrors};
+pub use container::{BuildObserver, ContainerInfo, RootfsFormat};
 pub use error::{Error, Result};
 pub use instance::{Instance, InstanceFormat, InstanceRecord, InstanceRequest};
 pub use manage::{GcReport, ImageSummary, Usage};
+pub use oci::OciSource;
 pub use pull::Pulled;
 pub use record::{ImageRecord, Status};
 pub use refresh::{Change, MAX_UPSTREAM_TEXT, RefreshError, Refreshed};

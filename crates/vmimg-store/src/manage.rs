@@ -35,6 +35,8 @@ pub struct ImageSummary {
 pub struct Usage {
     pub images: u64,
     pub blobs: u64,
+    /// The layer cache: container image layers, shared between images.
+    pub layers: u64,
     /// Partial downloads and other work in `tmp/`.
     pub partial: u64,
     pub instances: u64,
@@ -42,7 +44,7 @@ pub struct Usage {
 
 impl Usage {
     pub fn total(&self) -> u64 {
-        self.images + self.blobs + self.partial + self.instances
+        self.images + self.blobs + self.layers + self.partial + self.instances
     }
 }
 
@@ -69,7 +71,7 @@ impl Store {
             let Some(record) = self.lookup(&key)? else { continue };
             let image_dir = self.image_dir(&key);
             images.push(ImageSummary {
-                path: self.disk_path(&key),
+                path: self.image_file(&record),
                 bytes_on_disk: allocated(&image_dir),
                 instances: instances.iter().filter(|i| i.record.image == key).count(),
                 last_used_at: humantime::format_rfc3339_seconds(last_used(&image_dir)).to_string(),
@@ -111,7 +113,13 @@ impl Store {
     /// Bytes on disk of images, blobs, partial work and instances.
     pub fn usage(&self) -> Usage {
         let of = |dir: &str| allocated(&self.root().join(dir));
-        Usage { images: of("images"), blobs: of("blobs"), partial: of("tmp"), instances: of("instances") }
+        Usage {
+            images: of("images"),
+            blobs: of("blobs"),
+            layers: of("layers"),
+            partial: of("tmp"),
+            instances: of("instances"),
+        }
     }
 
     /// Removes what nothing needs: leftovers in `tmp/` (abandoned work,
@@ -138,13 +146,18 @@ impl Store {
     }
 
     fn referenced_blobs(&self) -> Result<HashSet<String>> {
-        Ok(self.images()?.into_iter().flat_map(|i| i.record.blob.into_iter().chain(i.record.blobs)).collect())
+        let referenced = |record: ImageRecord| {
+            let layers = record.container.map(|c| c.layers).unwrap_or_default();
+            record.blob.into_iter().chain(record.blobs).chain(layers)
+        };
+        Ok(self.images()?.into_iter().flat_map(|i| referenced(i.record)).collect())
     }
 
     fn collect_blobs(&self) -> Result<usize> {
         let referenced = self.referenced_blobs()?;
         let mut removed = 0;
-        for path in entries(&self.root().join("blobs"))?.iter().flat_map(|dir| entries(dir).unwrap_or_default()) {
+        let kinds = [entries(&self.root().join("blobs"))?, entries(&self.root().join("layers"))?];
+        for path in kinds.iter().flatten().flat_map(|dir| entries(dir).unwrap_or_default()) {
             let relative = path.strip_prefix(self.root()).expect("inside the store").to_string_lossy().into_owned();
             if !referenced.contains(&relative) {
                 crate::fsutil::remove_file(&path)?;

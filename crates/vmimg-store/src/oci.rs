@@ -22,23 +22,51 @@ use std::path::Path;
 use std::sync::Arc;
 use vmimg_disk::{ConvertStats, DiskImage, Format};
 use vmimg_fetch::{Digest, Progress, remove_partial};
-use vmimg_oci::artifact::{CloudImage, Descriptor, DiskFormat};
-use vmimg_oci::{Push, Pushed, Reference};
+use vmimg_oci::artifact::{ArtifactError, CloudImage, Descriptor, DiskFormat};
+use vmimg_oci::container::ContainerImage;
+use vmimg_oci::{OciImage, Push, Pushed, Reference};
 use vmimg_qcow2::ReadAt;
+
+/// What an OCI reference names, resolved.
+#[derive(Debug, Clone)]
+pub enum OciSource {
+    Cloud(Resolved),
+    /// A container image, pinned to its manifest's digest: a disk is built from it.
+    Container {
+        pinned: Reference,
+        image: ContainerImage,
+    },
+}
 
 /// Parts downloaded at once.
 const PART_JOBS: usize = 3;
 
 impl Store {
-    /// Resolves `reference` (asking the registry what its tag names) to
-    /// the source of a pull, keyed by its manifest's digest and the
-    /// architecture.
-    pub async fn resolve_oci(&self, reference: &Reference) -> Result<Resolved> {
-        let (pinned, _) = self.registry()?.cloud_image(reference, self.arch().name()).await?;
+    /// What `reference` names now (asking the registry what its tag names):
+    /// a cloud image, resolved to the source of a pull keyed by its
+    /// manifest's digest and the architecture; or a container image, to
+    /// build.
+    pub async fn resolve_oci_source(&self, reference: &Reference) -> Result<OciSource> {
+        let (pinned, image) = self.registry()?.image(reference, self.arch().name()).await?;
+        if let OciImage::Container(image) = image {
+            return Ok(OciSource::Container { pinned, image });
+        }
         let digest = pinned.digest().expect("a pinned reference").clone();
         let key = format!("oci-{}_{}", &digest.hex()[..16], self.arch());
         let info = SourceInfo::Oci { reference: reference.to_string(), digest: digest.clone() };
-        Ok(Resolved { key, info, location: crate::source::Location::Oci(pinned), expected: Some(digest) })
+        let location = crate::source::Location::Oci(pinned);
+        Ok(OciSource::Cloud(Resolved { key, info, location, expected: Some(digest) }))
+    }
+
+    /// The cloud image `reference` names, resolved to the source of a pull;
+    /// a container image is an error.
+    pub async fn resolve_oci(&self, reference: &Reference) -> Result<Resolved> {
+        match self.resolve_oci_source(reference).await? {
+            OciSource::Cloud(resolved) => Ok(resolved),
+            OciSource::Container { .. } => {
+                Err(vmimg_oci::Error::from(ArtifactError::ContainerImage(reference.to_string())).into())
+            }
+        }
     }
 
     /// Downloads the parts of `image` and converts them into a work directory.
@@ -159,7 +187,7 @@ impl Store {
     /// under a lock of its own so the image stays usable meanwhile.
     pub async fn push(&self, key: &str, reference: &Reference, push: &Push) -> Result<Pushed> {
         let record = self.lookup(key)?.ok_or_else(|| Error::NotFound { what: "image", name: key.to_owned() })?;
-        let disk_path = self.disk_path(&record.name);
+        let disk_path = self.raw_disk(&record)?;
         let disk = File::open(&disk_path).map_err(Error::io("cannot open", &disk_path))?;
         if push.format == DiskFormat::Raw {
             return Ok(self.registry()?.push_disk(reference, &disk, push).await?);

@@ -61,8 +61,8 @@ impl Store {
         self.publish(source, made)
     }
 
-    fn found(&self, key: &str) -> Result<Option<Pulled>> {
-        let found = self.lookup(key)?.map(|record| Pulled { path: self.disk_path(key), record, cached: true });
+    pub(crate) fn found(&self, key: &str) -> Result<Option<Pulled>> {
+        let found = self.lookup(key)?.map(|record| Pulled { path: self.image_file(&record), record, cached: true });
         if found.is_some() {
             self.touch(key);
         }
@@ -158,7 +158,7 @@ impl Store {
         let work = work.keep();
         std::fs::rename(&work, &target).map_err(Error::io("cannot rename into", &target))?;
         crate::fsutil::sync_dir(target.parent().expect("images/"))?;
-        Ok(Pulled { path: self.disk_path(&record.name), record, cached: false })
+        Ok(Pulled { path: self.image_file(&record), record, cached: false })
     }
 }
 

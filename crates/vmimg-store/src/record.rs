@@ -1,6 +1,7 @@
 //! The image record: one JSON file per image (`images/<key>/image.json`),
 //! written atomically, read with a size limit.
 
+use crate::container::ContainerInfo;
 use crate::error::{Error, Result};
 use crate::source::SourceInfo;
 use serde::{Deserialize, Serialize};
@@ -32,7 +33,8 @@ pub struct ImageRecord {
     /// relative to the store root, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blobs: Vec<String>,
-    /// The disk's format: `raw`.
+    /// The disk's format: `raw`; for a container image's disk, `ext4` or
+    /// `erofs` (raw disks holding that filesystem) or `cpio`.
     pub format: String,
     pub virtual_size: u64,
     /// Bytes the disk occupies on the host (it is sparse).
@@ -44,6 +46,9 @@ pub struct ImageRecord {
     pub mutable: bool,
     /// RFC 3339, UTC.
     pub created_at: String,
+    /// What an image built from a container image keeps of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerInfo>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,8 +67,18 @@ impl ImageRecord {
         digest: Option<Digest>,
         source_format: &str,
     ) -> Result<ImageRecord> {
-        let disk = work.path().join("disk.raw");
-        let meta = std::fs::metadata(&disk).map_err(Error::io("cannot stat", &disk))?;
+        ImageRecord::for_file(key, &work.path().join("disk.raw"), source, digest, source_format)
+    }
+
+    /// The record of the disk `file`, ready, unverified, with no blob.
+    pub(crate) fn for_file(
+        key: &str,
+        file: &Path,
+        source: SourceInfo,
+        digest: Option<Digest>,
+        source_format: &str,
+    ) -> Result<ImageRecord> {
+        let meta = std::fs::metadata(file).map_err(Error::io("cannot stat", file))?;
         Ok(ImageRecord {
             name: key.to_owned(),
             source,
@@ -78,7 +93,13 @@ impl ImageRecord {
             status: Status::Ready,
             created_at: now(),
             mutable: false,
+            container: None,
         })
+    }
+
+    /// The name of the image's file in its directory.
+    pub fn file_name(&self) -> &'static str {
+        self.container.as_ref().map_or("disk.raw", |c| c.format.file_name())
     }
 
     pub(crate) fn load(path: &Path) -> Result<ImageRecord> {

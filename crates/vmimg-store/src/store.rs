@@ -177,6 +177,23 @@ impl Store {
         self.image_dir(key).join("disk.raw")
     }
 
+    /// The file of image `record`: its disk, or a container image's initramfs.
+    pub fn image_file(&self, record: &ImageRecord) -> PathBuf {
+        self.image_dir(&record.name).join(record.file_name())
+    }
+
+    /// The raw disk of image `record`; an error for an initramfs, which has none.
+    pub(crate) fn raw_disk(&self, record: &ImageRecord) -> Result<PathBuf> {
+        if record.file_name() != "disk.raw" {
+            return Err(Error::Usage(format!(
+                "image {} is a {} initramfs, not a disk: give it to the VM as its initrd, or build a disk \
+                 (vmimg build --format ext4)",
+                record.name, record.format
+            )));
+        }
+        Ok(self.disk_path(&record.name))
+    }
+
     pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("blobs").join(digest.algorithm().name()).join(digest.hex())
     }

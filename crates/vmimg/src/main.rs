@@ -1,6 +1,7 @@
 //! The `vmimg` command line: argument parsing, human and JSON output, exit
 //! codes. Everything a library user would need lives in the library crates.
 
+mod build;
 mod bundle;
 mod catalog;
 mod files;
@@ -125,7 +126,37 @@ enum Command {
         /// Print the image record as JSON instead of the path.
         #[arg(long)]
         json: bool,
+        /// For a container image: the disk to build (see `vmimg build`).
+        #[arg(long, value_parser = build::parse_format)]
+        format: Option<vmimg_store::RootfsFormat>,
     },
+    /// Build a disk from a container image: ext4 (default), erofs or cpio.
+    ///
+    /// The image (an OCI or Docker manifest, or the linux/ARCH entry of an
+    /// index) has its layers downloaded into the layer cache, shared by
+    /// every image (checked for size and digest), applied in order with
+    /// their whiteouts (nothing is ever written outside the root), and made
+    /// into: ext4, a sparse raw disk sized from the tree with room to spare
+    /// (checked with e2fsck); erofs, a compressed read-only raw disk
+    /// (checked with fsck.erofs); or cpio, a newc initramfs. Prints the
+    /// file's path; the record (--json) keeps the entrypoint, cmd, env,
+    /// working dir, user, and whether the image boots systemd. The same
+    /// reference asked twice is built once; a build killed midway is run
+    /// again by `vmimg builds recover`.
+    Build {
+        /// oci://REGISTRY/REPO[:TAG|@DIGEST] (docker:// too; docker.io/library is the default).
+        source: String,
+        #[arg(long, default_value = "ext4", value_parser = build::parse_format)]
+        format: vmimg_store::RootfsFormat,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Container image builds: their status, recovery, removal.
+    #[command(subcommand)]
+    Builds(BuildsCommand),
+    /// Disks made from nothing.
+    #[command(subcommand)]
+    Disk(DiskCommand),
     /// Stream a cloud image's disk from a registry to stdout.
     ///
     /// The disk's layers (parts) are written in order as they arrive, each
@@ -266,6 +297,40 @@ enum Command {
         /// Do not flush the copy to disk before publishing it.
         #[arg(long)]
         no_sync: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BuildsCommand {
+    /// List the builds: id, status, format, bytes pulled, reference, error.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run again the builds a killed process left unfinished, and wait for them.
+    Recover {
+        /// Builds run at once.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+    },
+    /// Remove a finished build's record and the image it made.
+    Rm {
+        id: String,
+        /// Remove the image's instances too.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DiskCommand {
+    /// Make an empty sparse ext4 disk at PATH (a volume, an overlay's upper
+    /// layer); PATH must not exist.
+    NewExt4 {
+        path: PathBuf,
+        /// The disk's size: 1G, 512M, bytes.
+        #[arg(long, value_parser = vmimg_disk::parse_size)]
+        size: u64,
     },
 }
 
@@ -425,9 +490,25 @@ fn error_line(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Pull { source, digest, json } => {
+        Command::Pull { source, digest, json, format } => {
             let store = cli.store.open()?;
-            runtime()?.block_on(pull::run(&store, &source, digest, json, cli.quiet))
+            runtime()?.block_on(pull::run(store, &source, digest, format, json, cli.quiet))
+        }
+        Command::Build { source, format, json } => {
+            let store = cli.store.open()?;
+            runtime()?.block_on(build::run(store, &oci::required_reference(&source)?, format, json, cli.quiet))
+        }
+        Command::Builds(BuildsCommand::List { json }) => build::list(cli.store.open()?, json),
+        Command::Builds(BuildsCommand::Recover { concurrency }) => {
+            runtime()?.block_on(build::recover(cli.store.open()?, concurrency, cli.quiet))
+        }
+        Command::Builds(BuildsCommand::Rm { id, force }) => {
+            runtime()?.block_on(build::remove(cli.store.open()?, &id, force))
+        }
+        Command::Disk(DiskCommand::NewExt4 { path, size }) => {
+            vmimg_rootfs::ext4::new_empty(&path, size, &Default::default())?;
+            println!("{}", path.display());
+            Ok(())
         }
         Command::Cat { source } => runtime()?.block_on(oci::cat(&cli.store.open()?, &source, cli.quiet)),
         Command::Push { image, target, part_size, format, jobs } => {

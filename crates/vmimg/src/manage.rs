@@ -71,13 +71,14 @@ pub fn du(store: &Store, json: bool) -> Result<()> {
         let total = usage.total();
         println!(
             "{}",
-            serde_json::json!({ "images": usage.images, "blobs": usage.blobs, "partial": usage.partial, "instances": usage.instances, "total": total })
+            serde_json::json!({ "images": usage.images, "blobs": usage.blobs, "layers": usage.layers, "partial": usage.partial, "instances": usage.instances, "total": total })
         );
         return Ok(());
     }
     for (what, bytes) in [
         ("images", usage.images),
         ("blobs (downloaded sources)", usage.blobs),
+        ("layer cache (container image layers)", usage.layers),
         ("partial downloads and work", usage.partial),
         ("instances", usage.instances),
         ("total", usage.total()),

@@ -15,7 +15,7 @@ pub fn reference(source: &str) -> Option<Result<Reference>> {
     Some(Reference::parse(rest).map_err(Into::into))
 }
 
-fn required_reference(source: &str) -> Result<Reference> {
+pub fn required_reference(source: &str) -> Result<Reference> {
     match reference(source) {
         Some(reference) => reference,
         None => bail!("{source:?} is not a registry reference: write oci://REGISTRY/REPOSITORY[:TAG|@DIGEST]"),

@@ -2,10 +2,10 @@
 //! or its record with `--json`.
 
 use crate::progress::DownloadProgress;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use std::sync::Arc;
 use vmimg_fetch::Digest;
-use vmimg_store::{Location, Resolved, Store};
+use vmimg_store::{Location, OciSource, Resolved, RootfsFormat, Store};
 
 /// What `source` names: for `oci://REF`, what the registry says REF is now;
 /// else an alias, URL or file.
@@ -19,8 +19,30 @@ pub(crate) async fn resolve(store: &Store, source: &str, digest: Option<Digest>)
     }
 }
 
-pub async fn run(store: &Store, source: &str, digest: Option<Digest>, json: bool, quiet: bool) -> Result<()> {
-    let resolved = resolve(store, source, digest).await?;
+pub async fn run(
+    store: Store,
+    source: &str,
+    digest: Option<Digest>,
+    format: Option<RootfsFormat>,
+    json: bool,
+    quiet: bool,
+) -> Result<()> {
+    let resolved = match crate::oci::reference(source) {
+        Some(reference) if digest.is_none() => {
+            let reference = reference?;
+            match store.resolve_oci_source(&reference).await? {
+                OciSource::Cloud(resolved) => resolved,
+                OciSource::Container { .. } => {
+                    return crate::build::run(store, &reference, format.unwrap_or_default(), json, quiet).await;
+                }
+            }
+        }
+        _ => resolve(&store, source, digest).await?,
+    };
+    if format.is_some() {
+        bail!("--format applies to container images: {source} is a disk image");
+    }
+    let store = &store;
     if resolved.expected.is_none() && !quiet {
         eprintln!(
             "vmimg: warning: {} is not verified: pass --digest sha256:<hex> to check it",

@@ -167,3 +167,55 @@ fn sigkill_at_any_point_of_an_import_leaves_no_image_or_a_whole_one() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(assert_only_whole_images(&store).len(), 2);
 }
+
+#[test]
+fn sigkill_at_any_point_of_a_build_leaves_no_image_or_a_whole_one_and_recover_finishes_it() {
+    let registry = vmimg_testserver::RegistryServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+    std::fs::create_dir_all(lower.join("data")).unwrap();
+    std::fs::create_dir_all(upper.join("etc")).unwrap();
+    let big = noisy_disk(&lower.join("data/big"), 40);
+    std::fs::write(upper.join("etc/marker"), "upper layer").unwrap();
+    vmimg_testserver::oci_image::ImageSpec::new()
+        .dir_layer(&lower)
+        .dir_layer(&upper)
+        .push(&registry.host(), "test/crash", "1")
+        .unwrap();
+    let source = format!("oci://{}/test/crash:1", registry.host());
+    let args = ["build", &source];
+    let mut interrupted = 0;
+    kill_at_many_points(&store, &args, |delay_ms| {
+        assert_only_whole_images(&store);
+        let builds: serde_json::Value =
+            serde_json::from_str(&ok(vmimg(&store, &["builds", "list", "--json"]))).unwrap();
+        let Some(build) = builds.as_array().unwrap().first() else {
+            return; // killed before the build had a record: nothing was made
+        };
+        if build["status"] != "ready" {
+            interrupted += 1;
+            assert!(
+                ["pending", "pulling", "converting"].contains(&build["status"].as_str().unwrap()),
+                "killed at {delay_ms} ms: {build}"
+            );
+            ok(vmimg(&store, &["builds", "recover"]));
+        }
+        let disk = ok(vmimg(&store, &args));
+        let dump = dir.path().join("big");
+        let _ = std::fs::remove_file(&dump);
+        let dumped =
+            Command::new("debugfs").arg("-R").arg(format!("dump /data/big {}", dump.display())).arg(&disk).output();
+        assert!(dumped.unwrap().status.success());
+        assert!(std::fs::read(&dump).unwrap() == big, "killed at {delay_ms} ms: the disk is not whole");
+        assert!(Command::new("e2fsck").arg("-fn").arg(&disk).output().unwrap().status.success());
+        // Start over, downloads included.
+        let id = build["id"].as_str().unwrap();
+        ok(vmimg(&store, &["builds", "rm", id]));
+        ok(vmimg(&store, &["gc"]));
+    });
+    assert!(interrupted >= 3, "only {interrupted} kills came before the build ended");
+    let leftovers: Vec<_> = std::fs::read_dir(store.join("tmp")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(std::fs::read_dir(store.join("layers/sha256")).unwrap().next().is_none(), "gc keeps no layer");
+}

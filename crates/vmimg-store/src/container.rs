@@ -1,0 +1,263 @@
+//! Container images into the store as disks a micro-VM boots: an ext4 or
+//! erofs root filesystem, or a cpio initramfs.
+//!
+//! The life of a container disk, under its key's lock (`oci-<manifest
+//! digest>_<arch>-<format>`, so a moved tag is a miss):
+//! 1. the config blob is read (bounded, digest-checked) for the run settings;
+//! 2. the layers download side by side into the layer cache
+//!    (`layers/<algorithm>/<hex>`, shared by every image that has them;
+//!    each under its own lock, checked for size and digest before it is
+//!    renamed in, so the cache holds only verified blobs) while, in order,
+//!    each is applied to a root directory in the work directory as soon as
+//!    it and the ones below it are in;
+//! 3. the root directory becomes the disk (`vmimg-rootfs`), is checked
+//!    (`e2fsck`, `fsck.erofs`), and the directory is removed;
+//! 4. the image is published as any other: record written, work directory
+//!    renamed to `images/<key>`.
+//!
+//! A crash at any step leaves the layer cache with whole blobs only and no
+//! image; the next build removes the abandoned work and goes again.
+
+use crate::error::{Error, Result};
+use crate::pull::Pulled;
+use crate::record::ImageRecord;
+use crate::source::SourceInfo;
+use crate::store::Store;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use vmimg_fetch::{Progress, remove_partial};
+use vmimg_oci::Reference;
+use vmimg_oci::container::{Compression, ContainerImage, Layer, RunConfig};
+use vmimg_rootfs::apply::{self, ApplyOptions, Rootfs};
+
+/// Layers downloaded at once.
+const LAYER_JOBS: usize = 3;
+
+/// What a container image becomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsFormat {
+    /// A sparse raw disk holding an ext4 filesystem (writable root).
+    #[default]
+    Ext4,
+    /// A raw disk holding a compressed, read-only erofs filesystem.
+    Erofs,
+    /// A newc cpio archive, for an initramfs.
+    Cpio,
+}
+
+impl RootfsFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            RootfsFormat::Ext4 => "ext4",
+            RootfsFormat::Erofs => "erofs",
+            RootfsFormat::Cpio => "cpio",
+        }
+    }
+
+    /// The file the image's directory keeps it in.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            RootfsFormat::Ext4 | RootfsFormat::Erofs => "disk.raw",
+            RootfsFormat::Cpio => "initrd.cpio",
+        }
+    }
+}
+
+/// What an image made from a container image keeps of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub format: RootfsFormat,
+    /// Entrypoint, command, environment, working directory, user.
+    pub run: RunConfig,
+    /// Whether the image boots systemd as its init.
+    pub systemd: bool,
+    /// The layers in the layer cache, bottom first, relative to the store root.
+    pub layers: Vec<String>,
+}
+
+/// Hears how a build goes.
+pub trait BuildObserver: Send + Sync {
+    /// Every layer is in the cache; the disk is being made.
+    fn converting(&self) {}
+    /// `bytes` more layer bytes arrived from the registry.
+    fn pulled(&self, _bytes: u64) {}
+}
+
+impl Store {
+    /// The cache key of `pinned` (a reference at its manifest digest) built as `format`.
+    pub fn container_key(&self, pinned: &Reference, format: RootfsFormat) -> String {
+        let digest = pinned.digest().expect("a pinned reference");
+        format!("oci-{}_{}-{}", &digest.hex()[..16], self.arch(), format.name())
+    }
+
+    /// Builds the disk of container image `image` (`pinned` names it), or
+    /// finds it in the store.
+    pub async fn build_container(
+        &self,
+        pinned: &Reference,
+        image: &ContainerImage,
+        format: RootfsFormat,
+        observer: Arc<dyn BuildObserver>,
+    ) -> Result<Pulled> {
+        let key = self.container_key(pinned, format);
+        if let Some(found) = self.found(&key)? {
+            return Ok(found);
+        }
+        let _lock = self.lock(&key).await?;
+        if let Some(found) = self.found(&key)? {
+            return Ok(found);
+        }
+        self.remove_abandoned_work(&key)?;
+        let registry = self.registry()?;
+        let run = registry.run_config(pinned, image).await?;
+        let work = self.work_dir(&key)?;
+        let rootfs = work.path().join("rootfs");
+        std::fs::create_dir(&rootfs).map_err(Error::io("cannot create", &rootfs))?;
+        let layers = self.fetch_and_apply(pinned, image, &rootfs, observer.clone()).await?;
+        observer.converting();
+        let out = work.path().join(format.file_name());
+        let (root, file) = (rootfs.clone(), out.clone());
+        tokio::task::spawn_blocking(move || make_disk(&root, &file, format)).await.expect("disk builder")?;
+        remove_tree(&rootfs)?;
+        let digest = pinned.digest().expect("a pinned reference").clone();
+        let info = SourceInfo::Oci { reference: pinned.to_string(), digest: digest.clone() };
+        let mut record = ImageRecord::for_file(&key, &out, info, Some(digest), "container")?;
+        record.verified = true;
+        record.format = format.name().to_owned();
+        let systemd = run.wants_systemd();
+        record.container = Some(ContainerInfo { format, run, systemd, layers });
+        self.publish_work(work, record)
+    }
+
+    /// Gets every layer into the cache, `LAYER_JOBS` at a time, and applies
+    /// them in order as they arrive; returns their store-relative paths.
+    async fn fetch_and_apply(
+        &self,
+        pinned: &Reference,
+        image: &ContainerImage,
+        rootfs: &Path,
+        observer: Arc<dyn BuildObserver>,
+    ) -> Result<Vec<String>> {
+        use futures_util::StreamExt;
+        let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let fetching = async move {
+            let fetches: Vec<_> =
+                image.layers.iter().map(|layer| self.cached_layer(pinned, layer, observer.clone())).collect();
+            let mut in_order = futures_util::stream::iter(fetches).buffered(LAYER_JOBS);
+            while let Some(fetched) = in_order.next().await {
+                let failed = fetched.is_err();
+                // The applier has stopped (it failed) or this fetch did: stop too.
+                if arrived.send(fetched).is_err() || failed {
+                    break;
+                }
+            }
+        };
+        let applying = async move {
+            let mut applier = Rootfs::open(rootfs, ApplyOptions::default()).map_err(rootfs_error(rootfs))?;
+            let mut paths = Vec::with_capacity(image.layers.len());
+            for layer in &image.layers {
+                let relative = arrivals.recv().await.expect("a fetch result for every layer until one fails")?;
+                let (path, compression) = (self.root().join(&relative), layer.compression);
+                applier = tokio::task::spawn_blocking(move || apply_one(applier, &path, compression))
+                    .await
+                    .expect("layer applier")?;
+                paths.push(relative);
+            }
+            Ok(paths)
+        };
+        tokio::join!(fetching, applying).1
+    }
+
+    /// The layer's blob in the cache, downloaded (and checked) if missing.
+    async fn cached_layer(
+        &self,
+        pinned: &Reference,
+        layer: &Layer,
+        observer: Arc<dyn BuildObserver>,
+    ) -> Result<String> {
+        let digest = &layer.descriptor.digest;
+        let relative = format!("layers/{}/{}", digest.algorithm().name(), digest.hex());
+        let path = self.root().join(&relative);
+        if path.exists() {
+            return Ok(relative);
+        }
+        let _lock = self.lock(&format!("layer-{}", digest.hex())).await?;
+        if path.exists() {
+            return Ok(relative);
+        }
+        let partial = self.tmp().join(format!("layer-{}.part", digest.hex()));
+        let progress = PulledBytes { observer, seen: std::sync::atomic::AtomicU64::new(0) };
+        let fetched = self.registry()?.fetch_blob(pinned, digest, layer.descriptor.size, &partial, &progress).await?;
+        if fetched.digest != *digest || fetched.size != layer.descriptor.size {
+            let _ = remove_partial(&partial);
+            return Err(Error::PartMismatch {
+                expected: digest.clone(),
+                size: layer.descriptor.size,
+                actual: fetched.digest,
+                actual_size: fetched.size,
+            });
+        }
+        let dir = path.parent().expect("layers/<algorithm>");
+        std::fs::create_dir_all(dir).map_err(Error::io("cannot create", dir))?;
+        std::fs::rename(&partial, &path).map_err(Error::io("cannot rename into", &path))?;
+        crate::fsutil::sync_dir(dir)?;
+        remove_partial(&partial).map_err(Error::io("cannot remove", &partial))?;
+        Ok(relative)
+    }
+}
+
+/// Counts the bytes a layer download adds, for the observer.
+struct PulledBytes {
+    observer: Arc<dyn BuildObserver>,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl Progress for PulledBytes {
+    fn advanced(&self, written: u64) {
+        let before = self.seen.fetch_max(written, std::sync::atomic::Ordering::Relaxed);
+        if written > before {
+            self.observer.pulled(written - before);
+        }
+    }
+}
+
+fn apply_one(mut applier: Rootfs, blob: &Path, compression: Compression) -> Result<Rootfs> {
+    let file = std::fs::File::open(blob).map_err(Error::io("cannot open", blob))?;
+    let compression = match compression {
+        Compression::None => apply::Compression::None,
+        Compression::Gzip => apply::Compression::Gzip,
+        Compression::Zstd => apply::Compression::Zstd,
+    };
+    let tar = apply::decompress(std::io::BufReader::with_capacity(1 << 20, file), compression)
+        .map_err(Error::io("cannot decompress", blob))?;
+    applier.apply_layer(tar).map_err(|source| Error::Layer { path: blob.to_owned(), source })?;
+    Ok(applier)
+}
+
+fn make_disk(rootfs: &Path, out: &Path, format: RootfsFormat) -> Result<()> {
+    let made = match format {
+        RootfsFormat::Ext4 => vmimg_rootfs::ext4::build(rootfs, out, &Default::default()).map(drop),
+        RootfsFormat::Erofs => vmimg_rootfs::erofs::build(rootfs, out, &Default::default()).map(drop),
+        RootfsFormat::Cpio => write_cpio(rootfs, out),
+    };
+    made.map_err(Error::io("cannot build the disk", out))
+}
+
+fn write_cpio(rootfs: &Path, out: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::create(out)?;
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+    vmimg_rootfs::cpio::write_tree(rootfs, &mut writer)?;
+    let file = writer.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()
+}
+
+fn remove_tree(path: &PathBuf) -> Result<()> {
+    std::fs::remove_dir_all(path).map_err(Error::io("cannot remove", path))
+}
+
+fn rootfs_error(path: &Path) -> impl FnOnce(apply::ApplyError) -> Error {
+    let path = path.to_owned();
+    move |source| Error::Layer { path, source }
+}

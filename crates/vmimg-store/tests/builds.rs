@@ -1,0 +1,114 @@
+//! The build manager as a library user sees it: builds queued behind a
+//! concurrency limit with their positions, one build per reference and
+//! format, failures that keep their error, builds a killed process left
+//! behind run again, totals, metrics and deletion; against a real registry.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use vmimg_oci::Reference;
+use vmimg_store::{BuildStatus, Manager, ManagerOptions, RootfsFormat, Store, StoreOptions, build_id};
+use vmimg_testserver::RegistryServer;
+use vmimg_testserver::oci_image::ImageSpec;
+
+/// Pushes a one-layer image whose only file says `text`.
+fn push(registry: &RegistryServer, tmp: &Path, name: &str, text: &str) -> Reference {
+    let dir = tmp.join(name);
+    fs::create_dir_all(dir.join("etc")).unwrap();
+    fs::write(dir.join("etc/text"), text).unwrap();
+    ImageSpec::new().dir_layer(&dir).cmd(&["/bin/sh"]).push(&registry.host(), &format!("test/{name}"), "1").unwrap();
+    Reference::parse(&format!("{}/test/{name}:1", registry.host())).unwrap()
+}
+
+fn open_manager(store: &Path, concurrency: usize) -> Manager {
+    let store = Store::open(StoreOptions { root: Some(store.to_owned()), ..Default::default() }).unwrap();
+    Manager::new(Arc::new(store), ManagerOptions { concurrency }).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_queue_behind_the_limit_and_run_once_per_reference() {
+    let registry = RegistryServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (push(&registry, tmp.path(), "a", "A"), push(&registry, tmp.path(), "b", "B"));
+    let manager = open_manager(&tmp.path().join("store"), 1);
+    let first = manager.create(&a, RootfsFormat::Cpio).unwrap();
+    let again = manager.create(&a, RootfsFormat::Cpio).unwrap();
+    let other = manager.create(&b, RootfsFormat::Cpio).unwrap();
+    assert_eq!(first.id, again.id, "the same reference and format is one build");
+    assert!(!again.status.is_done());
+    assert_eq!(other.status, BuildStatus::Pending);
+    assert!(other.queue_position.is_some(), "{other:?}");
+    assert!(manager.metrics().queue_length >= 1);
+
+    let (a_done, b_done) = (manager.wait(&first.id).await.unwrap(), manager.wait(&other.id).await.unwrap());
+    assert_eq!((a_done.status, b_done.status), (BuildStatus::Ready, BuildStatus::Ready), "{a_done:?} {b_done:?}");
+    assert!(a_done.digest.is_some() && a_done.bytes_pulled > 0);
+    let metrics = manager.metrics();
+    assert_eq!((metrics.builds_started, metrics.builds_ready, metrics.builds_failed), (2, 2, 0));
+    assert_eq!((metrics.queue_length, metrics.running, metrics.build_duration.count), (0, 0, 2));
+    assert!(metrics.bytes_pulled >= a_done.bytes_pulled + b_done.bytes_pulled);
+    let text = metrics.to_prometheus();
+    assert!(text.contains("vmimg_builds_ready_total 2\n") && text.contains("le=\"+Inf\"} 2\n"), "{text}");
+
+    // A new create of a ready build finds the image at once.
+    let again = manager.create(&a, RootfsFormat::Cpio).unwrap();
+    let again = manager.wait(&again.id).await.unwrap();
+    assert_eq!((again.status, again.bytes_pulled), (BuildStatus::Ready, 0));
+    assert_eq!(manager.list().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_build_keeps_its_error() {
+    let registry = RegistryServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = open_manager(&tmp.path().join("store"), 2);
+    let missing = Reference::parse(&format!("{}/test/missing:1", registry.host())).unwrap();
+    let build = manager.create(&missing, RootfsFormat::Ext4).unwrap();
+    let done = manager.wait(&build.id).await.unwrap();
+    assert_eq!(done.status, BuildStatus::Failed);
+    assert!(done.error.as_deref().unwrap().contains("not found"), "{done:?}");
+    assert_eq!(manager.metrics().builds_failed, 1);
+    // Its record says so too, for the next process.
+    let reopened = open_manager(&tmp.path().join("store"), 1);
+    assert_eq!(reopened.get(&build.id).unwrap().unwrap().status, BuildStatus::Failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_a_killed_process_left_run_again() {
+    let registry = RegistryServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let reference = push(&registry, tmp.path(), "c", "C");
+    let _ = open_manager(&store, 1); // makes the store
+    // What a process killed while pulling leaves: a record saying so, and
+    // abandoned work.
+    let id = build_id(&reference, RootfsFormat::Ext4);
+    let record = serde_json::json!({
+        "id": id, "reference": reference.to_string(), "format": "ext4", "status": "pulling",
+        "bytes_pulled": 12, "created_at": "2026-11-25T00:00:00Z", "updated_at": "2026-11-25T00:00:01Z"
+    });
+    fs::write(store.join("builds").join(format!("{id}.json")), record.to_string()).unwrap();
+
+    // Not while another process holds the build's lock.
+    let lock = fs::File::create(store.join("locks").join(format!("build-{id}.lock"))).unwrap();
+    lock.lock().unwrap();
+    let manager = open_manager(&store, 1);
+    assert!(manager.recover_interrupted().unwrap().is_empty());
+    drop(lock);
+
+    let recovered = manager.recover_interrupted().unwrap();
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].status, BuildStatus::Pending);
+    let done = manager.wait(&id).await.unwrap();
+    assert_eq!(done.status, BuildStatus::Ready, "{done:?}");
+    let image = done.image.unwrap();
+    assert!(store.join("images").join(&image).join("disk.raw").exists());
+
+    let totals = manager.totals();
+    assert!(totals.image_bytes > 0 && totals.layer_cache_bytes > 0, "{totals:?}");
+    manager.delete(&id, false).await.unwrap();
+    assert!(!store.join("images").join(&image).exists());
+    assert!(manager.get(&id).unwrap().is_none());
+    manager.store().gc(None).await.unwrap();
+    assert!(fs::read_dir(store.join("layers/sha256")).unwrap().next().is_none(), "gc removes unused layers");
+}

@@ -1,0 +1,227 @@
+//! Container images to bootable disks, end to end: images made by umoci and
+//! pushed by skopeo to a real registry (Debian's docker-registry on
+//! 127.0.0.1), built by `vmimg build`/`pull` into ext4, erofs and cpio,
+//! checked file by file with e2fsprogs' debugfs and GNU cpio, and booted
+//! under QEMU with a Debian kernel.
+
+use serde_json::Value;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use vmimg_testserver::RegistryServer;
+use vmimg_testserver::guest::{self, BootSpec};
+use vmimg_testserver::oci_image::{self, ImageSpec};
+
+const MARKER: &str = "VMIMG-CONTAINER-BOOTED";
+
+fn vmimg(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmimg"))
+        .env("DOCKER_CONFIG", "/nonexistent/vmimg-test")
+        .arg("--store")
+        .arg(store)
+        .args(["--retry-delay", "10", "--retries", "2"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(store: &Path, args: &[&str]) -> String {
+    let out = vmimg(store, args);
+    assert!(out.status.success(), "vmimg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn run(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{command:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every file of an ext4 image, copied out by debugfs (no mount needed).
+fn ext4_tree(image: &Path, out: &Path) -> PathBuf {
+    fs::create_dir_all(out).unwrap();
+    run(Command::new("debugfs").arg("-R").arg(format!("rdump / {}", out.display())).arg(image));
+    out.to_owned()
+}
+
+/// Every file of a cpio archive, extracted by GNU cpio.
+fn cpio_tree(archive: &Path, out: &Path) -> PathBuf {
+    fs::create_dir_all(out).unwrap();
+    let file = fs::File::open(archive).unwrap();
+    run(Command::new("cpio").args(["-idm", "--quiet", "--no-absolute-filenames"]).current_dir(out).stdin(file));
+    out.to_owned()
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn busybox_image_boots_from_cpio_and_from_ext4() {
+    let registry = RegistryServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, store) = (tmp.path().join("root"), tmp.path().join("store"));
+    guest::busybox_rootfs(&root, MARKER, &["cat /etc/greeting"]).unwrap();
+    fs::write(root.join("etc/greeting"), "hello from the container image\n").unwrap();
+    let image = ImageSpec::new()
+        .dir_layer(&root)
+        .entrypoint(&["/sbin/init"])
+        .env("GREETING=hello")
+        .workdir("/")
+        .push(&registry.host(), "test/busybox", "1")
+        .unwrap();
+    let source = format!("oci://{}/test/busybox:1", registry.host());
+
+    let initrd = PathBuf::from(ok(&store, &["pull", &source, "--format", "cpio"]));
+    assert!(initrd.ends_with("initrd.cpio"), "{}", initrd.display());
+    let console = guest::boot(&BootSpec::new().initrd(&initrd).marker(MARKER)).unwrap();
+    assert!(console.contains("hello from the container image"), "{console}");
+
+    let record: Value = serde_json::from_str(&ok(&store, &["build", &source, "--json"])).unwrap();
+    assert_eq!(record["format"], "ext4");
+    assert_eq!(record["digest"], image.digest.as_str());
+    assert_eq!(record["container"]["run"]["entrypoint"], serde_json::json!(["/sbin/init"]));
+    assert_eq!(record["container"]["run"]["env"][0], "GREETING=hello");
+    assert_eq!(record["container"]["systemd"], true, "/sbin/init is an init, as systemd's images have it");
+    let disk = store.join("images").join(record["name"].as_str().unwrap()).join("disk.raw");
+    run(Command::new("e2fsck").arg("-fn").arg(&disk));
+    let boot_initrd = tmp.path().join("boot-initrd.cpio");
+    guest::disk_boot_initrd(&boot_initrd).unwrap();
+    let spec = BootSpec::new().initrd(&boot_initrd).disk(&disk).append("root=/dev/vda rootfstype=ext4").marker(MARKER);
+    let console = guest::boot(&spec).unwrap();
+    assert!(console.contains("hello from the container image"), "{console}");
+}
+
+/// A base layer, and a second one that deletes a file, makes a directory
+/// opaque and changes what was there.
+fn two_layer_image(registry: &RegistryServer, tmp: &Path) -> String {
+    let base = tmp.join("base");
+    for (path, content) in [
+        ("etc/motd", "old motd"),
+        ("etc/keep", "kept"),
+        ("var/lib/app/a", "a"),
+        ("var/lib/app/sub/b", "b"),
+        ("usr/bin/tool", "#!/bin/sh\necho tool\n"),
+    ] {
+        fs::create_dir_all(base.join(path).parent().unwrap()).unwrap();
+        fs::write(base.join(path), content).unwrap();
+    }
+    fs::set_permissions(base.join("usr/bin/tool"), std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    std::os::unix::fs::symlink("tool", base.join("usr/bin/alias")).unwrap();
+    fs::hard_link(base.join("etc/keep"), base.join("etc/keep-link")).unwrap();
+    std::os::unix::fs::chown(base.join("etc/keep"), Some(1000), Some(1001)).unwrap();
+
+    let upper = tmp.join("upper");
+    fs::create_dir_all(upper.join("var/lib/app")).unwrap();
+    fs::write(upper.join("var/lib/app/c"), "c from the top layer").unwrap();
+    fs::create_dir_all(upper.join("etc")).unwrap();
+    fs::write(upper.join("etc/new"), "new").unwrap();
+    oci_image::whiteout(&upper, "etc/motd").unwrap();
+    oci_image::opaque(&upper, "var/lib/app").unwrap();
+    let upper_tar = tmp.join("upper.tar");
+    oci_image::layer_tar(&upper, &upper_tar).unwrap();
+    ImageSpec::new()
+        .dir_layer(&base)
+        .tar_layer(&upper_tar)
+        .cmd(&["/usr/bin/tool"])
+        .user("1000:1001")
+        .workdir("/var/lib/app")
+        .push(&registry.host(), "test/layers", "v1")
+        .unwrap();
+    format!("oci://{}/test/layers:v1", registry.host())
+}
+
+/// The tree the two layers make, checked file by file; `mode_of` gives a
+/// file's permission bits as the image has them (debugfs' rdump drops
+/// setuid bits when it copies files out).
+fn check_two_layer_tree(root: &Path, mode_of: impl Fn(&str) -> u32) {
+    assert!(!root.join("etc/motd").exists(), "the whiteout removed etc/motd");
+    assert_eq!(read(&root.join("etc/keep")), "kept");
+    assert_eq!(read(&root.join("etc/new")), "new");
+    let mut app: Vec<_> = fs::read_dir(root.join("var/lib/app")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    app.sort();
+    assert_eq!(app, ["c"], "the opaque directory keeps only the top layer's entries");
+    assert_eq!(read(&root.join("var/lib/app/c")), "c from the top layer");
+    assert_eq!(fs::read_link(root.join("usr/bin/alias")).unwrap(), Path::new("tool"));
+    assert_eq!(mode_of("usr/bin/tool"), 0o4755);
+    let keep = fs::metadata(root.join("etc/keep")).unwrap();
+    assert_eq!((keep.uid(), keep.gid()), (1000, 1001));
+}
+
+#[test]
+fn two_layers_with_whiteouts_in_every_format() {
+    let registry = RegistryServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let source = two_layer_image(&registry, tmp.path());
+
+    let ext4 = PathBuf::from(ok(&store, &["build", &source]));
+    let stat = |path: &str| run(Command::new("debugfs").arg("-R").arg(format!("stat /{path}")).arg(&ext4));
+    let ext4_mode = |path: &str| {
+        let stat = stat(path);
+        let mode = stat.split("Mode:").nth(1).and_then(|m| m.split_whitespace().next()).unwrap();
+        u32::from_str_radix(mode, 8).unwrap()
+    };
+    check_two_layer_tree(&ext4_tree(&ext4, &tmp.path().join("ext4")), ext4_mode);
+    // Hard links stay one inode in the image.
+    assert!(stat("etc/keep").contains("Links: 2"), "{}", stat("etc/keep"));
+
+    let cpio = PathBuf::from(ok(&store, &["build", &source, "--format", "cpio"]));
+    let extracted = cpio_tree(&cpio, &tmp.path().join("cpio"));
+    check_two_layer_tree(&extracted, |path| fs::metadata(extracted.join(path)).unwrap().mode() & 0o7777);
+
+    // An ext4 image takes instances like any disk; an initramfs is no disk.
+    let key = |path: &Path| path.parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
+    let instance = PathBuf::from(ok(&store, &["instance", "create", &key(&ext4)]));
+    run(Command::new("qemu-img").arg("check").arg(&instance));
+    let refused = vmimg(&store, &["instance", "create", &key(&cpio)]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("initramfs, not a disk"), "{refused:?}");
+
+    let erofs = PathBuf::from(ok(&store, &["build", &source, "--format", "erofs"]));
+    run(Command::new("fsck.erofs").arg(&erofs));
+
+    // The layers were downloaded once, for the first build.
+    let builds: Value = serde_json::from_str(&ok(&store, &["builds", "list", "--json"])).unwrap();
+    let pulled: Vec<u64> = builds.as_array().unwrap().iter().map(|b| b["bytes_pulled"].as_u64().unwrap()).collect();
+    assert_eq!(pulled.iter().filter(|&&n| n > 0).count(), 1, "{builds:#}");
+    let usage: Value = serde_json::from_str(&ok(&store, &["du", "--json"])).unwrap();
+    assert!(usage["layers"].as_u64().unwrap() > 0 && usage["images"].as_u64().unwrap() > 0, "{usage}");
+
+    let record: Value = serde_json::from_str(&ok(&store, &["build", &source, "--json"])).unwrap();
+    let run_config = &record["container"]["run"];
+    assert_eq!(
+        (run_config["user"].as_str(), run_config["working_dir"].as_str()),
+        (Some("1000:1001"), Some("/var/lib/app"))
+    );
+    assert_eq!(record["container"]["systemd"], false);
+    assert_eq!(record["container"]["layers"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn an_empty_ext4_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("volume.ext4");
+    let printed = ok(&tmp.path().join("store"), &["disk", "new-ext4", disk.to_str().unwrap(), "--size", "256M"]);
+    assert_eq!(printed, disk.to_str().unwrap());
+    let meta = fs::metadata(&disk).unwrap();
+    assert_eq!(meta.len(), 256 << 20);
+    assert!(meta.blocks() * 512 < 32 << 20, "sparse: {} bytes allocated", meta.blocks() * 512);
+    run(Command::new("e2fsck").arg("-fn").arg(&disk));
+    let out = vmimg(&tmp.path().join("store"), &["disk", "new-ext4", disk.to_str().unwrap(), "--size", "256M"]);
+    assert!(!out.status.success(), "an existing disk is not overwritten");
+}
+
+#[test]
+fn a_missing_image_fails_and_its_build_keeps_the_error() {
+    let registry = RegistryServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let out = vmimg(&store, &["build", &format!("oci://{}/test/none:v1", registry.host())]);
+    assert_eq!(out.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("not found"), "{error}");
+    let builds: Value = serde_json::from_str(&ok(&store, &["builds", "list", "--json"])).unwrap();
+    assert_eq!(builds[0]["status"], "failed");
+    assert!(builds[0]["error"].as_str().unwrap().contains("not found"), "{builds:#}");
+}
