@@ -112,3 +112,30 @@ async fn builds_a_killed_process_left_run_again() {
     manager.store().gc(None).await.unwrap();
     assert!(fs::read_dir(store.join("layers/sha256")).unwrap().next().is_none(), "gc removes unused layers");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_layer_fails_the_build_and_nothing_is_kept() {
+    let registry = RegistryServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = push(&registry, tmp.path(), "d", "D");
+    // The layer is the image's largest blob: flip one of its bytes in the registry's storage.
+    let blobs = registry.storage().join("docker/registry/v2/blobs/sha256");
+    let data = fs::read_dir(&blobs)
+        .unwrap()
+        .flat_map(|prefix| fs::read_dir(prefix.unwrap().path()).unwrap())
+        .map(|blob| blob.unwrap().path().join("data"))
+        .max_by_key(|data| fs::metadata(data).unwrap().len())
+        .unwrap();
+    let mut corrupt = fs::read(&data).unwrap();
+    corrupt[40] ^= 0xff;
+    fs::write(&data, corrupt).unwrap();
+
+    let store = tmp.path().join("store");
+    let manager = open_manager(&store, 1);
+    let build = manager.create(&reference, RootfsFormat::Ext4).unwrap();
+    let done = manager.wait(&build.id).await.unwrap();
+    assert_eq!(done.status, BuildStatus::Failed);
+    assert!(done.error.as_deref().unwrap().contains("digest"), "{done:?}");
+    let kept = |dir: &str| fs::read_dir(store.join(dir)).map(|d| d.count()).unwrap_or(0);
+    assert_eq!((kept("images"), kept("layers/sha256"), kept("tmp")), (0, 0, 0));
+}
