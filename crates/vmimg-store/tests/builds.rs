@@ -139,3 +139,31 @@ async fn a_corrupt_layer_fails_the_build_and_nothing_is_kept() {
     let kept = |dir: &str| fs::read_dir(store.join(dir)).map(|d| d.count()).unwrap_or(0);
     assert_eq!((kept("images"), kept("layers/sha256"), kept("tmp")), (0, 0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_layers_build_too() {
+    let registry = RegistryServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("z");
+    fs::create_dir_all(dir.join("etc")).unwrap();
+    fs::write(dir.join("etc/text"), "compressed with zstd").unwrap();
+    ImageSpec::new().dir_layer(&dir).zstd().push(&registry.host(), "test/z", "1").unwrap();
+    let manifest = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/test/z:1", registry.host())])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&manifest.stdout).contains("tar+zstd"), "{manifest:?}");
+
+    let manager = open_manager(&tmp.path().join("store"), 1);
+    let reference = Reference::parse(&format!("{}/test/z:1", registry.host())).unwrap();
+    let build = manager.create(&reference, RootfsFormat::Ext4).unwrap();
+    let done = manager.wait(&build.id).await.unwrap();
+    assert_eq!(done.status, BuildStatus::Ready, "{done:?}");
+    let record = manager.store().lookup(&done.image.unwrap()).unwrap().unwrap();
+    let cat = std::process::Command::new("debugfs")
+        .args(["-R", "cat /etc/text"])
+        .arg(manager.store().image_file(&record))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "compressed with zstd");
+}

@@ -50,6 +50,8 @@ pub struct ImageSpec {
     pub env: Vec<String>,
     pub workdir: Option<String>,
     pub user: Option<String>,
+    /// Push the layers zstd-compressed (skopeo recompresses umoci's gzip).
+    pub zstd: bool,
 }
 
 /// An image in a registry.
@@ -64,6 +66,12 @@ pub struct PushedImage {
 impl ImageSpec {
     pub fn new() -> ImageSpec {
         ImageSpec::default()
+    }
+
+    /// Layers pushed as `…tar+zstd` rather than `…tar+gzip`.
+    pub fn zstd(mut self) -> ImageSpec {
+        self.zstd = true;
+        self
     }
 
     pub fn dir_layer(mut self, dir: impl Into<PathBuf>) -> ImageSpec {
@@ -154,11 +162,13 @@ impl ImageSpec {
         self.build_layout(&layout, tag)?;
         let reference = format!("{host}/{name}:{tag}");
         let digest_file = scratch.path().join("digest");
-        run(Command::new("skopeo")
-            .args(["--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false", "--digestfile"])
-            .arg(&digest_file)
-            .arg(format!("oci:{}:{tag}", layout.display()))
-            .arg(format!("docker://{reference}")))?;
+        let mut skopeo = Command::new("skopeo");
+        skopeo.args(["--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false", "--digestfile"]);
+        skopeo.arg(&digest_file);
+        if self.zstd {
+            skopeo.args(["--dest-compress", "--dest-compress-format", "zstd"]);
+        }
+        run(skopeo.arg(format!("oci:{}:{tag}", layout.display())).arg(format!("docker://{reference}")))?;
         let digest = fs::read_to_string(&digest_file).map_err(|e| format!("skopeo's digest file: {e}"))?;
         Ok(PushedImage { reference, digest: digest.trim().to_owned() })
     }
