@@ -167,3 +167,21 @@ async fn zstd_layers_build_too() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&cat.stdout), "compressed with zstd");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_managers_on_one_store_build_once() {
+    let registry = RegistryServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = push(&registry, tmp.path(), "e", "E");
+    let store = tmp.path().join("store");
+    // Two managers with stores of their own, as two processes have.
+    let (one, two) = (open_manager(&store, 1), open_manager(&store, 1));
+    let (a, b) =
+        (one.create(&reference, RootfsFormat::Cpio).unwrap(), two.create(&reference, RootfsFormat::Cpio).unwrap());
+    assert_eq!(a.id, b.id);
+    let (a, b) = (one.wait(&a.id).await.unwrap(), two.wait(&b.id).await.unwrap());
+    assert_eq!((a.status, b.status), (BuildStatus::Ready, BuildStatus::Ready));
+    assert_eq!(a.image, b.image);
+    assert!(a.bytes_pulled == 0 || b.bytes_pulled == 0, "one of them downloaded nothing: {a:?} {b:?}");
+    assert_eq!(fs::read_dir(store.join("images")).unwrap().count(), 1);
+}
