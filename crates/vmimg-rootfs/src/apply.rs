@@ -97,6 +97,35 @@ pub struct LayerSummary {
     pub skipped_other: u64,
 }
 
+impl std::ops::AddAssign<&LayerSummary> for LayerSummary {
+    fn add_assign(&mut self, layer: &LayerSummary) {
+        self.entries += layer.entries;
+        self.bytes += layer.bytes;
+        self.whiteouts += layer.whiteouts;
+        self.skipped_devices += layer.skipped_devices;
+        self.skipped_xattrs += layer.skipped_xattrs;
+        self.skipped_other += layer.skipped_other;
+    }
+}
+
+impl LayerSummary {
+    /// What the tree lacks of what the layers asked for, in words, for
+    /// the one who built it.
+    pub fn warnings(&self, options: &ApplyOptions) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !options.owners {
+            warnings.push("files belong to the building user, not to the image's owners: build as root".to_owned());
+        }
+        let counts = [
+            (self.skipped_devices, "device nodes were not made (build as root)"),
+            (self.skipped_xattrs, "xattrs were not kept (the host refused them, or they were on symlinks or devices)"),
+            (self.skipped_other, "entries of types a root filesystem has no use for were skipped"),
+        ];
+        warnings.extend(counts.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")));
+        warnings
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("layer entry {path:?} refused: {reason}")]

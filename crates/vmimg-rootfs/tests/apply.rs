@@ -330,3 +330,22 @@ fn gnu_tar_layers_apply_like_tar_extracts_them() {
     assert!(diff.status.success(), "{}", String::from_utf8_lossy(&diff.stdout));
     assert_eq!(fs::metadata(root.join("a/hard")).unwrap().ino(), fs::metadata(root.join("a/b/file")).unwrap().ino());
 }
+
+#[test]
+fn without_root_devices_are_skipped_and_said() {
+    let root = tempfile::tempdir().unwrap();
+    let options = ApplyOptions { owners: false, devices: false, ..ApplyOptions::default() };
+    let mut rootfs = Rootfs::open(root.path(), options.clone()).unwrap();
+    let layer = Tar::default()
+        .with(Item { owner: (1000, 1000), data: b"x", ..Item::new("home/f", b'0') })
+        .with(Item { device: (1, 3), ..Item::new("dev/null", b'3') })
+        .bytes();
+    let summary = rootfs.apply_layer(layer.as_slice()).unwrap();
+    assert_eq!(summary.skipped_devices, 1);
+    assert!(!root.path().join("dev/null").exists());
+    assert_eq!(fs::metadata(root.path().join("home/f")).unwrap().uid(), rustix::process::geteuid().as_raw());
+    let warnings = summary.warnings(&options);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[1].starts_with("1 device nodes"), "{warnings:?}");
+    assert!(LayerSummary::default().warnings(&ApplyOptions { owners: true, ..options }).is_empty());
+}

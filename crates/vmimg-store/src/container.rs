@@ -29,7 +29,7 @@ use std::sync::Arc;
 use vmimg_fetch::{Progress, remove_partial};
 use vmimg_oci::Reference;
 use vmimg_oci::container::{Compression, ContainerImage, Layer, RunConfig};
-use vmimg_rootfs::apply::{self, ApplyOptions, Rootfs};
+use vmimg_rootfs::apply::{self, ApplyOptions, LayerSummary, Rootfs};
 
 /// Layers downloaded at once.
 const LAYER_JOBS: usize = 3;
@@ -75,6 +75,10 @@ pub struct ContainerInfo {
     pub systemd: bool,
     /// The layers in the layer cache, bottom first, relative to the store root.
     pub layers: Vec<String>,
+    /// What the disk lacks of what the layers asked for (owners and device
+    /// nodes when not built as root; xattrs the host refused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Hears how a build goes.
@@ -115,7 +119,7 @@ impl Store {
         let work = self.work_dir(&key)?;
         let rootfs = work.path().join("rootfs");
         std::fs::create_dir(&rootfs).map_err(Error::io("cannot create", &rootfs))?;
-        let layers = self.fetch_and_apply(pinned, image, &rootfs, observer.clone()).await?;
+        let (layers, warnings) = self.fetch_and_apply(pinned, image, &rootfs, observer.clone()).await?;
         observer.converting();
         let out = work.path().join(format.file_name());
         let (root, file) = (rootfs.clone(), out.clone());
@@ -127,19 +131,20 @@ impl Store {
         record.verified = true;
         record.format = format.name().to_owned();
         let systemd = run.wants_systemd();
-        record.container = Some(ContainerInfo { format, run, systemd, layers });
+        record.container = Some(ContainerInfo { format, run, systemd, layers, warnings });
         self.publish_work(work, record)
     }
 
     /// Gets every layer into the cache, `LAYER_JOBS` at a time, and applies
-    /// them in order as they arrive; returns their store-relative paths.
+    /// them in order as they arrive; returns their store-relative paths and
+    /// what the tree could not keep of them.
     async fn fetch_and_apply(
         &self,
         pinned: &Reference,
         image: &ContainerImage,
         rootfs: &Path,
         observer: Arc<dyn BuildObserver>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, Vec<String>)> {
         use futures_util::StreamExt;
         let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
         let fetching = async move {
@@ -155,17 +160,21 @@ impl Store {
             }
         };
         let applying = async move {
-            let mut applier = Rootfs::open(rootfs, ApplyOptions::default()).map_err(rootfs_error(rootfs))?;
+            let options = ApplyOptions::default();
+            let mut applier = Rootfs::open(rootfs, options.clone()).map_err(rootfs_error(rootfs))?;
             let mut paths = Vec::with_capacity(image.layers.len());
+            let mut applied = LayerSummary::default();
             for layer in &image.layers {
                 let relative = arrivals.recv().await.expect("a fetch result for every layer until one fails")?;
                 let (path, compression) = (self.root().join(&relative), layer.compression);
-                applier = tokio::task::spawn_blocking(move || apply_one(applier, &path, compression))
+                let summary;
+                (applier, summary) = tokio::task::spawn_blocking(move || apply_one(applier, &path, compression))
                     .await
                     .expect("layer applier")?;
+                applied += &summary;
                 paths.push(relative);
             }
-            Ok(paths)
+            Ok((paths, applied.warnings(&options)))
         };
         tokio::join!(fetching, applying).1
     }
@@ -223,7 +232,7 @@ impl Progress for PulledBytes {
     }
 }
 
-fn apply_one(mut applier: Rootfs, blob: &Path, compression: Compression) -> Result<Rootfs> {
+fn apply_one(mut applier: Rootfs, blob: &Path, compression: Compression) -> Result<(Rootfs, LayerSummary)> {
     let file = std::fs::File::open(blob).map_err(Error::io("cannot open", blob))?;
     let compression = match compression {
         Compression::None => apply::Compression::None,
@@ -232,8 +241,8 @@ fn apply_one(mut applier: Rootfs, blob: &Path, compression: Compression) -> Resu
     };
     let tar = apply::decompress(std::io::BufReader::with_capacity(1 << 20, file), compression)
         .map_err(Error::io("cannot decompress", blob))?;
-    applier.apply_layer(tar).map_err(|source| Error::Layer { path: blob.to_owned(), source })?;
-    Ok(applier)
+    let summary = applier.apply_layer(tar).map_err(|source| Error::Layer { path: blob.to_owned(), source })?;
+    Ok((applier, summary))
 }
 
 fn make_disk(rootfs: &Path, out: &Path, format: RootfsFormat) -> Result<()> {

@@ -28,6 +28,9 @@ pub async fn run(store: Store, reference: &Reference, format: RootfsFormat, json
     let record = store.lookup(&key)?.ok_or_else(|| anyhow::anyhow!("image {key} vanished from the store"))?;
     if !quiet {
         eprintln!("{reference}: {} disk ready in {:.1?}", format.name(), started.elapsed());
+        for warning in record.container.iter().flat_map(|c| &c.warnings) {
+            eprintln!("vmimg: warning: {warning}");
+        }
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&record)?);
