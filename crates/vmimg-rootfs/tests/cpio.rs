@@ -3,46 +3,21 @@
 //!
 //! Needs root (device nodes, owners) and GNU `cpio` (Debian package `cpio`).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
+use std::os::unix::fs::{MetadataExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use rustix::fs::{AtFlags, CWD, FileType, Mode, Timestamps, makedev};
+use common::{chmod, entries, mknod, nest_dirs, noise, odd_owners_and_modes, set_mtime, special_files, twin_trees};
+use rustix::fs::FileType;
 use tempfile::TempDir;
 use vmimg_rootfs::cpio::{CpioSummary, MAX_FILE_SIZE, write_tree};
 
 const BIG_LEN: usize = (1 << 20) + 512 * 1024 + 3;
-
-/// Deterministic bytes that do not compress.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
-fn set_mtime(path: &Path, secs: i64) {
-    let time = rustix::fs::Timespec { tv_sec: secs, tv_nsec: 0 };
-    let times = Timestamps { last_access: time, last_modification: time };
-    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).unwrap();
-}
-
-fn mknod(path: &Path, kind: FileType, mode: u32, major: u32, minor: u32) {
-    rustix::fs::mknodat(CWD, path, kind, Mode::from_raw_mode(mode), makedev(major, minor)).unwrap();
-    chmod(path, mode); // past the umask
-}
-
-fn chmod(path: &Path, mode: u32) {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
 
 /// A tree with every kind of entry an initramfs can hold.
 fn build_tree(root: &Path) {
@@ -64,24 +39,14 @@ fn build_tree(root: &Path) {
     fs::hard_link(p("hl/one"), p("a/three")).unwrap();
     fs::write(p("hl/empty-one"), b"").unwrap();
     fs::hard_link(p("hl/empty-one"), p("hl/empty-two")).unwrap();
-    mknod(&p("dev/null"), FileType::CharacterDevice, 0o666, 1, 3);
-    mknod(&p("dev/odd"), FileType::CharacterDevice, 0o600, 259, 70000);
-    mknod(&p("dev/loop9"), FileType::BlockDevice, 0o660, 7, 9);
-    mknod(&p("run/fifo"), FileType::Fifo, 0o644, 0, 0);
+    special_files(root);
     mknod(&p("run/fifo-link"), FileType::Fifo, 0o600, 0, 0);
     fs::hard_link(p("run/fifo-link"), p("run/fifo-link2")).unwrap();
-    std::os::unix::net::UnixListener::bind(p("run/sock")).unwrap();
     fs::write(p("bin/su"), b"#!/bin/sh\n").unwrap();
     fs::write(p("owned"), b"odd owner").unwrap();
-    lchown(p("owned"), Some(123_456), Some(654_321)).unwrap();
-    lchown(p("link-rel"), Some(4242), Some(4343)).unwrap();
-    lchown(p("dev/odd"), Some(7), Some(8)).unwrap();
-    chmod(&p("bin/su"), 0o4755);
-    chmod(&p("owned"), 0o2640);
-    chmod(&p("tmp"), 0o1777);
-    chmod(&p("shared"), 0o2775);
     fs::write(p("no-access"), b"mode 000").unwrap();
-    chmod(&p("no-access"), 0o000);
+    lchown(p("link-rel"), Some(4242), Some(4343)).unwrap();
+    odd_owners_and_modes(root);
     set_times(root);
 }
 
@@ -92,31 +57,12 @@ fn set_times(root: &Path) {
         if meta.is_dir() {
             dirs.push(path);
         } else {
-            set_mtime(&path, 1_600_000_000 + i as i64 * 61);
+            set_mtime(&path, 1_600_000_000 + i as i64 * 61, 0);
         }
     }
     for (i, dir) in dirs.iter().rev().enumerate() {
-        set_mtime(dir, 1_500_000_000 + i as i64 * 7);
+        set_mtime(dir, 1_500_000_000 + i as i64 * 7, 0);
     }
-}
-
-/// Every path under root (root included), depth first, with its lstat.
-fn entries(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
-    let mut out = vec![(root.to_path_buf(), fs::symlink_metadata(root).unwrap())];
-    let mut i = 0;
-    while i < out.len() {
-        let (path, meta) = out[i].clone();
-        if meta.is_dir() {
-            let mut children: Vec<_> = fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()).collect();
-            children.sort();
-            for child in children {
-                let meta = fs::symlink_metadata(&child).unwrap();
-                out.push((child, meta));
-            }
-        }
-        i += 1;
-    }
-    out
 }
 
 /// What extraction must keep of one entry.
@@ -367,16 +313,7 @@ fn headers_padding_inodes_and_links_are_what_the_kernel_reads() {
 
 #[test]
 fn same_tree_same_bytes_whatever_the_host_numbering() {
-    let first = TempDir::new().unwrap();
-    build_tree(first.path());
-    // Burn some inode numbers so the second tree gets different ones.
-    let other = TempDir::new().unwrap();
-    for i in 0..50 {
-        fs::write(other.path().join(i.to_string()), b"").unwrap();
-    }
-    let second = TempDir::new().unwrap();
-    build_tree(second.path());
-    chmod(second.path(), fs::metadata(first.path()).unwrap().mode());
+    let (first, second) = twin_trees(build_tree, 50);
     set_times(second.path());
     set_times(first.path());
     assert_eq!(archive(first.path()).0, archive(second.path()).0);
@@ -405,14 +342,8 @@ fn a_file_just_under_four_gib_fits() {
 #[test]
 fn a_name_beyond_the_kernels_path_max_is_refused() {
     let src = TempDir::new().unwrap();
-    // 17 levels of 250-byte names: 4266 bytes of path, made relative to
-    // descriptors since no single syscall may take such a path.
-    let segment = "n".repeat(250);
-    let mut dir = fs::File::open(src.path()).unwrap();
-    for _ in 0..17 {
-        rustix::fs::mkdirat(&dir, segment.as_str(), Mode::from_raw_mode(0o755)).unwrap();
-        dir = rustix::fs::openat(&dir, segment.as_str(), rustix::fs::OFlags::DIRECTORY, Mode::empty()).unwrap().into();
-    }
+    // 17 levels of 250-byte names: 4266 bytes of path.
+    nest_dirs(src.path(), &"n".repeat(250), 17);
     let err = write_tree(src.path(), std::io::sink()).unwrap_err();
     assert!(err.to_string().contains("PATH_MAX"), "{err}");
 }

@@ -4,29 +4,19 @@
 //! Needs root (device nodes, owners, `trusted.*` xattrs, mounting), loop
 //! devices and an erofs-capable kernel, and Debian's `erofs-utils`.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
+use std::os::unix::fs::{MetadataExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rustix::fs::{AtFlags, CWD, FileType, Mode, Timestamps, XattrFlags, makedev};
+use common::{CAP_NET_RAW, chmod, entries, nest_dirs, noise, odd_owners_and_modes, set_mtime, setxattr};
+use common::{sorted_names, special_files, twin_trees};
 use tempfile::TempDir;
 use vmimg_rootfs::erofs::{Compression, ErofsOptions, build, check};
-
-/// Deterministic bytes that do not compress.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
 
 /// Bytes that compress well.
 fn text(len: usize, seed: u64) -> Vec<u8> {
@@ -47,28 +37,6 @@ fn ztailpacking_victim() -> Vec<u8> {
     data.extend_from_slice(&[b'x'; 31]);
     data
 }
-
-fn set_mtime(path: &Path, secs: i64, nsecs: i64) {
-    let time = rustix::fs::Timespec { tv_sec: secs, tv_nsec: nsecs };
-    let times = Timestamps { last_access: time, last_modification: time };
-    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).unwrap();
-}
-
-fn chmod(path: &Path, mode: u32) {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn mknod(path: &Path, kind: FileType, mode: u32, major: u32, minor: u32) {
-    rustix::fs::mknodat(CWD, path, kind, Mode::from_raw_mode(mode), makedev(major, minor)).unwrap();
-    chmod(path, mode);
-}
-
-fn setxattr(path: &Path, name: &str, value: &[u8]) {
-    rustix::fs::lsetxattr(path, name, value, XattrFlags::empty()).unwrap_or_else(|e| panic!("{name}: {e}"));
-}
-
-/// `cap_net_raw+ep` as the kernel stores it (VFS_CAP_REVISION_2).
-const CAP_NET_RAW: [u8; 20] = [1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// A tree with what container root filesystems hold, and what is hard for erofs.
 fn build_tree(root: &Path) {
@@ -111,11 +79,7 @@ fn build_special_entries(root: &Path) {
     fs::hard_link(p("links/hard-1"), p("many/00/hard-3")).unwrap();
     fs::write(p("links/empty-1"), b"").unwrap();
     fs::hard_link(p("links/empty-1"), p("links/empty-2")).unwrap();
-    mknod(&p("dev/null"), FileType::CharacterDevice, 0o666, 1, 3);
-    mknod(&p("dev/odd"), FileType::CharacterDevice, 0o600, 259, 70000);
-    mknod(&p("dev/loop9"), FileType::BlockDevice, 0o660, 7, 9);
-    mknod(&p("run/fifo"), FileType::Fifo, 0o644, 0, 0);
-    std::os::unix::net::UnixListener::bind(p("run/sock")).unwrap();
+    special_files(root);
     let deep: PathBuf = (0..64).map(|i| format!("d{i}")).collect();
     fs::create_dir_all(root.join(&deep)).unwrap();
     fs::write(root.join(&deep).join("bottom"), b"64 levels down").unwrap();
@@ -135,15 +99,9 @@ fn build_metadata(root: &Path) {
     fs::write(p("no-access"), b"mode 000").unwrap();
     fs::create_dir_all(p("tmp")).unwrap();
     fs::create_dir_all(p("shared")).unwrap();
-    lchown(p("owned"), Some(123_456), Some(654_321)).unwrap();
     lchown(p("links/relative"), Some(4242), Some(4343)).unwrap();
-    lchown(p("dev/odd"), Some(7), Some(8)).unwrap();
     lchown(p("shared"), Some(1000), Some(1000)).unwrap();
-    chmod(&p("bin/su"), 0o4755);
-    chmod(&p("owned"), 0o2640);
-    chmod(&p("tmp"), 0o1777);
-    chmod(&p("shared"), 0o2775);
-    chmod(&p("no-access"), 0o000);
+    odd_owners_and_modes(root);
     setxattr(&p("bin/ping"), "security.capability", &CAP_NET_RAW);
     setxattr(&p("owned"), "user.mime_type", b"text/plain");
     setxattr(&p("shared"), "trusted.overlay.opaque", b"y");
@@ -156,25 +114,6 @@ fn build_metadata(root: &Path) {
         let secs = if meta.is_dir() { 1_500_000_000 } else { 1_600_000_000 };
         set_mtime(&path, secs + i as i64 * 13, (i as i64 * 7_919_111) % 1_000_000_000);
     }
-}
-
-/// Every path under root (root included), parents first, with its lstat.
-fn entries(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
-    let mut out = vec![(root.to_path_buf(), fs::symlink_metadata(root).unwrap())];
-    let mut i = 0;
-    while i < out.len() {
-        let (path, meta) = out[i].clone();
-        if meta.is_dir() {
-            let mut children: Vec<_> = fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()).collect();
-            children.sort();
-            for child in children {
-                let meta = fs::symlink_metadata(&child).unwrap();
-                out.push((child, meta));
-            }
-        }
-        i += 1;
-    }
-    out
 }
 
 fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -417,15 +356,7 @@ fn ztailpacking_in_erofs_utils_1_5_corrupts_data_silently() {
 
 #[test]
 fn same_tree_same_image_whatever_the_host_numbering() {
-    let first = TempDir::new().unwrap();
-    build_tree(first.path());
-    let burn = TempDir::new().unwrap();
-    for i in 0..100 {
-        fs::write(burn.path().join(i.to_string()), b"").unwrap();
-    }
-    let second = TempDir::new().unwrap();
-    build_tree(second.path());
-    chmod(second.path(), fs::metadata(first.path()).unwrap().mode());
+    let (first, second) = twin_trees(build_tree, 100);
     for root in [first.path(), second.path()] {
         set_mtime(root, 1_234_567_890, 0);
     }
@@ -458,10 +389,7 @@ fn mtimes_are_kept_unless_a_timestamp_clamps_them() {
 
 /// Nothing but `keep` in `dir`.
 fn only(dir: &Path, keep: &[&str]) {
-    let mut names: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    names.sort();
-    assert_eq!(names, keep, "leftovers in {}", dir.display());
+    assert_eq!(sorted_names(dir), keep, "leftovers in {}", dir.display());
 }
 
 #[test]
@@ -525,12 +453,7 @@ fn names_and_paths_mkfs_erofs_1_5_cannot_take_are_refused_clearly() {
     assert!(err.to_string().contains("a name of 255 bytes; mkfs.erofs 1.5 takes at most 254"), "{err}");
 
     let src = TempDir::new().unwrap();
-    let segment = "n".repeat(250);
-    let mut dir = fs::File::open(src.path()).unwrap();
-    for _ in 0..17 {
-        rustix::fs::mkdirat(&dir, segment.as_str(), Mode::from_raw_mode(0o755)).unwrap();
-        dir = rustix::fs::openat(&dir, segment.as_str(), rustix::fs::OFlags::DIRECTORY, Mode::empty()).unwrap().into();
-    }
+    nest_dirs(src.path(), &"n".repeat(250), 17);
     let err = build(src.path(), &out, &ErofsOptions::default()).unwrap_err();
     assert!(err.to_string().contains("paths must stay under 4096"), "{err}");
     only(work.path(), &[]);

@@ -2,13 +2,16 @@
 //! without mounting (stat, ea_list, ea_get, dump, rdump). The trees hold
 //! device nodes and foreign owners, so these tests run as root (as CI does).
 
+mod common;
+
 use std::fs::{self, File};
 use std::io::Write as _;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
+use std::os::unix::fs::{MetadataExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rustix::fs::{CWD, FileType, Mode, XattrFlags, makedev, mknodat};
+use common::{CAP_NET_RAW, chmod, mknod, setxattr, sorted_names};
+use rustix::fs::FileType;
 use vmimg_rootfs::ext4::{self, EmptyOptions, Ext4Error, Ext4Options, Ext4Summary, Identity};
 
 const MIB: u64 = 1 << 20;
@@ -20,6 +23,17 @@ fn scratch() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
     let on_shm = shm.is_dir().then(|| tempfile::tempdir_in(shm).ok()).flatten();
     on_shm.unwrap_or_else(|| tempfile::tempdir().unwrap())
+}
+
+/// A scratch directory holding `root`, a tree with `dirs` made in it.
+fn scratch_tree(dirs: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    let dir = scratch();
+    let root = dir.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    for d in dirs {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    (dir, root)
 }
 
 /// Runs debugfs's `request` on `image` and gives its stdout.
@@ -88,13 +102,6 @@ fn allocated(path: &Path) -> u64 {
     fs::metadata(path).unwrap().blocks() * 512
 }
 
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    names.sort();
-    names
-}
-
 /// The free space and inodes `build` promises for `options`.
 fn assert_headroom(summary: &Ext4Summary, options: &Ext4Options) {
     let want_bytes = ((summary.tree_bytes as f64 * options.headroom) as u64).max(options.min_free_bytes);
@@ -108,9 +115,7 @@ fn assert_headroom(summary: &Ext4Summary, options: &Ext4Options) {
 /// the case where content + 20 % ran out of blocks elsewhere.
 #[test]
 fn small_file_heavy_tree() {
-    let dir = scratch();
-    let root = dir.path().join("root");
-    fs::create_dir_all(root.join("big")).unwrap();
+    let (dir, root) = scratch_tree(&["big"]);
     for i in 0..20_000 {
         fs::write(root.join(format!("big/f{i:05}")), vec![b'x'; i % 101]).unwrap();
     }
@@ -138,16 +143,14 @@ fn small_file_heavy_tree() {
     debugfs(&image, &format!("dump /big/f00100 {}", one.display()));
     assert_eq!(fs::read(&one).unwrap(), vec![b'x'; 100]);
     assert_eq!(fs::metadata(&image).unwrap().len(), summary.size);
-    assert_eq!(entries(dir.path()), ["one", "root", "small.ext4"], "a temporary file was left");
+    assert_eq!(sorted_names(dir.path()), ["one", "root", "small.ext4"], "a temporary file was left");
 }
 
 /// A few large files of incompressible data and a sparse one: exactly
 /// what was written comes back.
 #[test]
 fn large_files_read_back() {
-    let dir = scratch();
-    let root = dir.path().join("root");
-    fs::create_dir_all(root.join("data")).unwrap();
+    let (dir, root) = scratch_tree(&["data"]);
     let files = [("data/a.bin", 64 * MIB as usize + 5), ("data/b.bin", 20 * MIB as usize), ("c.bin", 4097)];
     for (i, (name, len)) in files.iter().enumerate() {
         fs::write(root.join(name), noise(*len, i as u64 + 1)).unwrap();
@@ -181,24 +184,12 @@ fn large_files_read_back() {
     assert!(stat.text.contains("Blockcount: 6152"), "the holes were written:\n{}", stat.text);
 }
 
-fn set_xattr(path: &Path, name: &str, value: &[u8]) {
-    rustix::fs::lsetxattr(path, name, value, XattrFlags::empty()).unwrap();
-}
-
-fn chmod(path: &Path, mode: u32) {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
-
 /// Every kind of entry an OCI layer can hold, checked in the image: types,
 /// modes, owners, device numbers, link targets, hard links, xattrs, and
 /// contents (by rdump back into a directory, compared with the tree).
 #[test]
 fn mixed_tree_keeps_everything() {
-    let dir = scratch();
-    let root = dir.path().join("root");
-    for d in ["etc", "usr/bin", "usr/lib", "dev", "tmp", "srv/shared", "a", "b"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
+    let (dir, root) = scratch_tree(&["etc", "usr/bin", "usr/lib", "dev", "tmp", "srv/shared", "a", "b"]);
     fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     fs::write(root.join("usr/bin/su"), noise(10_000, 3)).unwrap();
     chmod(&root.join("usr/bin/su"), 0o4755);
@@ -219,24 +210,19 @@ fn mixed_tree_keeps_everything() {
     fs::write(root.join("a/linked"), "one inode, two names").unwrap();
     fs::hard_link(root.join("a/linked"), root.join("b/also-linked")).unwrap();
     // Devices, a FIFO and a socket.
-    let node = |path: &str, kind, mode, dev| {
-        mknodat(CWD, root.join(path), kind, Mode::from_raw_mode(mode), dev).unwrap();
-        chmod(&root.join(path), mode); // past the umask
-    };
-    node("dev/null", FileType::CharacterDevice, 0o666, makedev(1, 3));
-    node("dev/sda1", FileType::BlockDevice, 0o660, makedev(8, 1));
-    node("dev/nvme", FileType::BlockDevice, 0o600, makedev(259, 300));
-    node("dev/initctl", FileType::Fifo, 0o600, 0);
+    mknod(&root.join("dev/null"), FileType::CharacterDevice, 0o666, 1, 3);
+    mknod(&root.join("dev/sda1"), FileType::BlockDevice, 0o660, 8, 1);
+    mknod(&root.join("dev/nvme"), FileType::BlockDevice, 0o600, 259, 300);
+    mknod(&root.join("dev/initctl"), FileType::Fifo, 0o600, 0, 0);
     drop(std::os::unix::net::UnixListener::bind(root.join("dev/log")).unwrap());
     lchown(root.join("dev/sda1"), Some(0), Some(6)).unwrap();
     // Xattrs: in the inode, in a block of their own, on a directory, on a
     // symlink (trusted.*), and a file capability.
-    let capability = [1u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    set_xattr(&root.join("usr/bin/su"), "security.capability", &capability);
-    set_xattr(&root.join("etc/passwd"), "user.comment", b"accounts");
-    set_xattr(&root.join("etc/passwd"), "user.big", &[b'b'; 300]);
-    set_xattr(&root.join("usr/lib"), "user.dir", b"on a directory");
-    set_xattr(&root.join("lib"), "trusted.link", b"on a symlink");
+    setxattr(&root.join("usr/bin/su"), "security.capability", &CAP_NET_RAW);
+    setxattr(&root.join("etc/passwd"), "user.comment", b"accounts");
+    setxattr(&root.join("etc/passwd"), "user.big", &[b'b'; 300]);
+    setxattr(&root.join("usr/lib"), "user.dir", b"on a directory");
+    setxattr(&root.join("lib"), "trusted.link", b"on a symlink");
     // Names of 255 bytes, and 40 levels of directories.
     let long_name = "n".repeat(255);
     fs::write(root.join("srv").join(&long_name), "long name").unwrap();
@@ -295,7 +281,7 @@ fn mixed_tree_keeps_everything() {
         debugfs(&image, &format!("ea_get -f {} {path} {name}", out.display()));
         fs::read(&out).unwrap()
     };
-    assert_eq!(value("/usr/bin/su", "security.capability"), capability);
+    assert_eq!(value("/usr/bin/su", "security.capability"), CAP_NET_RAW);
     assert_eq!(value("/etc/passwd", "user.comment"), b"accounts");
     assert_eq!(value("/etc/passwd", "user.big"), [b'b'; 300]);
     assert_eq!(value("/usr/lib", "user.dir"), b"on a directory");
@@ -373,15 +359,13 @@ fn empty_disk() {
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
         assert!(err.to_string().contains("16 MiB"), "{err}");
     }
-    assert_eq!(entries(dir.path()), ["volume.ext4"]);
+    assert_eq!(sorted_names(dir.path()), ["volume.ext4"]);
 }
 
 /// A large headroom costs no host space: the image is sparse.
 #[test]
 fn image_is_sparse() {
-    let dir = scratch();
-    let root = dir.path().join("root");
-    fs::create_dir_all(root.join("etc")).unwrap();
+    let (dir, root) = scratch_tree(&["etc"]);
     fs::write(root.join("etc/hostname"), "vm\n").unwrap();
     fs::write(root.join("payload"), noise(3 * MIB as usize, 5)).unwrap();
     let image = dir.path().join("sparse.ext4");
@@ -424,7 +408,7 @@ fn bad_root_leaves_nothing() {
     assert!(err.to_string().contains("inside the tree"), "{err}");
     fs::remove_dir(&root).unwrap();
 
-    assert_eq!(entries(dir.path()), ["a-file"]);
+    assert_eq!(sorted_names(dir.path()), ["a-file"]);
     let err = ext4::check(&missing).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
     let missing_tool = Ext4Error::MissingTool { tool: "mke2fs" }.to_string();
@@ -435,8 +419,7 @@ fn bad_root_leaves_nothing() {
 /// and not much more: the estimate is close, not merely generous.
 #[test]
 fn estimate_is_close() {
-    let dir = scratch();
-    let root = dir.path().join("root");
+    let (dir, root) = scratch_tree(&[]);
     let mut x = 7u64;
     let mut data = 0u64;
     for d in 0..40 {
@@ -469,9 +452,7 @@ fn estimate_is_close() {
 /// The same tree with the same UUID and time gives the same bytes.
 #[test]
 fn reproducible_with_identity() {
-    let dir = scratch();
-    let root = dir.path().join("root");
-    fs::create_dir_all(root.join("etc/sub")).unwrap();
+    let (dir, root) = scratch_tree(&["etc/sub"]);
     for i in 0..200 {
         fs::write(root.join(format!("etc/sub/f{i}")), noise(i * 37, i as u64)).unwrap();
     }

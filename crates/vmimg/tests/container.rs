@@ -4,33 +4,19 @@
 //! checked file by file with e2fsprogs' debugfs and GNU cpio, and booted
 //! under QEMU with a Debian kernel.
 
+mod common;
+
+use common::{ok, vmimg};
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use vmimg_testserver::RegistryServer;
 use vmimg_testserver::guest::{self, BootSpec};
 use vmimg_testserver::oci_image::{self, ImageSpec};
 
 const MARKER: &str = "VMIMG-CONTAINER-BOOTED";
-
-fn vmimg(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmimg"))
-        .env("DOCKER_CONFIG", "/nonexistent/vmimg-test")
-        .arg("--store")
-        .arg(store)
-        .args(["--retry-delay", "10", "--retries", "2"])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(store: &Path, args: &[&str]) -> String {
-    let out = vmimg(store, args);
-    assert!(out.status.success(), "vmimg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 fn run(command: &mut Command) -> String {
     let out = command.output().unwrap();

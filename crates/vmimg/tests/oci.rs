@@ -2,39 +2,19 @@
 //! 127.0.0.1): push, pull and cat round trips, an artifact assembled by hand
 //! the way cocoonstack publishes one, token auth, and every refusal.
 
+mod common;
+
+use common::{fails, ok, ok_with_stderr, vmimg};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use vmimg_fetch::{Algorithm, Digest, Hasher};
 use vmimg_oci::artifact::{self, Descriptor};
 use vmimg_oci::{Reference, Registry, RegistryOptions};
 use vmimg_testserver::{RegistryServer, TestServer};
-
-fn vmimg(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmimg"))
-        .env("DOCKER_CONFIG", "/nonexistent/vmimg-test") // no credentials but the test's own
-        .arg("--store")
-        .arg(store)
-        .args(["--retry-delay", "10", "--retries", "2"])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(store: &Path, args: &[&str]) -> (String, String) {
-    let out = vmimg(store, args);
-    assert!(out.status.success(), "vmimg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    (String::from_utf8(out.stdout).unwrap().trim().to_owned(), String::from_utf8(out.stderr).unwrap())
-}
-
-fn fails(store: &Path, args: &[&str]) -> String {
-    let out = vmimg(store, args);
-    assert_eq!(out.status.code(), Some(1), "vmimg {args:?} should fail");
-    String::from_utf8(out.stderr).unwrap()
-}
 
 /// A raw disk of `mib` MiB with random data in two places and holes.
 fn noisy_disk(path: &Path, mib: u64) -> Vec<u8> {
@@ -54,7 +34,7 @@ fn sha256(bytes: &[u8]) -> Digest {
 }
 
 fn images(store: &Path) -> Vec<Value> {
-    serde_json::from_str::<Value>(&ok(store, &["images", "--json"]).0).unwrap().as_array().unwrap().clone()
+    serde_json::from_str::<Value>(&ok(store, &["images", "--json"])).unwrap().as_array().unwrap().clone()
 }
 
 #[test]
@@ -63,14 +43,14 @@ fn push_then_pull_and_cat_give_the_disk_back() {
     let dir = tempfile::tempdir().unwrap();
     let (store, other) = (dir.path().join("store"), dir.path().join("other"));
     let disk = noisy_disk(&dir.path().join("disk.img"), 24);
-    let (path, _) = ok(&store, &["pull", dir.path().join("disk.img").to_str().unwrap()]);
+    let path = ok(&store, &["pull", dir.path().join("disk.img").to_str().unwrap()]);
     let key = Path::new(&path).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
     let target = format!("oci://{}/vm/disk:v1", registry.host());
 
-    let (pinned, stderr) = ok(&store, &["push", &key, &target, "--part-size", "5M", "--format", "raw"]);
+    let (pinned, stderr) = ok_with_stderr(&store, &["push", &key, &target, "--part-size", "5M", "--format", "raw"]);
     assert!(pinned.starts_with(&format!("{}/vm/disk:v1@sha256:", registry.host())), "{pinned}");
     assert!(stderr.contains("5 parts, 5 sent, 0 already there"), "{stderr}");
-    let (_, stderr) = ok(&store, &["push", &key, &target, "--part-size", "5M", "--format", "raw"]);
+    let (_, stderr) = ok_with_stderr(&store, &["push", &key, &target, "--part-size", "5M", "--format", "raw"]);
     assert!(stderr.contains("5 parts, 0 sent, 5 already there"), "the second push sent parts again: {stderr}");
 
     let out = vmimg(&other, &["cat", &target]);
@@ -79,7 +59,7 @@ fn push_then_pull_and_cat_give_the_disk_back() {
 
     // The default: zstd-compressed qcow2 parts, smaller, that qemu-img reads back to the disk.
     let compressed = format!("oci://{}/vm/disk:qcow2", registry.host());
-    let (_, stderr) = ok(&store, &["push", &key, &compressed, "--part-size", "1M"]);
+    let (_, stderr) = ok_with_stderr(&store, &["push", &key, &compressed, "--part-size", "1M"]);
     assert!(stderr.contains("4 parts") || stderr.contains("3 parts"), "3 MiB of noise in 1 MiB parts: {stderr}");
     let out = vmimg(&other, &["cat", &compressed]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -98,18 +78,18 @@ fn push_then_pull_and_cat_give_the_disk_back() {
     let flat = dir.path().join("flat.raw");
     assert!(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&qcow2).arg(&flat).status().unwrap().success());
     assert!(std::fs::read(&flat).unwrap() == disk, "the pushed qcow2 is not the disk");
-    let (from_qcow2, _) = ok(&other, &["pull", &compressed]);
+    let from_qcow2 = ok(&other, &["pull", &compressed]);
     assert!(std::fs::read(&from_qcow2).unwrap() == disk);
     assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0, "the push left its qcow2 behind");
     ok(&other, &["rm", Path::new(&from_qcow2).parent().unwrap().file_name().unwrap().to_str().unwrap()]);
 
-    let (pulled, _) = ok(&other, &["pull", &target]);
+    let pulled = ok(&other, &["pull", &target]);
     assert!(std::fs::read(&pulled).unwrap() == disk);
     assert!(std::fs::metadata(&pulled).unwrap().len() == 24 << 20);
-    let (instance, _) = ok(&other, &["instance", "create", &target, "--name", "vm"]);
+    let instance = ok(&other, &["instance", "create", &target, "--name", "vm"]);
     assert!(instance.ends_with("instances/vm/disk.qcow2"), "{instance}");
     ok(&other, &["instance", "rm", "vm"]);
-    let (again, stderr) = ok(&other, &["pull", &format!("oci://{pinned}")]);
+    let (again, stderr) = ok_with_stderr(&other, &["pull", &format!("oci://{pinned}")]);
     assert_eq!(again, pulled, "a pull by digest of the same manifest is the same image");
     assert!(!stderr.contains("converted"), "the second pull was not a hit: {stderr}");
     let image = &images(&other)[0];
@@ -195,7 +175,7 @@ fn a_split_qcow2_artifact_published_as_cocoonstack_does() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout == qcow2_bytes, "cat did not reassemble the parts in title order");
 
-    let (disk, _) = ok(&store, &["pull", &source]);
+    let disk = ok(&store, &["pull", &source]);
     let expected = dir.path().join("expected.raw");
     assert!(
         Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&qcow2).arg(&expected).status().unwrap().success()
@@ -295,12 +275,12 @@ fn a_registry_with_token_auth_and_docker_config_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let disk = noisy_disk(&dir.path().join("disk.img"), 6);
-    let (path, _) = ok(&store, &["pull", dir.path().join("disk.img").to_str().unwrap()]);
+    let path = ok(&store, &["pull", dir.path().join("disk.img").to_str().unwrap()]);
     let key = Path::new(&path).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
     let target = format!("oci://{}/private/disk:1", server.host());
     ok(&store, &["push", &key, &target, "--part-size", "2M", "--format", "raw"]);
     let other = dir.path().join("other");
-    let (pulled, _) = ok(&other, &["pull", &target]);
+    let pulled = ok(&other, &["pull", &target]);
     assert!(std::fs::read(pulled).unwrap() == disk);
     assert!(tokens.requests("/token") >= 2, "the token endpoint was not asked");
     assert!(tokens.log().iter().all(|r| r.authorization.is_none()), "credentials were sent that nobody gave");
@@ -364,8 +344,8 @@ fn an_index_resolves_to_the_platform_asked_for() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(out.stdout, format!("the {arch} disk").into_bytes());
     }
-    let (amd, _) = ok(&store, &["--arch", "amd64", "pull", &source]);
-    let (arm, _) = ok(&store, &["--arch", "arm64", "pull", &source]);
+    let amd = ok(&store, &["--arch", "amd64", "pull", &source]);
+    let arm = ok(&store, &["--arch", "arm64", "pull", &source]);
     assert_ne!(amd, arm, "two architectures of one index are two images");
     assert_eq!(std::fs::read(arm).unwrap(), b"the arm64 disk");
 }
