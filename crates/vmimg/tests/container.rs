@@ -211,3 +211,27 @@ fn a_missing_image_fails_and_its_build_keeps_the_error() {
     assert_eq!(builds[0]["status"], "failed");
     assert!(builds[0]["error"].as_str().unwrap().contains("not found"), "{builds:#}");
 }
+
+#[test]
+fn a_terminal_shows_the_build_stage() {
+    let registry = RegistryServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = tmp.path().join("layer");
+    fs::create_dir_all(layer.join("data")).unwrap();
+    let mut noise = vec![0u8; 16 << 20];
+    std::io::Read::read_exact(&mut fs::File::open("/dev/urandom").unwrap(), &mut noise).unwrap();
+    fs::write(layer.join("data/noise"), noise).unwrap();
+    ImageSpec::new().dir_layer(&layer).push(&registry.host(), "test/tty", "1").unwrap();
+    let command = format!(
+        "{} --store {} build oci://{}/test/tty:1",
+        env!("CARGO_BIN_EXE_vmimg"),
+        tmp.path().join("store").display(),
+        registry.host()
+    );
+    // script(1) runs the command on a pseudo-terminal and copies what it draws.
+    let out = Command::new("script").args(["-qec", &command, "/dev/null"]).output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("test/tty:1 (ext4)") && screen.contains("ext4 disk ready"), "no status line: {screen}");
+    assert!(screen.contains("pulling layers") || screen.contains("converting"), "no stage: {screen}");
+}
