@@ -12,6 +12,11 @@
 //! close` on purpose: the faults need byte-level control of what goes on the
 //! wire (cut a body after exactly N bytes, hold a socket silent), which an
 //! HTTP framework hides. It is a test tool: it binds only 127.0.0.1.
+//!
+//! Beside it: [`RegistryServer`] starts Debian's docker-registry on a free
+//! loopback port; [`oci_image`] builds container images with umoci and
+//! pushes them with skopeo; [`guest`] boots a Debian kernel under QEMU with
+//! a busybox guest, from an initramfs or a root disk, and reads its console.
 
 pub mod guest;
 mod http;
