@@ -140,23 +140,23 @@ async fn a_corrupt_layer_fails_the_build_and_nothing_is_kept() {
     assert_eq!((kept("images"), kept("layers/sha256"), kept("tmp")), (0, 0, 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zstd_layers_build_too() {
+/// Builds an image of one file pushed as `spec` says; returns the file as the ext4 disk has it.
+async fn built_file(spec: ImageSpec, name: &str, want_in_manifest: &str) -> String {
     let registry = RegistryServer::start();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("z");
+    let dir = tmp.path().join(name);
     fs::create_dir_all(dir.join("etc")).unwrap();
-    fs::write(dir.join("etc/text"), "compressed with zstd").unwrap();
-    ImageSpec::new().dir_layer(&dir).zstd().push(&registry.host(), "test/z", "1").unwrap();
+    fs::write(dir.join("etc/text"), format!("pushed as {name}")).unwrap();
+    spec.dir_layer(&dir).push(&registry.host(), &format!("test/{name}"), "1").unwrap();
+    let reference = format!("{}/test/{name}:1", registry.host());
     let manifest = std::process::Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/test/z:1", registry.host())])
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{reference}")])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&manifest.stdout).contains("tar+zstd"), "{manifest:?}");
+    assert!(String::from_utf8_lossy(&manifest.stdout).contains(want_in_manifest), "{manifest:?}");
 
     let manager = open_manager(&tmp.path().join("store"), 1);
-    let reference = Reference::parse(&format!("{}/test/z:1", registry.host())).unwrap();
-    let build = manager.create(&reference, RootfsFormat::Ext4).unwrap();
+    let build = manager.create(&Reference::parse(&reference).unwrap(), RootfsFormat::Ext4).unwrap();
     let done = manager.wait(&build.id).await.unwrap();
     assert_eq!(done.status, BuildStatus::Ready, "{done:?}");
     let record = manager.store().lookup(&done.image.unwrap()).unwrap().unwrap();
@@ -165,7 +165,18 @@ async fn zstd_layers_build_too() {
         .arg(manager.store().image_file(&record))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&cat.stdout), "compressed with zstd");
+    String::from_utf8_lossy(&cat.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_layers_build_too() {
+    assert_eq!(built_file(ImageSpec::new().zstd(), "zstd", "tar+zstd").await, "pushed as zstd");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_schema2_images_build_too() {
+    let docker_layer = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    assert_eq!(built_file(ImageSpec::new().docker(), "docker", docker_layer).await, "pushed as docker");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,8 @@ pub struct ImageSpec {
     pub user: Option<String>,
     /// Push the layers zstd-compressed (skopeo recompresses umoci's gzip).
     pub zstd: bool,
+    /// Push a Docker schema 2 manifest and config (skopeo converts) rather than OCI's.
+    pub docker: bool,
 }
 
 /// An image in a registry.
@@ -71,6 +73,12 @@ impl ImageSpec {
     /// Layers pushed as `…tar+zstd` rather than `…tar+gzip`.
     pub fn zstd(mut self) -> ImageSpec {
         self.zstd = true;
+        self
+    }
+
+    /// A Docker (schema 2) image rather than an OCI one.
+    pub fn docker(mut self) -> ImageSpec {
+        self.docker = true;
         self
     }
 
@@ -167,6 +175,9 @@ impl ImageSpec {
         skopeo.arg(&digest_file);
         if self.zstd {
             skopeo.args(["--dest-compress", "--dest-compress-format", "zstd"]);
+        }
+        if self.docker {
+            skopeo.args(["--format", "v2s2"]);
         }
         run(skopeo.arg(format!("oci:{}:{tag}", layout.display())).arg(format!("docker://{reference}")))?;
         let digest = fs::read_to_string(&digest_file).map_err(|e| format!("skopeo's digest file: {e}"))?;
