@@ -35,7 +35,7 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -165,10 +165,24 @@ struct Layer {
     touched: HashSet<RelPath>,
     /// Directories whose mtime is set once the layer's entries are in.
     dir_times: Vec<(RelPath, u64)>,
+    /// The mtimes of directories from below that the layer changes without
+    /// an entry of their own: put back once its entries are in, as umoci
+    /// and containerd do, so a layer's work leaves no build-time stamp.
+    kept_times: HashMap<RelPath, Timestamps>,
     summary: LayerSummary,
 }
 
 impl Layer {
+    /// Notes `dir`'s mtime before the layer first changes it.
+    fn keep_time(&mut self, path: &[u8], dir: &OwnedFd) -> io::Result<()> {
+        if !self.kept_times.contains_key(path) {
+            let stat = rustix::fs::fstat(dir)?;
+            let time = rustix::fs::Timespec { tv_sec: stat.st_mtime, tv_nsec: stat.st_mtime_nsec as _ };
+            self.kept_times.insert(path.to_vec(), Timestamps { last_access: time, last_modification: time });
+        }
+        Ok(())
+    }
+
     fn touch(&mut self, path: &[u8]) {
         let mut end = path.len();
         while end > 0 && self.touched.insert(path[..end].to_vec()) {
@@ -217,7 +231,7 @@ impl Rootfs {
             }
             let name = clean_name(&entry.path)?;
             match whiteout(&name).map_err(|reason| refused(&entry.path, reason))? {
-                Some(whiteout) => self.apply_whiteout(whiteout, &layer).map_err(|e| io_error(&entry.path, e))?,
+                Some(whiteout) => self.apply_whiteout(whiteout, &mut layer).map_err(|e| io_error(&entry.path, e))?,
                 None => {
                     layer.touch(&name);
                     self.apply_entry(&mut reader, &entry, &name, &mut layer)?;
@@ -225,6 +239,11 @@ impl Rootfs {
                 }
             }
             layer.summary.whiteouts += 1;
+        }
+        let named: HashSet<&RelPath> = layer.dir_times.iter().map(|(dir, _)| dir).collect();
+        for (dir, time) in layer.kept_times.iter().filter(|(dir, _)| !named.contains(dir)) {
+            let fd = self.open_dir(dir).map_err(|e| io_error(dir, e))?;
+            futimens(&fd, time).map_err(|e| io_error(dir, e.into()))?;
         }
         for (dir, mtime) in &layer.dir_times {
             let fd = self.open_dir(dir).map_err(|e| io_error(dir, e))?;
@@ -247,6 +266,7 @@ impl Rootfs {
         }
         let (parent_path, leaf) = split_last(name);
         let parent = self.open_dir_creating(parent_path).map_err(|e| io_error(&entry.path, e))?;
+        layer.keep_time(parent_path, &parent).map_err(|e| io_error(&entry.path, e))?;
         let summary = &mut layer.summary;
         let made = match entry.kind {
             Kind::File => self.write_file(reader, entry, &parent, leaf, summary),
@@ -393,12 +413,15 @@ impl Rootfs {
         self.set_fd_metadata(self.root.as_fd(), entry, &mut LayerSummary::default())
     }
 
-    fn apply_whiteout(&self, whiteout: Whiteout, layer: &Layer) -> io::Result<()> {
+    fn apply_whiteout(&self, whiteout: Whiteout, layer: &mut Layer) -> io::Result<()> {
         match whiteout {
             Whiteout::Remove(path) if !layer.touched.contains(&path) => {
                 let (dir, leaf) = split_last(&path);
                 match self.open_dir(dir) {
-                    Ok(parent) => remove_existing(&parent, leaf, false).map(drop),
+                    Ok(parent) => {
+                        layer.keep_time(dir, &parent)?;
+                        remove_existing(&parent, leaf, false).map(drop)
+                    }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                     Err(e) => Err(e),
                 }
@@ -406,6 +429,7 @@ impl Rootfs {
             Whiteout::Remove(_) | Whiteout::Ignore => Ok(()),
             Whiteout::Opaque(dir) => {
                 let fd = self.open_dir_creating(&dir)?;
+                layer.keep_time(&dir, &fd)?;
                 hide_lower(&fd, &dir, layer)
             }
         }

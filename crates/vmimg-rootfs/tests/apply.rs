@@ -349,3 +349,15 @@ fn without_root_devices_are_skipped_and_said() {
     assert!(warnings[1].starts_with("1 device nodes"), "{warnings:?}");
     assert!(LayerSummary::default().warnings(&ApplyOptions { owners: true, ..options }).is_empty());
 }
+
+#[test]
+fn directories_a_layer_does_not_name_keep_their_mtime() {
+    let root = tempfile::tempdir().unwrap();
+    let base = Tar::default().dir("usr").dir("usr/bin").file("usr/bin/gzip", b"old").file("usr/bin/gone", b"x").bytes();
+    let top = Tar::default().file("usr/bin/gzip", b"new").file("usr/bin/.wh.gone", b"").bytes();
+    apply(root.path(), &[base, top]).unwrap();
+    let bin = fs::metadata(root.path().join("usr/bin")).unwrap();
+    assert_eq!(bin.mtime(), 1_600_000_000, "the base layer's time, not the apply's");
+    assert_eq!(read(&root.path().join("usr/bin/gzip")), "new");
+    assert!(!root.path().join("usr/bin/gone").exists());
+}
