@@ -340,14 +340,7 @@ impl Manager {
 
     /// Waits until build `id` is ready or failed.
     pub async fn wait(&self, id: &str) -> Result<Build> {
-        let mut changes = self.inner.changes.subscribe();
-        loop {
-            let build = self.get(id)?.ok_or_else(|| Error::NotFound { what: "build", name: id.to_owned() })?;
-            if build.status.is_done() {
-                return Ok(build);
-            }
-            changes.changed().await.expect("the manager outlives its waiters");
-        }
+        self.follow(id, |_| {}).await
     }
 
     /// Calls `watch` with the build at every change until it is done.

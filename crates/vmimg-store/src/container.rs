@@ -187,7 +187,7 @@ impl Store {
         observer: Arc<dyn BuildObserver>,
     ) -> Result<String> {
         let digest = &layer.descriptor.digest;
-        let relative = format!("layers/{}/{}", digest.algorithm().name(), digest.hex());
+        let relative = crate::pull::by_digest("layers", digest);
         let path = self.root().join(&relative);
         if path.exists() {
             return Ok(relative);
@@ -199,21 +199,11 @@ impl Store {
         let partial = self.tmp().join(format!("layer-{}.part", digest.hex()));
         let progress = PulledBytes { observer, seen: std::sync::atomic::AtomicU64::new(0) };
         let fetched = self.registry()?.fetch_blob(pinned, digest, layer.descriptor.size, &partial, &progress).await?;
-        if fetched.digest != *digest || fetched.size != layer.descriptor.size {
+        if let Err(mismatch) = crate::oci::check_blob(&layer.descriptor, &fetched.digest, fetched.size) {
             let _ = remove_partial(&partial);
-            return Err(Error::PartMismatch {
-                expected: digest.clone(),
-                size: layer.descriptor.size,
-                actual: fetched.digest,
-                actual_size: fetched.size,
-            });
+            return Err(mismatch);
         }
-        let dir = path.parent().expect("layers/<algorithm>");
-        std::fs::create_dir_all(dir).map_err(Error::io("cannot create", dir))?;
-        std::fs::rename(&partial, &path).map_err(Error::io("cannot rename into", &path))?;
-        crate::fsutil::sync_dir(dir)?;
-        remove_partial(&partial).map_err(Error::io("cannot remove", &partial))?;
-        Ok(relative)
+        self.keep_verified(&partial, "layers", digest)
     }
 }
 

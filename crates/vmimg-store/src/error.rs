@@ -34,7 +34,7 @@ pub enum Error {
     #[error("bundle {}: {source}", path.display())]
     Bundle { path: PathBuf, source: vmimg_bundle::bundle::Error },
     #[error(
-        "a part of the cloud image has digest {actual} and {actual_size} bytes, where its manifest says {expected} and \
+        "a blob of the image (a disk part or a layer) has digest {actual} and {actual_size} bytes, where its manifest says {expected} and \
          {size} bytes; nothing was kept"
     )]
     PartMismatch { expected: Digest, size: u64, actual: Digest, actual_size: u64 },

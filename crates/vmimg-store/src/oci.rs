@@ -139,7 +139,7 @@ impl Store {
             let tee = Tee { watermark: watermark.clone(), progress: progress.clone(), index: i };
             jobs.push(async move {
                 let fetched = registry.fetch_blob(pinned, &part.digest, part.size, partial, &tee).await;
-                let checked = fetched.map_err(Error::from).and_then(|f| check_part(part, &f.digest, f.size));
+                let checked = fetched.map_err(Error::from).and_then(|f| check_blob(part, &f.digest, f.size));
                 watermark.end(checked.is_ok());
                 if checked.is_err() {
                     let _ = remove_partial(partial);
@@ -212,11 +212,12 @@ impl Store {
     }
 }
 
-fn check_part(part: &Descriptor, digest: &Digest, size: u64) -> Result<()> {
-    if size != part.size || *digest != part.digest {
+/// Fails unless a downloaded blob has the size and digest its descriptor says.
+pub(crate) fn check_blob(descriptor: &Descriptor, digest: &Digest, size: u64) -> Result<()> {
+    if size != descriptor.size || *digest != descriptor.digest {
         return Err(Error::PartMismatch {
-            expected: part.digest.clone(),
-            size: part.size,
+            expected: descriptor.digest.clone(),
+            size: descriptor.size,
             actual: digest.clone(),
             actual_size: size,
         });

@@ -109,13 +109,20 @@ impl Store {
 
     /// Moves a verified partial into `blobs/` and returns its store-relative path.
     pub(crate) fn keep_blob(&self, partial: &Path, digest: &Digest) -> Result<String> {
-        let blob = self.blob_path(digest);
-        let dir = blob.parent().expect("blobs/<algorithm>");
+        self.keep_verified(partial, "blobs", digest)
+    }
+
+    /// Moves a verified partial to `<kind>/<algorithm>/<hex>` (`blobs`, or
+    /// `layers`), durably, and returns that store-relative path.
+    pub(crate) fn keep_verified(&self, partial: &Path, kind: &str, digest: &Digest) -> Result<String> {
+        let relative = by_digest(kind, digest);
+        let blob = self.root().join(&relative);
+        let dir = blob.parent().expect("<kind>/<algorithm>");
         std::fs::create_dir_all(dir).map_err(Error::io("cannot create", dir))?;
         std::fs::rename(partial, &blob).map_err(Error::io("cannot rename into", &blob))?;
         crate::fsutil::sync_dir(dir)?;
         remove_partial(partial).map_err(Error::io("cannot remove", partial))?;
-        Ok(format!("blobs/{}/{}", digest.algorithm().name(), digest.hex()))
+        Ok(relative)
     }
 
     async fn make_from_file(&self, source: &Resolved, path: PathBuf) -> Result<Made> {
@@ -160,6 +167,11 @@ impl Store {
         crate::fsutil::sync_dir(target.parent().expect("images/"))?;
         Ok(Pulled { path: self.image_file(&record), record, cached: false })
     }
+}
+
+/// Where content of `kind` (`blobs`, `layers`) with `digest` lives, relative to the store root.
+pub(crate) fn by_digest(kind: &str, digest: &Digest) -> String {
+    format!("{kind}/{}/{}", digest.algorithm().name(), digest.hex())
 }
 
 fn check_digest(source: &Resolved, actual: &Digest) -> Result<()> {

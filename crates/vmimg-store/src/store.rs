@@ -195,7 +195,7 @@ impl Store {
     }
 
     pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs").join(digest.algorithm().name()).join(digest.hex())
+        self.root.join(crate::pull::by_digest("blobs", digest))
     }
 
     /// The partial download of `key`'s source.
