@@ -115,3 +115,48 @@ fn registry_with_retries(attempts: usize) -> Registry {
     })
     .unwrap()
 }
+
+/// A container image whose config blob is `served`, described as `digest` and `size`.
+fn container_manifest(digest: &Digest, size: u64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": artifact::OCI_MANIFEST,
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": size },
+        "layers": []
+    }))
+    .unwrap()
+}
+
+#[test]
+fn container_configs_that_lie_or_are_huge_are_refused() {
+    let server = TestServer::start();
+    let host = server.base_url().trim_start_matches("http://").to_owned();
+    let config = br#"{"config":{"Cmd":["/bin/sh"]}}"#.to_vec();
+    let digest = sha256(&config);
+    server.add(&format!("/v2/c/blobs/{digest}"), config.clone());
+    let other = sha256(b"another config");
+    server.add(&format!("/v2/c/blobs/{other}"), config.clone());
+    let huge = sha256(b"huge");
+    let cases = [
+        ("good", container_manifest(&digest, config.len() as u64), None),
+        ("other", container_manifest(&other, config.len() as u64), Some("digest mismatch")),
+        ("short", container_manifest(&digest, config.len() as u64 + 5), Some("where its descriptor says")),
+        ("huge", container_manifest(&huge, vmimg_oci::container::MAX_CONFIG_BYTES + 1), Some("larger than")),
+    ];
+    for (tag, bytes, expected) in cases {
+        server.add(&format!("/v2/c/manifests/{tag}"), bytes);
+        let reference = Reference::parse(&format!("{host}/c:{tag}")).unwrap();
+        let outcome = runtime().block_on(async {
+            let registry = registry();
+            let (pinned, image) = registry.image(&reference, "amd64").await?;
+            let vmimg_oci::OciImage::Container(image) = image else { panic!("{tag}: not a container image") };
+            registry.run_config(&pinned, &image).await
+        });
+        match expected {
+            None => assert_eq!(outcome.unwrap().cmd, ["/bin/sh"]),
+            Some(expected) => {
+                let error = outcome.unwrap_err().to_string();
+                assert!(error.contains(expected), "{tag}: {error}");
+            }
+        }
+    }
+}
