@@ -3,8 +3,9 @@
 //! file onto itself without leaving anything behind.
 //!
 //! /tmp is ext4 on the test machines, which refuses reflinks: there the
-//! reflink test says it is skipped unless `VMIMG_REFLINK_DIR` names a
-//! directory on a filesystem that clones (btrfs, XFS).
+//! reflink test makes an XFS with `reflink=1` on a loop device (as root), or
+//! uses `VMIMG_REFLINK_DIR`, a directory on a filesystem that clones. The
+//! copy across filesystems copies from a tmpfs the test mounts.
 
 mod common;
 
@@ -14,6 +15,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use vmimg_disk::{CopyMethod, CopyOptions, CopyStats, Error, copy_raw};
+use vmimg_testserver::mounts::{Mount, skip_missing};
 
 const GIB: u64 = 1 << 30;
 
@@ -181,16 +183,12 @@ fn a_sparse_20_gib_disk_costs_only_its_data() {
 
 #[test]
 fn copy_file_range_refused_across_filesystems_falls_back_to_read_write() {
-    let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
-        eprintln!("skipped: no /dev/shm to copy from");
-        return;
+    let other = match Mount::tmpfs() {
+        Ok(mount) => mount,
+        Err(e) => return skip_missing(format!("a second filesystem (a tmpfs) to copy from: {e}")),
     };
     let dir = tempfile::tempdir().unwrap();
-    if fs::metadata(shm.path()).unwrap().dev() == fs::metadata(dir.path()).unwrap().dev() {
-        eprintln!("skipped: /dev/shm and {} are one filesystem", dir.path().display());
-        return;
-    }
-    let src = sparse_file(shm.path(), "src.raw", 6 * MIB + 1, &[(100, 5000), (6 * MIB - 10, 11)]);
+    let src = sparse_file(other.path(), "src.raw", 6 * MIB + 1, &[(100, 5000), (6 * MIB - 10, 11)]);
     for first in [CopyMethod::Reflink, CopyMethod::CopyFileRange] {
         let dst = dir.path().join("dst.raw");
         let stats = copy_raw(&src, &dst, &options(first, None)).unwrap();
@@ -199,19 +197,27 @@ fn copy_file_range_refused_across_filesystems_falls_back_to_read_write() {
     }
 }
 
+/// A directory on a filesystem that clones: `VMIMG_REFLINK_DIR` if set,
+/// else the temporary directory if it clones, else an XFS the test makes.
+fn reflink_dir() -> Result<(tempfile::TempDir, Option<Mount>), String> {
+    if let Some(base) = std::env::var_os("VMIMG_REFLINK_DIR") {
+        return Ok((tempfile::tempdir_in(base).unwrap(), None));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    if reflinks_in(dir.path()) {
+        return Ok((dir, None));
+    }
+    let xfs = Mount::xfs_with_reflink(512 * MIB)?;
+    Ok((xfs.tempdir(), Some(xfs)))
+}
+
 #[test]
 fn reflink_shares_blocks_where_the_filesystem_clones() {
-    let dir = match std::env::var_os("VMIMG_REFLINK_DIR") {
-        Some(base) => tempfile::tempdir_in(base).unwrap(),
-        None => tempfile::tempdir().unwrap(),
+    let (dir, _xfs) = match reflink_dir() {
+        Ok(found) => found,
+        Err(e) => return skip_missing(format!("a filesystem that clones (set VMIMG_REFLINK_DIR, or run as root): {e}")),
     };
-    if !reflinks_in(dir.path()) {
-        eprintln!(
-            "skipped: {} refuses FICLONE; set VMIMG_REFLINK_DIR to a btrfs or XFS directory",
-            dir.path().display()
-        );
-        return;
-    }
+    assert!(reflinks_in(dir.path()), "{} refuses FICLONE", dir.path().display());
     for src in fixtures(dir.path()) {
         let dst = dir.path().join("clone.raw");
         let stats = copy_raw(&src, &dst, &CopyOptions::default()).unwrap();

@@ -16,10 +16,13 @@
 //! Beside it: [`RegistryServer`] starts Debian's docker-registry on a free
 //! loopback port; [`oci_image`] builds container images with umoci and
 //! pushes them with skopeo; [`guest`] boots a Debian kernel under QEMU with
-//! a busybox guest, from an initramfs or a root disk, and reads its console.
+//! a busybox guest, from an initramfs or a root disk, and reads its console;
+//! [`mounts`] mounts the filesystems tests need and fails, under CI, a test
+//! that would otherwise skip.
 
 pub mod guest;
 mod http;
+pub mod mounts;
 pub mod oci_image;
 mod registry;
 
