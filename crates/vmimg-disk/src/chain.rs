@@ -58,7 +58,7 @@ impl Opener {
     fn open(&mut self, path: &Path, file: File, format: Option<Format>, depth: usize) -> Result<DiskImage> {
         let format = match format {
             Some(f) => f,
-            None => Format::probe(&file).map_err(Error::io("cannot read", path))?,
+            None => Format::by_magic(&file).map_err(Error::io("cannot read", path))?,
         };
         if format == Format::Raw {
             return Ok(DiskImage::from_parts(path, Kind::Raw(file), None));

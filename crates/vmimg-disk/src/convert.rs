@@ -68,7 +68,10 @@ pub struct ConvertStats {
 }
 
 /// Converts `src` into `dst` (truncated first) as a sparse raw disk.
+/// A disk that would start with an image header is refused before anything
+/// is written (see `probe.rs`).
 pub fn convert_to_raw(src: &DiskImage, dst: &File, options: &ConvertOptions) -> Result<ConvertStats> {
+    src.ensure_plain_head()?;
     let virtual_size = src.virtual_size()?;
     size_output(dst, virtual_size).map_err(Error::io("cannot size the output for", src.path()))?;
     let batcher = Mutex::new(Batcher::new(chain_extents(src)?));

@@ -22,7 +22,7 @@
 //! disk costs what its data costs, and memory is one buffer whatever the size.
 
 use crate::error::{Error, Result};
-use crate::image::Format;
+use crate::probe::{Content, NotADisk};
 use crate::publish::publish;
 use crate::raw::RawExtents;
 use crate::zero::write_skipping_zeros;
@@ -110,9 +110,12 @@ pub fn copy_raw(src: &Path, dst: &Path, options: &CopyOptions) -> Result<CopySta
 
 fn open_raw(path: &Path) -> Result<File> {
     let file = File::open(path).map_err(Error::io("cannot open", path))?;
-    match Format::probe(&file).map_err(Error::io("cannot read", path))? {
-        Format::Raw => Ok(file),
-        Format::Qcow2 => Err(Error::CopyOfQcow2 { path: path.to_owned() }),
+    // A disk's own copy may be shorter than a sector: only headers and
+    // files that are no disk are refused.
+    match crate::probe::probe_file(&file).map_err(Error::io("cannot read", path))? {
+        Content::Raw | Content::NotADisk(NotADisk::TooSmall(_)) => Ok(file),
+        Content::Qcow2 => Err(Error::CopyOfQcow2 { path: path.to_owned() }),
+        content => Err(Error::Unsupported { path: path.to_owned(), content }),
     }
 }
 

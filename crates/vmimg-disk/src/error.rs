@@ -1,6 +1,7 @@
 //! Errors of the disk layer: a qcow2 refusal, an I/O failure with its path,
 //! a refused copy, a size that does not parse, a backing chain that loops
-//! or runs too deep, or one asked to become a compressed qcow2 image.
+//! or runs too deep, one asked to become a compressed qcow2 image, a file
+//! that is no raw or qcow2 disk, or a raw disk carrying an image header.
 
 use std::io;
 use std::path::PathBuf;
@@ -20,6 +21,19 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("{path} is {content}: {}", content.advice())]
+    Unsupported { path: PathBuf, content: crate::probe::Content },
+    #[error(
+        "{path} was declared a raw disk but starts with {found} header{detail}: a VMM that probes formats would \
+         open it as that image, so it is refused; if it is such an image, give it as one (without -f raw, or with \
+         its own media type)"
+    )]
+    HeaderInRaw { path: PathBuf, found: crate::probe::Content, detail: String },
+    #[error(
+        "the disk inside {path} starts with {found} header{detail}: as a raw disk, a VMM that probes formats would \
+         open it as that image, so it is refused"
+    )]
+    HeaderInDisk { path: PathBuf, found: crate::probe::Content, detail: String },
     #[error("unknown image format {0:?}: vmimg reads raw and qcow2")]
     UnknownFormat(String),
     #[error("{path} is a qcow2 image and copy copies raw disks only: use `vmimg convert` (or `vmimg pull`)")]

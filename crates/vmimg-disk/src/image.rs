@@ -1,10 +1,12 @@
 //! Opening a disk image file as raw or qcow2.
 //!
-//! The format is probed from the first bytes only when the caller did not say
-//! it. Probing is one-way safe: a file without the qcow2 magic is raw, and a
-//! caller who says `raw` gets raw even if the bytes look like qcow2 (so a
-//! guest that writes a qcow2 header into its raw disk cannot make the host
-//! read other files through it).
+//! The format is probed (see `probe.rs`) only when the caller did not say
+//! it: qcow2 by its magic, raw when no known header is found; compressed
+//! streams, other image formats and files that are no disk are refused by
+//! name. A caller who says `raw` never gets qcow2, and a file said to be raw
+//! that starts with an image header is refused (so a guest that writes a
+//! qcow2 header into its raw disk cannot make the host read other files
+//! through it).
 //!
 //! [`DiskImage::open`] is for images from outside and refuses qcow2 images
 //! that name a backing file; images the store made itself are opened with
@@ -31,8 +33,9 @@ impl Format {
         }
     }
 
-    /// qcow2 when the file starts with the qcow2 magic, raw otherwise.
-    pub fn probe(file: &File) -> std::io::Result<Format> {
+    /// qcow2 when the file starts with the qcow2 magic, raw otherwise: for
+    /// files the store made itself (backing chains), never for input.
+    pub(crate) fn by_magic(file: &File) -> std::io::Result<Format> {
         let mut magic = [0u8; 4];
         file.read_exact_or_zero_at(&mut magic, 0)?;
         Ok(if magic == vmimg_qcow2::MAGIC { Format::Qcow2 } else { Format::Raw })
@@ -70,12 +73,19 @@ pub(crate) enum Kind {
 
 impl DiskImage {
     /// Opens `path` as `format`, or as what it probes as when `format` is None.
-    /// qcow2 images that refer to other files are refused.
+    /// qcow2 images that refer to other files, files that are neither raw nor
+    /// qcow2, and raw files that start with an image header are refused.
     pub fn open(path: &Path, format: Option<Format>) -> Result<DiskImage> {
         let file = File::open(path).map_err(Error::io("cannot open", path))?;
+        DiskImage::from_file(file, path, format)
+    }
+
+    /// [`DiskImage::open`] for a file already open; `path` names it in errors.
+    pub fn from_file(file: File, path: &Path, format: Option<Format>) -> Result<DiskImage> {
         let format = match format {
-            Some(f) => f,
-            None => Format::probe(&file).map_err(Error::io("cannot read", path))?,
+            Some(Format::Raw) => ensure_plain_raw_file(&file, path).map(|()| Format::Raw)?,
+            Some(format) => format,
+            None => crate::probe::detect(&file, path)?,
         };
         match format {
             Format::Raw => Ok(DiskImage::from_parts(path, Kind::Raw(file), None)),
@@ -118,7 +128,34 @@ impl DiskImage {
         self.backing.as_deref()
     }
 
+    /// Refuses a qcow2 image from outside whose disk starts with an image
+    /// header: converted to raw, it would be the disk a probing VMM misreads
+    /// (see `probe.rs`). A raw image was checked when opened; a trusted chain
+    /// the store made is the guest's own business.
+    pub(crate) fn ensure_plain_head(&self) -> Result<()> {
+        let Kind::Qcow2(qcow2) = &self.kind else { return Ok(()) };
+        if self.backing.is_some() {
+            return Ok(());
+        }
+        let len = qcow2.virtual_size().min(crate::probe::PROBE_BYTES as u64) as usize;
+        let mut head = vec![0u8; len];
+        let mut decoder = qcow2.decoder().map_err(Error::qcow2(&self.path))?;
+        qcow2.read_at(&mut head, 0, &mut decoder).map_err(Error::qcow2(&self.path))?;
+        match crate::probe::image_header(&head) {
+            None => Ok(()),
+            Some((found, detail)) => Err(Error::HeaderInDisk { path: self.path.clone(), found, detail }),
+        }
+    }
+
     pub(crate) fn kind(&self) -> &Kind {
         &self.kind
     }
+}
+
+/// Refuses a file taken as raw that starts with an image header.
+fn ensure_plain_raw_file(file: &File, path: &Path) -> Result<()> {
+    let mut head = vec![0u8; crate::probe::PROBE_BYTES];
+    let read = file.read_exact_or_zero_at(&mut head, 0);
+    read.map_err(Error::io("cannot read", path))?;
+    crate::probe::ensure_plain_raw(&head, path)
 }

@@ -2,10 +2,13 @@
 //!
 //! Info reads only the header: it describes images that [`crate::DiskImage`]
 //! would refuse (a backing file, an external data file, encryption), so users
-//! can see why.
+//! can see why, and names the image formats vmimg does not read (vmdk, vpc,
+//! vhdx, vdi, ...) as qemu-img does, without a virtual size. A compressed
+//! stream or a file that is no disk is an error that says what it is.
 
 use crate::error::{Error, Result};
 use crate::image::Format;
+use crate::probe::{Content, probe_file};
 use serde::Serialize;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -18,7 +21,9 @@ use vmimg_qcow2::{Encryption, Header, ReadAt};
 pub struct ImageInfo {
     pub filename: String,
     pub format: &'static str,
-    pub virtual_size: u64,
+    /// None for a format vmimg names but does not read (vmdk, vpc, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_size: Option<u64>,
     /// Bytes the image file occupies on the host (allocated blocks).
     pub actual_size: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,14 +81,18 @@ impl ImageInfo {
     pub fn read(path: &Path, format: Option<Format>) -> Result<ImageInfo> {
         let file = File::open(path).map_err(Error::io("cannot open", path))?;
         let meta = file.metadata().map_err(Error::io("cannot stat", path))?;
-        let format = match format {
-            Some(f) => f,
-            None => Format::probe(&file).map_err(Error::io("cannot read", path))?,
+        let content = match format {
+            Some(Format::Raw) => Content::Raw,
+            Some(Format::Qcow2) => Content::Qcow2,
+            None => probe_file(&file).map_err(Error::io("cannot read", path))?,
+        };
+        let Some(format_name) = content.qemu_name() else {
+            return Err(Error::Unsupported { path: path.to_owned(), content });
         };
         let mut info = ImageInfo {
             filename: path.display().to_string(),
-            format: format.name(),
-            virtual_size: meta.len(),
+            format: format_name,
+            virtual_size: (content == Content::Raw).then(|| meta.len()),
             actual_size: meta.blocks() * 512,
             cluster_size: None,
             backing_filename: None,
@@ -92,7 +101,7 @@ impl ImageInfo {
             dirty_flag: false,
             format_specific: None,
         };
-        if format == Format::Qcow2 {
+        if content == Content::Qcow2 {
             let header = Header::parse(&file, file.size().map_err(Error::io("cannot stat", path))?)
                 .map_err(Error::qcow2(path))?;
             info.add_qcow2(&header);
@@ -101,7 +110,7 @@ impl ImageInfo {
     }
 
     fn add_qcow2(&mut self, h: &Header) {
-        self.virtual_size = h.virtual_size;
+        self.virtual_size = Some(h.virtual_size);
         self.cluster_size = Some(h.cluster_size());
         self.backing_filename = h.backing_file.clone();
         self.backing_filename_format = h.backing_format.clone();

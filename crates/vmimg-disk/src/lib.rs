@@ -5,6 +5,9 @@
 //!   not name the format (a file that probes as raw is never read as qcow2);
 //!   [`DiskImage::open_chain`] opens an overlay the store made with its
 //!   backing chain, which then reads and converts as one disk;
+//! - [`probe`] and [`probe_file`] tell what a file is from its magic: raw,
+//!   qcow2, a compressed stream, another image format, or no disk at all;
+//!   [`ensure_plain_raw`] refuses a raw disk that carries an image header;
 //! - [`ImageInfo`] is the set of facts `qemu-img info` reports, in its JSON shape;
 //! - [`convert_to_raw`] and [`convert_to_path`] write a sparse raw copy whose
 //!   bytes equal `qemu-img convert -O raw` and which allocates no more than it,
@@ -16,6 +19,8 @@
 //!   compressed qcow2 image, as `qemu-img convert -c` does, the form vmimg
 //!   pushes disks in: compressed on all cores, written front to back with
 //!   bounded memory, published atomically;
+//! - [`decoder`] decompresses the gzip, xz, zstd and bzip2 streams disks are
+//!   published in, and [`write_sparse`] writes a raw disk from a stream;
 //! - [`publish`] writes a file so that it appears whole or not at all;
 //! - [`parse_size`] reads sizes such as `20G`.
 //!
@@ -27,10 +32,12 @@ mod copy;
 mod error;
 mod image;
 mod info;
+mod probe;
 mod publish;
 mod raw;
 mod size;
 mod to_qcow2;
+mod unpack;
 mod zero;
 
 pub use chain::MAX_CHAIN_DEPTH;
@@ -39,9 +46,14 @@ pub use copy::{CopyMethod, CopyOptions, CopyStats, copy_raw};
 pub use error::{Error, Result};
 pub use image::{DiskImage, Format, Qcow2Source};
 pub use info::{EncryptFacts, FormatSpecific, ImageInfo, Qcow2Facts};
+pub use probe::{
+    Content, Foreign, MIN_DISK_BYTES, NotADisk, PROBE_BYTES, Stream, TAIL_BYTES, ensure_plain_raw, probe, probe_file,
+    probe_tail,
+};
 pub use publish::publish;
 pub use raw::raw_extents;
 pub use size::parse_size;
 pub use to_qcow2::{Qcow2ConvertOptions, convert_to_qcow2};
+pub use unpack::{MAX_UNPACKED, decoder, read_head, write_sparse};
 pub use vmimg_qcow2::{CompressOptions, CompressStats, Compression};
-pub use zero::{BLOCK, is_zero, write_skipping_zeros};
+pub use zero::{BLOCK, is_zero, punch_holes_like, write_skipping_zeros};

@@ -47,3 +47,17 @@ pub fn write_skipping_zeros(dst: &File, buf: &[u8], offset: u64) -> io::Result<u
     }
     Ok(written)
 }
+
+/// Punches holes in `target` wherever `model`, a sparse file holding the
+/// same bytes, has one: the bytes stay, the blocks that held zeros go.
+pub fn punch_holes_like(target: &File, model: &File) -> io::Result<()> {
+    use rustix::fs::{FallocateFlags, fallocate};
+    let len = model.metadata()?.len();
+    for extent in crate::raw::raw_extents(model, len) {
+        let extent = extent?;
+        if extent.allocation == vmimg_qcow2::Allocation::Unallocated {
+            fallocate(target, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, extent.start, extent.len)?;
+        }
+    }
+    Ok(())
+}

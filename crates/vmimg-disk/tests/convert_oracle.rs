@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use std::fs::File;
 use std::path::Path;
-use vmimg_disk::Format;
+use vmimg_disk::{ConvertOptions, DiskImage, Format};
 use vmimg_qcow2::{Allocation, Qcow2};
 
 /// An unaligned (not a multiple of any cluster size above 512) virtual size.
@@ -161,13 +161,32 @@ fn raw_sources_keep_holes_and_drop_zeros() {
 }
 
 #[test]
-fn format_given_as_raw_is_never_probed() {
+fn a_file_given_as_raw_that_starts_with_an_image_header_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let raw = mixed_raw(dir.path(), 4 * MIB);
     let image = qcow2_from(dir.path(), &raw, "looks-like-qcow2.qcow2", &["-c"]);
-    // Read as raw, the qcow2 file's own bytes come out, as qemu-img -f raw does.
-    assert_converts_like_qemu(&image, Some(Format::Raw));
-    assert_same_bytes(&image, &dir.path().join("looks-like-qcow2.qcow2.vmimg.raw"));
+    let err = DiskImage::open(&image, Some(Format::Raw)).err().expect("a qcow2 header given as raw");
+    assert!(matches!(err, vmimg_disk::Error::HeaderInRaw { .. }), "{err:?}");
+    assert!(err.to_string().contains("starts with a qcow2 image header"), "{err}");
+    // The attack: a qcow2 header naming a host file, to be published as a raw disk.
+    let evil = dir.path().join("evil.img");
+    qemu_img(&["create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/passwd", evil.to_str().unwrap(), "1M"]);
+    let err = DiskImage::open(&evil, Some(Format::Raw)).err().expect("a qcow2 header given as raw");
+    assert!(err.to_string().contains("naming backing file \"/etc/passwd\""), "{err}");
+}
+
+#[test]
+fn a_qcow2_whose_disk_starts_with_an_image_header_is_not_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = dir.path().join("inner.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/shadow", inner.to_str().unwrap(), "1M"]);
+    let outer = dir.path().join("outer.qcow2");
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", inner.to_str().unwrap(), outer.to_str().unwrap()]);
+    let src = DiskImage::open(&outer, None).unwrap();
+    let out = dir.path().join("out.raw");
+    let err = vmimg_disk::convert_to_path(&src, &out, &ConvertOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("/etc/shadow"), "{err}");
+    assert!(!out.exists());
 }
 
 #[test]

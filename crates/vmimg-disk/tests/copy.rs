@@ -215,7 +215,9 @@ fn reflink_dir() -> Result<(tempfile::TempDir, Option<Mount>), String> {
 fn reflink_shares_blocks_where_the_filesystem_clones() {
     let (dir, _xfs) = match reflink_dir() {
         Ok(found) => found,
-        Err(e) => return skip_missing(format!("a filesystem that clones (set VMIMG_REFLINK_DIR, or run as root): {e}")),
+        Err(e) => {
+            return skip_missing(format!("a filesystem that clones (set VMIMG_REFLINK_DIR, or run as root): {e}"));
+        }
     };
     assert!(reflinks_in(dir.path()), "{} refuses FICLONE", dir.path().display());
     for src in fixtures(dir.path()) {

@@ -42,11 +42,11 @@ impl Store {
     /// Imports the bundle at `file` as image `name` (default: the file's
     /// name without `.tar.zst`).
     pub async fn import_bundle(&self, file: &Path, name: Option<&str>, limits: Limits) -> Result<Pulled> {
-        let key = match name {
+        let name = match name {
             Some(name) => name.to_owned(),
             None => default_name(file)?,
         };
-        let _lock = self.lock_new_image(&key).await?;
+        let (key, _lock) = self.lock_new_image(&name).await?;
         let work = self.work_dir(&key)?;
         let (source, disk, scratch) = (file.to_owned(), work.path().join("disk.raw"), work.path().join("layer.qcow2"));
         let (imported, digest) = tokio::task::spawn_blocking(move || {
@@ -68,14 +68,14 @@ impl Store {
 
     /// Makes a blank mutable image of `size` bytes named `name`.
     pub async fn new_image(&self, name: &str, size: u64, machine: Option<Machine>) -> Result<Pulled> {
-        let _lock = self.lock_new_image(name).await?;
-        let work = self.work_dir(name)?;
+        let (key, _lock) = self.lock_new_image(name).await?;
+        let work = self.work_dir(&key)?;
         let disk = work.path().join("disk.raw");
         let file = File::create(&disk).map_err(Error::io("cannot create", &disk))?;
         file.set_len(size).and_then(|()| file.sync_all()).map_err(Error::io("cannot size", &disk))?;
         let machine = machine.unwrap_or_else(Machine::generate);
         crate::fsutil::write_atomic(&work.path().join(MACHINE), &machine.to_json())?;
-        let mut record = ImageRecord::for_work(name, &work, SourceInfo::Blank, None, "blank")?;
+        let mut record = ImageRecord::for_work(&key, &work, SourceInfo::Blank, None, "blank")?;
         record.mutable = true;
         self.publish_work(work, record)
     }
@@ -112,21 +112,33 @@ impl Store {
         Ok(exported)
     }
 
-    /// Holds `key` for a new image: refused when the name is unsafe or taken.
-    async fn lock_new_image(&self, key: &str) -> Result<crate::store::KeyLock> {
-        if !is_name_safe(key) {
-            return Err(Error::Usage(format!("image name {key:?} is not 1 to 64 of [A-Za-z0-9._-]")));
+    /// Holds the key of a new image named `name` (see [`local_key`]):
+    /// refused when the name is unsafe or taken.
+    async fn lock_new_image(&self, name: &str) -> Result<(String, crate::store::KeyLock)> {
+        if !is_name_safe(name) {
+            return Err(Error::Usage(format!("image name {name:?} is not 1 to 64 of [A-Za-z0-9._-]")));
         }
-        let lock = self.lock(key).await?;
-        if self.lookup(key)?.is_some() {
+        let key = local_key(name);
+        let lock = self.lock(&key).await?;
+        if self.lookup(&key)?.is_some() {
             return Err(Error::Usage(format!(
-                "an image named {key} exists: `vmimg rm {key}` removes it, or choose another --name"
+                "an image named {name} exists: `vmimg rm {name}` removes it, or choose another --name"
             )));
         }
-        self.remove_abandoned_work(key)?;
-        Ok(lock)
+        self.remove_abandoned_work(&key)?;
+        Ok((key, lock))
     }
 }
+
+/// The key of an image the user made and named (a bundle import, a blank
+/// image): `local-<name>`. Keys vmimg derives from sources never start so
+/// (aliases may not), so no name can stand in for a pinned source.
+pub(crate) fn local_key(name: &str) -> String {
+    format!("{LOCAL_PREFIX}{name}")
+}
+
+/// What starts the key of every image the user named.
+pub(crate) const LOCAL_PREFIX: &str = "local-";
 
 /// `image` for `…/image.tar.zst` (also `.tzst`, `.tar`).
 fn default_name(file: &Path) -> Result<String> {

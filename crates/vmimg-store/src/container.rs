@@ -109,6 +109,7 @@ impl Store {
         if let Some(found) = self.found(&key)? {
             return Ok(found);
         }
+        let _lease = self.lease().await?;
         let _lock = self.lock(&key).await?;
         if let Some(found) = self.found(&key)? {
             return Ok(found);

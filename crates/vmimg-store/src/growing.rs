@@ -151,6 +151,26 @@ impl ReadAt for GrowingFile {
     }
 }
 
+/// A positioned reader read front to back (`Read`), as a decoder reads.
+pub struct Sequential<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: ReadAt> Sequential<R> {
+    pub fn new(inner: R) -> Sequential<R> {
+        Sequential { inner, pos: 0 }
+    }
+}
+
+impl<R: ReadAt> io::Read for Sequential<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,7 @@ mod record;
 mod refresh;
 mod source;
 mod store;
+mod unpack;
 
 pub use builds::{Build, BuildStatus, Histogram, Manager, ManagerOptions, Metrics, Totals, build_id};
 pub use catalog::{Arch, Artifact, Catalog, EMBEDDED, Entry, MAX_CATALOG_BYTES, Mirrors};

@@ -3,9 +3,10 @@
 //!
 //! Every removal renames the doomed directory into `tmp/` first (one atomic
 //! step), then deletes it, under the image's key lock, so a crash never
-//! leaves half an image in `images/`. An image with instances is never
-//! removed unless the caller forces it (then its instances go too: a qcow2
-//! instance cannot outlive its backing file).
+//! leaves half an image in `images/`. An image with qcow2 instances is never
+//! removed unless the caller forces it (then those instances go too: a qcow2
+//! instance cannot outlive its backing file); raw instances are copies and
+//! stay. Only images that can be pulled again are ever evicted by `gc`.
 
 use crate::error::{Error, Result};
 use crate::instance::remove_dir_atomically;
@@ -48,13 +49,20 @@ impl Usage {
     }
 }
 
-/// What `gc` removed.
+/// What `gc` removed (or, in a dry run, would remove).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
+    pub dry_run: bool,
     pub images: Vec<String>,
+    /// Blobs and layers.
     pub blobs: usize,
     pub tmp_entries: usize,
+    /// Lock files a killed process left.
+    pub locks: usize,
     pub bytes_freed: u64,
+    /// A pull, build or push was in flight: blobs and layers were left for
+    /// the next gc.
+    pub in_flight: bool,
 }
 
 /// A partial download untouched this long is stale.
@@ -90,22 +98,43 @@ impl Store {
         }
     }
 
-    /// Removes image `key` and the blobs no other image uses.
-    pub async fn remove_image(&self, key: &str, force: bool) -> Result<()> {
+    /// Removes image `key`, the blobs no other image uses, and the record of
+    /// the build that made it; returns the instances removed with it. Only
+    /// qcow2 instances depend on the image (a raw instance is a copy of its
+    /// own): with any, removal is refused unless `force`, which removes them.
+    pub async fn remove_image(&self, key: &str, force: bool) -> Result<Vec<String>> {
         let _lock = self.lock(key).await?;
         let record = self.lookup(key)?.ok_or_else(|| Error::NotFound { what: "image", name: key.to_owned() })?;
-        let instances = self.instances_of(key)?;
-        if !instances.is_empty() && !force {
-            let names: Vec<_> = instances.iter().map(|i| i.record.name.as_str()).collect();
+        let dependents: Vec<_> = self
+            .instances_of(key)?
+            .into_iter()
+            .filter(|i| i.record.format == crate::instance::InstanceFormat::Qcow2)
+            .collect();
+        let names: Vec<String> = dependents.iter().map(|i| i.record.name.clone()).collect();
+        if !dependents.is_empty() && !force {
             return Err(Error::InUse { image: key.to_owned(), instances: names.join(", ") });
         }
-        for instance in instances {
+        for instance in dependents {
             remove_dir_atomically(instance.path.parent().expect("instances/<name>"), &self.tmp())?;
         }
         remove_dir_atomically(&self.image_dir(key), &self.tmp())?;
         let referenced = self.referenced_blobs()?;
         for blob in record.blob.into_iter().chain(record.blobs).filter(|b| !referenced.contains(b)) {
             crate::fsutil::remove_file(&self.root().join(blob))?;
+        }
+        self.forget_builds_of(key)?;
+        Ok(names)
+    }
+
+    /// Removes the records of the builds that made image `key`: a build
+    /// listed as ready names an image that exists.
+    fn forget_builds_of(&self, key: &str) -> Result<()> {
+        for path in entries(&self.root().join("builds"))? {
+            let Ok(text) = crate::fsutil::read_bounded(&path, 1 << 20) else { continue };
+            let names_key = serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|b| b["image"] == key);
+            if names_key {
+                crate::fsutil::remove_file(&path)?;
+            }
         }
         Ok(())
     }
@@ -123,25 +152,40 @@ impl Store {
     }
 
     /// Removes what nothing needs: leftovers in `tmp/` (abandoned work,
-    /// partial downloads idle for a day), blobs no image names, and then,
-    /// while the store is over `keep_under` bytes, the least recently used
-    /// images that have no instances.
-    pub async fn gc(&self, keep_under: Option<u64>) -> Result<GcReport> {
-        let before = self.usage().total();
-        let mut report = GcReport { tmp_entries: self.collect_tmp()?, ..GcReport::default() };
-        report.blobs = self.collect_blobs()?;
+    /// empty partials, partial downloads idle for a day), lock files nobody
+    /// holds, blobs and layers no image names, and then, while the store is
+    /// over `keep_under` bytes, the least recently used images that can be
+    /// pulled again from their source and have no instances (what the user
+    /// made, bundles and blank images, is never evicted). Blobs and layers
+    /// are left alone while a pull, build or push is in flight (it holds the
+    /// store's lease). With `dry_run`, nothing is removed: the report says
+    /// what would go.
+    pub async fn gc(&self, keep_under: Option<u64>, dry_run: bool) -> Result<GcReport> {
+        let mut report = GcReport { dry_run, ..GcReport::default() };
+        self.collect_tmp(&mut report)?;
+        match self.try_exclusive_lease()? {
+            Some(_exclusive) => self.collect_blobs(&mut report)?,
+            None => report.in_flight = true,
+        }
         if let Some(budget) = keep_under {
+            let mut total = self.usage().total().saturating_sub(report.bytes_freed);
             for image in self.images()? {
-                if self.usage().total() <= budget {
+                if total <= budget {
                     break;
                 }
-                if image.instances == 0 {
-                    self.remove_image(&image.record.name, false).await?;
+                if image.instances == 0 && image.record.source.can_pull_again() {
+                    if !dry_run {
+                        self.remove_image(&image.record.name, false).await?;
+                    }
+                    total = total.saturating_sub(image.bytes_on_disk);
+                    report.bytes_freed += image.bytes_on_disk;
                     report.images.push(image.record.name);
                 }
             }
         }
-        report.bytes_freed = before.saturating_sub(self.usage().total());
+        if !dry_run {
+            self.collect_locks(&mut report)?;
+        }
         Ok(report)
     }
 
@@ -153,39 +197,70 @@ impl Store {
         Ok(self.images()?.into_iter().flat_map(|i| referenced(i.record)).collect())
     }
 
-    fn collect_blobs(&self) -> Result<usize> {
+    fn collect_blobs(&self, report: &mut GcReport) -> Result<()> {
         let referenced = self.referenced_blobs()?;
-        let mut removed = 0;
         let kinds = [entries(&self.root().join("blobs"))?, entries(&self.root().join("layers"))?];
         for path in kinds.iter().flatten().flat_map(|dir| entries(dir).unwrap_or_default()) {
             let relative = path.strip_prefix(self.root()).expect("inside the store").to_string_lossy().into_owned();
             if !referenced.contains(&relative) {
-                crate::fsutil::remove_file(&path)?;
-                removed += 1;
+                report.remove(&path, Collected::Blob)?;
             }
         }
-        Ok(removed)
+        Ok(())
     }
 
     /// Removes entries of `tmp/` whose key nobody holds: work and removal
-    /// directories always, partial downloads once stale.
-    fn collect_tmp(&self) -> Result<usize> {
-        let mut removed = 0;
+    /// directories always, partial downloads once empty or stale.
+    fn collect_tmp(&self, report: &mut GcReport) -> Result<()> {
         for path in entries(&self.tmp())? {
             let name = path.file_name().expect("a named entry").to_string_lossy().into_owned();
             let (key, stale) = match name.split_once(".work-").or_else(|| name.split_once(".removing-")) {
                 Some((key, _)) => (key.to_owned(), true),
                 None => match name.split_once(".part") {
-                    Some((key, _)) => (key.to_owned(), idle_for(&path) > STALE_PARTIAL),
+                    Some((key, _)) => (key.to_owned(), allocated(&path) == 0 || idle_for(&path) > STALE_PARTIAL),
                     None => continue,
                 },
             };
             if stale && let Some(_held) = self.try_lock(&key)? {
-                remove_any(&path)?;
-                removed += 1;
+                report.remove(&path, Collected::Tmp)?;
             }
         }
-        Ok(removed)
+        Ok(())
+    }
+
+    /// Removes lock files nobody holds (each is removed by its holder
+    /// anyway; these are a killed process's).
+    fn collect_locks(&self, report: &mut GcReport) -> Result<()> {
+        for path in entries(&self.root().join("locks"))? {
+            let Some(key) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".lock")) else {
+                continue;
+            };
+            if key != crate::store::LEASE_KEY
+                && let Some(held) = self.try_lock(key)?
+            {
+                drop(held); // removes the file while it holds it
+                report.locks += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Collected {
+    Blob,
+    Tmp,
+}
+
+impl GcReport {
+    /// Counts `path` as collected and, unless this is a dry run, removes it.
+    fn remove(&mut self, path: &Path, kind: Collected) -> Result<()> {
+        self.bytes_freed += allocated(path);
+        match kind {
+            Collected::Blob => self.blobs += 1,
+            Collected::Tmp => self.tmp_entries += 1,
+        }
+        if self.dry_run { Ok(()) } else { remove_any(path) }
     }
 }
 

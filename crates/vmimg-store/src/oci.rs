@@ -101,25 +101,32 @@ impl Store {
             None => None,
         };
         fetched?;
-        if let Some(Err(refused)) = converted {
-            // Verified parts that do not make a disk (a hostile qcow2): keep none.
-            for partial in &partials {
-                let _ = remove_partial(partial);
+        let converted = match converted {
+            None => check_raw_head(&partials, image, pinned).map(|()| None),
+            Some(converted) => converted.map(Some),
+        };
+        let converted = match converted {
+            Ok(converted) => converted,
+            Err(refused) => {
+                // Verified parts that do not make a disk (a hostile qcow2): keep none.
+                for partial in &partials {
+                    let _ = remove_partial(partial);
+                }
+                return Err(refused);
             }
-            return Err(refused);
-        }
+        };
         let blobs = partials
             .iter()
             .zip(&image.parts)
             .map(|(partial, part)| self.keep_blob(partial, &part.digest))
             .collect::<Result<Vec<_>>>()?;
         let stats = match converted {
-            Some(stats) => stats?,
+            Some(stats) => stats,
             None => self.join_raw_parts(image, &disk)?,
         };
         let source_format = if image.format == DiskFormat::Qcow2 { Format::Qcow2 } else { Format::Raw };
         let digest = source.expected.clone().expect("an OCI source has its manifest digest");
-        Ok(Made { work, digest, source_format, blob: None, blobs, stats })
+        Ok(Made { work, digest, converted: crate::pull::Converted::plain(source_format, stats), blob: None, blobs })
     }
 
     /// Fetches every part, `PART_JOBS` at a time; the first failure fails all.
@@ -209,6 +216,24 @@ impl Store {
         .expect("qcow2 writer")?;
         let file = File::open(&qcow2).map_err(Error::io("cannot open", &qcow2))?;
         Ok(self.registry()?.push_disk(reference, &file, push).await?)
+    }
+}
+
+/// Refuses raw parts that do not make a plain raw disk: the disk they start
+/// is probed (an image header would be misread by a probing VMM; a
+/// compressed stream or a page is no disk).
+fn check_raw_head(partials: &[std::path::PathBuf], image: &CloudImage, pinned: &Reference) -> Result<()> {
+    let label = std::path::PathBuf::from(format!("oci://{pinned} (its raw disk layers)"));
+    let Some(first) = partials.first() else { return Ok(()) };
+    let file = File::open(first).map_err(Error::io("open", first))?;
+    let mut head = vec![0u8; (vmimg_disk::PROBE_BYTES as u64).min(image.parts[0].size) as usize];
+    file.read_exact_at(&mut head, 0).map_err(Error::io("read", first))?;
+    match vmimg_disk::probe(&head, Some(image.size())) {
+        vmimg_disk::Content::Raw => Ok(()),
+        vmimg_disk::Content::Qcow2 | vmimg_disk::Content::Foreign(_) => {
+            Ok(vmimg_disk::ensure_plain_raw(&head, &label)?)
+        }
+        content => Err(vmimg_disk::Error::Unsupported { path: label, content }.into()),
     }
 }
 

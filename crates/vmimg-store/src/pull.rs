@@ -9,16 +9,16 @@
 //! after the digest matched; a mismatch deletes the partial and the work.
 
 use crate::error::{Error, Result};
-use crate::growing::{EndOnDrop, GrowingFile, Watermark};
+use crate::growing::{EndOnDrop, GrowingFile, Sequential, Watermark};
 use crate::record::ImageRecord;
 use crate::source::{Location, Resolved};
 use crate::store::Store;
+use crate::unpack::unpack_to_disk;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vmimg_disk::{ConvertOptions, ConvertStats, DiskImage, Format};
+use vmimg_disk::{Content, ConvertOptions, ConvertStats, DiskImage, Format, PROBE_BYTES, Stream};
 use vmimg_fetch::{Algorithm, Digest, Fetched, Progress, digest_reader, remove_partial};
-use vmimg_qcow2::ReadAt;
 
 /// A ready image: its record and the path of its raw disk.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -34,11 +34,24 @@ pub struct Pulled {
 pub(crate) struct Made {
     pub(crate) work: tempfile::TempDir,
     pub(crate) digest: Digest,
-    pub(crate) source_format: Format,
+    pub(crate) converted: Converted,
     pub(crate) blob: Option<String>,
     /// The blobs of a source in parts.
     pub(crate) blobs: Vec<String>,
+}
+
+/// What the source was, and what making its disk did.
+pub(crate) struct Converted {
+    pub(crate) source_format: Format,
+    /// The stream the source came compressed in, if any.
+    pub(crate) compression: Option<Stream>,
     pub(crate) stats: ConvertStats,
+}
+
+impl Converted {
+    pub(crate) fn plain(source_format: Format, stats: ConvertStats) -> Converted {
+        Converted { source_format, compression: None, stats }
+    }
 }
 
 impl Store {
@@ -48,6 +61,7 @@ impl Store {
         if let Some(found) = self.found(&source.key)? {
             return Ok(found);
         }
+        let _lease = self.lease().await?;
         let _lock = self.lock(&source.key).await?;
         if let Some(found) = self.found(&source.key)? {
             return Ok(found);
@@ -78,33 +92,66 @@ impl Store {
         let fetcher = self.fetcher()?;
         let partial = self.partial_path(&source.key);
         let work = self.work_dir(&source.key)?;
-        let disk = work.path().join("disk.raw");
         let reader = File::options().create(true).truncate(false).write(true).read(true).open(&partial);
-        let reader = reader.map_err(Error::io("cannot create", &partial))?;
+        let reader = reader.map_err(Error::io("create", &partial))?;
         let watermark = Watermark::new(progress);
         let _release_converter = EndOnDrop(watermark.clone());
-        let converter = {
-            let (watermark, disk, options) = (watermark.clone(), disk.clone(), self.convert_options());
+        let mut converter = {
+            let (watermark, work, options) = (watermark.clone(), work.path().to_owned(), self.convert_options());
+            let label = PathBuf::from(url);
             tokio::task::spawn_blocking(move || {
-                convert_while_downloading(GrowingFile::new(reader, watermark), &disk, &options)
+                convert_while_downloading(GrowingFile::new(reader, watermark), &label, &work, &options)
             })
         };
-        let fetched = fetcher.fetch(url, algorithm, &partial, &*watermark).await;
+        let fetch = fetcher.fetch(url, algorithm, &partial, &*watermark);
+        tokio::pin!(fetch);
+        let (fetched, converted) = tokio::select! {
+            fetched = &mut fetch => {
+                watermark.end(fetched.is_ok());
+                (fetched, converter.await.expect("converter thread"))
+            }
+            converted = &mut converter => match converted.expect("converter thread") {
+                // The first bytes say it is no disk vmimg reads: stop downloading it.
+                Err(refused) if is_refusal(&refused) => return Err(self.drop_partial(&partial, refused)),
+                converted => (fetch.await, converted),
+            },
+        };
         watermark.end(fetched.is_ok());
-        let converted = converter.await.expect("converter thread");
-        let Fetched { digest, .. } = fetched?;
+        let Fetched { digest, .. } =
+            fetched.map_err(|failed| self.keep_partial_if_resumable(&partial, failed.into()))?;
         if let Err(mismatch) = check_digest(source, &digest) {
-            remove_partial(&partial).map_err(Error::io("cannot remove", &partial))?;
-            return Err(mismatch);
+            return Err(self.drop_partial(&partial, mismatch));
         }
-        let blob = self.keep_blob(&partial, &digest)?;
-        let (source_format, stats) = match converted {
-            Ok(Some(stats)) => (Format::Qcow2, stats),
+        let converted = match converted {
+            Ok(Some(converted)) => Ok(converted),
             // A raw source, or a conversion cut short by a restarted download:
             // convert the verified file now.
-            _ => convert_file(&self.blob_path(&digest), &disk, &self.convert_options())?,
+            _ => convert_source_file(&partial, Path::new(url), work.path(), &self.convert_options()),
         };
-        Ok(Made { work, digest, source_format, blob: Some(blob), blobs: Vec::new(), stats })
+        let converted = converted.map_err(|refused| self.drop_partial(&partial, refused))?;
+        if converted.source_format == Format::Raw && converted.compression.is_none() {
+            keep_sparse(&partial, &work.path().join("disk.raw"))?;
+        }
+        let blob = self.keep_blob(&partial, &digest)?;
+        Ok(Made { work, digest, converted, blob: Some(blob), blobs: Vec::new() })
+    }
+
+    /// After a failed download, keeps its partial only if it holds bytes to
+    /// resume from; returns `error`.
+    fn keep_partial_if_resumable(&self, partial: &Path, error: Error) -> Error {
+        match std::fs::metadata(partial) {
+            Ok(meta) if meta.len() > 0 => error,
+            _ => self.drop_partial(partial, error),
+        }
+    }
+
+    /// Removes the partial of a download that cannot make an image (a
+    /// mismatch, a refused format), and returns `error`.
+    fn drop_partial(&self, partial: &Path, error: Error) -> Error {
+        match remove_partial(partial) {
+            Ok(()) => error,
+            Err(e) => Error::io("remove", partial)(e),
+        }
     }
 
     /// Moves a verified partial into `blobs/` and returns its store-relative path.
@@ -127,30 +174,29 @@ impl Store {
 
     async fn make_from_file(&self, source: &Resolved, path: PathBuf) -> Result<Made> {
         let work = self.work_dir(&source.key)?;
-        let disk = work.path().join("disk.raw");
         let algorithm = source.expected.as_ref().map_or(Algorithm::Sha256, Digest::algorithm);
-        let options = self.convert_options();
+        let (options, dir) = (self.convert_options(), work.path().to_owned());
         let (digest, converted) = tokio::task::spawn_blocking(move || {
             std::thread::scope(|scope| {
                 let hashing = scope.spawn(|| File::open(&path).and_then(|f| digest_reader(algorithm, f)));
-                let converted = convert_file(&path, &disk, &options);
-                (hashing.join().expect("hashing thread").map_err(Error::io("cannot read", &path)), converted)
+                let converted = convert_source_file(&path, &path, &dir, &options);
+                (hashing.join().expect("hashing thread").map_err(Error::io("read", &path)), converted)
             })
         })
         .await
         .expect("file pull task");
         let digest = digest?;
         check_digest(source, &digest)?;
-        let (source_format, stats) = converted?;
-        Ok(Made { work, digest, source_format, blob: None, blobs: Vec::new(), stats })
+        Ok(Made { work, digest, converted: converted?, blob: None, blobs: Vec::new() })
     }
 
     /// The record of a pulled image.
     fn publish(&self, source: &Resolved, made: Made) -> Result<Pulled> {
-        let format = made.source_format.name();
+        let format = made.converted.source_format.name();
         let mut record =
             ImageRecord::for_work(&source.key, &made.work, source.info.clone(), Some(made.digest), format)?;
-        record.virtual_size = made.stats.virtual_size;
+        record.source_compression = made.converted.compression.map(|stream| stream.name().to_owned());
+        record.virtual_size = made.converted.stats.virtual_size;
         record.verified = source.expected.is_some();
         record.blob = made.blob;
         record.blobs = made.blobs;
@@ -161,6 +207,14 @@ impl Store {
     /// `images/<name>`: the image appears whole, in one step.
     pub(crate) fn publish_work(&self, work: tempfile::TempDir, record: ImageRecord) -> Result<Pulled> {
         record.save(&work.path().join("image.json"))?;
+        if !record.mutable {
+            // A ready image never changes: its file is read-only (instances
+            // are the writable copies), so a VM booted on it by mistake
+            // cannot change the base under every instance.
+            let file = work.path().join(record.file_name());
+            let read_only = std::os::unix::fs::PermissionsExt::from_mode(0o444);
+            std::fs::set_permissions(&file, read_only).map_err(Error::io("make read-only", &file))?;
+        }
         let target = self.image_dir(&record.name);
         let work = work.keep();
         std::fs::rename(&work, &target).map_err(Error::io("cannot rename into", &target))?;
@@ -185,26 +239,60 @@ fn check_digest(source: &Resolved, actual: &Digest) -> Result<()> {
     }
 }
 
-/// Converts a qcow2 download as it arrives; None when the source is raw
-/// (converted once complete).
+/// Makes the disk while the download arrives: a qcow2 image converted, a
+/// compressed stream decoded (and what is inside made into the disk). None
+/// for a raw source, made sparse once complete (its trailer probed too).
+/// Anything else is refused from its first bytes.
 fn convert_while_downloading(
     reader: GrowingFile,
-    disk: &Path,
+    label: &Path,
+    work: &Path,
     options: &ConvertOptions,
-) -> Result<Option<ConvertStats>> {
-    let mut magic = [0u8; 4];
-    reader.read_exact_or_zero_at(&mut magic, 0).map_err(Error::io("cannot read", disk))?;
-    if magic != vmimg_qcow2::MAGIC {
-        return Ok(None);
+) -> Result<Option<Converted>> {
+    let mut sequential = Sequential::new(&reader);
+    let head = vmimg_disk::read_head(&mut sequential, PROBE_BYTES).map_err(Error::io("read", label))?;
+    match vmimg_disk::probe(&head, None) {
+        Content::Raw => Ok(None),
+        Content::Qcow2 => {
+            let image = DiskImage::qcow2_from(Box::new(reader), label)?;
+            let stats = write_disk(&image, &work.join("disk.raw"), options)?;
+            Ok(Some(Converted::plain(Format::Qcow2, stats)))
+        }
+        Content::Compressed(stream) => {
+            let (source_format, stats) = unpack_to_disk(Sequential::new(&reader), stream, label, work, options)?;
+            Ok(Some(Converted { source_format, compression: Some(stream), stats }))
+        }
+        content => Err(vmimg_disk::Error::Unsupported { path: label.to_owned(), content }.into()),
     }
-    let image = DiskImage::qcow2_from(Box::new(reader), Path::new("the download"))?;
-    write_disk(&image, disk, options).map(Some)
 }
 
-/// Converts a complete source file (format probed) to the raw disk.
-fn convert_file(src: &Path, disk: &Path, options: &ConvertOptions) -> Result<(Format, ConvertStats)> {
-    let image = DiskImage::open(src, None)?;
-    Ok((image.format(), write_disk(&image, disk, options)?))
+/// Makes the disk from a complete source file (`label` names it in errors):
+/// probed, then converted, or decoded and what is inside converted.
+fn convert_source_file(src: &Path, label: &Path, work: &Path, options: &ConvertOptions) -> Result<Converted> {
+    let file = File::open(src).map_err(Error::io("open", src))?;
+    if let Content::Compressed(stream) = vmimg_disk::probe_file(&file).map_err(Error::io("read", src))? {
+        let (source_format, stats) = unpack_to_disk(file, stream, label, work, options)?;
+        return Ok(Converted { source_format, compression: Some(stream), stats });
+    }
+    let image = DiskImage::from_file(file, label, None)?;
+    let stats = write_disk(&image, &work.join("disk.raw"), options)?;
+    Ok(Converted::plain(image.format(), stats))
+}
+
+/// Whether `error` refuses the source for what it is (so no retry or
+/// later look can help).
+fn is_refusal(error: &Error) -> bool {
+    use vmimg_disk::Error::{HeaderInDisk, HeaderInRaw, Unsupported};
+    matches!(error, Error::Disk(Unsupported { .. } | HeaderInRaw { .. } | HeaderInDisk { .. }))
+}
+
+/// Punches holes in a raw source's downloaded file where its disk has them:
+/// the blob keeps its bytes (and digest) and stops costing its zeros.
+fn keep_sparse(partial: &Path, disk: &Path) -> Result<()> {
+    let target = File::options().write(true).open(partial).map_err(Error::io("open", partial))?;
+    let model = File::open(disk).map_err(Error::io("open", disk))?;
+    vmimg_disk::punch_holes_like(&target, &model).map_err(Error::io("punch holes in", partial))?;
+    target.sync_all().map_err(Error::io("flush", partial))
 }
 
 pub(crate) fn write_disk(image: &DiskImage, disk: &Path, options: &ConvertOptions) -> Result<ConvertStats> {

@@ -26,6 +26,10 @@ pub struct ImageRecord {
     pub verified: bool,
     /// What the source was: `raw`, `qcow2`, `bundle`, or `blank`.
     pub source_format: String,
+    /// The stream the source was published compressed in (`gzip`, `xz`,
+    /// `zstd`, `bzip2`), decoded while it streamed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_compression: Option<String>,
     /// The downloaded source, relative to the store root (none for a local file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob: Option<String>,
@@ -85,6 +89,7 @@ impl ImageRecord {
             digest,
             verified: false,
             source_format: source_format.to_owned(),
+            source_compression: None,
             blob: None,
             blobs: Vec::new(),
             format: "raw".to_owned(),

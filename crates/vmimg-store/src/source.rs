@@ -45,6 +45,19 @@ pub enum SourceInfo {
     },
 }
 
+impl SourceInfo {
+    /// Whether the image can be made again from its source, so that `gc`
+    /// may evict it: what the user made (a bundle import, a blank image) or
+    /// a local file since gone cannot.
+    pub fn can_pull_again(&self) -> bool {
+        match self {
+            SourceInfo::Alias { .. } | SourceInfo::Url { .. } | SourceInfo::Oci { .. } => true,
+            SourceInfo::File { path } => path.is_file(),
+            SourceInfo::Bundle { .. } | SourceInfo::Blank => false,
+        }
+    }
+}
+
 /// Where the bytes are.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Location {

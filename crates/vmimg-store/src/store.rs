@@ -213,25 +213,61 @@ impl Store {
         }
     }
 
+    /// The record of the image `name` names: a key, or the name of an image
+    /// the user made (`bundle import`, `image new`).
+    pub fn find_image(&self, name: &str) -> Result<Option<ImageRecord>> {
+        let is_one_component = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\0']);
+        if !is_one_component {
+            return Ok(None);
+        }
+        match self.lookup(name)? {
+            Some(record) => Ok(Some(record)),
+            None if crate::catalog::is_name_safe(name) => self.lookup(&crate::bundle::local_key(name)),
+            None => Ok(None),
+        }
+    }
+
     /// Holds `key` for this caller alone, in this process and across
     /// processes, until the guard drops.
     pub(crate) async fn lock(&self, key: &str) -> Result<KeyLock> {
         let mutex = self.in_process.lock().expect("lock table").entry(key.to_owned()).or_default().clone();
         let in_process = mutex.lock_owned().await;
-        let path = self.root.join("locks").join(format!("{key}.lock"));
-        let file = tokio::task::spawn_blocking(move || {
-            let file = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(Error::io("cannot open", &path))?;
-            file.lock().map_err(Error::io("cannot lock", &path))?;
-            Ok::<_, Error>(file)
+        let path = self.lock_path(key);
+        let file = tokio::task::spawn_blocking(move || LockFile::acquire(path, true))
+            .await
+            .expect("lock task")?
+            .expect("a blocking lock is always had");
+        Ok(KeyLock { _file: file, _in_process: in_process })
+    }
+
+    fn lock_path(&self, key: &str) -> PathBuf {
+        self.root.join("locks").join(format!("{key}.lock"))
+    }
+
+    /// Holds the store's lease, shared by every pull, build and push in
+    /// flight (in any process): while one is held, `gc` collects no blob or
+    /// layer, which such work may be about to name in a record.
+    pub(crate) async fn lease(&self) -> Result<Lease> {
+        let path = self.lock_path(LEASE_KEY);
+        tokio::task::spawn_blocking(move || {
+            let file = open_lock(&path)?;
+            file.lock_shared().map_err(Error::io("lock", &path))?;
+            Ok(Lease { _file: file })
         })
         .await
-        .expect("lock task")?;
-        Ok(KeyLock { _file: file, _in_process: in_process })
+        .expect("lease task")
+    }
+
+    /// The lease held alone (None while work is in flight): what `gc` holds
+    /// while it collects blobs and layers.
+    pub(crate) fn try_exclusive_lease(&self) -> Result<Option<Lease>> {
+        let path = self.lock_path(LEASE_KEY);
+        let file = open_lock(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Lease { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path)(e)),
+        }
     }
 
     /// A fresh work directory for `key` under `tmp/` (removed on drop
@@ -245,19 +281,8 @@ impl Store {
     }
 
     /// Holds `key` if nobody else does (None if someone does).
-    pub(crate) fn try_lock(&self, key: &str) -> Result<Option<File>> {
-        let path = self.root.join("locks").join(format!("{key}.lock"));
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(Error::io("cannot open", &path))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", &path)(e)),
-        }
+    pub(crate) fn try_lock(&self, key: &str) -> Result<Option<LockFile>> {
+        LockFile::acquire(self.lock_path(key), false)
     }
 
     /// Removes work directories of `key` that an interrupted run left.
@@ -276,8 +301,68 @@ impl Store {
 
 /// Exclusive hold on one cache key (released on drop, or when the process dies).
 pub(crate) struct KeyLock {
-    _file: File,
+    _file: LockFile,
     _in_process: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// The lock file of the store's lease (`locks/.lease.lock`): a name no key
+/// can have, never removed.
+pub(crate) const LEASE_KEY: &str = ".lease";
+
+/// A share of the store's lease, or all of it (see [`Store::lease`]).
+pub(crate) struct Lease {
+    _file: File,
+}
+
+/// A held lock file, removed by its holder when released, so that locks do
+/// not pile up. Whoever locks a file checks afterwards that its path still
+/// names it (the last holder may have removed it meanwhile), else retries.
+pub(crate) struct LockFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl LockFile {
+    /// Locks `path` (waiting when `wait`; None if held elsewhere otherwise).
+    fn acquire(path: PathBuf, wait: bool) -> Result<Option<LockFile>> {
+        loop {
+            let file = open_lock(&path)?;
+            if wait {
+                file.lock().map_err(Error::io("lock", &path))?;
+            } else {
+                match file.try_lock() {
+                    Ok(()) => {}
+                    Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                    Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path)(e)),
+                }
+            }
+            if same_file(&file, &path) {
+                return Ok(Some(LockFile { file, path }));
+            }
+        }
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        // Removed while still locked: a waiter that then gets the lock sees
+        // the path gone (or naming a newer file) and tries again.
+        let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.unlock();
+    }
+}
+
+fn open_lock(path: &Path) -> Result<File> {
+    File::options().create(true).truncate(false).write(true).open(path).map_err(Error::io("open", path))
+}
+
+/// Whether `path` names the open `file` (same device and inode).
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(ours), Ok(named)) => (ours.dev(), ours.ino()) == (named.dev(), named.ino()),
+        _ => false,
+    }
 }
 
 /// A small file of the store's that may be absent, with its path.

@@ -109,7 +109,7 @@ async fn builds_a_killed_process_left_run_again() {
     manager.delete(&id, false).await.unwrap();
     assert!(!store.join("images").join(&image).exists());
     assert!(manager.get(&id).unwrap().is_none());
-    manager.store().gc(None).await.unwrap();
+    manager.store().gc(None, false).await.unwrap();
     assert!(fs::read_dir(store.join("layers/sha256")).unwrap().next().is_none(), "gc removes unused layers");
 }
 

@@ -54,13 +54,13 @@ async fn raw_instances_are_sparse_copies_that_can_grow() {
 async fn an_image_with_instances_is_kept_until_they_are_gone() {
     let (src, root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let image = pulled(&store(root.path()), &raw_disk(src.path(), "a.img", 8, 2)).await;
-    store(root.path()).create_instance(&request(&image, Some("vm"), InstanceFormat::Raw)).await.unwrap();
+    store(root.path()).create_instance(&request(&image, Some("vm"), InstanceFormat::Qcow2)).await.unwrap();
     // A new Store (a restart) still sees the reference.
     let store = store(root.path());
     assert_eq!(store.images().unwrap()[0].instances, 1);
     let err = store.remove_image(&image, false).await.unwrap_err();
     assert!(matches!(err, Error::InUse { .. }) && err.to_string().contains("vm"), "{err}");
-    assert!(store.gc(Some(0)).await.unwrap().images.is_empty(), "gc never takes an image in use");
+    assert!(store.gc(Some(0), false).await.unwrap().images.is_empty(), "gc never takes an image in use");
     store.remove_instance("vm").await.unwrap();
     store.remove_image(&image, false).await.unwrap();
     assert!(store.images().unwrap().is_empty());
@@ -68,13 +68,89 @@ async fn an_image_with_instances_is_kept_until_they_are_gone() {
 }
 
 #[tokio::test]
-async fn force_removes_the_instances_too() {
+async fn force_removes_the_qcow2_instances_and_never_the_raw_copies() {
     let (src, root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let store = store(root.path());
     let image = pulled(&store, &raw_disk(src.path(), "a.img", 8, 3)).await;
-    store.create_instance(&request(&image, Some("vm"), InstanceFormat::Raw)).await.unwrap();
-    store.remove_image(&image, true).await.unwrap();
-    assert!(store.instances().unwrap().is_empty() && store.images().unwrap().is_empty());
+    store.create_instance(&request(&image, Some("overlay"), InstanceFormat::Qcow2)).await.unwrap();
+    let copy = store.create_instance(&request(&image, Some("copy"), InstanceFormat::Raw)).await.unwrap();
+    let removed = store.remove_image(&image, true).await.unwrap();
+    assert_eq!(removed, ["overlay"], "only what depends on the image goes, and is named");
+    assert!(store.images().unwrap().is_empty());
+    let left: Vec<_> = store.instances().unwrap().into_iter().map(|i| i.record.name).collect();
+    assert_eq!(left, ["copy"]);
+    assert!(std::fs::read(&copy.path).unwrap()[1 << 20..2 << 20].iter().all(|&b| b == 3));
+}
+
+#[tokio::test]
+async fn a_raw_instance_does_not_hold_its_image() {
+    let (src, root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = store(root.path());
+    let image = pulled(&store, &raw_disk(src.path(), "a.img", 8, 3)).await;
+    store.create_instance(&request(&image, Some("copy"), InstanceFormat::Raw)).await.unwrap();
+    assert!(store.remove_image(&image, false).await.unwrap().is_empty());
+    assert_eq!(store.instances().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn gc_never_evicts_what_the_user_made_and_a_dry_run_removes_nothing() {
+    let (src, root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = store(root.path());
+    let blank = store.new_image("scratch", 8 << 20, None).await.unwrap().record.name;
+    let cache = pulled(&store, &raw_disk(src.path(), "a.img", 8, 7)).await;
+    let gone = pulled(&store, &raw_disk(src.path(), "gone.img", 8, 8)).await;
+    std::fs::remove_file(src.path().join("gone.img")).unwrap();
+    let dry = store.gc(Some(0), true).await.unwrap();
+    assert!(dry.dry_run && dry.images == [cache.clone()], "{dry:?}");
+    assert!(dry.bytes_freed >= 1 << 20, "{dry:?}");
+    assert_eq!(store.images().unwrap().len(), 3, "a dry run removes nothing");
+    let report = store.gc(Some(0), false).await.unwrap();
+    assert_eq!(report.images, [cache]);
+    let left: Vec<_> = store.images().unwrap().into_iter().map(|i| i.record.name).collect();
+    assert!(left.contains(&blank) && left.contains(&gone), "{left:?}");
+}
+
+#[tokio::test]
+async fn a_name_the_user_gives_never_stands_in_for_a_pinned_source() {
+    let root = tempfile::tempdir().unwrap();
+    let store = store(root.path());
+    let alias = store.resolve("debian-12", None).unwrap();
+    let made = store.new_image(&alias.key, 1 << 20, None).await.unwrap();
+    assert_ne!(made.record.name, alias.key);
+    assert!(store.lookup(&alias.key).unwrap().is_none(), "the alias's key is still a miss");
+    assert_eq!(store.find_image(&alias.key).unwrap().unwrap().name, made.record.name, "found by its name");
+}
+
+#[tokio::test]
+async fn ready_disks_are_read_only_and_mutable_ones_writable() {
+    use std::os::unix::fs::PermissionsExt;
+    let (src, root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = store(root.path());
+    let resolved = store.resolve(raw_disk(src.path(), "a.img", 8, 9).to_str().unwrap(), None).unwrap();
+    let pulled = store.pull(&resolved, None).await.unwrap();
+    assert_eq!(std::fs::metadata(&pulled.path).unwrap().permissions().mode() & 0o777, 0o444);
+    let blank = store.new_image("mine", 1 << 20, None).await.unwrap();
+    assert_eq!(std::fs::metadata(&blank.path).unwrap().permissions().mode() & 0o222, 0o200);
+}
+
+#[tokio::test]
+async fn removing_a_built_image_forgets_its_build_and_no_lock_file_is_left() {
+    let (src, root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = store(root.path());
+    let image = pulled(&store, &raw_disk(src.path(), "a.img", 8, 1)).await;
+    let builds = root.path().join("builds");
+    std::fs::create_dir_all(&builds).unwrap();
+    let build = serde_json::json!({ "id": "b1", "status": "ready", "image": image });
+    std::fs::write(builds.join("b1.json"), build.to_string()).unwrap();
+    std::fs::write(builds.join("b2.json"), r#"{"id": "b2", "status": "ready", "image": "other"}"#).unwrap();
+    store.remove_image(&image, false).await.unwrap();
+    assert!(!builds.join("b1.json").exists() && builds.join("b2.json").exists());
+    let locks: Vec<_> = std::fs::read_dir(root.path().join("locks")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(locks.iter().all(|l| l == ".lease.lock"), "{locks:?}");
+    // A lock file a killed process left is collected.
+    std::fs::write(root.path().join("locks/some-key.lock"), b"").unwrap();
+    assert_eq!(store.gc(None, false).await.unwrap().locks, 1);
+    assert!(!root.path().join("locks/some-key.lock").exists());
 }
 
 #[tokio::test]
@@ -97,7 +173,7 @@ async fn usage_and_gc_within_a_budget_take_the_least_recently_used() {
     std::fs::create_dir_all(root.path().join("blobs/sha256")).unwrap();
     std::fs::write(root.path().join("blobs/sha256").join("0".repeat(64)), b"orphan").unwrap();
     let budget = usage.total() - (1 << 20);
-    let report = store.gc(Some(budget)).await.unwrap();
+    let report = store.gc(Some(budget), false).await.unwrap();
     assert_eq!(report.images, std::slice::from_ref(&old));
     assert_eq!((report.blobs, report.tmp_entries), (1, 1));
     let left: Vec<_> = store.images().unwrap().into_iter().map(|i| i.record.name).collect();
@@ -111,10 +187,10 @@ async fn a_partial_download_is_kept_while_fresh() {
     let store = store(root.path());
     let partial = root.path().join("tmp/url-abc.part");
     std::fs::write(&partial, b"half").unwrap();
-    store.gc(None).await.unwrap();
+    store.gc(None, false).await.unwrap();
     assert!(partial.exists(), "a fresh partial is resumable, not garbage");
     std::fs::File::options().append(true).open(&partial).unwrap().set_modified(std::time::UNIX_EPOCH).unwrap();
-    assert_eq!(store.gc(None).await.unwrap().tmp_entries, 1);
+    assert_eq!(store.gc(None, false).await.unwrap().tmp_entries, 1);
     assert!(!partial.exists());
 }
 
@@ -151,4 +227,48 @@ async fn qcow2_instances_are_overlays_qemu_reads_and_checks() {
     std::fs::rename(root.path(), &moved).unwrap();
     qemu_img(&["check", moved.join("instances/same/disk.qcow2").to_str().unwrap()]);
     std::fs::rename(&moved, root.path()).unwrap();
+}
+
+/// gc run over and over, from another store handle (as another process
+/// would), while several pulls download and convert: every pull ends with
+/// its image whole, its blob kept, and its disk byte for byte the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_in_a_loop_never_takes_what_pulls_in_flight_will_name() {
+    let (src, root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let server = vmimg_testserver::TestServer::start();
+    let mut sources = Vec::new();
+    for i in 0..4u8 {
+        let disk = raw_disk(src.path(), &format!("d{i}.img"), 4, 10 + i);
+        let bytes = std::fs::read(&disk).unwrap();
+        let path = format!("/d{i}.img");
+        server.fault(&path, vmimg_testserver::Fault::SlowBody { bytes_per_sec: 8 << 20 }, usize::MAX);
+        server.add(&path, bytes.clone());
+        sources.push((server.url(&path), bytes));
+    }
+    let store = std::sync::Arc::new(store(root.path()));
+    let pulls: Vec<_> = sources
+        .iter()
+        .map(|(url, _)| {
+            let (store, url) = (store.clone(), url.clone());
+            tokio::spawn(async move {
+                let resolved = store.resolve(&url, None).unwrap();
+                store.pull(&resolved, None).await.unwrap()
+            })
+        })
+        .collect();
+    let collector = self::store(root.path());
+    let mut rounds = 0;
+    while !pulls.iter().all(|p| p.is_finished()) {
+        collector.gc(None, false).await.unwrap();
+        rounds += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(rounds > 5, "gc ran {rounds} times");
+    for (pull, (_, bytes)) in pulls.into_iter().zip(&sources) {
+        let pulled = pull.await.unwrap();
+        assert!(std::fs::read(&pulled.path).unwrap() == *bytes);
+        assert!(root.path().join(pulled.record.blob.unwrap()).exists(), "the blob was collected");
+    }
+    collector.gc(None, false).await.unwrap();
+    assert_eq!(store.images().unwrap().len(), 4);
 }

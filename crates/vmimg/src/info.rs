@@ -19,7 +19,10 @@ fn text(info: &ImageInfo) -> String {
     let mut lines = vec![
         format!("image: {}", info.filename),
         format!("file format: {}", info.format),
-        format!("virtual size: {} ({} bytes)", human(info.virtual_size), info.virtual_size),
+        match info.virtual_size {
+            Some(size) => format!("virtual size: {} ({size} bytes)", human(size)),
+            None => format!("virtual size: unknown (vmimg does not read {} images)", info.format),
+        },
         format!("disk size: {}", human(info.actual_size)),
     ];
     if let Some(size) = info.cluster_size {

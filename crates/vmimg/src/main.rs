@@ -196,11 +196,13 @@ enum Command {
     },
     /// Remove an image from the store (and its blob, if no other image uses it).
     ///
-    /// Refused while the image has instances, unless --force, which removes
-    /// them too (a qcow2 instance cannot outlive its backing image).
+    /// Refused while the image has qcow2 instances, unless --force, which
+    /// removes them too (a qcow2 instance cannot outlive its backing image);
+    /// raw instances are copies of their own and stay. Prints what it removed.
     Rm {
         /// An image name (`vmimg images`) or the source it was pulled from.
         image: String,
+        /// Remove the image's qcow2 instances with it.
         #[arg(long)]
         force: bool,
     },
@@ -211,13 +213,19 @@ enum Command {
     },
     /// Remove what nothing needs, and old images beyond a budget.
     ///
-    /// Removes abandoned work and day-old partial downloads under tmp/,
-    /// blobs no image names, and, with --keep-under, the least recently
-    /// used images without instances until the store fits the budget.
+    /// Removes abandoned work, empty and day-old partial downloads under
+    /// tmp/, lock files a killed process left, blobs and layers no image
+    /// names (none while a pull or build is in flight), and, with
+    /// --keep-under, the least recently used images without instances that
+    /// can be pulled again (never bundles or blank images) until the store
+    /// fits the budget.
     Gc {
         /// Store size to get under: 20G, 512M, bytes.
         #[arg(long, value_parser = vmimg_disk::parse_size)]
         keep_under: Option<u64>,
+        /// List what would be removed and the bytes freed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Writable disks made from store images, one per VM.
     #[command(subcommand)]
@@ -520,9 +528,13 @@ fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(oci::push(&cli.store.open()?, &image, &target, args, cli.quiet))
         }
         Command::Images { json } => manage::images(&cli.store.open()?, json),
-        Command::Rm { image, force } => runtime()?.block_on(manage::remove_image(&cli.store.open()?, &image, force)),
+        Command::Rm { image, force } => {
+            runtime()?.block_on(manage::remove_image(&cli.store.open()?, &image, force, cli.quiet))
+        }
         Command::Du { json } => manage::du(&cli.store.open()?, json),
-        Command::Gc { keep_under } => runtime()?.block_on(manage::gc(&cli.store.open()?, keep_under, cli.quiet)),
+        Command::Gc { keep_under, dry_run } => {
+            runtime()?.block_on(manage::gc(&cli.store.open()?, keep_under, dry_run, cli.quiet))
+        }
         Command::Instance(InstanceCommand::Create { image, name, size, format }) => {
             let store = cli.store.open()?;
             runtime()?.block_on(manage::create_instance(&store, &image, name, size, format, cli.quiet))

@@ -9,8 +9,8 @@ use vmimg_store::{InstanceFormat, InstanceRequest, Store};
 /// source (alias, URL, file, oci://REF) that was pulled, pulled now when
 /// `pull` is set.
 pub(crate) async fn image_key(store: &Store, image: &str, pull: bool, quiet: bool) -> Result<String> {
-    if store.lookup(image).ok().flatten().is_some() {
-        return Ok(image.to_owned());
+    if let Some(record) = store.find_image(image)? {
+        return Ok(record.name);
     }
     let resolved = match crate::pull::resolve(store, image, None).await {
         Ok(resolved) => resolved,
@@ -59,9 +59,15 @@ pub fn images(store: &Store, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn remove_image(store: &Store, image: &str, force: bool) -> Result<()> {
+pub async fn remove_image(store: &Store, image: &str, force: bool, quiet: bool) -> Result<()> {
     let key = image_key(store, image, false, true).await?;
-    store.remove_image(&key, force).await?;
+    let instances = store.remove_image(&key, force).await?;
+    if !quiet {
+        for instance in instances {
+            eprintln!("removed instance {instance}");
+        }
+        eprintln!("removed image {key}");
+    }
     Ok(())
 }
 
@@ -88,19 +94,25 @@ pub fn du(store: &Store, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn gc(store: &Store, keep_under: Option<u64>, quiet: bool) -> Result<()> {
-    let report = store.gc(keep_under).await?;
-    if !quiet {
-        for image in &report.images {
-            eprintln!("removed image {image}");
-        }
-        eprintln!(
-            "freed {} ({} images, {} blobs, {} leftovers in tmp/)",
-            human(report.bytes_freed),
-            report.images.len(),
-            report.blobs,
-            report.tmp_entries
-        );
+pub async fn gc(store: &Store, keep_under: Option<u64>, dry_run: bool, quiet: bool) -> Result<()> {
+    let report = store.gc(keep_under, dry_run).await?;
+    if quiet {
+        return Ok(());
+    }
+    let (verb, freed) = if dry_run { ("would remove", "would free") } else { ("removed", "freed") };
+    for image in &report.images {
+        eprintln!("{verb} image {image}");
+    }
+    eprintln!(
+        "{freed} {} ({} images, {} blobs and layers, {} leftovers in tmp/, {} stale locks)",
+        human(report.bytes_freed),
+        report.images.len(),
+        report.blobs,
+        report.tmp_entries,
+        report.locks
+    );
+    if report.in_flight {
+        eprintln!("a pull or build is in flight: blobs and layers are left for the next gc");
     }
     Ok(())
 }

@@ -60,7 +60,7 @@ fn export_then_import_gives_the_same_disk_and_machine() {
 
     let disk = ok(&store, &["bundle", "import", bundle.to_str().unwrap(), "--name", "copy"]);
     assert!(std::fs::read(&disk).unwrap() == original);
-    let copy = images(&store).into_iter().find(|i| i["name"] == "copy").unwrap();
+    let copy = images(&store).into_iter().find(|i| i["name"] == "local-copy").expect("the name the user gave lives under local-");
     assert_eq!(copy["source"]["kind"], "bundle");
     assert_eq!(copy["source_format"], "bundle");
     assert_eq!(copy["digest"], format!("sha256:{}", sha256(&bundle)));

@@ -320,7 +320,7 @@ fn an_index_resolves_to_the_platform_asked_for() {
     let config = put_blob(&registry, &at, b"{}");
     let mut entries = Vec::new();
     for arch in ["amd64", "arm64"] {
-        let disk = format!("the {arch} disk").into_bytes();
+        let disk = format!("the {arch} disk\n").repeat(64).into_bytes();
         let part = layer(put_blob(&registry, &at, &disk), artifact::DISK_RAW, "disk.raw");
         let manifest = serde_json::json!({
             "schemaVersion": 2, "mediaType": artifact::OCI_MANIFEST, "artifactType": artifact::ARTIFACT_TYPE,
@@ -342,10 +342,45 @@ fn an_index_resolves_to_the_platform_asked_for() {
     for arch in ["amd64", "arm64"] {
         let out = vmimg(&store, &["--arch", arch, "cat", &source]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(out.stdout, format!("the {arch} disk").into_bytes());
+        assert_eq!(out.stdout, format!("the {arch} disk\n").repeat(64).into_bytes());
     }
     let amd = ok(&store, &["--arch", "amd64", "pull", &source]);
     let arm = ok(&store, &["--arch", "arm64", "pull", &source]);
     assert_ne!(amd, arm, "two architectures of one index are two images");
-    assert_eq!(std::fs::read(arm).unwrap(), b"the arm64 disk");
+    assert_eq!(std::fs::read(arm).unwrap(), "the arm64 disk\n".repeat(64).into_bytes());
+}
+
+/// A layer typed as a raw disk whose bytes are a qcow2 header naming a host
+/// file: published as raw, a probing VMM would hand the guest that file.
+#[test]
+fn a_raw_layer_carrying_a_qcow2_header_is_refused() {
+    let server = RegistryServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let evil = dir.path().join("evil.qcow2");
+    let created = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/passwd"])
+        .arg(&evil)
+        .arg("1M")
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let registry = Registry::new(RegistryOptions::default()).unwrap();
+    let at = Reference::parse(&format!("{}/evil:1", server.host())).unwrap();
+    let config = put_blob(&registry, &at, b"{}");
+    let part = layer(put_blob(&registry, &at, &std::fs::read(&evil).unwrap()), artifact::DISK_RAW, "disk.raw");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": artifact::OCI_MANIFEST, "artifactType": artifact::ARTIFACT_TYPE,
+        "config": { "mediaType": artifact::EMPTY_CONFIG, "digest": config.digest, "size": 2 },
+        "layers": [part]
+    });
+    put_manifest(&registry, &at, &manifest);
+    let store = dir.path().join("store");
+    let error = fails(&store, &["pull", &format!("oci://{at}")]);
+    assert!(error.contains("starts with a qcow2 image header naming backing file \"/etc/passwd\""), "{error}");
+    assert!(images(&store).is_empty());
+    let kept: Vec<_> = std::fs::read_dir(store.join("tmp")).unwrap().flatten().collect();
+    assert!(kept.is_empty(), "tmp/ keeps {kept:?}");
+    assert!(
+        !store.join("blobs/sha256").exists() || std::fs::read_dir(store.join("blobs/sha256")).unwrap().next().is_none()
+    );
 }
