@@ -4,27 +4,39 @@
 //! The life of a download: bytes go to a partial file the caller names (the
 //! store keeps it under its `tmp/`), and into a running hash as they arrive,
 //! so the digest is ready the moment the last byte lands: there is no second
-//! pass. A sidecar `<partial>.meta` records the URL and the server's validator
-//! (strong ETag, else Last-Modified). After a cut, the next attempt asks for
-//! `Range: bytes=N-` with `If-Range: <validator>`; a 206 continues the file
-//! and the hash; a 200 means the server ignored the range or the file changed:
-//! the bytes already held are skipped when the validator proves them the same,
-//! else the download starts over. A partial left by an earlier process is
-//! resumed the same way once its bytes are hashed again (read locally, once).
+//! pass. A sidecar `<partial>.meta` records the URL and the version of the
+//! file: its strong ETag, Last-Modified and total size.
+//!
+//! After a cut, the next attempt asks for `Range: bytes=N-` with `If-Range`
+//! (the ETag, else Last-Modified). Bytes of two versions are never joined:
+//! - a 206 continues the file and the hash only if it shows the same
+//!   version (all three validators equal); a server that ignored `If-Range`
+//!   and sends a range of a new version makes the download start over;
+//! - without a strong ETag, validators prove too little: the request starts
+//!   a few KiB before `N` and that overlap must equal the bytes held, else
+//!   the download starts over;
+//! - a 200 (the range ignored, or the file changed) is taken from its first
+//!   byte, skipping the bytes held only when the same strong ETag vouches
+//!   for them.
+//!
+//! A partial left by an earlier process is resumed the same way once its
+//! bytes are hashed again (read locally, once).
 //!
 //! Connection errors, timeouts (including a body that stalls for
-//! `read_timeout`), cut bodies, 408, 429 (honouring Retry-After) and 5xx are
-//! retried with exponential backoff and jitter from `backon`; any attempt that
-//! made progress resets the budget. Other answers fail at once. Why not
-//! `reqwest-retry`: it cannot retry a streaming body and never resumes one.
+//! `read_timeout`), cut bodies, bodies slower than `min_speed` over
+//! `speed_window` (the `speed` module), 408, 429 (honouring Retry-After)
+//! and 5xx are retried with exponential backoff and jitter from `backon`;
+//! an attempt that made progress resets the budget, unless it was cut for
+//! slowness. Other answers fail at once. Why not `reqwest-retry`: it cannot
+//! retry a streaming body and never resumes one.
 //!
 //! This module does not decide whether the digest is right: the caller
 //! compares [`Fetched::digest`] with what it expected, and owns the partial.
 
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::{Error, Result};
+use crate::speed::PacedBody;
 use backon::BackoffBuilder;
-use futures_util::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap};
 use serde::{Deserialize, Serialize};
@@ -47,6 +59,10 @@ pub struct FetchOptions {
     pub read_timeout: Duration,
     /// Refuse bodies larger than this (a hostile server could stream forever).
     pub max_size: u64,
+    /// A body slower than this many bytes a second, averaged over
+    /// `speed_window`, is cut and resumed (0: never).
+    pub min_speed: u64,
+    pub speed_window: Duration,
 }
 
 impl FetchOptions {
@@ -71,6 +87,8 @@ impl Default for FetchOptions {
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
             max_size: 1 << 40,
+            min_speed: 1 << 10,
+            speed_window: Duration::from_secs(30),
         }
     }
 }
@@ -160,12 +178,13 @@ impl Fetcher {
         loop {
             attempts += 1;
             let before = transfer.written;
-            let error = match transfer.attempt(&self.client).await {
+            let error = match transfer.attempt(self).await {
                 Ok(()) => break,
                 Err(e) if e.is_transient() => e,
                 Err(e) => return Err(e),
             };
-            if transfer.written > before {
+            // A body cut for slowness brought too little to count.
+            if transfer.written > before && !matches!(error, Error::TooSlow { .. }) {
                 (delays, attempts) = (self.backoff(), 1);
             }
             let Some(delay) = delays.next() else {
@@ -205,9 +224,9 @@ impl Fetcher {
             return Err(status_error(url, &response));
         }
         let mut body = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            body.extend_from_slice(&chunk.map_err(|e| Error::transfer(url, e))?);
+        let mut stream = PacedBody::new(url, response.bytes_stream(), &self.options);
+        while let Some(chunk) = stream.next().await? {
+            body.extend_from_slice(&chunk);
             if body.len() > limit {
                 return Err(Error::TooLarge { url: url.to_owned(), limit: limit as u64 });
             }
@@ -248,13 +267,59 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// What the sidecar file remembers so another process can resume.
+/// What the sidecar file remembers so another process can resume: the URL
+/// and the version of the file the partial's bytes came from.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 struct PartialMeta {
     url: String,
-    validator: Option<String>,
+    version: Version,
+}
+
+/// What tells one version of a file from another. A resumed answer must
+/// show exactly the version of the first, or the bytes held are dropped.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Version {
+    /// A strong ETag: the only validator that promises the same bytes (a
+    /// weak one, `W/`, does not).
+    etag: Option<String>,
+    last_modified: Option<String>,
+    /// The body's full length.
     total: Option<u64>,
 }
+
+impl Version {
+    /// The version an answer shows: its total from Content-Range (a 206) or
+    /// Content-Length.
+    fn of(response: &reqwest::Response) -> Version {
+        let headers = response.headers();
+        let total = match response.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                parse_content_range(header_str(headers, header::CONTENT_RANGE).unwrap_or_default()).and_then(|r| r.1)
+            }
+            _ => response.content_length(),
+        };
+        Version {
+            etag: header_str(headers, header::ETAG).filter(|e| !e.starts_with("W/")).map(str::to_owned),
+            last_modified: header_str(headers, header::LAST_MODIFIED).map(str::to_owned),
+            total,
+        }
+    }
+
+    /// What to send as `If-Range`: the ETag, else Last-Modified.
+    fn validator(&self) -> Option<&str> {
+        self.etag.as_deref().or(self.last_modified.as_deref())
+    }
+
+    /// Whether an answer of this version can be trusted to continue the
+    /// bytes held on its validators alone.
+    fn is_strong(&self) -> bool {
+        self.etag.is_some()
+    }
+}
+
+/// How many bytes before the end of the partial a resume asks for again
+/// when no strong ETag vouches for the answer: they must match the file.
+const OVERLAP: u64 = 4 << 10;
 
 /// The sidecar of a partial file.
 pub fn meta_path(partial: &Path) -> PathBuf {
@@ -272,6 +337,50 @@ pub fn remove_partial(partial: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The leading bytes of an answer's body that the partial file holds
+/// already: first `trusted` bytes dropped unseen (a strong ETag vouches for
+/// them), then `check`, compared with the file's last bytes.
+#[derive(Debug, Default)]
+struct Held {
+    trusted: u64,
+    check: Vec<u8>,
+}
+
+impl Held {
+    /// Takes the held bytes off the front of `chunk` and returns the rest,
+    /// or `None` if they are not the bytes the file holds.
+    fn strip<'c>(&mut self, chunk: &'c [u8]) -> Option<&'c [u8]> {
+        let trusted = self.trusted.min(chunk.len() as u64) as usize;
+        self.trusted -= trusted as u64;
+        let chunk = &chunk[trusted..];
+        let checked = self.check.len().min(chunk.len());
+        if chunk[..checked] != self.check[..checked] {
+            return None;
+        }
+        self.check.drain(..checked);
+        Some(&chunk[checked..])
+    }
+}
+
+/// What an answer means for the bytes held.
+enum Fit {
+    /// Stream its body; its first bytes are held already.
+    Continue(Held),
+    /// It is of another version than the bytes held, and cannot be used
+    /// (a range of the new version): start over with a new request.
+    Changed,
+    /// The file is complete already (416 to a range from its end).
+    Complete,
+}
+
+/// How a body went.
+enum Body {
+    /// It ended (maybe early: the caller compares the total).
+    Ended,
+    /// Its overlap differs from the bytes held: the file changed.
+    Diverged,
 }
 
 /// The state of one download across its attempts.
@@ -323,7 +432,7 @@ impl<'a> Transfer<'a> {
         };
         let len = transfer.file.metadata().map_err(Error::io("cannot stat", path))?.len();
         match meta {
-            Some(meta) if meta.url == url && meta.total.is_none_or(|t| len <= t) && len > 0 => {
+            Some(meta) if meta.url == url && meta.version.total.is_none_or(|t| len <= t) && len > 0 => {
                 let prefix = (&transfer.file).take(len);
                 transfer.hasher = Hasher::new(algorithm).consume(prefix).map_err(Error::io("cannot read", path))?;
                 transfer.written = len;
@@ -343,119 +452,128 @@ impl<'a> Transfer<'a> {
         Ok(())
     }
 
-    async fn attempt(&mut self, client: &reqwest::Client) -> Result<()> {
-        let response = self.request(client).await?;
-        let skip = match (response.status(), self.written) {
-            (StatusCode::OK, 0) => 0,
-            (StatusCode::OK, held) if self.same_validator(response.headers()) => held,
-            (StatusCode::OK, _) => {
-                self.restart()?;
-                0
+    /// One request and its body. When the answer or the body proves the
+    /// file changed since the bytes held, they are dropped and the request
+    /// sent again: nothing is held then, so that cannot happen twice.
+    async fn attempt(&mut self, fetcher: &Fetcher) -> Result<()> {
+        loop {
+            let response = self.request(&fetcher.client).await?;
+            let held = match self.fit(&response)? {
+                Fit::Continue(held) => held,
+                Fit::Changed => {
+                    self.restart()?;
+                    continue;
+                }
+                Fit::Complete => return Ok(()),
+            };
+            self.remember(&response)?;
+            self.progress.started(self.written, self.meta.version.total);
+            let body = self.receive(PacedBody::new(self.url, response.bytes_stream(), &fetcher.options), held).await;
+            self.flush()?;
+            match body? {
+                Body::Ended => return self.check_complete(),
+                Body::Diverged => self.restart()?,
             }
-            (StatusCode::PARTIAL_CONTENT, held) if held > 0 => {
-                self.check_content_range(response.headers())?;
-                0
-            }
-            (StatusCode::RANGE_NOT_SATISFIABLE, held) if Some(held) == self.meta.total => return Ok(()),
-            _ => return Err(status_error(self.url, &response)),
-        };
-        self.remember(&response)?;
-        self.progress.started(self.written, self.meta.total);
-        let result = self.receive(response, skip).await;
-        self.flush()?;
-        result?;
-        match self.meta.total {
-            Some(total) if total != self.written => Err(Error::Transfer {
-                url: self.url.to_owned(),
-                message: format!("the body ended after {} of {total} bytes", self.written),
-            }),
-            _ => Ok(()),
         }
+    }
+
+    /// Where the next request starts: after the bytes held, or an overlap
+    /// before their end when no strong ETag will vouch for the answer.
+    fn resume_at(&self) -> u64 {
+        if self.meta.version.is_strong() { self.written } else { self.written - OVERLAP.min(self.written) }
     }
 
     async fn request(&self, client: &reqwest::Client) -> Result<reqwest::Response> {
         let mut request = client.get(self.url).headers(self.headers.clone());
         if self.written > 0 {
-            request = request.header(header::RANGE, format!("bytes={}-", self.written));
-            if let Some(validator) = &self.meta.validator {
+            request = request.header(header::RANGE, format!("bytes={}-", self.resume_at()));
+            if let Some(validator) = self.meta.version.validator() {
                 request = request.header(header::IF_RANGE, validator);
             }
         }
         request.send().await.map_err(|e| Error::transfer(self.url, e))
     }
 
-    /// The validator that proves two answers are the same file: a strong
-    /// ETag, else Last-Modified.
-    fn validator_of(headers: &HeaderMap) -> Option<String> {
-        match header_str(headers, header::ETAG) {
-            Some(etag) if !etag.starts_with("W/") => Some(etag.to_owned()),
-            _ => header_str(headers, header::LAST_MODIFIED).map(str::to_owned),
+    /// Judges an answer against the bytes held: a 200 continues them only
+    /// if it is of the same version under a strong ETag (else they are
+    /// dropped and its body taken whole); a 206 only if it is of the same
+    /// version and starts where asked.
+    fn fit(&mut self, response: &reqwest::Response) -> Result<Fit> {
+        let same = || Version::of(response) == self.meta.version;
+        match (response.status(), self.written) {
+            (StatusCode::OK, 0) => Ok(Fit::Continue(Held::default())),
+            (StatusCode::OK, held) if self.meta.version.is_strong() && same() => {
+                Ok(Fit::Continue(Held { trusted: held, check: Vec::new() }))
+            }
+            (StatusCode::OK, _) => {
+                self.restart()?;
+                Ok(Fit::Continue(Held::default()))
+            }
+            (StatusCode::PARTIAL_CONTENT, held) if held > 0 => match same() {
+                false => Ok(Fit::Changed),
+                true => {
+                    self.check_content_range(response.headers())?;
+                    Ok(Fit::Continue(Held { trusted: 0, check: self.overlap()? }))
+                }
+            },
+            (StatusCode::RANGE_NOT_SATISFIABLE, held) if Some(held) == self.meta.version.total => Ok(Fit::Complete),
+            _ => Err(status_error(self.url, response)),
         }
     }
 
-    fn same_validator(&self, headers: &HeaderMap) -> bool {
-        self.meta.validator.is_some() && Self::validator_of(headers) == self.meta.validator
+    /// The bytes held between [`Transfer::resume_at`] and the end of the
+    /// file, which a 206 repeats.
+    fn overlap(&self) -> Result<Vec<u8>> {
+        let start = self.resume_at();
+        let mut bytes = vec![0; (self.written - start) as usize];
+        self.file.read_exact_at(&mut bytes, start).map_err(Error::io("cannot read", self.path))?;
+        Ok(bytes)
     }
 
-    /// A 206 must continue exactly where the file ends.
+    /// A 206 must start exactly where asked.
     fn check_content_range(&self, headers: &HeaderMap) -> Result<()> {
         let range = header_str(headers, header::CONTENT_RANGE).unwrap_or_default();
-        let parsed = parse_content_range(range);
-        match parsed {
-            Some((start, total))
-                if start == self.written && (self.meta.total.is_none() || self.meta.total == total) =>
-            {
-                Ok(())
-            }
+        match parse_content_range(range) {
+            Some((start, _)) if start == self.resume_at() => Ok(()),
             _ => Err(Error::Transfer {
                 url: self.url.to_owned(),
-                message: format!("asked for bytes {}- but the server sent Content-Range {range:?}", self.written),
+                message: format!("asked for bytes {}- but the server sent Content-Range {range:?}", self.resume_at()),
             }),
         }
     }
 
-    /// Records the length and validator of this answer in the sidecar.
+    /// A download from byte 0 records the version it gets in the sidecar
+    /// (a resumed one has shown the same already).
     fn remember(&mut self, response: &reqwest::Response) -> Result<()> {
-        let total = match response.status() {
-            StatusCode::PARTIAL_CONTENT => {
-                parse_content_range(header_str(response.headers(), header::CONTENT_RANGE).unwrap_or_default())
-                    .and_then(|r| r.1)
-            }
-            _ => response.content_length(),
-        };
-        if total.is_some_and(|t| t > self.max_size) {
+        if self.written > 0 {
+            return Ok(());
+        }
+        let version = Version::of(response);
+        if version.total.is_some_and(|t| t > self.max_size) {
             return Err(Error::TooLarge { url: self.url.to_owned(), limit: self.max_size });
         }
-        let meta = PartialMeta {
-            url: self.url.to_owned(),
-            validator: Self::validator_of(response.headers()).or(self.meta.validator.take()),
-            total: total.or(self.meta.total),
-        };
-        if meta != self.meta || self.written == 0 {
-            let sidecar = meta_path(self.path);
-            std::fs::write(&sidecar, serde_json::to_vec(&meta).expect("meta serializes"))
-                .map_err(Error::io("cannot write", &sidecar))?;
-        }
-        self.meta = meta;
-        Ok(())
+        self.meta.version = version;
+        let sidecar = meta_path(self.path);
+        std::fs::write(&sidecar, serde_json::to_vec(&self.meta).expect("meta serializes"))
+            .map_err(Error::io("cannot write", &sidecar))
     }
 
-    /// Streams the body into the hash and the file, dropping its first
-    /// `skip` bytes (already held).
-    async fn receive(&mut self, response: reqwest::Response, mut skip: u64) -> Result<()> {
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| Error::transfer(self.url, e))?;
-            let dropped = skip.min(chunk.len() as u64) as usize;
-            skip -= dropped as u64;
-            let fresh = &chunk[dropped..];
-            let held = self.written + self.buffer.len() as u64;
-            if held + fresh.len() as u64 > self.max_size
-                || self.meta.total.is_some_and(|t| held + fresh.len() as u64 > t)
-            {
+    /// Streams the body into the hash and the file, after taking off the
+    /// bytes `held` already.
+    async fn receive<S, B>(&mut self, mut body: PacedBody<'_, S>, mut held: Held) -> Result<Body>
+    where
+        S: futures_util::Stream<Item = reqwest::Result<B>> + Unpin,
+        B: AsRef<[u8]>,
+    {
+        while let Some(chunk) = body.next().await? {
+            let Some(fresh) = held.strip(chunk.as_ref()) else {
+                return Ok(Body::Diverged);
+            };
+            let total = self.written + (self.buffer.len() + fresh.len()) as u64;
+            if total > self.max_size || self.meta.version.total.is_some_and(|t| total > t) {
                 return Err(Error::TooLarge {
                     url: self.url.to_owned(),
-                    limit: self.meta.total.unwrap_or(self.max_size),
+                    limit: self.meta.version.total.unwrap_or(self.max_size),
                 });
             }
             self.hasher.update(fresh);
@@ -464,7 +582,18 @@ impl<'a> Transfer<'a> {
                 self.flush()?;
             }
         }
-        Ok(())
+        Ok(Body::Ended)
+    }
+
+    /// After the body ended: all of it is here, if its length was said.
+    fn check_complete(&self) -> Result<()> {
+        match self.meta.version.total {
+            Some(total) if total != self.written => Err(Error::Transfer {
+                url: self.url.to_owned(),
+                message: format!("the body ended after {} of {total} bytes", self.written),
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -486,4 +615,26 @@ fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
     let (start, _end) = range.split_once('-')?;
     let total = if total == "*" { None } else { Some(total.parse().ok()?) };
     Some((start.parse().ok()?, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Held;
+
+    #[test]
+    fn held_bytes_come_off_the_front_across_chunks() {
+        let mut held = Held { trusted: 3, check: b"abcd".to_vec() };
+        assert_eq!(held.strip(b"xy"), Some(&b""[..]));
+        assert_eq!(held.strip(b"zab"), Some(&b""[..]));
+        assert_eq!(held.strip(b"cdNEW"), Some(&b"NEW"[..]));
+        assert_eq!(held.strip(b"more"), Some(&b"more"[..]));
+    }
+
+    #[test]
+    fn an_overlap_that_differs_is_refused_wherever_chunks_split() {
+        let mut held = Held { trusted: 0, check: b"abcd".to_vec() };
+        assert_eq!(held.strip(b"ab"), Some(&b""[..]));
+        assert_eq!(held.strip(b"cX"), None);
+        assert_eq!(Held { trusted: 1, check: b"ab".to_vec() }.strip(b"-aXnew"), None);
+    }
 }

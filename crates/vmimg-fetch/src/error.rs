@@ -16,6 +16,11 @@ pub enum Error {
     Transfer { url: String, message: String },
     #[error("GET {url}: the body is larger than the limit of {limit} bytes")]
     TooLarge { url: String, limit: u64 },
+    #[error(
+        "GET {url}: the transfer was too slow: {speed} bytes/s over the last {window:?}, under the minimum of \
+         {min_speed} bytes/s (the speed limit)"
+    )]
+    TooSlow { url: String, speed: u64, window: std::time::Duration, min_speed: u64 },
     #[error("{last} (gave up after {attempts} attempts)")]
     GaveUp { attempts: usize, last: Box<Error> },
 }
@@ -39,10 +44,10 @@ impl Error {
     }
 
     /// Whether trying again may succeed: connection trouble, timeouts, cut
-    /// bodies, 408, 429 and 5xx answers.
+    /// bodies (also for slowness), 408, 429 and 5xx answers.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Transfer { .. } => true,
+            Error::Transfer { .. } | Error::TooSlow { .. } => true,
             Error::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
             _ => false,
         }

@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vmimg_fetch::{Algorithm, Digest, FetchOptions, digest_reader};
+use vmimg_fetch::{Algorithm, Digest, FetchOptions, Progress, digest_reader};
 use vmimg_store::{Error, Mirrors, Store, StoreOptions};
-use vmimg_testserver::{Fault, TestServer};
+use vmimg_testserver::{Fault, TestServer, Versioning};
 
 /// A qcow2 image (zlib clusters) and the raw disk it stands for.
 struct Fixture {
@@ -344,4 +344,182 @@ async fn redirects_are_followed() {
     let pulled = pull(&store, &server.url("/latest/disk.qcow2"), Some(sha256(&f.qcow2))).await.unwrap();
     assert_same_disk(&pulled.path, &f.raw);
     assert_eq!(server.requests("/real/disk.qcow2"), 1);
+}
+
+/// `len` bytes of noise from `seed`: two seeds are two versions of one
+/// file, of the same size, that differ everywhere.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as u8
+    };
+    (0..len).map(|_| next()).collect()
+}
+
+/// A raw disk's old and new version, 4 MiB each, and where to cut the first.
+fn two_versions() -> (Vec<u8>, Vec<u8>, u64) {
+    (noise(1, 4 << 20), noise(2, 4 << 20), 2 << 20)
+}
+
+/// Pulls `url` without a digest (unverified): the disk and the recorded
+/// digest are exactly those of `expected`.
+async fn assert_pulls_exactly(store: &Store, url: &str, expected: &[u8]) {
+    let pulled = pull(store, url, None).await.unwrap();
+    assert!(!pulled.record.verified);
+    assert!(std::fs::read(&pulled.path).unwrap() == expected, "the disk is not exactly the expected version");
+    assert_eq!(pulled.record.digest, Some(sha256(expected)), "the digest is of the bytes kept");
+}
+
+/// How many requests `path` got, once the server logged `expected` of them
+/// or 5 s passed: it logs a request when its answer ends, which can be after
+/// the client moved on.
+async fn requests_once_logged(server: &TestServer, path: &str, expected: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.requests(path) < expected && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.requests(path)
+}
+
+/// Where each range request of `path` started.
+fn range_starts(server: &TestServer, path: &str) -> Vec<u64> {
+    let ranges = server.log().into_iter().filter(|r| r.path == path).filter_map(|r| r.range);
+    ranges.map(|r| r.trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap()).collect()
+}
+
+/// A server that ignores If-Range, as broken ones do.
+fn ignoring_if_range() -> Versioning {
+    Versioning { if_range: false, ..Versioning::default() }
+}
+
+/// A server that sends neither ETag nor Last-Modified.
+fn without_validators() -> Versioning {
+    Versioning { etag: false, last_modified: false, if_range: true }
+}
+
+/// A pull cut halfway through the old version, whose resumed request gets
+/// the new version under `versioning`, keeps exactly the new version.
+async fn assert_a_new_version_after_a_cut_starts_over(versioning: Versioning) {
+    let (old, new, cut) = two_versions();
+    let server = TestServer::start();
+    server.add_with("/disk.img", old, versioning);
+    server.fault("/disk.img", Fault::CutAfter(cut), 1);
+    server.fault("/disk.img", Fault::Replace(Arc::new(new.clone())), 1);
+    let root = tempfile::tempdir().unwrap();
+    assert_pulls_exactly(&open_store(root.path(), quick()), &server.url("/disk.img"), &new).await;
+    let requests = requests_once_logged(&server, "/disk.img", 3).await;
+    assert_eq!(requests, 3, "cut, resumed into the new version, started over");
+}
+
+#[tokio::test]
+async fn a_resumed_answer_of_a_new_version_starts_over() {
+    // After the cut the range is answered with 206, from the new version,
+    // under its new ETag.
+    assert_a_new_version_after_a_cut_starts_over(ignoring_if_range()).await;
+}
+
+#[tokio::test]
+async fn a_resume_without_validators_starts_over_when_the_overlap_differs() {
+    assert_a_new_version_after_a_cut_starts_over(without_validators()).await;
+}
+
+#[tokio::test]
+async fn a_partial_left_by_another_process_is_not_joined_to_a_new_version() {
+    let (old, new, cut) = two_versions();
+    let server = TestServer::start();
+    server.add_with("/disk.img", old, ignoring_if_range());
+    server.fault("/disk.img", Fault::CutAfter(cut), 1);
+    let root = tempfile::tempdir().unwrap();
+    let url = server.url("/disk.img");
+    pull(&open_store(root.path(), one_attempt()), &url, None).await.unwrap_err();
+    server.add("/disk.img", new.clone()); // a new ETag, If-Range still ignored
+    assert_pulls_exactly(&open_store(root.path(), quick()), &url, &new).await;
+}
+
+#[tokio::test]
+async fn a_resume_without_validators_rereads_an_overlap_and_keeps_what_it_proves() {
+    let (old, _, cut) = two_versions();
+    let server = TestServer::start();
+    server.add_with("/disk.img", old.clone(), without_validators());
+    server.fault("/disk.img", Fault::CutAfter(cut), 1);
+    let root = tempfile::tempdir().unwrap();
+    assert_pulls_exactly(&open_store(root.path(), quick()), &server.url("/disk.img"), &old).await;
+    assert_eq!(requests_once_logged(&server, "/disk.img", 2).await, 2, "the overlap matched: no restart");
+    let starts = range_starts(&server, "/disk.img");
+    assert!(
+        starts.len() == 1 && starts[0] < cut && cut - starts[0] <= 64 << 10,
+        "one resume, a little before the cut: {starts:?}"
+    );
+}
+
+/// Keeps what each retry said.
+#[derive(Default)]
+struct Retries(Mutex<Vec<String>>);
+
+impl Progress for Retries {
+    fn retrying(&self, error: &vmimg_fetch::Error, _delay: Duration) {
+        self.0.lock().unwrap().push(error.to_string());
+    }
+}
+
+/// Quick retries, and a transfer under 256 KiB/s over half a second is cut
+/// (long before the read timeout, which a drip never trips).
+fn speed_floor(attempts: usize) -> StoreOptions {
+    let fetch = FetchOptions {
+        attempts,
+        min_speed: 256 << 10,
+        speed_window: Duration::from_millis(500),
+        read_timeout: Duration::from_secs(30),
+        ..fast_retries()
+    };
+    StoreOptions { fetch, ..StoreOptions::default() }
+}
+
+/// Pulls `url` without a digest, failing the test if that takes 20 s.
+async fn pull_within_20s(store: &Store, url: &str, progress: Arc<Retries>) -> vmimg_store::Result<vmimg_store::Pulled> {
+    let source = store.resolve(url, None)?;
+    tokio::time::timeout(Duration::from_secs(20), store.pull(&source, Some(progress)))
+        .await
+        .expect("the slow body was never cut")
+}
+
+#[tokio::test]
+async fn a_dripping_body_is_cut_for_slowness_and_resumed() {
+    let body = noise(3, 1 << 20);
+    let server = TestServer::start();
+    server.add("/disk.img", body.clone());
+    server.fault("/disk.img", Fault::SlowBody { bytes_per_sec: 16 << 10 }, 1);
+    let root = tempfile::tempdir().unwrap();
+    let store = open_store(root.path(), speed_floor(2));
+    let retries = Arc::new(Retries::default());
+    let pulled = pull_within_20s(&store, &server.url("/disk.img"), retries.clone()).await.unwrap();
+    assert!(std::fs::read(&pulled.path).unwrap() == body);
+    requests_once_logged(&server, "/disk.img", 2).await;
+    let starts = range_starts(&server, "/disk.img");
+    assert!(starts.len() == 1 && starts[0] > 0, "resumed after the bytes the drip brought: {starts:?}");
+    let said = retries.0.lock().unwrap().clone();
+    assert!(said.len() == 1 && said[0].contains("too slow") && said[0].contains("over the last 500ms"), "{said:?}");
+}
+
+#[tokio::test]
+async fn a_body_that_always_drips_gives_up_saying_it_is_too_slow() {
+    let server = TestServer::start();
+    server.add("/disk.img", noise(4, 1 << 20));
+    server.fault("/disk.img", Fault::SlowBody { bytes_per_sec: 16 << 10 }, usize::MAX);
+    let root = tempfile::tempdir().unwrap();
+    let store = open_store(root.path(), speed_floor(3));
+    let retries = Arc::new(Retries::default());
+    let started = std::time::Instant::now();
+    let err = pull_within_20s(&store, &server.url("/disk.img"), retries.clone()).await.unwrap_err().to_string();
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // Attempts that only dripped do not reset the count, as progress would.
+    assert!(
+        err.contains("too slow") && err.contains("262144 bytes/s") && err.contains("gave up after 3 attempts"),
+        "{err}"
+    );
+    let said = retries.0.lock().unwrap().clone();
+    assert!(said.len() == 2 && said.iter().all(|s| s.contains("too slow")), "{said:?}");
 }

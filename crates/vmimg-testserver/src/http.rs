@@ -1,7 +1,7 @@
 //! The wire: reading one request head, answering it, sending the body with
 //! whatever fault is queued.
 
-use crate::{Content, Fault, RequestRecord, Route, Shared};
+use crate::{Content, Fault, RequestRecord, Route, Shared, Versioning};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -26,6 +26,31 @@ struct Request {
 struct Body {
     content: Content,
     etag: String,
+    versioning: Versioning,
+}
+
+/// The Last-Modified every route claims (when its versioning sends one).
+const LAST_MODIFIED: &str = "Mon, 02 Nov 2026 10:00:00 GMT";
+
+impl Body {
+    /// Whether a range request with this `If-Range` gets the range: it names
+    /// this version, or the route does not care (as broken servers do).
+    fn honours(&self, if_range: Option<&str>) -> bool {
+        let v = &self.versioning;
+        if_range.is_none_or(|x| !v.if_range || (v.etag && x == self.etag) || (v.last_modified && x == LAST_MODIFIED))
+    }
+
+    /// The validator headers, as the route's versioning says.
+    fn validators(&self) -> String {
+        let mut headers = String::new();
+        if self.versioning.etag {
+            headers.push_str(&format!("ETag: {}\r\n", self.etag));
+        }
+        if self.versioning.last_modified {
+            headers.push_str(&format!("Last-Modified: {LAST_MODIFIED}\r\n"));
+        }
+        headers
+    }
 }
 
 pub(crate) fn serve_connection(stream: TcpStream, shared: &Shared) {
@@ -73,20 +98,22 @@ fn read_request(stream: &TcpStream) -> io::Result<Request> {
 
 /// Answers the request; returns the status sent.
 fn answer(mut stream: &TcpStream, request: &Request, shared: &Shared) -> io::Result<u16> {
-    let route = shared.route(&request.path);
+    let mut route = shared.route(&request.path);
     let fault = route.as_ref().and_then(|_| shared.next_fault(&request.path));
-    let (content, etag) = match (route, &fault) {
+    if let Some(Fault::Replace(bytes)) = &fault {
+        route = Some(shared.insert(&request.path, Content::Bytes(bytes.clone()), None));
+    }
+    let body = match (route, &fault) {
         (None, _) => return small(stream, 404, "not found", &[]),
         (_, Some(Fault::Status(code))) => return small(stream, *code, "injected", &[]),
         (_, Some(Fault::TooManyRequests { retry_after_secs })) => {
             return small(stream, 429, "slow down", &[("Retry-After", retry_after_secs.to_string())]);
         }
         (Some(Route::Redirect { to, status }), _) => return small(stream, status, "moved", &[("Location", to)]),
-        (Some(Route::Content { content, etag }), _) => (content, etag),
+        (Some(Route::Content { content, etag, versioning }), _) => Body { content, etag, versioning },
     };
-    let len = content_len(&content)?;
-    let body = Body { content, etag };
-    let honour_range = fault != Some(Fault::IgnoreRange) && request.if_range.as_ref().is_none_or(|v| *v == body.etag);
+    let len = content_len(&body.content)?;
+    let honour_range = fault != Some(Fault::IgnoreRange) && body.honours(request.if_range.as_deref());
     let range = match request.range.as_deref().filter(|_| honour_range) {
         None => None,
         Some(spec) => match parse_range(spec, len) {
@@ -99,11 +126,11 @@ fn answer(mut stream: &TcpStream, request: &Request, shared: &Shared) -> io::Res
         None => (200, 0, len),
     };
     let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nETag: {}\r\nLast-Modified: Mon, 02 Nov 2026 10:00:00 GMT\r\n\
+        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\n{}\
          Accept-Ranges: bytes\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n",
         reason(status),
         end - start,
-        body.etag
+        body.validators()
     );
     if status == 206 {
         head.push_str(&format!("Content-Range: bytes {start}-{}/{len}\r\n", end - 1));
@@ -241,10 +268,11 @@ pub(crate) fn route_in_dir(prefix: &str, dir: &Path, path: &str) -> Option<Route
         return Some(Route::Content {
             content: Content::Bytes(listing.into_bytes().into()),
             etag: "\"listing\"".into(),
+            versioning: Versioning::default(),
         });
     }
     let etag = format!("\"{:x}-{:x}\"", meta.len(), meta.mtime_nsec() ^ meta.mtime() as i64);
-    Some(Route::Content { content: Content::File(full), etag })
+    Some(Route::Content { content: Content::File(full), etag, versioning: Versioning::default() })
 }
 
 /// An Apache-style index page.

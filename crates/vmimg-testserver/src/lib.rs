@@ -3,10 +3,12 @@
 //!
 //! It serves bytes held in memory, files, and directory trees (with
 //! Apache-style listings), honours `Range` and `If-Range` with a strong ETag,
-//! follows `HEAD` and redirects, and logs every request. Per path, a queue
-//! of [`Fault`]s is consumed one per request: error statuses, 429 with
-//! Retry-After, a body cut midway, a stall, a flipped byte, a range ignored,
-//! a throttled body.
+//! follows `HEAD` and redirects, and logs every request. A route added with
+//! [`Versioning`] can hide its ETag or Last-Modified, or ignore `If-Range`
+//! as broken servers do. Per path, a queue of [`Fault`]s is consumed one per
+//! request: error statuses, 429 with Retry-After, a body cut midway, a
+//! stall, a flipped byte, a range ignored, a throttled body, the content
+//! replaced by a new version.
 //!
 //! Written on `std::net` with one thread per connection and `Connection:
 //! close` on purpose: the faults need byte-level control of what goes on the
@@ -53,6 +55,30 @@ pub enum Fault {
     IgnoreRange,
     /// Send the body at this rate.
     SlowBody { bytes_per_sec: u64 },
+    /// Serve these bytes from now on (a new version, with a new ETag), from
+    /// this request on: the file changed upstream between two requests.
+    Replace(Arc<Vec<u8>>),
+}
+
+/// What a route tells clients about its version, and whether it keeps its
+/// word. The default is an honest server: a strong ETag, Last-Modified, and
+/// `If-Range` honoured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Versioning {
+    /// Send a strong `ETag`.
+    pub etag: bool,
+    /// Send `Last-Modified`.
+    pub last_modified: bool,
+    /// Answer a `Range` whose `If-Range` names another version with the
+    /// whole body (RFC 9110); false serves the range of the new version
+    /// anyway.
+    pub if_range: bool,
+}
+
+impl Default for Versioning {
+    fn default() -> Self {
+        Versioning { etag: true, last_modified: true, if_range: true }
+    }
 }
 
 /// One request as the server saw it.
@@ -74,7 +100,7 @@ pub(crate) enum Content {
 
 #[derive(Clone)]
 pub(crate) enum Route {
-    Content { content: Content, etag: String },
+    Content { content: Content, etag: String, versioning: Versioning },
     Redirect { to: String, status: u16 },
 }
 
@@ -95,6 +121,22 @@ impl Shared {
         }
         let dirs = self.dirs.lock().unwrap();
         dirs.iter().find_map(|(prefix, dir)| http::route_in_dir(prefix, dir, path))
+    }
+
+    /// Serves `content` at `path` with a new ETag, keeping the route's
+    /// versioning if it had one; returns the new route.
+    pub(crate) fn insert(&self, path: &str, content: Content, versioning: Option<Versioning>) -> Route {
+        let version = self.versions.fetch_add(1, Ordering::Relaxed);
+        let etag = format!("\"v{version}\"");
+        let mut routes = self.routes.lock().unwrap();
+        let versioning = match (versioning, routes.get(path)) {
+            (Some(versioning), _) => versioning,
+            (None, Some(Route::Content { versioning, .. })) => *versioning,
+            (None, _) => Versioning::default(),
+        };
+        let route = Route::Content { content, etag, versioning };
+        routes.insert(path.to_owned(), route.clone());
+        route
     }
 
     /// The next fault queued for `path`, if any.
@@ -152,20 +194,20 @@ impl TestServer {
         format!("{}{path}", self.base_url())
     }
 
-    /// Serves `bytes` at `path`, replacing what was there (with a new ETag).
+    /// Serves `bytes` at `path`, replacing what was there (with a new ETag
+    /// and the versioning it had).
     pub fn add(&self, path: &str, bytes: Vec<u8>) {
-        self.insert(path, Content::Bytes(Arc::new(bytes)));
+        self.shared.insert(path, Content::Bytes(Arc::new(bytes)), None);
+    }
+
+    /// [`TestServer::add`] with the validators `versioning` says.
+    pub fn add_with(&self, path: &str, bytes: Vec<u8>, versioning: Versioning) {
+        self.shared.insert(path, Content::Bytes(Arc::new(bytes)), Some(versioning));
     }
 
     /// Serves the file at `file` at `path`, read from disk on each request.
     pub fn add_file(&self, path: &str, file: impl Into<PathBuf>) {
-        self.insert(path, Content::File(file.into()));
-    }
-
-    fn insert(&self, path: &str, content: Content) {
-        let version = self.shared.versions.fetch_add(1, Ordering::Relaxed);
-        let etag = format!("\"v{version}\"");
-        self.shared.routes.lock().unwrap().insert(path.to_owned(), Route::Content { content, etag });
+        self.shared.insert(path, Content::File(file.into()), None);
     }
 
     /// Serves every file under `dir` at `prefix` + its relative path, and a

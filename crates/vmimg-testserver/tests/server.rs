@@ -3,8 +3,9 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Duration;
-use vmimg_testserver::{Fault, TestServer};
+use vmimg_testserver::{Fault, TestServer, Versioning};
 
 /// Status, headers (lowercase names) and body of one exchange.
 struct Reply {
@@ -84,6 +85,29 @@ fn faults_apply_in_order_then_stop() {
     assert_eq!(diff, [5]);
     assert_eq!(get(&server, "GET", "/f", &["Range: bytes=10-"]).status, 200);
     assert_eq!(get(&server, "GET", "/f", &["Range: bytes=10-"]).status, 206, "the queue is empty");
+}
+
+#[test]
+fn a_replaced_version_and_routes_that_hide_or_ignore_validators() {
+    let server = TestServer::start();
+    server.add_with("/f", body(), Versioning { if_range: false, ..Versioning::default() });
+    let etag = get(&server, "GET", "/f", &[]).header("etag").unwrap();
+    server.fault("/f", Fault::Replace(Arc::new(vec![7; 100_000])), 1);
+    let replaced = get(&server, "GET", "/f", &["Range: bytes=10-", &format!("If-Range: {etag}")]);
+    assert_eq!((replaced.status, &replaced.body[..]), (206, &[7; 99_990][..]), "If-Range ignored");
+    let new_etag = replaced.header("etag").unwrap();
+    assert_ne!(new_etag, etag, "a new version has a new ETag");
+    assert_eq!(get(&server, "GET", "/f", &[]).header("etag"), Some(new_etag), "the new version stays");
+
+    server.add_with("/g", body(), Versioning { etag: false, last_modified: false, ..Versioning::default() });
+    let bare = get(&server, "GET", "/g", &["Range: bytes=10-"]);
+    assert_eq!((bare.status, bare.header("etag"), bare.header("last-modified")), (206, None, None));
+    let honest = Versioning { etag: false, ..Versioning::default() };
+    server.add_with("/h", body(), honest);
+    let modified = get(&server, "GET", "/h", &[]).header("last-modified").unwrap();
+    let by_date = get(&server, "GET", "/h", &["Range: bytes=10-", &format!("If-Range: {modified}")]);
+    assert_eq!(by_date.status, 206, "If-Range with the route's Last-Modified");
+    assert_eq!(get(&server, "GET", "/h", &["Range: bytes=10-", "If-Range: \"other\""]).status, 200);
 }
 
 #[test]

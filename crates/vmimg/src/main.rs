@@ -58,6 +58,13 @@ struct StoreArgs {
     /// Cut and resume a download that sends nothing for this many seconds.
     #[arg(long, global = true, default_value_t = 60, value_name = "SECS")]
     read_timeout: u64,
+    /// Cut and resume a download slower than BYTES a second, averaged over
+    /// --speed-time seconds (0: never).
+    #[arg(long, global = true, default_value_t = vmimg_fetch::FetchOptions::default().min_speed, value_name = "BYTES")]
+    speed_limit: u64,
+    /// The window over which --speed-limit averages, in seconds (0: no limit).
+    #[arg(long, global = true, default_value_t = vmimg_fetch::FetchOptions::default().speed_window.as_secs(), value_name = "SECS")]
+    speed_time: u64,
     /// Conversion threads (default: one per core, at most 8).
     #[arg(long, global = true, default_value_t = 0)]
     threads: usize,
@@ -83,6 +90,8 @@ impl StoreArgs {
             attempts: self.retries.max(1),
             min_delay: std::time::Duration::from_millis(self.retry_delay),
             read_timeout: std::time::Duration::from_secs(self.read_timeout.max(1)),
+            min_speed: self.speed_limit,
+            speed_window: std::time::Duration::from_secs(self.speed_time),
             ..Default::default()
         };
         Ok(vmimg_store::Store::open(vmimg_store::StoreOptions {

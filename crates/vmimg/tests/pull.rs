@@ -204,3 +204,22 @@ fn a_terminal_gets_a_progress_bar() {
     assert!(out.status.success(), "{screen}");
     assert!(screen.contains("ETA") && screen.contains("MiB"), "no bar: {screen}");
 }
+
+#[test]
+fn the_speed_limit_options_cut_a_dripping_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start();
+    server.add("/os.img", vec![7; 1 << 20]);
+    // 16 KiB/s: a minute for the body, and never silent for --read-timeout.
+    server.fault("/os.img", Fault::SlowBody { bytes_per_sec: 16 << 10 }, usize::MAX);
+    let store = dir.path().join("store");
+    let started = std::time::Instant::now();
+    let limits = ["--speed-limit", "262144", "--speed-time", "1", "--retries", "2"];
+    let out = run(vmimg(&store, &[&limits[..], &["pull", &server.url("/os.img")]].concat()));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success() && started.elapsed() < std::time::Duration::from_secs(10), "{stderr}");
+    let too_slow = "too slow: ";
+    assert!(stderr.matches(too_slow).count() == 2 && stderr.contains("retrying in"), "a retry, then the end: {stderr}");
+    assert!(stderr.contains("over the last 1s, under the minimum of 262144 bytes/s"), "{stderr}");
+    assert!(stderr.contains("gave up after 2 attempts"), "{stderr}");
+}
