@@ -3,7 +3,7 @@
 //! inline, and expects an error, not a panic. The files are in
 //! `fuzz/artifacts/`; `fuzz/README.md` tells the story.
 
-use vmimg_bundle::bundle::{self, Limits as BundleLimits};
+use vmimg_bundle::bundle::{self, Integrity, Limits as BundleLimits};
 use vmimg_tar::{Limits, Reader};
 
 /// A 512-byte tar block: zeros, with `fields` written at their offsets.
