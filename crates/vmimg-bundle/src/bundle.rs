@@ -5,7 +5,8 @@
 //! disk, stored sparse), `layer.qcow2` (a qcow2 whose backing file is
 //! `disk.img` by that relative name, backing format raw) and `machine.json`.
 //! [`export`] writes machine.json, an empty layer and the disk, in that
-//! order so a reader can refuse a bad bundle before the big file.
+//! order so a reader can refuse a bad bundle before the big file, and
+//! compressed with zstd's content checksum on every frame.
 //!
 //! [`import`] treats the bundle as hostile. It refuses, before or while
 //! writing, and naming what was wrong: a compressed file or a decompressed
@@ -16,12 +17,19 @@
 //! that is not raw (it starts with the qcow2 magic), a `layer.qcow2` that
 //! names any other backing file, another backing format or an external
 //! data file, or whose virtual size is over the file size limit, and a
-//! `machine.json` that does not validate. The layer is
+//! `machine.json` that does not validate. It reads the compressed stream
+//! to its very end, past the tar archive's end, so that zstd verifies every
+//! frame's checksum, and refuses a checksum that does not match, a stream
+//! that ends inside a frame or has bytes after its last one, anything but
+//! zeros after the archive's end, and (with [`Integrity::FrameChecksums`])
+//! a frame without a checksum (the `frames` module). The layer is
 //! then committed onto the disk (its data written over the disk's, its
 //! zero clusters punched out, the disk resized to the layer's size), so
 //! what comes out is one sparse raw disk. The caller owns the output
 //! paths: on error it removes them.
 
+use crate::frames::Frames;
+pub use crate::frames::Integrity;
 use crate::machine::{MAX_MACHINE_BYTES, Machine, MachineError};
 use rustix::fs::{FallocateFlags, fallocate};
 use std::fs::File;
@@ -112,6 +120,7 @@ pub fn export(disk: &File, machine: &Machine, out: impl Write, options: &ExportO
         n => n,
     };
     encoder.multithread(threads).map_err(Error::Write)?;
+    encoder.include_checksum(true).map_err(Error::Write)?;
     let mut tar = tar::Writer::new(encoder);
     tar.append_bytes(MACHINE, 0o644, mtime, &machine.to_json()).map_err(Error::Write)?;
     tar.append_sparse(LAYER, 0o644, mtime, &layer, layer_len, &layer_segments).map_err(Error::Write)?;
@@ -172,23 +181,25 @@ pub struct Imported {
     pub layer_bytes: u64,
 }
 
-/// Reads the bundle from `src` into the raw disk `disk` (created; the
-/// layer is committed onto it). `scratch` names a file for the layer,
-/// removed when done. On error the caller removes `disk`.
-pub fn import(src: impl Read, disk: &Path, scratch: &Path, limits: &Limits) -> Result<Imported> {
-    let compressed = Bounded::new(src, limits.max_archive, "compressed bundle");
+/// Reads the bundle from `src`, to its end, into the raw disk `disk`
+/// (created; the layer is committed onto it). `scratch` names a file for
+/// the layer, removed when done. On error the caller removes `disk`.
+pub fn import(src: impl Read, disk: &Path, scratch: &Path, limits: &Limits, integrity: Integrity) -> Result<Imported> {
+    let compressed = Frames::new(Bounded::new(src, limits.max_archive, "compressed bundle"), integrity);
     let mut decoder = zstd::Decoder::new(compressed).map_err(Error::Read)?;
     decoder.window_log_max(27).map_err(Error::Read)?;
     // The tar stream holds at most three files plus headers.
     let expanded = Bounded::new(decoder, limits.max_file.saturating_mul(3).saturating_add(64 << 20), "bundle");
     let mut reader = tar::Reader::new(expanded, tar::Limits { max_meta_bytes: 64 << 10, ..tar::Limits::default() });
-    let result = read_entries(&mut reader, disk, scratch, limits).and_then(|(machine, disk_size)| {
-        let layer = File::open(scratch).map_err(io_error("cannot open", scratch))?;
-        let out = File::options().write(true).open(disk).map_err(io_error("cannot open", disk))?;
-        let (virtual_size, layer_bytes) = commit_layer(&layer, &out, disk_size, limits.max_file)?;
-        out.sync_all().map_err(io_error("cannot flush", disk))?;
-        Ok(Imported { machine, virtual_size, layer_bytes })
-    });
+    let result = read_entries(&mut reader, disk, scratch, limits)
+        .and_then(|found| read_past_archive(reader.into_inner()).map(|()| found))
+        .and_then(|(machine, disk_size)| {
+            let layer = File::open(scratch).map_err(io_error("cannot open", scratch))?;
+            let out = File::options().write(true).open(disk).map_err(io_error("cannot open", disk))?;
+            let (virtual_size, layer_bytes) = commit_layer(&layer, &out, disk_size, limits.max_file)?;
+            out.sync_all().map_err(io_error("cannot flush", disk))?;
+            Ok(Imported { machine, virtual_size, layer_bytes })
+        });
     let _ = std::fs::remove_file(scratch);
     result
 }
@@ -241,6 +252,21 @@ fn read_entries<R: Read>(
     match (machine, disk_size) {
         (Some(machine), Some(size)) if missing.is_empty() => Ok((machine, size)),
         _ => Err(Error::Refused(format!("the bundle has no {}", missing.join(", no ")))),
+    }
+}
+
+/// Reads what follows the tar archive's end to the end of the decompressed
+/// stream, so that the decoder reaches the end of every frame (where it
+/// checks the frame's checksum) and the end of the file. Only zeros may
+/// follow the archive's end (tar pads it to its record size).
+fn read_past_archive(mut rest: impl Read) -> Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match rest.read(&mut buf).map_err(Error::Read)? {
+            0 => return Ok(()),
+            n if vmimg_disk::is_zero(&buf[..n]) => continue,
+            _ => return Err(Error::Refused("the bundle has data after its tar archive's end".into())),
+        }
     }
 }
 

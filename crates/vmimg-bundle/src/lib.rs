@@ -6,9 +6,12 @@
 //!   defaults, random MAC addresses;
 //! - [`bundle`]: [`bundle::export`] and [`bundle::import`], which treats
 //!   the bundle as hostile and commits its layer onto one sparse raw disk
-//!   (its tar is `vmimg-tar`'s, which keeps holes).
+//!   (its tar is `vmimg-tar`'s, which keeps holes);
+//! - `frames`: the zstd frame layout an import insists on (every frame
+//!   checksummed, whole frames only), followed as the bytes pass.
 //!
 //! This crate knows files and streams only: no network, no store.
 
 pub mod bundle;
+mod frames;
 pub mod machine;

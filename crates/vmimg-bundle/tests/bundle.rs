@@ -6,9 +6,18 @@ use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vmimg_bundle::bundle::{self, ExportOptions, Limits};
+use vmimg_bundle::bundle::{self, ExportOptions, Integrity, Limits};
 use vmimg_bundle::machine::Machine;
 use vmimg_tar::Writer;
+
+const FRAMES: Integrity = Integrity::FrameChecksums;
+
+/// A zstd encoder that ends each frame with its content checksum.
+fn checksummed<W: std::io::Write>(out: W, level: i32) -> zstd::Encoder<'static, W> {
+    let mut encoder = zstd::Encoder::new(out, level).unwrap();
+    encoder.include_checksum(true).unwrap();
+    encoder
+}
 
 fn run(command: &mut Command) -> String {
     let out = command.output().unwrap();
@@ -29,9 +38,14 @@ fn sparse_disk(path: &Path) -> Vec<u8> {
 }
 
 fn import(bundle: &Path, out: &Path) -> Result<bundle::Imported, String> {
+    import_as(bundle, out, FRAMES)
+}
+
+fn import_as(bundle: &Path, out: &Path, integrity: Integrity) -> Result<bundle::Imported, String> {
     let disk = out.join("disk.raw");
     let _ = std::fs::remove_file(&disk);
-    let result = bundle::import(File::open(bundle).unwrap(), &disk, &out.join("layer.tmp"), &Limits::default());
+    let result =
+        bundle::import(File::open(bundle).unwrap(), &disk, &out.join("layer.tmp"), &Limits::default(), integrity);
     assert!(!out.join("layer.tmp").exists(), "the scratch layer was left behind");
     result.map_err(|e| e.to_string())
 }
@@ -162,8 +176,7 @@ type Entry<'a> = (&'a str, &'a [u8]);
 
 /// A bundle written entry by entry with our own tar writer.
 fn bundle_of(path: &Path, entries: &[(&str, &[u8])]) {
-    let encoder = zstd::Encoder::new(File::create(path).unwrap(), 3).unwrap();
-    let mut writer = Writer::new(encoder);
+    let mut writer = Writer::new(checksummed(File::create(path).unwrap(), 3));
     for (name, data) in entries {
         writer.append_bytes(name, 0o644, 0, data).unwrap();
     }
@@ -274,7 +287,7 @@ fn size_limits_and_decompression_bombs() {
     std::fs::create_dir(&out).unwrap();
     let try_with = |limits: Limits| {
         let _ = std::fs::remove_file(out.join("disk.raw"));
-        bundle::import(File::open(&bundle).unwrap(), &out.join("disk.raw"), &out.join("l"), &limits)
+        bundle::import(File::open(&bundle).unwrap(), &out.join("disk.raw"), &out.join("l"), &limits, FRAMES)
             .map_err(|e| e.to_string())
     };
     let error = try_with(Limits { max_archive: 100, ..Limits::default() }).unwrap_err();
@@ -284,7 +297,7 @@ fn size_limits_and_decompression_bombs() {
 
     // A zstd bomb: 1 GiB of zeros in a few KiB, stored as a non-sparse disk.img.
     let bomb = dir.path().join("bomb.tar.zst");
-    let mut writer = Writer::new(zstd::Encoder::new(File::create(&bomb).unwrap(), 19).unwrap());
+    let mut writer = Writer::new(checksummed(File::create(&bomb).unwrap(), 19));
     let zeros = dir.path().join("zeros");
     File::create(&zeros).unwrap().set_len(1 << 30).unwrap();
     writer
@@ -303,7 +316,7 @@ fn size_limits_and_decompression_bombs() {
     let started = std::time::Instant::now();
     let error = {
         let _ = std::fs::remove_file(out.join("disk.raw"));
-        bundle::import(File::open(&bomb).unwrap(), &out.join("disk.raw"), &out.join("l"), &small)
+        bundle::import(File::open(&bomb).unwrap(), &out.join("disk.raw"), &out.join("l"), &small, FRAMES)
             .unwrap_err()
             .to_string()
     };
@@ -317,7 +330,7 @@ fn size_limits_and_decompression_bombs() {
         .arg(format!("head -c 4096 /dev/urandom | zstd -q --long=31 -o {}", wide.display())));
     let error = {
         let _ = std::fs::remove_file(out.join("disk.raw"));
-        bundle::import(File::open(&wide).unwrap(), &out.join("disk.raw"), &out.join("l"), &Limits::default())
+        bundle::import(File::open(&wide).unwrap(), &out.join("disk.raw"), &out.join("l"), &Limits::default(), FRAMES)
             .unwrap_err()
             .to_string()
     };
@@ -330,4 +343,128 @@ fn size_limits_and_decompression_bombs() {
     let whole = std::fs::read(&bundle).unwrap();
     std::fs::write(dir.path().join("cut.tar.zst"), &whole[..whole.len() / 2]).unwrap();
     import(&dir.path().join("cut.tar.zst"), &out).unwrap_err();
+}
+
+/// `bytes` with byte `offset` xor-ed with `mask`, written to `path`.
+fn write_flipped(path: &Path, bytes: &[u8], offset: usize, mask: u8) -> PathBuf {
+    let mut bytes = bytes.to_vec();
+    bytes[offset] ^= mask;
+    std::fs::write(path, bytes).unwrap();
+    path.to_owned()
+}
+
+#[test]
+fn the_compressed_stream_is_read_to_its_end_and_every_frame_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let expected = sparse_disk(&src.join("disk.img"));
+    write_machine(&src);
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-b", "disk.img", "-F", "raw"])
+        .arg(src.join("layer.qcow2")));
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let file = |name: &str| dir.path().join(name);
+
+    // GNU tar's stream in two zstd frames (with checksums, zstd's default),
+    // a skippable frame between them: it imports.
+    run(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && tar -S -cf {} disk.img layer.qcow2 machine.json && head -c 1500000 {1} | zstd -q > {2} \
+         && tail -c +1500001 {1} | zstd -q > {3}",
+        src.display(),
+        file("b.tar").display(),
+        file("one.zst").display(),
+        file("two.zst").display()
+    )));
+    let (one, two) = (std::fs::read(file("one.zst")).unwrap(), std::fs::read(file("two.zst")).unwrap());
+    let skippable = [&0x184D_2A53u32.to_le_bytes()[..], &4u32.to_le_bytes(), b"note"].concat();
+    let whole = [&one[..], &skippable, &two].concat();
+    std::fs::write(file("two-frames.tar.zst"), &whole).unwrap();
+    import(&file("two-frames.tar.zst"), &out).unwrap();
+    assert!(std::fs::read(out.join("disk.raw")).unwrap() == expected);
+
+    // A flip in the first frame's data (random disk data, stored raw) is
+    // caught by that frame's checksum, read only past the tar's end.
+    let error = import(&write_flipped(&file("flip.tar.zst"), &whole, one.len() / 2, 0x10), &out).unwrap_err();
+    assert!(error.contains("checksum"), "{error}");
+    // So is one in the checksum of the last frame, the file's last byte.
+    let error = import(&write_flipped(&file("flip.tar.zst"), &whole, whole.len() - 1, 1), &out).unwrap_err();
+    assert!(error.contains("checksum"), "{error}");
+    // Clearing the first frame's checksum flag: refused at once, and where
+    // a digest vouches, its checksum becomes bytes that start no frame.
+    let cleared = write_flipped(&file("flip.tar.zst"), &whole, 4, 0b100);
+    let error = import(&cleared, &out).unwrap_err();
+    assert!(error.contains("frame 1 carries no content checksum"), "{error}");
+    let error = import_as(&cleared, &out, Integrity::CallerDigest).unwrap_err();
+    assert!(error.contains("bytes after its last zstd frame (frame 1)"), "{error}");
+
+    // Bytes after the last frame, a frame of data after the tar's end.
+    std::fs::write(file("garbage.tar.zst"), [&whole[..], b"garbage"].concat()).unwrap();
+    let error = import(&file("garbage.tar.zst"), &out).unwrap_err();
+    assert!(error.contains("bytes after its last zstd frame (frame 2) that start no frame"), "{error}");
+    let frame_of = |bytes: &[u8]| {
+        let mut encoder = checksummed(Vec::new(), 3);
+        std::io::Write::write_all(&mut encoder, bytes).unwrap();
+        encoder.finish().unwrap()
+    };
+    let data_frame = frame_of(&[7u8; 512]);
+    std::fs::write(file("extra.tar.zst"), [&whole[..], &data_frame].concat()).unwrap();
+    let error = import(&file("extra.tar.zst"), &out).unwrap_err();
+    assert!(error.contains("data after its tar archive's end"), "{error}");
+    // Zeros after the archive's end are tar's padding: fine.
+    let zeros_frame = frame_of(&[0u8; 10240]);
+    std::fs::write(file("padded.tar.zst"), [&whole[..], &zeros_frame].concat()).unwrap();
+    import(&file("padded.tar.zst"), &out).unwrap();
+
+    // Truncated anywhere, at a frame's end included, or empty.
+    for cut in [0, 3, 5, 100, one.len() - 4, one.len(), whole.len() / 2, whole.len() - 4, whole.len() - 1] {
+        std::fs::write(file("cut.tar.zst"), &whole[..cut]).unwrap();
+        let error = import(&file("cut.tar.zst"), &out).expect_err(&format!("cut at {cut} was imported"));
+        let why = ["truncated", "no zstd frame", "tar archive ends in the middle"];
+        assert!(why.iter().any(|w| error.contains(w)), "cut at {cut}: {error}");
+    }
+
+    // Frames without a checksum: only when the caller checks a digest.
+    run(Command::new("sh").arg("-c").arg(format!(
+        "zstd -q --no-check -c {} > {}",
+        file("b.tar").display(),
+        file("unchecked.tar.zst").display()
+    )));
+    let error = import(&file("unchecked.tar.zst"), &out).unwrap_err();
+    assert!(error.contains("frame 1 carries no content checksum"), "{error}");
+    import_as(&file("unchecked.tar.zst"), &out, Integrity::CallerDigest).unwrap();
+    assert!(std::fs::read(out.join("disk.raw")).unwrap() == expected);
+}
+
+/// Two bytes of a zstd frame header describe how to decode but no content:
+/// the window size (byte 5 here, the frame being streamed without a
+/// content size; 2 MiB at level 3, exponent 11 in bits 3-7, mantissa 0 in
+/// bits 0-2) and the descriptor's unused bit (bit 4 of byte 4). No checksum
+/// covers them, and a change that still decodes (a larger window under
+/// import's 128 MiB bound) imports the very same disk; only the whole
+/// file's digest (`--digest`) notices it.
+#[test]
+fn header_bytes_that_no_checksum_covers_cannot_change_what_is_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    let expected = sparse_disk(&disk);
+    let mut bytes = Vec::new();
+    bundle::export(&File::open(&disk).unwrap(), &Machine::generate(), &mut bytes, &ExportOptions::default()).unwrap();
+    assert_eq!(bytes[4], 0b100, "a frame with a checksum, a window descriptor, no content size");
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    assert_eq!(bytes[5], 11 << 3, "a 2 MiB window");
+    // The unused bit; a 2.25 MiB window; a 32 MiB one (exponent 15).
+    for (offset, mask) in [(4, 0b1_0000), (5, 0b1), (5, 0b10_0000)] {
+        let flipped = write_flipped(&dir.path().join("b.tar.zst"), &bytes, offset, mask);
+        import(&flipped, &out).unwrap_or_else(|e| panic!("byte {offset} ^ {mask:#x}: {e}"));
+        assert!(std::fs::read(out.join("disk.raw")).unwrap() == expected);
+    }
+    // A window over the bound (exponent 27), or too small for the 128 KiB
+    // blocks (exponent 3: 8 KiB), is refused.
+    for mask in [0b1000_0000, 0b100_0000] {
+        let flipped = write_flipped(&dir.path().join("b.tar.zst"), &bytes, 5, mask);
+        import(&flipped, &out).expect_err(&format!("byte 5 ^ {mask:#x} was imported"));
+    }
 }

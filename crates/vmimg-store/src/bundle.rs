@@ -1,13 +1,18 @@
 //! Bundles in and out of the store, and blank (mutable) images.
 //!
 //! - [`Store::import_bundle`] reads an `image.tar.zst` (hostile: see
-//!   `vmimg_bundle::bundle`) into a work directory under `tmp/`, hashing it
-//!   on the way, and publishes it like a pull: one rename, after the disk,
-//!   `machine.json` and the record were flushed. A crash leaves no image or
-//!   a whole one; the next holder of the key removes the abandoned work.
+//!   `vmimg_bundle::bundle`) to its end into a work directory under `tmp/`,
+//!   hashing it on the way, and publishes it like a pull: one rename, after
+//!   the disk, `machine.json` and the record were flushed. Its integrity is
+//!   vouched for by the checksum of every zstd frame, or, when the caller
+//!   gives the file's digest, by that digest (then frames without a
+//!   checksum are let in); a mismatch keeps nothing. A crash leaves no
+//!   image or a whole one; the next holder of the key removes the abandoned
+//!   work.
 //! - [`Store::export_bundle`] packs an image's disk and `machine.json` (a
 //!   fresh one, with a random MAC, when the image has none) into a file that
-//!   appears whole or not at all (`vmimg_disk::publish`).
+//!   appears whole or not at all (`vmimg_disk::publish`), and hashes the
+//!   file as it is written.
 //! - [`Store::new_image`] makes a blank sparse raw disk with a
 //!   `machine.json`: a mutable image, whose owner writes the disk in place
 //!   (installing a system, say) before exporting it. A mutable image with
@@ -20,13 +25,25 @@ use crate::record::ImageRecord;
 use crate::source::SourceInfo;
 use crate::store::Store;
 use std::fs::File;
-use std::io::{BufWriter, Read};
-use std::path::Path;
-use vmimg_bundle::bundle::{self, ExportOptions, Exported, Limits};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use vmimg_bundle::bundle::{self, ExportOptions, Integrity, Limits};
 use vmimg_bundle::machine::{MAX_MACHINE_BYTES, Machine};
-use vmimg_fetch::{Algorithm, Hasher};
+use vmimg_fetch::{Algorithm, Digest, Hasher};
 
 const MACHINE: &str = "machine.json";
+
+/// A bundle [`Store::export_bundle`] wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportedBundle {
+    pub path: PathBuf,
+    /// The file's SHA-256.
+    pub digest: Digest,
+    /// The file's size.
+    pub size: u64,
+    /// Bytes of disk data stored (holes excluded).
+    pub data_bytes: u64,
+}
 
 impl Store {
     /// The image's `machine.json`, if it has one.
@@ -40,8 +57,15 @@ impl Store {
     }
 
     /// Imports the bundle at `file` as image `name` (default: the file's
-    /// name without `.tar.zst`).
-    pub async fn import_bundle(&self, file: &Path, name: Option<&str>, limits: Limits) -> Result<Pulled> {
+    /// name without `.tar.zst`). With `expected`, the file must have that
+    /// digest, and its frames need not carry checksums.
+    pub async fn import_bundle(
+        &self,
+        file: &Path,
+        name: Option<&str>,
+        limits: Limits,
+        expected: Option<Digest>,
+    ) -> Result<Pulled> {
         let name = match name {
             Some(name) => name.to_owned(),
             None => default_name(file)?,
@@ -49,14 +73,22 @@ impl Store {
         let (key, _lock) = self.lock_new_image(&name).await?;
         let work = self.work_dir(&key)?;
         let (source, disk, scratch) = (file.to_owned(), work.path().join("disk.raw"), work.path().join("layer.qcow2"));
+        let (integrity, algorithm) = match &expected {
+            Some(digest) => (Integrity::CallerDigest, digest.algorithm()),
+            None => (Integrity::FrameChecksums, Algorithm::Sha256),
+        };
         let (imported, digest) = tokio::task::spawn_blocking(move || {
             let file = File::open(&source).map_err(Error::io("cannot open", &source))?;
-            let mut hashing = Hashing { inner: file, hasher: Hasher::new(Algorithm::Sha256) };
-            let imported = bundle::import(&mut hashing, &disk, &scratch, &limits)
+            let mut hashing = Hashing::new(file, algorithm);
+            // The import reads the file to its end: the digest covers it all.
+            let imported = bundle::import(&mut hashing, &disk, &scratch, &limits, integrity)
                 .map_err(|e| Error::Bundle { path: source.clone(), source: e })?;
-            // Whatever follows the archive's end counts in its digest too.
-            let hasher = hashing.hasher.consume(hashing.inner).map_err(Error::io("cannot read", &source))?;
-            Ok::<_, Error>((imported, hasher.finish()))
+            let actual = hashing.hasher.finish();
+            refuse_image_header(&disk, &source)?;
+            match expected {
+                Some(expected) if expected != actual => Err(Error::BundleMismatch { path: source, expected, actual }),
+                _ => Ok((imported, actual)),
+            }
         })
         .await
         .expect("import task")?;
@@ -81,7 +113,7 @@ impl Store {
     }
 
     /// Packs image `key` into a bundle at `dst`.
-    pub async fn export_bundle(&self, key: &str, dst: &Path, options: ExportOptions) -> Result<Exported> {
+    pub async fn export_bundle(&self, key: &str, dst: &Path, options: ExportOptions) -> Result<ExportedBundle> {
         let lock = self.lock(key).await?;
         let record = self.lookup(key)?.ok_or_else(|| Error::NotFound { what: "image", name: key.to_owned() })?;
         let instances = self.instances_of(key)?;
@@ -101,8 +133,16 @@ impl Store {
         let dst = dst.to_owned();
         let exported = tokio::task::spawn_blocking(move || {
             vmimg_disk::publish(&dst, true, |out| {
-                bundle::export(&disk, &machine, BufWriter::with_capacity(1 << 20, out), &options)
-                    .map_err(|e| Error::Bundle { path: dst.clone(), source: e })
+                let mut hashing = Hashing::new(out, Algorithm::Sha256);
+                let exported =
+                    bundle::export(&disk, &machine, BufWriter::with_capacity(1 << 20, &mut hashing), &options)
+                        .map_err(|e| Error::Bundle { path: dst.clone(), source: e })?;
+                Ok::<_, Error>(ExportedBundle {
+                    path: dst.clone(),
+                    digest: hashing.hasher.finish(),
+                    size: hashing.len,
+                    data_bytes: exported.data_bytes,
+                })
             })
         })
         .await
@@ -140,6 +180,16 @@ pub(crate) fn local_key(name: &str) -> String {
 /// What starts the key of every image the user named.
 pub(crate) const LOCAL_PREFIX: &str = "local-";
 
+/// Refuses a bundle whose disk starts with an image header: published as
+/// raw, a VMM that probes formats would misread it (see `vmimg_disk::probe`).
+fn refuse_image_header(disk: &Path, bundle: &Path) -> Result<()> {
+    let file = File::open(disk).map_err(Error::io("open", disk))?;
+    let mut head = Vec::with_capacity(vmimg_disk::PROBE_BYTES);
+    file.take(vmimg_disk::PROBE_BYTES as u64).read_to_end(&mut head).map_err(Error::io("read", disk))?;
+    let label = std::path::PathBuf::from(format!("{} (its disk)", bundle.display()));
+    Ok(vmimg_disk::ensure_plain_raw(&head, &label)?)
+}
+
 /// `image` for `…/image.tar.zst` (also `.tzst`, `.tar`).
 fn default_name(file: &Path) -> Result<String> {
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -151,16 +201,39 @@ fn default_name(file: &Path) -> Result<String> {
     }
 }
 
-/// Hashes what is read through it.
-struct Hashing<R> {
-    inner: R,
+/// Hashes and counts what is read or written through it.
+struct Hashing<T> {
+    inner: T,
     hasher: Hasher,
+    len: u64,
+}
+
+impl<T> Hashing<T> {
+    fn new(inner: T, algorithm: Algorithm) -> Self {
+        Hashing { inner, hasher: Hasher::new(algorithm), len: 0 }
+    }
+
+    fn pass(&mut self, bytes: &[u8]) -> usize {
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        bytes.len()
+    }
 }
 
 impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
+        Ok(self.pass(&buf[..n]))
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        Ok(self.pass(&buf[..n]))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }

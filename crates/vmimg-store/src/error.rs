@@ -33,6 +33,8 @@ pub enum Error {
     Record { path: PathBuf, message: String },
     #[error("bundle {}: {source}", path.display())]
     Bundle { path: PathBuf, source: vmimg_bundle::bundle::Error },
+    #[error("bundle {}: its digest is {actual}, not the expected {expected}; nothing was kept", path.display())]
+    BundleMismatch { path: PathBuf, expected: Digest, actual: Digest },
     #[error(
         "a blob of the image (a disk part or a layer) has digest {actual} and {actual_size} bytes, where its manifest says {expected} and \
          {size} bytes; nothing was kept"

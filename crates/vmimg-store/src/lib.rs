@@ -36,6 +36,7 @@ mod store;
 mod unpack;
 
 pub use builds::{Build, BuildStatus, Histogram, Manager, ManagerOptions, Metrics, Totals, build_id};
+pub use bundle::ExportedBundle;
 pub use catalog::{Arch, Artifact, Catalog, EMBEDDED, Entry, MAX_CATALOG_BYTES, Mirrors};
 pub use container::{BuildObserver, ContainerInfo, RootfsFormat};
 pub use error::{Error, Result};
@@ -47,5 +48,5 @@ pub use record::{ImageRecord, Status};
 pub use refresh::{Change, MAX_UPSTREAM_TEXT, RefreshError, Refreshed};
 pub use source::{Location, Resolved, SourceInfo};
 pub use store::{Store, StoreOptions, default_root};
-pub use vmimg_bundle::bundle::{ExportOptions, Exported, Limits as BundleLimits};
+pub use vmimg_bundle::bundle::{ExportOptions, Limits as BundleLimits};
 pub use vmimg_bundle::machine::Machine;

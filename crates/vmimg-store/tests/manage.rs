@@ -145,7 +145,8 @@ async fn removing_a_built_image_forgets_its_build_and_no_lock_file_is_left() {
     std::fs::write(builds.join("b2.json"), r#"{"id": "b2", "status": "ready", "image": "other"}"#).unwrap();
     store.remove_image(&image, false).await.unwrap();
     assert!(!builds.join("b1.json").exists() && builds.join("b2.json").exists());
-    let locks: Vec<_> = std::fs::read_dir(root.path().join("locks")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let locks: Vec<_> =
+        std::fs::read_dir(root.path().join("locks")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(locks.iter().all(|l| l == ".lease.lock"), "{locks:?}");
     // A lock file a killed process left is collected.
     std::fs::write(root.path().join("locks/some-key.lock"), b"").unwrap();

@@ -5,23 +5,35 @@ use crate::units::human;
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
+use vmimg_fetch::Digest;
 use vmimg_store::{BundleLimits, ExportOptions, Machine, Pulled, Store};
 
-pub async fn export(store: &Store, image: &str, file: &Path, options: ExportOptions, quiet: bool) -> Result<()> {
+pub async fn export(
+    store: &Store,
+    image: &str,
+    file: &Path,
+    options: ExportOptions,
+    json: bool,
+    quiet: bool,
+) -> Result<()> {
     let key = image_key(store, image, false, true).await?;
     let started = Instant::now();
     let exported = store.export_bundle(&key, file, options).await?;
     if !quiet {
-        let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or_default();
         eprintln!(
-            "exported {key} to {} ({}, {} of disk data) in {:.1?}",
+            "exported {key} to {} ({}, {} of disk data) in {:.1?}\n{}",
             file.display(),
-            human(size),
+            human(exported.size),
             human(exported.data_bytes),
-            started.elapsed()
+            started.elapsed(),
+            exported.digest
         );
     }
-    println!("{}", file.display());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&exported)?);
+    } else {
+        println!("{}", file.display());
+    }
     Ok(())
 }
 
@@ -30,11 +42,12 @@ pub async fn import(
     file: &Path,
     name: Option<&str>,
     limits: BundleLimits,
+    digest: Option<Digest>,
     json: bool,
     quiet: bool,
 ) -> Result<()> {
     let started = Instant::now();
-    let imported = store.import_bundle(file, name, limits).await?;
+    let imported = store.import_bundle(file, name, limits, digest).await?;
     report(&imported, json, quiet, &format!("imported {} in {:.1?}", file.display(), started.elapsed()))
 }
 

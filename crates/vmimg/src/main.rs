@@ -394,8 +394,10 @@ enum BundleCommand {
     /// FILE is a zstd-compressed tar of disk.img (the raw disk, its holes
     /// stored as holes: PAX sparse 1.0, which GNU tar and bsdtar extract
     /// sparse), layer.qcow2 (an empty qcow2 whose backing file is disk.img)
-    /// and machine.json (the image's, or a new one with a random MAC). FILE
-    /// appears only when complete. A mutable image with instances is refused.
+    /// and machine.json (the image's, or a new one with a random MAC), each
+    /// zstd frame with its content checksum. FILE appears only when
+    /// complete; its sha256 (computed while writing) is printed on stderr,
+    /// or as `digest` with --json. A mutable image with instances is refused.
     Export {
         image: String,
         file: PathBuf,
@@ -405,6 +407,9 @@ enum BundleCommand {
         /// Compression threads [default: one per core].
         #[arg(long, default_value_t = 0)]
         compress_threads: u32,
+        /// Print path, digest, size and data_bytes as JSON instead of FILE.
+        #[arg(long)]
+        json: bool,
     },
     /// Import a bundle into the store as an image and print its disk's path.
     ///
@@ -414,11 +419,20 @@ enum BundleCommand {
     /// raw, no external data file) and a valid machine.json; anything else
     /// is refused and nothing is kept. The layer is committed onto the disk:
     /// the image is one sparse raw disk.
+    ///
+    /// FILE is read to its end: every zstd frame's checksum must match, and
+    /// a truncated file or bytes after the last frame are refused. Without
+    /// --digest every frame must carry a checksum (zstd writes one by
+    /// default); with --digest, FILE's digest must match instead and frames
+    /// without a checksum are accepted.
     Import {
         file: PathBuf,
         /// The image's name [default: FILE's name without .tar.zst].
         #[arg(long)]
         name: Option<String>,
+        /// The digest FILE must have: sha256:<hex> or sha512:<hex>.
+        #[arg(long)]
+        digest: Option<vmimg_fetch::Digest>,
         /// Refuse a compressed bundle larger than this (20G, 512M, bytes).
         #[arg(long, default_value = "50G", value_parser = vmimg_disk::parse_size)]
         max_archive_size: u64,
@@ -548,13 +562,14 @@ fn run(cli: Cli) -> Result<()> {
             let store = cli.store.open()?;
             runtime()?.block_on(manage::create_instance(&store, &image, name, size, format, cli.quiet))
         }
-        Command::Bundle(BundleCommand::Export { image, file, level, compress_threads }) => {
+        Command::Bundle(BundleCommand::Export { image, file, level, compress_threads, json }) => {
             let options = vmimg_store::ExportOptions { level, threads: compress_threads };
-            runtime()?.block_on(bundle::export(&cli.store.open()?, &image, &file, options, cli.quiet))
+            runtime()?.block_on(bundle::export(&cli.store.open()?, &image, &file, options, json, cli.quiet))
         }
-        Command::Bundle(BundleCommand::Import { file, name, max_archive_size, max_file_size, json }) => {
+        Command::Bundle(BundleCommand::Import { file, name, digest, max_archive_size, max_file_size, json }) => {
             let limits = vmimg_store::BundleLimits { max_archive: max_archive_size, max_file: max_file_size };
-            runtime()?.block_on(bundle::import(&cli.store.open()?, &file, name.as_deref(), limits, json, cli.quiet))
+            let store = cli.store.open()?;
+            runtime()?.block_on(bundle::import(&store, &file, name.as_deref(), limits, digest, json, cli.quiet))
         }
         Command::Image(ImageCommand::New { name, size, machine, json }) => {
             let store = cli.store.open()?;

@@ -60,7 +60,10 @@ fn export_then_import_gives_the_same_disk_and_machine() {
 
     let disk = ok(&store, &["bundle", "import", bundle.to_str().unwrap(), "--name", "copy"]);
     assert!(std::fs::read(&disk).unwrap() == original);
-    let copy = images(&store).into_iter().find(|i| i["name"] == "local-copy").expect("the name the user gave lives under local-");
+    let copy = images(&store)
+        .into_iter()
+        .find(|i| i["name"] == "local-copy")
+        .expect("the name the user gave lives under local-");
     assert_eq!(copy["source"]["kind"], "bundle");
     assert_eq!(copy["source_format"], "bundle");
     assert_eq!(copy["digest"], format!("sha256:{}", sha256(&bundle)));
@@ -79,7 +82,7 @@ fn export_then_import_gives_the_same_disk_and_machine() {
 
     // Without --name the image is named after the file; a second import of it is refused.
     ok(&store, &["bundle", "import", bundle.to_str().unwrap()]);
-    assert!(images(&store).iter().any(|i| i["name"] == "out"));
+    assert!(images(&store).iter().any(|i| i["name"] == "local-out"));
     let error = fails(&store, &["bundle", "import", bundle.to_str().unwrap()]);
     assert!(error.contains("an image named out exists"), "{error}");
     let error = fails(&store, &["bundle", "export", "missing", bundle.to_str().unwrap()]);
@@ -157,4 +160,190 @@ fn a_blank_mutable_image_is_refused_for_export_and_rm_while_in_use() {
         &["image", "new", "other", "--size", "1G", "--machine", dir.path().join("bad.json").to_str().unwrap()],
     );
     assert!(error.contains("memory"), "{error}");
+}
+
+/// splitmix64: reproducible numbers from a seed.
+fn next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A 16 MiB raw disk from `seed`: 512 KiB of noise (stored in raw zstd
+/// blocks) and 1 MiB of words (compressed blocks) around holes.
+fn seeded_disk(path: &Path, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    let noise: Vec<u8> = (0..512 << 10).map(|_| next(&mut state) as u8).collect();
+    let words = ["disk ", "image ", "bundle ", "frame ", "sector ", "vmimg ", "0123 ", "\n"];
+    let mut text = Vec::new();
+    while text.len() < 1 << 20 {
+        text.extend_from_slice(words[(next(&mut state) % 8) as usize].as_bytes());
+    }
+    let file = std::fs::File::create(path).unwrap();
+    file.set_len(16 << 20).unwrap();
+    file.write_all_at(&noise, 1 << 20).unwrap();
+    file.write_all_at(&text, 8 << 20).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+/// What the store holds: the entries of images/ and of tmp/.
+fn contents(store: &Path) -> (Vec<String>, Vec<String>) {
+    let list = |dir: &str| {
+        let mut names: Vec<String> = std::fs::read_dir(store.join(dir))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    (list("images"), list("tmp"))
+}
+
+/// Imports `bundle`, which must be refused and leave the store as it was.
+fn refused(store: &Path, bundle: &Path, extra: &[&str]) -> String {
+    let before = contents(store);
+    let error = fails(store, &[&["bundle", "import", bundle.to_str().unwrap(), "--name", "bad"], extra].concat());
+    let after = contents(store);
+    assert_eq!(after, before, "a refused import changed the store: {error}");
+    assert!(after.1.is_empty(), "work was left in tmp/: {:?}", after.1);
+    error
+}
+
+/// Pulls a seeded disk `dir/disk.img` into the store; its image's name.
+fn pull_seeded(dir: &Path, store: &Path, seed: u64) -> String {
+    seeded_disk(&dir.join("disk.img"), seed);
+    ok(store, &["pull", dir.join("disk.img").to_str().unwrap()]);
+    images(store)[0]["name"].as_str().unwrap().to_owned()
+}
+
+/// A store holding one pulled image, exported as `out.tar.zst`; its bytes.
+fn exported(dir: &Path, store: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let name = pull_seeded(dir, store, 7);
+    let bundle = dir.join("out.tar.zst");
+    ok(store, &["--quiet", "bundle", "export", &name, bundle.to_str().unwrap()]);
+    let bytes = std::fs::read(&bundle).unwrap();
+    (bundle, bytes)
+}
+
+#[test]
+fn export_prints_the_bundles_sha256() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let name = pull_seeded(dir.path(), &store, 1);
+    let bundle = dir.path().join("b.tar.zst");
+    let out = vmimg(&store, &["bundle", "export", &name, bundle.to_str().unwrap()]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.lines().any(|l| l == format!("sha256:{}", sha256(&bundle))), "{stderr}");
+    let json: Value =
+        serde_json::from_str(&ok(&store, &["bundle", "export", &name, bundle.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(json["digest"], format!("sha256:{}", sha256(&bundle)));
+    assert_eq!(json["size"], std::fs::metadata(&bundle).unwrap().len());
+    assert_eq!(json["path"], bundle.to_str().unwrap());
+}
+
+#[test]
+fn corrupt_or_truncated_bundles_never_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (_, bytes) = exported(dir.path(), &store);
+    let bad = dir.path().join("bad.tar.zst");
+    // Twenty seeded flips anywhere in the file. Only two header bytes can
+    // change without changing what is imported (the window size, byte 5,
+    // and an unused bit of byte 4: see vmimg-bundle's tests); this seed
+    // lands on neither, so every flip must be refused.
+    let mut state = 0x5eed;
+    for _ in 0..20 {
+        let offset = (next(&mut state) % bytes.len() as u64) as usize;
+        let mask = (next(&mut state) % 255) as u8 + 1;
+        assert!(offset > 5, "the seed now flips a header byte that no checksum covers");
+        let mut flipped = bytes.clone();
+        flipped[offset] ^= mask;
+        std::fs::write(&bad, flipped).unwrap();
+        refused(&store, &bad, &[]);
+    }
+    // Cut anywhere, the last frame's checksum included.
+    for cut in [0, 4, 6, 1000, bytes.len() / 3, bytes.len() / 2, bytes.len() - 4, bytes.len() - 1] {
+        std::fs::write(&bad, &bytes[..cut]).unwrap();
+        refused(&store, &bad, &[]);
+    }
+    // Trailing garbage.
+    std::fs::write(&bad, [&bytes[..], b"garbage"].concat()).unwrap();
+    let error = refused(&store, &bad, &[]);
+    assert!(error.contains("bytes after its last zstd frame"), "{error}");
+}
+
+#[test]
+fn a_gnu_tar_bundle_with_a_byte_flipped_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    seeded_disk(&src.join("disk.img"), 3);
+    std::fs::write(src.join("machine.json"), b"{\"version\": 1}").unwrap();
+    let script = format!(
+        "cd {} && qemu-img create -q -f qcow2 -b disk.img -F raw layer.qcow2 && \
+         tar -S -cf - disk.img layer.qcow2 machine.json | zstd -q -o ../gnu.tar.zst",
+        src.display()
+    );
+    assert!(Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
+    let bundle = dir.path().join("gnu.tar.zst");
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(dir.path().join("flipped.tar.zst"), &bytes).unwrap();
+    let error = refused(&store, &dir.path().join("flipped.tar.zst"), &[]);
+    assert!(error.contains("checksum"), "{error}");
+    ok(&store, &["bundle", "import", bundle.to_str().unwrap()]);
+}
+
+#[test]
+fn digest_checks_the_whole_file_and_lets_in_unchecked_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (bundle, _) = exported(dir.path(), &store);
+    let right = format!("sha256:{}", sha256(&bundle));
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let error = refused(&store, &bundle, &["--digest", &wrong]);
+    assert!(error.contains(&wrong) && error.contains(&right) && error.contains("nothing was kept"), "{error}");
+    ok(&store, &["bundle", "import", bundle.to_str().unwrap(), "--name", "good", "--digest", &right]);
+
+    // Frames without a checksum: refused unless the digest vouches.
+    let unchecked = dir.path().join("unchecked.tar.zst");
+    let script = format!("zstd -dc {} | zstd -q --no-check -o {}", bundle.display(), unchecked.display());
+    assert!(Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
+    let error = refused(&store, &unchecked, &[]);
+    assert!(error.contains("carries no content checksum") && error.contains("--digest"), "{error}");
+    let digest = format!("sha256:{}", sha256(&unchecked));
+    let disk = ok(&store, &["bundle", "import", unchecked.to_str().unwrap(), "--digest", &digest]);
+    assert!(std::fs::read(disk).unwrap() == std::fs::read(dir.path().join("disk.img")).unwrap());
+    // And a flip in it is then caught by the digest.
+    let mut bytes = std::fs::read(&unchecked).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x80;
+    std::fs::write(&unchecked, bytes).unwrap();
+    let error = refused(&store, &unchecked, &["--digest", &digest]);
+    assert!(error.contains("its digest is sha256:") && error.contains(&digest), "{error}");
+}
+
+/// A bundle whose disk.img is an image: a qcow2 one is refused by the
+/// bundle reader, any other (here VMDK) by its header, which a probing VMM
+/// would follow.
+#[test]
+fn a_bundle_disk_carrying_an_image_header_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("machine.json"), b"{\"version\": 1}").unwrap();
+    let script = format!(
+        "cd {} && qemu-img create -q -f vmdk disk.img 1M && \
+         qemu-img create -q -f qcow2 -b disk.img -F raw layer.qcow2 && \
+         tar -S -cf - disk.img layer.qcow2 machine.json | zstd -q -o ../evil.tar.zst",
+        src.display()
+    );
+    assert!(Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
+    let error = refused(&store, &dir.path().join("evil.tar.zst"), &[]);
+    assert!(error.contains("starts with a VMDK (VMware) image header"), "{error}");
 }
