@@ -20,7 +20,8 @@
 //!
 //! What it refuses, before running anything, with a message that says why:
 //! lz4hc levels outside 1..=12, physical clusters that are not a multiple of
-//! 4 KiB from 4 KiB to 128 KiB, and trees 1.5 cannot take (below). It offers no
+//! 4 KiB from 4 KiB to 128 KiB, and trees 1.5 cannot take (below, and trees
+//! deeper than [`crate::depth::MAX_DEPTH`]: its fsck crashes at about 640). It offers no
 //! other compressor (1.5 has only lz4 and lz4hc) and none of the packing
 //! options. A missing tool is an error that names the Debian package.
 //!
@@ -66,6 +67,8 @@ use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use crate::depth;
 
 /// The Debian package that ships `mkfs.erofs` and `fsck.erofs`.
 pub const DEBIAN_PACKAGE: &str = "erofs-utils";
@@ -289,15 +292,16 @@ const PATH_MAX: usize = 4096;
 /// (0 for times before 1970).
 fn scan(root: &Path) -> io::Result<u64> {
     let mut newest = fs::symlink_metadata(root).map_err(|e| context(e, root, "stat"))?.mtime();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
+    let mut pending = vec![(root.to_path_buf(), 0)];
+    while let Some((dir, depth)) = pending.pop() {
         for entry in fs::read_dir(&dir).map_err(|e| context(e, &dir, "read directory"))? {
             let path = entry.map_err(|e| context(e, &dir, "read directory"))?.path();
             check_name(&path)?;
+            depth::check(depth + 1, || path.strip_prefix(root).unwrap_or(&path).display().to_string())?;
             let meta = fs::symlink_metadata(&path).map_err(|e| context(e, &path, "stat"))?;
             newest = newest.max(meta.mtime());
             if meta.is_dir() {
-                pending.push(path);
+                pending.push((path, depth + 1));
             }
         }
     }
