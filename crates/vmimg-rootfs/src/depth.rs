@@ -12,8 +12,7 @@
 //!   of SIGSEGV on a tree 643 or 644 deep (the depth moves by one with the
 //!   size of the environment; 600 passes), `mkfs.erofs` at 1,941 (1,940
 //!   passes); with a 4 MiB stack (`ulimit -s 4096`) both crash at about
-//!   half that, so a caller with a smaller stack than Linux's default
-//!   lowers the bound that is safe.
+//!   half that, so [`crate::erofs`] runs them with at least 8 MiB.
 //! - e2fsprogs 1.47.0 and 1.47.2 (bookworm-backports) build and check
 //!   trees 3,000 deep. Their `mke2fs -d` aborts with heap corruption
 //!   ("realloc(): invalid next size") on any tree holding a path of

@@ -25,6 +25,10 @@
 //! other compressor (1.5 has only lz4 and lz4hc) and none of the packing
 //! options. A missing tool is an error that names the Debian package.
 //!
+//! Both tools run with a stack of at least 8 MiB, Linux's default, whatever
+//! the caller's `ulimit -s`: they recurse on it, one frame a directory
+//! level, and [`crate::depth::MAX_DEPTH`] was found with that much.
+//!
 //! What checking erofs-utils 1.5-1 found (2026-11, liblz4 1.9.4, read back by
 //! Linux 6.18 and by fsck.erofs; the tests re-check each point):
 //! - `-E ztailpacking` (new in 1.5) corrupts data silently: files just under a
@@ -65,6 +69,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -76,6 +81,9 @@ pub const DEBIAN_PACKAGE: &str = "erofs-utils";
 /// The largest physical cluster offered: beyond, mkfs.erofs 1.5 crawls on
 /// incompressible data.
 pub const MAX_PCLUSTER: u32 = 128 * 1024;
+
+/// The least stack the tools get: the depth bound was found with it.
+const TOOL_STACK: u64 = 8 << 20;
 
 /// How much of a tool's stderr an error quotes.
 const STDERR_TAIL: usize = 8 * 1024;
@@ -236,9 +244,13 @@ fn uuid(bytes: &[u8; 16]) -> String {
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 
-/// Runs a tool to completion; returns the tail of its stderr, or an error
-/// quoting it.
+/// Runs a tool to completion, with [`TOOL_STACK`]; returns the tail of its
+/// stderr, or an error quoting it.
 fn run(mut command: Command, program: &Path) -> io::Result<String> {
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls may be made: it makes two system calls
+    // (getrlimit, setrlimit), without allocating or taking a lock.
+    unsafe { command.pre_exec(raise_stack_limit) };
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -252,6 +264,20 @@ fn run(mut command: Command, program: &Path) -> io::Result<String> {
         return Err(io::Error::other(format!("erofs: {name} failed ({status}): {}", stderr.trim())));
     }
     Ok(stderr)
+}
+
+/// Raises the soft stack limit to [`TOOL_STACK`] when it is lower, as far
+/// as the hard limit lets it.
+fn raise_stack_limit() -> io::Result<()> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Stack);
+    match limit.current {
+        Some(current) if current < TOOL_STACK => {
+            let raised = limit.maximum.map_or(TOOL_STACK, |hard| hard.min(TOOL_STACK));
+            Ok(setrlimit(Resource::Stack, Rlimit { current: Some(raised), maximum: limit.maximum })?)
+        }
+        _ => Ok(()),
+    }
 }
 
 fn spawn_error(err: io::Error, program: &Path) -> io::Error {
