@@ -474,12 +474,15 @@ impl Rootfs {
                 let parent = self.open_dir_creating(parent)?;
                 let depth = self.depths.of(&parent)? + 1;
                 depth::check(depth, || lossy(path))?;
-                match mkdirat(&parent, leaf, Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
+                let made = match mkdirat(&parent, leaf, Mode::from_raw_mode(0o755)) {
+                    Ok(()) => true,
+                    Err(Errno::EXIST) => false, // what is there is found by climbing
                     Err(e) => return Err(e.into()),
-                }
+                };
                 let dir = self.open_dir(path)?;
-                self.depths.learn(&dir, depth)?;
+                if made {
+                    self.depths.learn(&dir, depth)?;
+                }
                 Ok(dir)
             }
             opened => opened,
