@@ -17,7 +17,10 @@
 //! links. Hard links resolve their target the same way, so they cannot
 //! reach a host file. Whiteouts of `.` or `..` are refused. The content of
 //! the tree is bounded ([`ApplyOptions::max_bytes`]) against decompression
-//! bombs, entries per layer too.
+//! bombs, entries per layer too. So is its depth ([`crate::depth`]): an
+//! entry that would lie deeper than [`MAX_DEPTH`] is refused before it is
+//! made, the layer's missing parents too, counted where the entry lands
+//! (a symlink on the way can lead it deeper than its name says).
 //!
 //! Owners and device nodes need root. Without it, files belong to the
 //! caller and device nodes are skipped; [`LayerSummary`] counts what was
@@ -35,6 +38,7 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
@@ -42,6 +46,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use vmimg_tar::{Entry, Kind, Limits, Reader};
+
+use crate::depth::{self, MAX_DEPTH, TooDeep};
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +142,8 @@ pub enum ApplyError {
         #[source]
         source: io::Error,
     },
+    #[error("layer entry {0}")]
+    TooDeep(TooDeep),
     #[error("the layer is not a valid tar archive: {0}")]
     Tar(#[source] io::Error),
     #[error("{0}")]
@@ -151,6 +159,7 @@ pub struct Rootfs {
     options: ApplyOptions,
     /// File content bytes written so far, across layers.
     bytes: u64,
+    depths: Depths,
 }
 
 /// A cleaned name inside the root: components joined by `/`, none empty,
@@ -212,7 +221,8 @@ impl Rootfs {
     pub fn open(path: &Path, options: ApplyOptions) -> Result<Rootfs> {
         let root = openat(rustix::fs::CWD, path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| ApplyError::Io { path: path.display().to_string(), source: e.into() })?;
-        Ok(Rootfs { root, path: path.to_owned(), options, bytes: 0 })
+        let depths = Depths::new(&root).map_err(|e| ApplyError::Io { path: path.display().to_string(), source: e })?;
+        Ok(Rootfs { root, path: path.to_owned(), options, bytes: 0, depths })
     }
 
     pub fn path(&self) -> &Path {
@@ -266,13 +276,15 @@ impl Rootfs {
         }
         let (parent_path, leaf) = split_last(name);
         let parent = self.open_dir_creating(parent_path).map_err(|e| io_error(&entry.path, e))?;
+        let depth = self.depths.of(&parent).map_err(|e| io_error(&entry.path, e))? + 1;
+        depth::check(depth, || lossy(&entry.path)).map_err(ApplyError::TooDeep)?;
         layer.keep_time(parent_path, &parent).map_err(|e| io_error(&entry.path, e))?;
         let summary = &mut layer.summary;
         let made = match entry.kind {
             Kind::File => self.write_file(reader, entry, &parent, leaf, summary),
             Kind::Directory => {
                 layer.dir_times.push((name.to_vec(), entry.mtime));
-                self.make_dir(entry, &parent, leaf, summary)
+                self.make_dir(entry, &parent, leaf, depth, summary)
             }
             Kind::Symlink => self.make_symlink(entry, &parent, leaf, summary),
             Kind::HardLink => return self.make_hard_link(entry, &parent, leaf),
@@ -309,7 +321,15 @@ impl Rootfs {
         self.set_fd_metadata(file.as_fd(), entry, summary)
     }
 
-    fn make_dir(&self, entry: &Entry, parent: &OwnedFd, leaf: &[u8], summary: &mut LayerSummary) -> io::Result<()> {
+    /// Makes (or keeps) the directory `leaf`, `depth` names below the root.
+    fn make_dir(
+        &self,
+        entry: &Entry,
+        parent: &OwnedFd,
+        leaf: &[u8],
+        depth: usize,
+        summary: &mut LayerSummary,
+    ) -> io::Result<()> {
         if remove_existing(parent, leaf, true)? != Some(FileType::Directory) {
             mkdirat(parent, leaf, Mode::from_raw_mode(0o700))?;
         }
@@ -319,6 +339,7 @@ impl Rootfs {
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        self.depths.learn(&dir, depth)?;
         self.set_fd_metadata(dir.as_fd(), entry, summary)
     }
 
@@ -444,21 +465,87 @@ impl Rootfs {
     }
 
     /// [`Rootfs::open_dir`], making missing directories (mode 0755, owned
-    /// by root) on the way, as tars may leave a parent out.
+    /// by root) on the way, as tars may leave a parent out; none deeper
+    /// than [`MAX_DEPTH`] (the error carries a [`TooDeep`]).
     fn open_dir_creating(&self, path: &[u8]) -> io::Result<OwnedFd> {
         match self.open_dir(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && !path.is_empty() => {
                 let (parent, leaf) = split_last(path);
                 let parent = self.open_dir_creating(parent)?;
-                match mkdirat(&parent, leaf, Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
+                let depth = self.depths.of(&parent)? + 1;
+                depth::check(depth, || lossy(path))?;
+                let made = match mkdirat(&parent, leaf, Mode::from_raw_mode(0o755)) {
+                    Ok(()) => true,
+                    Err(Errno::EXIST) => false, // what is there is found by climbing
                     Err(e) => return Err(e.into()),
+                };
+                let dir = self.open_dir(path)?;
+                if made {
+                    self.depths.learn(&dir, depth)?;
                 }
-                self.open_dir(path)
+                Ok(dir)
             }
             opened => opened,
         }
     }
+}
+
+/// A directory's identity while it exists: (device, inode).
+type DirKey = (u64, u64);
+
+/// How deep the tree's directories are. A layer's symlinks may lead an
+/// entry anywhere in the tree, so its name does not tell: the depth of the
+/// directory it lands in is learnt when the directory is made here, or
+/// found once by climbing `..` to the root. A directory made here takes
+/// the entry of a removed one whose inode number it reuses.
+struct Depths {
+    root: DirKey,
+    known: RefCell<HashMap<DirKey, usize>>,
+}
+
+impl Depths {
+    fn new(root: &OwnedFd) -> io::Result<Depths> {
+        Ok(Depths { root: dir_key(root.as_fd())?, known: RefCell::default() })
+    }
+
+    fn learn(&self, dir: &OwnedFd, depth: usize) -> io::Result<()> {
+        self.known.borrow_mut().insert(dir_key(dir.as_fd())?, depth);
+        Ok(())
+    }
+
+    /// Names between the root and `dir`; past [`MAX_DEPTH`], the climb
+    /// stops and says `MAX_DEPTH + 1`.
+    fn of(&self, dir: &OwnedFd) -> io::Result<usize> {
+        let mut climbed = Vec::new();
+        let mut above: Option<OwnedFd> = None;
+        let base = loop {
+            let fd = above.as_ref().map_or(dir.as_fd(), |fd| fd.as_fd());
+            let here = dir_key(fd)?;
+            if here == self.root {
+                break 0;
+            }
+            if let Some(&depth) = self.known.borrow().get(&here) {
+                break depth;
+            }
+            if climbed.len() > MAX_DEPTH {
+                return Ok(MAX_DEPTH + 1);
+            }
+            climbed.push(here);
+            let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            above = Some(openat(fd, "..", flags, Mode::empty())?);
+        };
+        let mut known = self.known.borrow_mut();
+        for (above_base, key) in climbed.iter().rev().enumerate() {
+            known.insert(*key, base + above_base + 1);
+        }
+        Ok(base + climbed.len())
+    }
+}
+
+#[allow(clippy::useless_conversion)] // stat's field types differ between architectures
+fn dir_key(dir: BorrowedFd) -> io::Result<DirKey> {
+    let stat = rustix::fs::fstat(dir)?;
+    Ok((u64::from(stat.st_dev), u64::from(stat.st_ino)))
 }
 
 /// Removes, under an opaque directory, everything the layer did not put
@@ -583,11 +670,19 @@ fn times(mtime: u64) -> Timestamps {
 }
 
 fn refused(path: &[u8], reason: String) -> ApplyError {
-    ApplyError::Refused { path: String::from_utf8_lossy(path).into_owned(), reason }
+    ApplyError::Refused { path: lossy(path), reason }
 }
 
+/// The error of the entry at `path`: too deep when `source` says so.
 fn io_error(path: &[u8], source: io::Error) -> ApplyError {
-    ApplyError::Io { path: String::from_utf8_lossy(path).into_owned(), source }
+    match depth::too_deep(&source) {
+        Some(deep) => ApplyError::TooDeep(TooDeep { path: lossy(path), depth: deep.depth }),
+        None => ApplyError::Io { path: lossy(path), source },
+    }
+}
+
+fn lossy(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
 }
 
 #[cfg(test)]

@@ -29,6 +29,9 @@
 //! What it refuses, with an error naming the path: a regular file of 4 GiB or
 //! more (newc's size field has 32 bits), a name longer than the kernel's
 //! `PATH_MAX` (the kernel would silently skip it), more than 2^32 - 1 inodes,
+//! a tree deeper than [`crate::depth::MAX_DEPTH`] (the kernel would unpack
+//! it, but one rule for every format means a tree that makes an initramfs
+//! makes a disk too; found by the first walk, before a byte is written),
 //! and a tree that changes under the walk (a file that shrinks, hard links
 //! that come or go between the two walks).
 //!
@@ -39,8 +42,7 @@
 //! Memory: file data streams through one fixed buffer; besides the listings of
 //! the directories on the current path, the only table that grows is the one
 //! of inodes with more than one link. The walk holds one descriptor per
-//! directory level, so nesting deeper than the open-file limit fails (with
-//! the path and "Too many open files").
+//! directory level, [`crate::depth::MAX_DEPTH`] at most.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -50,6 +52,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
+
+use crate::depth;
 
 /// The largest regular file newc can hold: its size field has 32 bits.
 pub const MAX_FILE_SIZE: u64 = u32::MAX as u64;
@@ -141,7 +145,11 @@ fn walk(root: &Path, visit: &mut dyn FnMut(&Entry<'_>) -> io::Result<()>) -> io:
     visit(&Entry { dir: fd.as_fd(), name: c".", path: b".", stat: &stat, subdirs })?;
     let mut stack = vec![Level { fd, names, next: 0, prefix_len: 0 }];
     let mut path = Vec::new();
-    while let Some(top) = stack.last_mut() {
+    loop {
+        // The root and the directories down to the next entry's: as many
+        // as the entry is deep.
+        let depth = stack.len();
+        let Some(top) = stack.last_mut() else { break };
         let Some(name) = top.names.get_mut(top.next).map(std::mem::take) else {
             stack.pop();
             continue;
@@ -152,6 +160,7 @@ fn walk(root: &Path, visit: &mut dyn FnMut(&Entry<'_>) -> io::Result<()>) -> io:
             path.push(b'/');
         }
         path.extend_from_slice(name.to_bytes());
+        depth::check(depth, || show(&path))?;
         if let Some(level) = visit_child(&top.fd, &name, &path, visit)? {
             stack.push(level);
         }

@@ -20,9 +20,14 @@
 //!
 //! What it refuses, before running anything, with a message that says why:
 //! lz4hc levels outside 1..=12, physical clusters that are not a multiple of
-//! 4 KiB from 4 KiB to 128 KiB, and trees 1.5 cannot take (below). It offers no
+//! 4 KiB from 4 KiB to 128 KiB, and trees 1.5 cannot take (below, and trees
+//! deeper than [`crate::depth::MAX_DEPTH`]: its fsck crashes at about 640). It offers no
 //! other compressor (1.5 has only lz4 and lz4hc) and none of the packing
 //! options. A missing tool is an error that names the Debian package.
+//!
+//! Both tools run with a stack of at least 8 MiB, Linux's default, whatever
+//! the caller's `ulimit -s`: they recurse on it, one frame a directory
+//! level, and [`crate::depth::MAX_DEPTH`] was found with that much.
 //!
 //! What checking erofs-utils 1.5-1 found (2026-11, liblz4 1.9.4, read back by
 //! Linux 6.18 and by fsck.erofs; the tests re-check each point):
@@ -64,8 +69,11 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use crate::depth;
 
 /// The Debian package that ships `mkfs.erofs` and `fsck.erofs`.
 pub const DEBIAN_PACKAGE: &str = "erofs-utils";
@@ -73,6 +81,9 @@ pub const DEBIAN_PACKAGE: &str = "erofs-utils";
 /// The largest physical cluster offered: beyond, mkfs.erofs 1.5 crawls on
 /// incompressible data.
 pub const MAX_PCLUSTER: u32 = 128 * 1024;
+
+/// The least stack the tools get: the depth bound was found with it.
+const TOOL_STACK: u64 = 8 << 20;
 
 /// How much of a tool's stderr an error quotes.
 const STDERR_TAIL: usize = 8 * 1024;
@@ -233,9 +244,13 @@ fn uuid(bytes: &[u8; 16]) -> String {
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 
-/// Runs a tool to completion; returns the tail of its stderr, or an error
-/// quoting it.
+/// Runs a tool to completion, with [`TOOL_STACK`]; returns the tail of its
+/// stderr, or an error quoting it.
 fn run(mut command: Command, program: &Path) -> io::Result<String> {
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls may be made: it makes two system calls
+    // (getrlimit, setrlimit), without allocating or taking a lock.
+    unsafe { command.pre_exec(raise_stack_limit) };
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -249,6 +264,20 @@ fn run(mut command: Command, program: &Path) -> io::Result<String> {
         return Err(io::Error::other(format!("erofs: {name} failed ({status}): {}", stderr.trim())));
     }
     Ok(stderr)
+}
+
+/// Raises the soft stack limit to [`TOOL_STACK`] when it is lower, as far
+/// as the hard limit lets it.
+fn raise_stack_limit() -> io::Result<()> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Stack);
+    match limit.current {
+        Some(current) if current < TOOL_STACK => {
+            let raised = limit.maximum.map_or(TOOL_STACK, |hard| hard.min(TOOL_STACK));
+            Ok(setrlimit(Resource::Stack, Rlimit { current: Some(raised), maximum: limit.maximum })?)
+        }
+        _ => Ok(()),
+    }
 }
 
 fn spawn_error(err: io::Error, program: &Path) -> io::Error {
@@ -289,15 +318,16 @@ const PATH_MAX: usize = 4096;
 /// (0 for times before 1970).
 fn scan(root: &Path) -> io::Result<u64> {
     let mut newest = fs::symlink_metadata(root).map_err(|e| context(e, root, "stat"))?.mtime();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
+    let mut pending = vec![(root.to_path_buf(), 0)];
+    while let Some((dir, depth)) = pending.pop() {
         for entry in fs::read_dir(&dir).map_err(|e| context(e, &dir, "read directory"))? {
             let path = entry.map_err(|e| context(e, &dir, "read directory"))?.path();
             check_name(&path)?;
+            depth::check(depth + 1, || path.strip_prefix(root).unwrap_or(&path).display().to_string())?;
             let meta = fs::symlink_metadata(&path).map_err(|e| context(e, &path, "stat"))?;
             newest = newest.max(meta.mtime());
             if meta.is_dir() {
-                pending.push(path);
+                pending.push((path, depth + 1));
             }
         }
     }

@@ -16,8 +16,11 @@
 //! renamed; on any error it is removed). It refuses a root that is not a
 //! directory, a `lost+found` at the root that is not a directory (mke2fs
 //! makes its own there), an output inside the tree, a label longer than 16
-//! bytes, and, for empty disks, an existing path unless asked and a size
-//! under [`MIN_EMPTY_SIZE`] or not a multiple of 4 KiB.
+//! bytes, a tree deeper than [`crate::depth::MAX_DEPTH`], a path of
+//! exactly 2,039 bytes (mke2fs 1.47.0 to 1.47.2 abort on it, see
+//! [`crate::depth`]), and, for empty disks, an existing path unless asked
+//! and a size under [`MIN_EMPTY_SIZE`] or not a multiple of 4 KiB. The tree
+//! is refused before anything is written.
 //!
 //! # Sizing
 //! One walk of the tree (lstat, symlinks never followed, nothing outside the
@@ -77,6 +80,8 @@ use std::process::{Command, Stdio};
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
 
+use crate::depth;
+
 /// The block size of every image made here.
 pub const BLOCK_SIZE: u64 = 4096;
 /// The smallest empty disk [`new_empty`] makes.
@@ -110,6 +115,9 @@ const IN_INODE_XATTR_BYTES: u64 = INODE_SIZE - 128 - 32 - 4;
 const FAST_SYMLINK_MAX: u64 = 59;
 const FLEX_BG_SIZE: u32 = 16;
 const EMPTY_BYTES_PER_INODE: u64 = 16384;
+/// The length of a path (from the root, no leading `/`) that makes
+/// `mke2fs -d` 1.47.0 to 1.47.2 overflow its path buffer by a byte and abort.
+const MKE2FS_FATAL_PATH_LEN: usize = 2039;
 /// Every feature, explicitly, so a host's mke2fs.conf cannot change the
 /// layout (Debian 1.47.0's ext4 defaults; no orphan_file, which kernels
 /// before 5.15 cannot write).
@@ -308,13 +316,14 @@ fn survey(root: &Path) -> io::Result<Tree> {
     let mut tree = Tree { blocks: xattr_blocks(root)?, ..Tree::default() };
     let mut linked = HashSet::new();
     let mut lost_found = false;
-    let mut dirs = vec![(root.to_path_buf(), Place::Root)];
-    while let Some((dir, place)) = dirs.pop() {
+    let mut dirs = vec![(root.to_path_buf(), Place::Root, 0)];
+    while let Some((dir, place, depth)) = dirs.pop() {
         let mut names = DirNames::default();
         for entry in fs::read_dir(&dir).map_err(at(&dir))? {
             let entry = entry.map_err(at(&dir))?;
             let name = entry.file_name();
             let path = entry.path();
+            check_entry(root, &path, depth + 1)?;
             let meta = fs::symlink_metadata(&path).map_err(at(&path))?;
             names.add(name.len());
             let root_lost_found = place == Place::Root && name == "lost+found";
@@ -328,7 +337,7 @@ fn survey(root: &Path) -> io::Result<Tree> {
                 lost_found |= root_lost_found;
                 tree.inodes += u64::from(!root_lost_found);
                 tree.blocks += xattr_blocks(&path)?;
-                dirs.push((path, if root_lost_found { Place::LostFound } else { Place::Other }));
+                dirs.push((path, if root_lost_found { Place::LostFound } else { Place::Other }, depth + 1));
                 continue;
             }
             let kind = meta.file_type();
@@ -354,6 +363,21 @@ fn survey(root: &Path) -> io::Result<Tree> {
         tree.blocks += if place == Place::LostFound { blocks.max(LOST_FOUND_BLOCKS) } else { blocks };
     }
     Ok(tree)
+}
+
+/// Refuses an entry `depth` names below the root that mke2fs could not
+/// take.
+fn check_entry(root: &Path, path: &Path, depth: usize) -> io::Result<()> {
+    let relative = path.strip_prefix(root).unwrap_or(path);
+    depth::check(depth, || relative.display().to_string())?;
+    if relative.as_os_str().len() == MKE2FS_FATAL_PATH_LEN {
+        return Err(invalid(format!(
+            "{}: a path of {MKE2FS_FATAL_PATH_LEN} bytes, the one length mke2fs 1.47 cannot take (it overflows \
+             its path buffer and aborts): rename a directory on the path",
+            relative.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The blocks a regular file takes: data and extent tree.

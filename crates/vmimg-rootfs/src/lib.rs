@@ -8,11 +8,14 @@
 //!   tree so they never run out of blocks or inodes, checked with `e2fsck`;
 //!   and empty sparse ext4 disks for volumes;
 //! - [`erofs`]: compressed read-only erofs disks through erofs-utils;
-//! - [`cpio`]: initramfs archives (newc), written natively.
+//! - [`cpio`]: initramfs archives (newc), written natively;
+//! - [`depth`]: the one bound on how deep a tree may nest, which every
+//!   part above enforces (the tools crash on deeper trees).
 //!
 //! This crate knows files and processes only: no network, no store.
 
 pub mod apply;
 pub mod cpio;
+pub mod depth;
 pub mod erofs;
 pub mod ext4;

@@ -8,6 +8,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use vmimg_rootfs::apply::{ApplyError, ApplyOptions, Compression, LayerSummary, Rootfs, decompress};
+use vmimg_rootfs::depth::{MAX_DEPTH, TooDeep};
 
 /// A tar written entry by entry, with every header field the tests need.
 #[derive(Default)]
@@ -53,11 +54,22 @@ impl Tar {
         self
     }
 
-    fn add(&mut self, item: Item) {
-        if !item.xattrs.is_empty() {
+    /// The entry, after a PAX header for its xattrs and for a name or link
+    /// target longer than ustar's 100 bytes.
+    fn add<'a>(&mut self, item: Item<'a>) {
+        let mut pax: Vec<(String, &str)> = item.xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v)).collect();
+        let mut short = |key: &str, value: &'a str| {
+            if value.len() <= 100 {
+                return value;
+            }
+            pax.push((key.into(), value));
+            "long"
+        };
+        let (name, link) = (short("path", item.name), short("linkpath", item.link));
+        if !pax.is_empty() {
             let mut records = Vec::new();
-            for (key, value) in item.xattrs {
-                let body = format!(" SCHILY.xattr.{key}={value}\n");
+            for (key, value) in pax {
+                let body = format!(" {key}={value}\n");
                 let mut len = body.len() + 1;
                 while format!("{len}{body}").len() != len {
                     len += 1;
@@ -66,7 +78,7 @@ impl Tar {
             }
             self.block(&header("pax", b'x', 0o644, (0, 0), "", (0, 0), records.len()), &records);
         }
-        let block = header(item.name, item.kind, item.mode, item.owner, item.link, item.device, item.data.len());
+        let block = header(name, item.kind, item.mode, item.owner, link, item.device, item.data.len());
         self.block(&block, item.data);
     }
 
@@ -360,4 +372,49 @@ fn directories_a_layer_does_not_name_keep_their_mtime() {
     assert_eq!(bin.mtime(), 1_600_000_000, "the base layer's time, not the apply's");
     assert_eq!(read(&root.path().join("usr/bin/gzip")), "new");
     assert!(!root.path().join("usr/bin/gone").exists());
+}
+
+/// `d/d/…/NAME`, `depth` names long.
+fn deep_name(depth: usize, name: &str) -> String {
+    "d/".repeat(depth - 1) + name
+}
+
+fn assert_too_deep(result: Result<Vec<LayerSummary>, ApplyError>, path: &str, depth: usize) {
+    match result {
+        Err(ApplyError::TooDeep(deep)) => assert_eq!(deep, TooDeep { path: path.into(), depth }),
+        other => panic!("{path}: {other:?}"),
+    }
+}
+
+/// The crate's depth bound, counted where entries land: an entry at the
+/// bound is made; one past it is refused before it is made, whether its
+/// name is that long, its missing parents would be, or a symlink leads a
+/// short name there.
+#[test]
+fn entries_past_the_depth_bound_are_refused_before_they_are_made() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let bottom = deep_name(MAX_DEPTH, "f");
+    let link_target = "/".to_owned() + &"d/".repeat(MAX_DEPTH - 3) + "d";
+    let base = Tar::default().dir("d").file(&bottom, b"at the bound").symlink("s", &link_target).bytes();
+    apply(r, &[base]).unwrap();
+    assert_eq!(read(&r.join(&bottom)), "at the bound");
+
+    let past = deep_name(MAX_DEPTH + 1, "f");
+    let error = apply(r, &[Tar::default().file(&past, b"").bytes()]).unwrap_err();
+    assert!(error.to_string().contains(&format!("{} levels below the root", MAX_DEPTH + 1)), "{error}");
+    assert_too_deep(Err(error), &past, MAX_DEPTH + 1);
+    let dir = deep_name(MAX_DEPTH + 1, "x");
+    assert_too_deep(apply(r, &[Tar::default().dir(&dir).bytes()]), &dir, MAX_DEPTH + 1);
+    // Parents a layer leaves out are made down to the bound, never past it.
+    let far = deep_name(MAX_DEPTH + 50, "f");
+    assert_too_deep(apply(r, &[Tar::default().file(&far, b"").bytes()]), &far, MAX_DEPTH + 1);
+    assert_eq!(fs::read_dir(r.join("d/".repeat(MAX_DEPTH))).unwrap().count(), 0, "nothing past the bound");
+
+    // `s` leads MAX_DEPTH - 2 deep: `s/x/f` is MAX_DEPTH, `s/x/y/f` one past.
+    apply(r, &[Tar::default().file("s/x/f", b"through the link").bytes()]).unwrap();
+    assert_eq!(read(&r.join(deep_name(MAX_DEPTH - 1, "x/f"))), "through the link");
+    assert_too_deep(apply(r, &[Tar::default().file("s/x/y/f", b"").bytes()]), "s/x/y/f", MAX_DEPTH + 1);
+    assert_too_deep(apply(r, &[Tar::default().file("s/x/y/z/f", b"").bytes()]), "s/x/y/z/f", MAX_DEPTH + 1);
+    assert_eq!(fs::read_dir(r.join(deep_name(MAX_DEPTH - 1, "x/y"))).unwrap().count(), 0);
 }

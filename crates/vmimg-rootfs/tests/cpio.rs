@@ -12,10 +12,12 @@ use std::os::unix::fs::{MetadataExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{chmod, entries, mknod, nest_dirs, noise, odd_owners_and_modes, set_mtime, special_files, twin_trees};
+use common::{assert_too_deep, chmod, deep_tree, entries, mknod, nest_dirs, noise, odd_owners_and_modes};
+use common::{set_mtime, special_files, twin_trees};
 use rustix::fs::FileType;
 use tempfile::TempDir;
 use vmimg_rootfs::cpio::{CpioSummary, MAX_FILE_SIZE, write_tree};
+use vmimg_rootfs::depth::MAX_DEPTH;
 
 const BIG_LEN: usize = (1 << 20) + 512 * 1024 + 3;
 
@@ -346,6 +348,27 @@ fn a_name_beyond_the_kernels_path_max_is_refused() {
     nest_dirs(src.path(), &"n".repeat(250), 17);
     let err = write_tree(src.path(), std::io::sink()).unwrap_err();
     assert!(err.to_string().contains("PATH_MAX"), "{err}");
+}
+
+/// The crate's one depth bound: a tree at it is archived (and GNU cpio
+/// extracts it), one a level deeper is refused by the first walk, before a
+/// byte is written.
+#[test]
+fn a_tree_at_the_depth_bound_is_archived_and_a_deeper_one_refused_before_any_output() {
+    let src = TempDir::new().unwrap();
+    let bottom = deep_tree(src.path(), MAX_DEPTH);
+    let (bytes, summary) = archive(src.path());
+    assert_eq!(summary.entries, MAX_DEPTH as u64 + 1, "the root, {} directories and the file", MAX_DEPTH - 1);
+    let dst = TempDir::new().unwrap();
+    gnu_cpio(&["-idm", "--no-absolute-filenames", "--quiet"], dst.path(), &bytes);
+    assert_eq!(fs::read(dst.path().join(&bottom)).unwrap(), b"at the bottom");
+
+    let src = TempDir::new().unwrap();
+    let bottom = deep_tree(src.path(), MAX_DEPTH + 1);
+    let mut written = Vec::new();
+    let err = write_tree(src.path(), &mut written).unwrap_err();
+    assert_too_deep(&err, &bottom, MAX_DEPTH + 1);
+    assert!(written.is_empty(), "{} bytes written before the refusal", written.len());
 }
 
 #[test]

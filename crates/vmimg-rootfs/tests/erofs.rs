@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{CAP_NET_RAW, chmod, entries, nest_dirs, noise, odd_owners_and_modes, set_mtime, setxattr};
-use common::{sorted_names, special_files, twin_trees};
+use common::{assert_too_deep, deep_tree, killed_by, sorted_names, special_files, twin_trees};
 use tempfile::TempDir;
+use vmimg_rootfs::depth::MAX_DEPTH;
 use vmimg_rootfs::erofs::{Compression, ErofsOptions, build, check};
 use vmimg_testserver::mounts::{Mount, skip_missing};
 
@@ -453,4 +454,71 @@ fn a_file_over_four_gib_reads_back_exactly() {
     let mount = mount_read_only(&image);
     assert_eq!(fs::metadata(mount.path().join("huge")).unwrap().len(), (1 << 32) + 9000);
     assert!(same_bytes(&path, &mount.path().join("huge")));
+}
+
+/// The crate's depth bound: a tree at it builds (and `fsck.erofs --extract`
+/// reads its deepest file back), one a level deeper is refused before
+/// mkfs.erofs runs, leaving nothing.
+#[test]
+fn a_tree_at_the_depth_bound_builds_and_a_deeper_one_is_refused() {
+    let src = TempDir::new().unwrap();
+    let bottom = deep_tree(src.path(), MAX_DEPTH);
+    let work = TempDir::new().unwrap();
+    let image = work.path().join("deep.erofs");
+    build(src.path(), &image, &ErofsOptions::default()).unwrap();
+    check(&image).unwrap();
+    let extracted = fsck_extract(&image);
+    assert_eq!(fs::read(extracted.path().join("x").join(&bottom)).unwrap(), b"at the bottom");
+
+    let src = TempDir::new().unwrap();
+    let bottom = deep_tree(src.path(), MAX_DEPTH + 1);
+    let err = build(src.path(), &work.path().join("deeper.erofs"), &ErofsOptions::default()).unwrap_err();
+    assert_too_deep(&err, &bottom, MAX_DEPTH + 1);
+    only(work.path(), &["deep.erofs"]);
+}
+
+/// What the bound guards against: fsck.erofs 1.5 overflows its (8 MiB)
+/// stack on a tree about 640 deep (the depth moves by one with the size of
+/// the environment): it passes 600, it crashes at 700.
+#[test]
+fn fsck_erofs_1_5_crashes_on_a_tree_700_deep() {
+    let work = TempDir::new().unwrap();
+    let fsck = |depth: usize| {
+        let src = TempDir::new().unwrap();
+        deep_tree(src.path(), depth);
+        let image = work.path().join(format!("{depth}.erofs"));
+        let out = Command::new("mkfs.erofs").arg(&image).arg(src.path()).output().unwrap();
+        assert!(out.status.success(), "mkfs.erofs: {}", String::from_utf8_lossy(&out.stderr));
+        let banner = String::from_utf8_lossy(&out.stdout).into_owned();
+        let status = Command::new("sh")
+            .args(["-c", "ulimit -s 8192 && exec fsck.erofs --extract \"$0\""])
+            .arg(&image)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        (banner, status)
+    };
+    let (banner, status) = fsck(600);
+    if !banner.contains("mkfs.erofs 1.5") {
+        return skip_missing(format!("erofs-utils 1.5, whose depth finding this re-checks (found {banner})"));
+    }
+    assert!(status.success(), "fsck.erofs on a tree 600 deep: {status}");
+    let (_, status) = fsck(700);
+    assert!(killed_by(status, 11), "fsck.erofs on a tree 700 deep: {status} (if it passes, see crate::depth)");
+}
+
+/// The tools get an 8 MiB stack whatever the caller's limit: with the
+/// caller's at 4 MiB (where fsck.erofs 1.5 crashes at about 320 deep), a
+/// tree at the depth bound still builds and checks.
+#[test]
+fn the_depth_bound_holds_under_a_small_stack_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let src = TempDir::new().unwrap();
+    deep_tree(src.path(), MAX_DEPTH);
+    let work = TempDir::new().unwrap();
+    let before = getrlimit(Resource::Stack);
+    setrlimit(Resource::Stack, Rlimit { current: Some(4 << 20), maximum: before.maximum }).unwrap();
+    let built = build(src.path(), &work.path().join("deep.erofs"), &ErofsOptions::default());
+    setrlimit(Resource::Stack, before).unwrap();
+    built.unwrap();
 }

@@ -10,8 +10,9 @@ use std::os::unix::fs::{MetadataExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{CAP_NET_RAW, chmod, mknod, setxattr, sorted_names};
+use common::{CAP_NET_RAW, assert_too_deep, chmod, deep_tree, killed_by, mknod, nest_dirs, setxattr, sorted_names};
 use rustix::fs::FileType;
+use vmimg_rootfs::depth::MAX_DEPTH;
 use vmimg_rootfs::ext4::{self, EmptyOptions, Ext4Error, Ext4Options, Ext4Summary, Identity};
 
 const MIB: u64 = 1 << 20;
@@ -475,4 +476,63 @@ fn reproducible_with_identity() {
     let text = String::from_utf8(dump.stdout).unwrap();
     assert!(text.contains("30313233-3435-3637-3839-616263646566"), "{text}");
     assert!(text.contains("Filesystem volume name:   rootfs"), "{text}");
+}
+
+/// The crate's depth bound: a tree at it builds, passes `e2fsck -fn` and
+/// holds its deepest file; one a level deeper is refused before mke2fs
+/// runs, leaving nothing.
+#[test]
+fn a_tree_at_the_depth_bound_builds_and_a_deeper_one_is_refused() {
+    let (dir, root) = scratch_tree(&[]);
+    let bottom = deep_tree(&root, MAX_DEPTH);
+    let image = dir.path().join("deep.ext4");
+    ext4::build(&root, &image, &Ext4Options::default()).unwrap();
+    ext4::check(&image).unwrap();
+    assert_eq!(debugfs(&image, &format!("cat /{bottom}")), "at the bottom");
+
+    let (dir, root) = scratch_tree(&[]);
+    let bottom = deep_tree(&root, MAX_DEPTH + 1);
+    let err = ext4::build(&root, &dir.path().join("deeper.ext4"), &Ext4Options::default()).unwrap_err();
+    assert_too_deep(&err, &bottom, MAX_DEPTH + 1);
+    assert_eq!(sorted_names(dir.path()), ["root"]);
+}
+
+/// A tree whose one file lies at a path of `len` bytes from the root (8
+/// directories of 250-byte names, then the file's name).
+fn tree_with_path_of(len: usize) -> (tempfile::TempDir, PathBuf) {
+    let (dir, root) = scratch_tree(&[]);
+    let segment = "n".repeat(250);
+    nest_dirs(&root, &segment, 8);
+    let path = format!("{segment}/").repeat(8) + &"f".repeat(len - 8 * 251);
+    fs::write(root.join(&path), b"").unwrap();
+    (dir, root)
+}
+
+/// mke2fs 1.47.0 (1.47.2 too) overflows its path buffer on a path of
+/// exactly 2,039 bytes and aborts: such a tree is refused before it runs;
+/// a byte shorter or longer builds.
+#[test]
+fn the_path_length_mke2fs_aborts_on_is_refused() {
+    let (dir, root) = tree_with_path_of(2039);
+    let err = ext4::build(&root, &dir.path().join("out.ext4"), &Ext4Options::default()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("a path of 2039 bytes"), "{err}");
+    assert_eq!(sorted_names(dir.path()), ["root"]);
+
+    let image = dir.path().join("by-hand.ext4");
+    File::create(&image).unwrap().set_len(64 * MIB).unwrap();
+    let status = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&root)
+        .arg(&image)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(killed_by(status, 6), "mke2fs -d on a 2039-byte path: {status} (if it passes, see crate::depth)");
+
+    for len in [2038, 2040] {
+        let (dir, root) = tree_with_path_of(len);
+        let image = dir.path().join("out.ext4");
+        ext4::build(&root, &image, &Ext4Options::default()).unwrap_or_else(|e| panic!("{len}: {e}"));
+    }
 }

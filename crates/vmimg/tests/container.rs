@@ -235,3 +235,31 @@ fn a_terminal_shows_the_build_stage() {
     assert!(screen.contains("test/tty:1 (ext4)") && screen.contains("ext4 disk ready"), "no status line: {screen}");
     assert!(screen.contains("pulling layers") || screen.contains("converting"), "no stage: {screen}");
 }
+
+/// A layer deeper than vmimg-rootfs' depth bound fails the build with the
+/// entry, its depth and the bound, before any disk tool runs; no image is
+/// made and the build's work is gone.
+#[test]
+fn a_layer_too_deep_fails_the_build_and_leaves_nothing() {
+    use vmimg_rootfs::depth::MAX_DEPTH;
+    let registry = RegistryServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = tmp.path().join("layer");
+    let deepest = "d/".repeat(MAX_DEPTH) + "f";
+    fs::create_dir_all(layer.join(&deepest).parent().unwrap()).unwrap();
+    fs::write(layer.join(&deepest), "one level too deep").unwrap();
+    ImageSpec::new().dir_layer(&layer).push(&registry.host(), "test/deep", "1").unwrap();
+    let store = tmp.path().join("store");
+    let out = vmimg(&store, &["build", &format!("oci://{}/test/deep:1", registry.host())]);
+    assert_eq!(out.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&out.stderr);
+    let said = format!("{deepest}: {} levels below the root, deeper than the {MAX_DEPTH}", MAX_DEPTH + 1);
+    assert!(error.contains(&said), "{error}");
+    let builds: Value = serde_json::from_str(&ok(&store, &["builds", "list", "--json"])).unwrap();
+    assert_eq!(builds[0]["status"], "failed");
+    assert!(builds[0]["error"].as_str().unwrap().contains(&said), "{builds:#}");
+    for dir in ["images", "tmp"] {
+        let left: Vec<_> = fs::read_dir(store.join(dir)).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "{dir}: {left:?}");
+    }
+}

@@ -80,6 +80,31 @@ pub fn nest_dirs(root: &Path, segment: &str, levels: usize) {
     }
 }
 
+/// A tree whose deepest entry, the file `d/d/…/f`, lies `depth` names
+/// below `root`; returns that file's path from the root.
+pub fn deep_tree(root: &Path, depth: usize) -> String {
+    let file = "d/".repeat(depth - 1) + "f";
+    nest_dirs(root, "d", depth - 1);
+    fs::write(root.join(&file), b"at the bottom").unwrap();
+    file
+}
+
+/// Asserts that `err` refuses `path` as `depth` names deep, past the bound,
+/// and says so.
+pub fn assert_too_deep(err: &std::io::Error, path: &str, depth: usize) {
+    let deep = vmimg_rootfs::depth::too_deep(err).unwrap_or_else(|| panic!("not a TooDeep: {err}"));
+    assert_eq!((deep.path.as_str(), deep.depth), (path, depth), "{err}");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    let message = err.to_string();
+    let bound = format!("deeper than the {} vmimg accepts", vmimg_rootfs::depth::MAX_DEPTH);
+    assert!(message.contains(&format!("{depth} levels below the root")) && message.contains(&bound), "{message}");
+}
+
+/// Whether `status` is a death by `signal`.
+pub fn killed_by(status: std::process::ExitStatus, signal: i32) -> bool {
+    std::os::unix::process::ExitStatusExt::signal(&status) == Some(signal)
+}
+
 /// Two trees made by `build`, the second after `burn` inodes were used up so
 /// that the host numbers them otherwise, and with the first's root mode.
 pub fn twin_trees(build: fn(&Path), burn: usize) -> (TempDir, TempDir) {
