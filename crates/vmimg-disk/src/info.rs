@@ -92,7 +92,7 @@ impl ImageInfo {
         let mut info = ImageInfo {
             filename: path.display().to_string(),
             format: format_name,
-            virtual_size: (content == Content::Raw).then(|| meta.len()),
+            virtual_size: (content == Content::Raw).then_some(meta.len()),
             actual_size: meta.blocks() * 512,
             cluster_size: None,
             backing_filename: None,

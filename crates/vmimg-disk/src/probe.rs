@@ -87,7 +87,7 @@ pub enum NotADisk {
 /// Probes a file from `head`, its first [`PROBE_BYTES`] (or all of it when
 /// shorter), and `len`, its length when known (a stream's is not).
 pub fn probe(head: &[u8], len: Option<u64>) -> Content {
-    let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
+    let at = |offset, magic| magic_at(head, offset, magic);
     if at(0, &vmimg_qcow2::MAGIC) {
         return Content::Qcow2;
     }
@@ -161,6 +161,11 @@ pub(crate) fn detect(file: &File, path: &Path) -> Result<crate::Format> {
     }
 }
 
+/// Whether `head` holds `magic` at `offset`.
+fn magic_at(head: &[u8], offset: usize, magic: &[u8]) -> bool {
+    head.get(offset..offset + magic.len()) == Some(magic)
+}
+
 fn compressed(head: &[u8]) -> Option<Stream> {
     if head.starts_with(b"\x1f\x8b") {
         Some(Stream::Gzip)
@@ -176,7 +181,7 @@ fn compressed(head: &[u8]) -> Option<Stream> {
 }
 
 fn foreign(head: &[u8]) -> Option<Foreign> {
-    let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
+    let at = |offset, magic| magic_at(head, offset, magic);
     let found = [
         (at(0, b"KDMV") || at(0, b"COWD") || at(0, b"# Disk DescriptorFile"), Foreign::Vmdk),
         (at(0, b"conectix"), Foreign::Vpc),

@@ -122,7 +122,8 @@ mod tests {
             e.write_all(part).unwrap();
             e.finish().unwrap()
         };
-        let encoders: [(Stream, &dyn Fn(&[u8]) -> Vec<u8>); 4] =
+        type Encoder<'a> = &'a dyn Fn(&[u8]) -> Vec<u8>;
+        let encoders: [(Stream, Encoder); 4] =
             [(Stream::Gzip, &gzip), (Stream::Zstd, &zstd), (Stream::Xz, &xz), (Stream::Bzip2, &bzip2)];
         for (stream, encode) in encoders {
             let joined = [encode(a), encode(b)].concat();

@@ -22,7 +22,7 @@ use crate::catalog::is_name_safe;
 use crate::error::{Error, Result};
 use crate::pull::Pulled;
 use crate::record::ImageRecord;
-use crate::source::SourceInfo;
+use crate::source::{SourceInfo, local_key};
 use crate::store::Store;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -170,22 +170,11 @@ impl Store {
     }
 }
 
-/// The key of an image the user made and named (a bundle import, a blank
-/// image): `local-<name>`. Keys vmimg derives from sources never start so
-/// (aliases may not), so no name can stand in for a pinned source.
-pub(crate) fn local_key(name: &str) -> String {
-    format!("{LOCAL_PREFIX}{name}")
-}
-
-/// What starts the key of every image the user named.
-pub(crate) const LOCAL_PREFIX: &str = "local-";
-
 /// Refuses a bundle whose disk starts with an image header: published as
 /// raw, a VMM that probes formats would misread it (see `vmimg_disk::probe`).
 fn refuse_image_header(disk: &Path, bundle: &Path) -> Result<()> {
-    let file = File::open(disk).map_err(Error::io("open", disk))?;
-    let mut head = Vec::with_capacity(vmimg_disk::PROBE_BYTES);
-    file.take(vmimg_disk::PROBE_BYTES as u64).read_to_end(&mut head).map_err(Error::io("read", disk))?;
+    let mut file = File::open(disk).map_err(Error::io("open", disk))?;
+    let head = vmimg_disk::read_head(&mut file, vmimg_disk::PROBE_BYTES).map_err(Error::io("read", disk))?;
     let label = std::path::PathBuf::from(format!("{} (its disk)", bundle.display()));
     Ok(vmimg_disk::ensure_plain_raw(&head, &label)?)
 }

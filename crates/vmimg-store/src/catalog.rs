@@ -156,10 +156,10 @@ fn check_entry(alias: &str, entry: &Entry) -> std::result::Result<(), String> {
     if !is_name_safe(alias) {
         return Err("an alias is 1 to 64 of [A-Za-z0-9._-]".into());
     }
-    if alias.starts_with(crate::bundle::LOCAL_PREFIX) {
+    if alias.starts_with(crate::source::LOCAL_PREFIX) {
         return Err(format!(
             "an alias may not start with {:?}: such names are images users made",
-            crate::bundle::LOCAL_PREFIX
+            crate::source::LOCAL_PREFIX
         ));
     }
     if !is_name_safe(&entry.snapshot) {

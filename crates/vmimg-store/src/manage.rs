@@ -60,8 +60,8 @@ pub struct GcReport {
     /// Lock files a killed process left.
     pub locks: usize,
     pub bytes_freed: u64,
-    /// A pull, build or push was in flight: blobs and layers were left for
-    /// the next gc.
+    /// A pull or build was in flight: blobs and layers were left for the
+    /// next gc.
     pub in_flight: bool,
 }
 
@@ -157,7 +157,7 @@ impl Store {
     /// over `keep_under` bytes, the least recently used images that can be
     /// pulled again from their source and have no instances (what the user
     /// made, bundles and blank images, is never evicted). Blobs and layers
-    /// are left alone while a pull, build or push is in flight (it holds the
+    /// are left alone while a pull or build is in flight (it holds the
     /// store's lease). With `dry_run`, nothing is removed: the report says
     /// what would go.
     pub async fn gc(&self, keep_under: Option<u64>, dry_run: bool) -> Result<GcReport> {

@@ -113,25 +113,26 @@ impl Store {
             converted = &mut converter => match converted.expect("converter thread") {
                 // The first bytes say it is no disk vmimg reads: stop downloading it.
                 Err(refused) if is_refusal(&refused) => return Err(self.drop_partial(&partial, refused)),
-                converted => (fetch.await, converted),
+                converted => {
+                    let fetched = fetch.await;
+                    watermark.end(fetched.is_ok());
+                    (fetched, converted)
+                }
             },
         };
-        watermark.end(fetched.is_ok());
         let Fetched { digest, .. } =
             fetched.map_err(|failed| self.keep_partial_if_resumable(&partial, failed.into()))?;
         if let Err(mismatch) = check_digest(source, &digest) {
             return Err(self.drop_partial(&partial, mismatch));
         }
-        let converted = match converted {
-            Ok(Some(converted)) => Ok(converted),
-            // A raw source, or a conversion cut short by a restarted download:
-            // convert the verified file now.
-            _ => convert_source_file(&partial, Path::new(url), work.path(), &self.convert_options()),
+        let converted = {
+            let (partial, label, dir, options) =
+                (partial.clone(), PathBuf::from(url), work.path().to_owned(), self.convert_options());
+            tokio::task::spawn_blocking(move || finish_download(converted, &partial, &label, &dir, &options))
+                .await
+                .expect("conversion task")
         };
         let converted = converted.map_err(|refused| self.drop_partial(&partial, refused))?;
-        if converted.source_format == Format::Raw && converted.compression.is_none() {
-            keep_sparse(&partial, &work.path().join("disk.raw"))?;
-        }
         let blob = self.keep_blob(&partial, &digest)?;
         Ok(Made { work, digest, converted, blob: Some(blob), blobs: Vec::new() })
     }
@@ -277,6 +278,27 @@ fn convert_source_file(src: &Path, label: &Path, work: &Path, options: &ConvertO
     let image = DiskImage::from_file(file, label, None)?;
     let stats = write_disk(&image, &work.join("disk.raw"), options)?;
     Ok(Converted::plain(image.format(), stats))
+}
+
+/// Completes the disk of a verified download: what the converter made while
+/// it arrived, else (a raw source, or a conversion cut short by a restarted
+/// download) the disk made from the whole file now; a raw source's file is
+/// then made sparse.
+fn finish_download(
+    streamed: Result<Option<Converted>>,
+    partial: &Path,
+    label: &Path,
+    work: &Path,
+    options: &ConvertOptions,
+) -> Result<Converted> {
+    let converted = match streamed {
+        Ok(Some(converted)) => converted,
+        _ => convert_source_file(partial, label, work, options)?,
+    };
+    if converted.source_format == Format::Raw && converted.compression.is_none() {
+        keep_sparse(partial, &work.join("disk.raw"))?;
+    }
+    Ok(converted)
 }
 
 /// Whether `error` refuses the source for what it is (so no retry or

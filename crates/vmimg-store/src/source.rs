@@ -7,6 +7,10 @@
 //! keyed by the digest; a literal URL without one by the URL; a local file
 //! without one by its path, size, modification time and inode, so an edited
 //! file is a miss.
+//!
+//! Images the user makes and names (a bundle import, a blank image) are
+//! keyed `local-<name>` ([`local_key`]); no derived key starts so (a catalog
+//! alias may not), so no name can stand in for a pinned source.
 
 use crate::catalog::{Arch, Catalog, Mirrors};
 use crate::error::{Error, Result};
@@ -44,6 +48,16 @@ pub enum SourceInfo {
         digest: Digest,
     },
 }
+
+/// The key of an image the user made and named (a bundle import, a blank
+/// image): `local-<name>`. Keys vmimg derives from sources never start so
+/// (aliases may not), so no name can stand in for a pinned source.
+pub(crate) fn local_key(name: &str) -> String {
+    format!("{LOCAL_PREFIX}{name}")
+}
+
+/// What starts the key of every image the user named.
+pub(crate) const LOCAL_PREFIX: &str = "local-";
 
 impl SourceInfo {
     /// Whether the image can be made again from its source, so that `gc`

@@ -222,7 +222,7 @@ impl Store {
         }
         match self.lookup(name)? {
             Some(record) => Ok(Some(record)),
-            None if crate::catalog::is_name_safe(name) => self.lookup(&crate::bundle::local_key(name)),
+            None if crate::catalog::is_name_safe(name) => self.lookup(&crate::source::local_key(name)),
             None => Ok(None),
         }
     }
@@ -244,9 +244,9 @@ impl Store {
         self.root.join("locks").join(format!("{key}.lock"))
     }
 
-    /// Holds the store's lease, shared by every pull, build and push in
-    /// flight (in any process): while one is held, `gc` collects no blob or
-    /// layer, which such work may be about to name in a record.
+    /// Holds the store's lease, shared by every pull and build in flight
+    /// (in any process): while one is held, `gc` collects no blob or layer,
+    /// which such work may be about to name in a record.
     pub(crate) async fn lease(&self) -> Result<Lease> {
         let path = self.lock_path(LEASE_KEY);
         tokio::task::spawn_blocking(move || {
@@ -263,11 +263,7 @@ impl Store {
     pub(crate) fn try_exclusive_lease(&self) -> Result<Option<Lease>> {
         let path = self.lock_path(LEASE_KEY);
         let file = open_lock(&path)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(Lease { _file: file })),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path)(e)),
-        }
+        Ok(try_hold(&file, &path)?.then_some(Lease { _file: file }))
     }
 
     /// A fresh work directory for `key` under `tmp/` (removed on drop
@@ -329,12 +325,8 @@ impl LockFile {
             let file = open_lock(&path)?;
             if wait {
                 file.lock().map_err(Error::io("lock", &path))?;
-            } else {
-                match file.try_lock() {
-                    Ok(()) => {}
-                    Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
-                    Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path)(e)),
-                }
+            } else if !try_hold(&file, &path)? {
+                return Ok(None);
             }
             if same_file(&file, &path) {
                 return Ok(Some(LockFile { file, path }));
@@ -349,6 +341,15 @@ impl Drop for LockFile {
         // the path gone (or naming a newer file) and tries again.
         let _ = std::fs::remove_file(&self.path);
         let _ = self.file.unlock();
+    }
+}
+
+/// Locks `file` (at `path`) exclusively if nobody holds it; false if someone does.
+fn try_hold(file: &File, path: &Path) -> Result<bool> {
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", path)(e)),
     }
 }
 

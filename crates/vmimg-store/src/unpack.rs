@@ -32,14 +32,13 @@ pub(crate) fn unpack_to_disk(
     let disk = work.join("disk.raw");
     match vmimg_disk::probe(&head, None) {
         Content::Raw => {
-            let (virtual_size, bytes_written) = write_out(&head, &mut decoded, &disk, &inner)?;
-            File::open(&disk).and_then(|f| f.sync_all()).map_err(Error::io("flush", &disk))?;
+            let (out, (virtual_size, bytes_written)) = write_out(&head, &mut decoded, &disk, &inner)?;
+            out.sync_all().map_err(Error::io("flush", &disk))?;
             Ok((Format::Raw, ConvertStats { virtual_size, bytes_written }))
         }
         Content::Qcow2 => {
             let scratch = work.join("source.qcow2");
-            write_out(&head, &mut decoded, &scratch, &inner)?;
-            let file = File::open(&scratch).map_err(Error::io("open", &scratch))?;
+            let (file, _) = write_out(&head, &mut decoded, &scratch, &inner)?;
             let converted = DiskImage::qcow2_from(Box::new(file), &inner)
                 .map_err(Error::from)
                 .and_then(|image| crate::pull::write_disk(&image, &disk, options));
@@ -51,8 +50,11 @@ pub(crate) fn unpack_to_disk(
 }
 
 /// Writes the decoded stream (its `head` already read) sparse into a new
-/// file at `path`.
-fn write_out(head: &[u8], decoded: &mut impl Read, path: &Path, inner: &Path) -> Result<(u64, u64)> {
-    let out = File::create(path).map_err(Error::io("create", path))?;
-    vmimg_disk::write_sparse(head, decoded, &out).map_err(Error::io("decompress", inner))
+/// file at `path`; returns the file, open for reading too, and the sizes
+/// `write_sparse` reports.
+fn write_out(head: &[u8], decoded: &mut impl Read, path: &Path, inner: &Path) -> Result<(File, (u64, u64))> {
+    let out = File::options().create(true).truncate(true).read(true).write(true).open(path);
+    let out = out.map_err(Error::io("create", path))?;
+    let sizes = vmimg_disk::write_sparse(head, decoded, &out).map_err(Error::io("decompress", inner))?;
+    Ok((out, sizes))
 }

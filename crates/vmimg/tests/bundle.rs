@@ -200,6 +200,23 @@ fn contents(store: &Path) -> (Vec<String>, Vec<String>) {
     (list("images"), list("tmp"))
 }
 
+/// A bundle made as GNU tar and zstd make one, `dir/NAME`: `make_disk`
+/// writes `disk.img` into the directory it is given, which holds a
+/// `machine.json`; a qcow2 layer backed by the disk goes in too.
+fn gnu_tar_bundle(dir: &Path, name: &str, make_disk: impl FnOnce(&Path)) -> std::path::PathBuf {
+    let src = dir.join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("machine.json"), b"{\"version\": 1}").unwrap();
+    make_disk(&src);
+    let script = format!(
+        "cd {} && qemu-img create -q -f qcow2 -b disk.img -F raw layer.qcow2 && \
+         tar -S -cf - disk.img layer.qcow2 machine.json | zstd -q -o ../{name}",
+        src.display()
+    );
+    assert!(Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
+    dir.join(name)
+}
+
 /// Imports `bundle`, which must be refused and leave the store as it was.
 fn refused(store: &Path, bundle: &Path, extra: &[&str]) -> String {
     let before = contents(store);
@@ -278,17 +295,7 @@ fn corrupt_or_truncated_bundles_never_import() {
 fn a_gnu_tar_bundle_with_a_byte_flipped_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let src = dir.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    seeded_disk(&src.join("disk.img"), 3);
-    std::fs::write(src.join("machine.json"), b"{\"version\": 1}").unwrap();
-    let script = format!(
-        "cd {} && qemu-img create -q -f qcow2 -b disk.img -F raw layer.qcow2 && \
-         tar -S -cf - disk.img layer.qcow2 machine.json | zstd -q -o ../gnu.tar.zst",
-        src.display()
-    );
-    assert!(Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
-    let bundle = dir.path().join("gnu.tar.zst");
+    let bundle = gnu_tar_bundle(dir.path(), "gnu.tar.zst", |src| drop(seeded_disk(&src.join("disk.img"), 3)));
     let mut bytes = std::fs::read(&bundle).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
@@ -334,16 +341,11 @@ fn digest_checks_the_whole_file_and_lets_in_unchecked_frames() {
 fn a_bundle_disk_carrying_an_image_header_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let src = dir.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("machine.json"), b"{\"version\": 1}").unwrap();
-    let script = format!(
-        "cd {} && qemu-img create -q -f vmdk disk.img 1M && \
-         qemu-img create -q -f qcow2 -b disk.img -F raw layer.qcow2 && \
-         tar -S -cf - disk.img layer.qcow2 machine.json | zstd -q -o ../evil.tar.zst",
-        src.display()
-    );
-    assert!(Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
-    let error = refused(&store, &dir.path().join("evil.tar.zst"), &[]);
+    let bundle = gnu_tar_bundle(dir.path(), "evil.tar.zst", |src| {
+        let made =
+            Command::new("qemu-img").args(["create", "-q", "-f", "vmdk"]).arg(src.join("disk.img")).arg("1M").status();
+        assert!(made.unwrap().success());
+    });
+    let error = refused(&store, &bundle, &[]);
     assert!(error.contains("starts with a VMDK (VMware) image header"), "{error}");
 }

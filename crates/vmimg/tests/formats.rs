@@ -5,17 +5,14 @@
 //! disk that would carry an image header is never published as raw. Every
 //! refusal leaves the store as it was.
 
+mod common;
+
+use common::vmimg;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use vmimg_testserver::TestServer;
-
-fn vmimg(store: &Path, args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vmimg"));
-    command.arg("--store").arg(store).args(["--retry-delay", "10"]).args(args);
-    command.output().expect("run vmimg")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -102,10 +99,7 @@ fn compressed_files_and_urls_are_decoded_while_they_stream() {
                 assert_eq!(record["source_compression"], tool, "{source}");
                 assert_eq!(record["digest"], digest.as_str(), "the digest is the published file's");
                 assert!(!disk.with_file_name("source.qcow2").exists(), "the scratch file is gone");
-                assert_eq!(
-                    vmimg(&store, &["-q", "rm", &record["name"].as_str().unwrap().to_owned()]).status.code(),
-                    Some(0)
-                );
+                assert_eq!(vmimg(&store, &["-q", "rm", record["name"].as_str().unwrap()]).status.code(), Some(0));
             }
         }
     }
