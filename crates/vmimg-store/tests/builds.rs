@@ -196,3 +196,37 @@ async fn two_managers_on_one_store_build_once() {
     assert!(a.bytes_pulled == 0 || b.bytes_pulled == 0, "one of them downloaded nothing: {a:?} {b:?}");
     assert_eq!(fs::read_dir(store.join("images")).unwrap().count(), 1);
 }
+
+/// gc run over and over from another store handle (as another process
+/// would) while builds download and apply layers: the layers they are about
+/// to name are never collected, and every build ends ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_in_a_loop_never_takes_the_layers_of_builds_in_flight() {
+    let registry = RegistryServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (push(&registry, tmp.path(), "a", "A"), push(&registry, tmp.path(), "b", "B"));
+    let root = tmp.path().join("store");
+    let manager = open_manager(&root, 2);
+    let builds = [manager.create(&a, RootfsFormat::Ext4).unwrap(), manager.create(&b, RootfsFormat::Cpio).unwrap()];
+    let collector = Store::open(StoreOptions { root: Some(root.clone()), ..Default::default() }).unwrap();
+    let mut rounds = 0;
+    while builds.iter().any(|b| !manager.get(&b.id).unwrap().unwrap().status.is_done()) {
+        collector.gc(None, false).await.unwrap();
+        rounds += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(rounds > 0);
+    for build in &builds {
+        let done = manager.wait(&build.id).await.unwrap();
+        assert_eq!(done.status, BuildStatus::Ready, "{done:?}");
+    }
+    let images = collector.images().unwrap();
+    assert_eq!(images.len(), 2);
+    for image in images {
+        for layer in image.record.container.expect("a built image").layers {
+            assert!(root.join(&layer).is_file(), "gc collected {layer}, which {} names", image.record.name);
+        }
+    }
+    let report = collector.gc(None, false).await.unwrap();
+    assert_eq!(report.blobs, 0, "every layer is named by a built image: {report:?}");
+}

@@ -273,3 +273,25 @@ async fn gc_in_a_loop_never_takes_what_pulls_in_flight_will_name() {
     collector.gc(None, false).await.unwrap();
     assert_eq!(store.images().unwrap().len(), 4);
 }
+
+/// What `du` counts as partial downloads and work is what `gc` frees when it
+/// collects them, byte for byte (the `tmp/` directory's own block aside).
+#[tokio::test]
+async fn du_and_gc_agree_on_what_partials_take() {
+    let root = tempfile::tempdir().unwrap();
+    let store = store(root.path());
+    let tmp = root.path().join("tmp");
+    let empty_tmp = store.usage().partial;
+    let stale = tmp.join("url-stale.part");
+    std::fs::write(&stale, vec![1u8; 300_000]).unwrap();
+    std::fs::File::options().append(true).open(&stale).unwrap().set_modified(std::time::UNIX_EPOCH).unwrap();
+    std::fs::write(tmp.join("url-empty.part"), b"").unwrap();
+    std::fs::create_dir(tmp.join("k.work-1")).unwrap();
+    std::fs::write(tmp.join("k.work-1/disk.raw"), vec![2u8; 100_000]).unwrap();
+    let before = store.usage().partial;
+    let dry = store.gc(None, true).await.unwrap();
+    assert_eq!((dry.tmp_entries, dry.bytes_freed), (3, before - empty_tmp), "{dry:?}");
+    let report = store.gc(None, false).await.unwrap();
+    assert_eq!(report.bytes_freed, dry.bytes_freed, "the dry run said what the run frees");
+    assert_eq!(store.usage().partial, empty_tmp);
+}

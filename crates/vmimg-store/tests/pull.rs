@@ -180,6 +180,11 @@ async fn a_not_found_fails_at_once_and_persistent_errors_give_up() {
     let err = pull(&store, &server.url("/broken"), None).await.unwrap_err().to_string();
     assert!(err.contains("502") && err.contains("gave up after 4 attempts"), "{err}");
     assert!(!root.path().join("images").read_dir().unwrap().any(|_| true));
+    // Attempts that got no byte leave no partial and no lock file behind.
+    let left =
+        |dir: &str| root.path().join(dir).read_dir().unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>();
+    assert!(left("tmp").is_empty(), "{:?}", left("tmp"));
+    assert!(left("locks").iter().all(|l| l == ".lease.lock"), "{:?}", left("locks"));
 }
 
 #[tokio::test]
