@@ -19,10 +19,10 @@
 //! ready). The manager also counts builds, bytes pulled and failures, and
 //! times builds ([`Manager::metrics`]).
 
-use crate::container::{BuildObserver, RootfsFormat};
+use crate::container::BuildObserver;
 use crate::error::{Error, Result};
 use crate::pull::Pulled;
-use crate::record::now;
+use crate::record::{RootfsFormat, Timestamp};
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -285,7 +285,7 @@ impl Manager {
                 return Ok(state.with_position(build.clone()));
             }
         }
-        let time = now();
+        let time = Timestamp::now().to_string();
         let build = Build {
             id: id.clone(),
             reference: reference.to_string(),
@@ -307,7 +307,7 @@ impl Manager {
     /// pushed to it locally), named by digest so nothing can move it.
     pub fn import(&self, reference: &Reference, format: RootfsFormat) -> Result<Build> {
         if reference.digest().is_none() {
-            return Err(Error::Usage(format!("import {reference}: name the image by digest (NAME@sha256:...)")));
+            return Err(Error::Invalid(format!("import {reference}: name the image by digest (NAME@sha256:...)")));
         }
         self.create(reference, format)
     }
@@ -361,7 +361,7 @@ impl Manager {
     pub async fn delete(&self, id: &str, force: bool) -> Result<()> {
         let build = self.get(id)?.ok_or_else(|| Error::NotFound { what: "build", name: id.to_owned() })?;
         if !build.status.is_done() {
-            return Err(Error::Usage(format!("build {id} is {}: wait for it to end", build.status.name())));
+            return Err(Error::Conflict(format!("build {id} is {}: wait for it to end", build.status.name())));
         }
         if let Some(key) = &build.image
             && self.inner.store.lookup(key)?.is_some()
@@ -385,7 +385,7 @@ impl Manager {
             if self.inner.store.try_lock(&lock_name(&build.id))?.is_none() {
                 continue; // another process runs it
             }
-            let build = Build { status: BuildStatus::Pending, updated_at: now(), ..build };
+            let build = Build { status: BuildStatus::Pending, updated_at: Timestamp::now().to_string(), ..build };
             self.inner.save(&build)?;
             recovered.push(self.enqueue(build));
         }
@@ -467,11 +467,11 @@ impl Inner {
         let _held = self.store.lock(&lock_name(id)).await?;
         self.update(id, |b| b.status = BuildStatus::Pulling);
         let reference = self.build_of(id).reference;
-        let reference: Reference = reference.parse().map_err(|e| Error::Usage(format!("{reference}: {e}")))?;
+        let reference: Reference = reference.parse().map_err(|e| Error::Invalid(format!("{reference}: {e}")))?;
         let (pinned, image) = self.store.registry()?.image(&reference, self.store.arch().name()).await?;
         let OciImage::Container(image) = image else {
-            return Err(Error::Usage(format!(
-                "{reference} is a cloud image, not a container image: `vmimg pull oci://{reference}` fetches its disk"
+            return Err(Error::Invalid(format!(
+                "{reference} is a cloud image, not a container image: pull it to get its disk"
             )));
         };
         self.update(id, |b| b.digest = pinned.digest().cloned());
@@ -490,7 +490,7 @@ impl Inner {
             let mut state = self.state.lock().expect("build state");
             let build = state.builds.get_mut(id).expect("a build of this process");
             change(build);
-            build.updated_at = now();
+            build.updated_at = Timestamp::now().to_string();
             build.clone()
         };
         if let Err(error) = self.save(&build) {

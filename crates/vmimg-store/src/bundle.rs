@@ -21,8 +21,8 @@
 use crate::catalog::is_name_safe;
 use crate::error::{Error, Result};
 use crate::pull::Pulled;
-use crate::record::ImageRecord;
-use crate::source::{SourceInfo, local_key};
+use crate::record::{ImageRecord, SourceFormat, SourceInfo};
+use crate::source::local_key;
 use crate::store::Store;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -94,7 +94,8 @@ impl Store {
         .expect("import task")?;
         crate::fsutil::write_atomic(&work.path().join(MACHINE), &imported.machine.to_json())?;
         let path = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
-        let record = ImageRecord::for_work(&key, &work, SourceInfo::Bundle { path }, Some(digest), "bundle")?;
+        let record =
+            ImageRecord::for_work(&key, &work, SourceInfo::Bundle { path }, Some(digest), SourceFormat::Bundle)?;
         self.publish_work(work, record)
     }
 
@@ -107,7 +108,7 @@ impl Store {
         file.set_len(size).and_then(|()| file.sync_all()).map_err(Error::io("cannot size", &disk))?;
         let machine = machine.unwrap_or_else(Machine::generate);
         crate::fsutil::write_atomic(&work.path().join(MACHINE), &machine.to_json())?;
-        let mut record = ImageRecord::for_work(&key, &work, SourceInfo::Blank, None, "blank")?;
+        let mut record = ImageRecord::for_work(&key, &work, SourceInfo::Blank, None, SourceFormat::Blank)?;
         record.mutable = true;
         self.publish_work(work, record)
     }
@@ -119,7 +120,7 @@ impl Store {
         let instances = self.instances_of(key)?;
         if record.mutable && !instances.is_empty() {
             let names: Vec<_> = instances.iter().map(|i| i.record.name.as_str()).collect();
-            return Err(Error::Usage(format!(
+            return Err(Error::Conflict(format!(
                 "image {key} is mutable and in use by instances ({}): remove them before exporting it",
                 names.join(", ")
             )));
@@ -156,14 +157,12 @@ impl Store {
     /// refused when the name is unsafe or taken.
     async fn lock_new_image(&self, name: &str) -> Result<(String, crate::store::KeyLock)> {
         if !is_name_safe(name) {
-            return Err(Error::Usage(format!("image name {name:?} is not 1 to 64 of [A-Za-z0-9._-]")));
+            return Err(Error::InvalidName { what: "image", name: name.to_owned() });
         }
         let key = local_key(name);
         let lock = self.lock(&key).await?;
         if self.lookup(&key)?.is_some() {
-            return Err(Error::Usage(format!(
-                "an image named {name} exists: `vmimg rm {name}` removes it, or choose another --name"
-            )));
+            return Err(Error::Exists { what: "image", name: name.to_owned() });
         }
         self.remove_abandoned_work(&key)?;
         Ok((key, lock))
@@ -186,7 +185,7 @@ fn default_name(file: &Path) -> Result<String> {
     if is_name_safe(stem) {
         Ok(stem.to_owned())
     } else {
-        Err(Error::Usage(format!("cannot name an image after {name:?}: pass --name")))
+        Err(Error::Invalid(format!("cannot name an image after the file {name:?}: give it a name")))
     }
 }
 

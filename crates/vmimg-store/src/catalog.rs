@@ -54,7 +54,7 @@ impl std::str::FromStr for Arch {
         match s {
             "amd64" | "x86_64" => Ok(Arch::Amd64),
             "arm64" | "aarch64" => Ok(Arch::Arm64),
-            _ => Err(Error::Usage(format!("unknown architecture {s:?} (amd64 or arm64)"))),
+            _ => Err(Error::Invalid(format!("unknown architecture {s:?} (amd64 or arm64)"))),
         }
     }
 }
@@ -197,8 +197,8 @@ impl Mirrors {
     pub fn add_rule(&mut self, rule: &str) -> Result<()> {
         let (from, to) = rule
             .split_once('=')
-            .ok_or_else(|| Error::Usage(format!("mirror rule {rule:?} is not FROM=TO (URL prefixes)")))?;
-        check_url(to).map_err(|m| Error::Usage(format!("mirror rule {rule:?}: {m}")))?;
+            .ok_or_else(|| Error::Invalid(format!("mirror rule {rule:?} is not FROM=TO (URL prefixes)")))?;
+        check_url(to).map_err(|m| Error::Invalid(format!("mirror rule {rule:?}: {m}")))?;
         self.0.insert(from.to_owned(), to.to_owned());
         Ok(())
     }

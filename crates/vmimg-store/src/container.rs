@@ -20,66 +20,17 @@
 
 use crate::error::{Error, Result};
 use crate::pull::Pulled;
-use crate::record::ImageRecord;
-use crate::source::SourceInfo;
+use crate::record::{ContainerInfo, ImageRecord, RootfsFormat, SourceFormat, SourceInfo};
 use crate::store::Store;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmimg_fetch::{Progress, remove_partial};
 use vmimg_oci::Reference;
-use vmimg_oci::container::{Compression, ContainerImage, Layer, RunConfig};
+use vmimg_oci::container::{Compression, ContainerImage, Layer};
 use vmimg_rootfs::apply::{self, ApplyOptions, LayerSummary, Rootfs};
 
 /// Layers downloaded at once.
 const LAYER_JOBS: usize = 3;
-
-/// What a container image becomes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RootfsFormat {
-    /// A sparse raw disk holding an ext4 filesystem (writable root).
-    #[default]
-    Ext4,
-    /// A raw disk holding a compressed, read-only erofs filesystem.
-    Erofs,
-    /// A newc cpio archive, for an initramfs.
-    Cpio,
-}
-
-impl RootfsFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            RootfsFormat::Ext4 => "ext4",
-            RootfsFormat::Erofs => "erofs",
-            RootfsFormat::Cpio => "cpio",
-        }
-    }
-
-    /// The file the image's directory keeps it in.
-    pub fn file_name(self) -> &'static str {
-        match self {
-            RootfsFormat::Ext4 | RootfsFormat::Erofs => "disk.raw",
-            RootfsFormat::Cpio => "initrd.cpio",
-        }
-    }
-}
-
-/// What an image made from a container image keeps of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ContainerInfo {
-    pub format: RootfsFormat,
-    /// Entrypoint, command, environment, working directory, user.
-    pub run: RunConfig,
-    /// Whether the image boots systemd as its init.
-    pub systemd: bool,
-    /// The layers in the layer cache, bottom first, relative to the store root.
-    pub layers: Vec<String>,
-    /// What the disk lacks of what the layers asked for (owners and device
-    /// nodes when not built as root; xattrs the host refused).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-}
 
 /// Hears how a build goes.
 pub trait BuildObserver: Send + Sync {
@@ -127,10 +78,10 @@ impl Store {
         tokio::task::spawn_blocking(move || make_disk(&root, &file, format)).await.expect("disk builder")?;
         remove_tree(&rootfs)?;
         let digest = pinned.digest().expect("a pinned reference").clone();
-        let info = SourceInfo::Oci { reference: pinned.to_string(), digest: digest.clone() };
-        let mut record = ImageRecord::for_file(&key, &out, info, Some(digest), "container")?;
+        let info = SourceInfo::Oci { reference: pinned.clone(), digest: digest.clone() };
+        let mut record = ImageRecord::for_file(&key, &out, info, Some(digest), SourceFormat::Container)?;
         record.verified = true;
-        record.format = format.name().to_owned();
+        record.format = format.image_format();
         let systemd = run.wants_systemd();
         record.container = Some(ContainerInfo { format, run, systemd, layers, warnings });
         self.publish_work(work, record)

@@ -6,24 +6,42 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Why a store operation failed; each message says what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Input that is malformed or out of range: a URL, rule, size, option.
     #[error("{0}")]
-    Usage(String),
+    Invalid(String),
+    /// What was asked conflicts with the state things are in.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{what} name {name:?} is not 1 to 64 of [A-Za-z0-9._-]")]
+    InvalidName { what: &'static str, name: String },
+    #[error("an {what} named {name} exists: remove it, or choose another name")]
+    Exists { what: &'static str, name: String },
+    #[error("{}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    #[error(
+        "this host's architecture ({host}) has no catalog images: choose an architecture (amd64 or arm64) to resolve \
+         aliases for"
+    )]
+    NoHostArch { host: &'static str },
+    #[error(
+        "image {image} is a {format} initramfs, not a disk: give it to the VM as its initrd, or build a disk \
+         (ext4 or erofs)"
+    )]
+    NotADisk { image: String, format: String },
     #[error("cannot {action} {}: {source}", path.display())]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
     #[error("catalog {origin}: {message}")]
     Catalog { origin: String, message: String },
-    #[error(
-        "unknown alias {alias:?}: `vmimg catalog list` shows the aliases; a file needs a path with a slash (./{alias})"
-    )]
+    #[error("unknown alias {alias:?}: the catalog lists the aliases; a file needs a path with a slash (./{alias})")]
     UnknownAlias { alias: String },
-    #[error("alias {alias:?} has no {arch} image (it has: {available}); pick one with --arch")]
+    #[error("alias {alias:?} has no {arch} image (it has: {available})")]
     NoArch { alias: String, arch: String, available: String },
     #[error(
         "digest mismatch for {source_name}: expected {expected}, got {actual}; nothing was kept \
-         (if upstream replaced a catalog image, `vmimg catalog refresh` updates its pin)"
+         (if upstream replaced a catalog image, refreshing the catalog updates its pin)"
     )]
     DigestMismatch { source_name: String, expected: Digest, actual: Digest },
-    #[error("image {image} has instances ({instances}): remove them first, or pass --force to remove them too")]
+    #[error("image {image} has instances ({instances}): remove them first, or force the removal to remove them too")]
     InUse { image: String, instances: String },
     #[error("no {what} named {name:?} in the store")]
     NotFound { what: &'static str, name: String },

@@ -13,39 +13,11 @@
 
 use crate::catalog::is_name_safe;
 use crate::error::{Error, Result};
-use crate::record::now;
+use crate::record::{InstanceFormat, InstanceRecord, Timestamp};
 use crate::store::Store;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-
-/// The disk format of an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InstanceFormat {
-    Qcow2,
-    Raw,
-}
-
-impl InstanceFormat {
-    fn file_name(self) -> &'static str {
-        match self {
-            InstanceFormat::Qcow2 => "disk.qcow2",
-            InstanceFormat::Raw => "disk.raw",
-        }
-    }
-}
-
-/// `instances/<name>/instance.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InstanceRecord {
-    pub name: String,
-    /// The image's key (its directory under `images/`).
-    pub image: String,
-    pub format: InstanceFormat,
-    pub virtual_size: u64,
-    pub created_at: String,
-}
 
 /// An instance and the path of its disk.
 #[derive(Debug, Clone, Serialize)]
@@ -88,7 +60,7 @@ impl Store {
         self.touch(&request.image);
         let size = request.size.unwrap_or(image.virtual_size);
         if size < image.virtual_size {
-            return Err(Error::Usage(format!(
+            return Err(Error::Invalid(format!(
                 "an instance cannot be smaller than its image: {size} < {} bytes",
                 image.virtual_size
             )));
@@ -102,8 +74,13 @@ impl Store {
         tokio::task::spawn_blocking(move || write_instance_disk(&disk, &base, size, format))
             .await
             .expect("instance task")?;
-        let record =
-            InstanceRecord { name, image: request.image.clone(), format, virtual_size: size, created_at: now() };
+        let record = InstanceRecord {
+            name,
+            image: request.image.clone(),
+            format,
+            virtual_size: size,
+            created_at: Timestamp::now(),
+        };
         self.publish_instance(work, record)
     }
 
@@ -152,12 +129,10 @@ impl Store {
 
     fn check_new_instance_name(&self, name: &str) -> Result<String> {
         if !is_name_safe(name) {
-            return Err(Error::Usage(format!("instance name {name:?} is not 1 to 64 of [A-Za-z0-9._-]")));
+            return Err(Error::InvalidName { what: "instance", name: name.to_owned() });
         }
         if self.instance_dir(name).exists() {
-            return Err(Error::Usage(format!(
-                "an instance named {name:?} exists (`vmimg instance rm {name}` removes it)"
-            )));
+            return Err(Error::Exists { what: "instance", name: name.to_owned() });
         }
         Ok(name.to_owned())
     }
@@ -167,7 +142,7 @@ impl Store {
         (1..)
             .map(|n| format!("{stem}-{n}"))
             .find(|name| !self.instance_dir(name).exists())
-            .ok_or_else(|| Error::Usage("no free instance name".into()))
+            .ok_or_else(|| Error::Conflict(format!("no free instance name for image {image}")))
     }
 }
 

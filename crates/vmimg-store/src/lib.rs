@@ -38,15 +38,18 @@ mod unpack;
 pub use builds::{Build, BuildStatus, Histogram, Manager, ManagerOptions, Metrics, Totals, build_id};
 pub use bundle::ExportedBundle;
 pub use catalog::{Arch, Artifact, Catalog, EMBEDDED, Entry, MAX_CATALOG_BYTES, Mirrors};
-pub use container::{BuildObserver, ContainerInfo, RootfsFormat};
+pub use container::BuildObserver;
 pub use error::{Error, Result};
-pub use instance::{Instance, InstanceFormat, InstanceRecord, InstanceRequest};
+pub use instance::{Instance, InstanceRequest};
 pub use manage::{GcReport, ImageSummary, Usage};
 pub use oci::OciSource;
 pub use pull::Pulled;
-pub use record::{ImageRecord, Status};
+pub use record::{
+    Compression, ContainerInfo, ImageFormat, ImageRecord, InstanceFormat, InstanceRecord, RootfsFormat, SourceFormat,
+    SourceInfo, Status, Timestamp,
+};
 pub use refresh::{Change, MAX_UPSTREAM_TEXT, RefreshError, Refreshed};
-pub use source::{Location, Resolved, SourceInfo};
+pub use source::{Location, Resolved};
 pub use store::{Store, StoreOptions, default_root};
 pub use vmimg_bundle::bundle::{ExportOptions, Limits as BundleLimits};
 pub use vmimg_bundle::machine::Machine;

@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::instance::remove_dir_atomically;
-use crate::record::ImageRecord;
+use crate::record::{ImageRecord, InstanceFormat, Timestamp};
 use crate::store::Store;
 use serde::Serialize;
 use std::collections::HashSet;
@@ -27,8 +27,8 @@ pub struct ImageSummary {
     /// Bytes the image's directory occupies.
     pub bytes_on_disk: u64,
     pub instances: usize,
-    /// When a pull or an instance last used it (RFC 3339).
-    pub last_used_at: String,
+    /// When a pull or an instance last used it.
+    pub last_used_at: Timestamp,
 }
 
 /// Bytes on disk, by kind.
@@ -82,7 +82,7 @@ impl Store {
                 path: self.image_file(&record),
                 bytes_on_disk: allocated(&image_dir),
                 instances: instances.iter().filter(|i| i.record.image == key).count(),
-                last_used_at: humantime::format_rfc3339_seconds(last_used(&image_dir)).to_string(),
+                last_used_at: last_used(&image_dir).into(),
                 record,
             });
         }
@@ -105,11 +105,8 @@ impl Store {
     pub async fn remove_image(&self, key: &str, force: bool) -> Result<Vec<String>> {
         let _lock = self.lock(key).await?;
         let record = self.lookup(key)?.ok_or_else(|| Error::NotFound { what: "image", name: key.to_owned() })?;
-        let dependents: Vec<_> = self
-            .instances_of(key)?
-            .into_iter()
-            .filter(|i| i.record.format == crate::instance::InstanceFormat::Qcow2)
-            .collect();
+        let dependents: Vec<_> =
+            self.instances_of(key)?.into_iter().filter(|i| i.record.format == InstanceFormat::Qcow2).collect();
         let names: Vec<String> = dependents.iter().map(|i| i.record.name.clone()).collect();
         if !dependents.is_empty() && !force {
             return Err(Error::InUse { image: key.to_owned(), instances: names.join(", ") });

@@ -14,7 +14,8 @@
 use crate::error::{Error, Result};
 use crate::growing::{EndOnDrop, GrowingFile, Watermark};
 use crate::pull::Made;
-use crate::source::{Resolved, SourceInfo};
+use crate::record::SourceInfo;
+use crate::source::Resolved;
 use crate::store::Store;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -53,7 +54,7 @@ impl Store {
         }
         let digest = pinned.digest().expect("a pinned reference").clone();
         let key = format!("oci-{}_{}", &digest.hex()[..16], self.arch());
-        let info = SourceInfo::Oci { reference: reference.to_string(), digest: digest.clone() };
+        let info = SourceInfo::Oci { reference: reference.clone(), digest: digest.clone() };
         let location = crate::source::Location::Oci(pinned);
         Ok(OciSource::Cloud(Resolved { key, info, location, expected: Some(digest) }))
     }

@@ -193,10 +193,10 @@ impl Store {
 
     /// The record of a pulled image.
     fn publish(&self, source: &Resolved, made: Made) -> Result<Pulled> {
-        let format = made.converted.source_format.name();
+        let format = made.converted.source_format.into();
         let mut record =
             ImageRecord::for_work(&source.key, &made.work, source.info.clone(), Some(made.digest), format)?;
-        record.source_compression = made.converted.compression.map(|stream| stream.name().to_owned());
+        record.source_compression = made.converted.compression.map(Into::into);
         record.virtual_size = made.converted.stats.virtual_size;
         record.verified = source.expected.is_some();
         record.blob = made.blob;

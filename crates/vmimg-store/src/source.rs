@@ -14,40 +14,10 @@
 
 use crate::catalog::{Arch, Catalog, Mirrors};
 use crate::error::{Error, Result};
-use serde::{Deserialize, Serialize};
+use crate::record::SourceInfo;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use vmimg_fetch::{Algorithm, Digest, Hasher};
-
-/// Where an image comes from, as recorded in its image record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum SourceInfo {
-    Alias {
-        alias: String,
-        snapshot: String,
-        arch: Arch,
-        url: String,
-    },
-    Url {
-        url: String,
-    },
-    File {
-        path: PathBuf,
-    },
-    /// Imported from an `image.tar.zst` bundle.
-    Bundle {
-        path: PathBuf,
-    },
-    /// Made blank by `image new`.
-    Blank,
-    /// A cloud image from an OCI registry: the reference asked for, and the
-    /// digest of the manifest it named then.
-    Oci {
-        reference: String,
-        digest: Digest,
-    },
-}
 
 /// The key of an image the user made and named (a bundle import, a blank
 /// image): `local-<name>`. Keys vmimg derives from sources never start so
@@ -58,19 +28,6 @@ pub(crate) fn local_key(name: &str) -> String {
 
 /// What starts the key of every image the user named.
 pub(crate) const LOCAL_PREFIX: &str = "local-";
-
-impl SourceInfo {
-    /// Whether the image can be made again from its source, so that `gc`
-    /// may evict it: what the user made (a bundle import, a blank image) or
-    /// a local file since gone cannot.
-    pub fn can_pull_again(&self) -> bool {
-        match self {
-            SourceInfo::Alias { .. } | SourceInfo::Url { .. } | SourceInfo::Oci { .. } => true,
-            SourceInfo::File { path } => path.is_file(),
-            SourceInfo::Bundle { .. } | SourceInfo::Blank => false,
-        }
-    }
-}
 
 /// Where the bytes are.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,12 +71,12 @@ impl Resolver<'_> {
     /// file and no alias, is a file; otherwise an alias.
     pub fn resolve(&self, source: &str, digest: Option<Digest>) -> Result<Resolved> {
         if source.starts_with("http://") || source.starts_with("https://") {
-            crate::catalog::check_url(source).map_err(Error::Usage)?;
+            crate::catalog::check_url(source).map_err(Error::Invalid)?;
             return Ok(self.url(source, digest));
         }
         if let Some(entry) = self.catalog.get(source).filter(|_| !source.contains('/')) {
             if digest.is_some() {
-                return Err(Error::Usage(format!("{source} is a catalog alias: its digest comes from the catalog")));
+                return Err(Error::Invalid(format!("{source} is a catalog alias: its digest comes from the catalog")));
             }
             return self.alias(source, entry);
         }
@@ -164,7 +121,7 @@ fn file(path: &Path, digest: Option<Digest>) -> Result<Resolved> {
     let path = std::fs::canonicalize(path).map_err(Error::io("cannot open", path))?;
     let meta = std::fs::metadata(&path).map_err(Error::io("cannot stat", &path))?;
     if !meta.is_file() {
-        return Err(Error::Usage(format!("{} is not a regular file", path.display())));
+        return Err(Error::Invalid(format!("{} is not a regular file", path.display())));
     }
     let key = match &digest {
         Some(d) => digest_key(d),

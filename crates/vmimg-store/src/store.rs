@@ -96,8 +96,8 @@ impl Store {
         let mut mirrors = Mirrors::default();
         if let Some(config) = read_optional(&root.join("config.json"))? {
             let (path, text) = config;
-            let config: Config =
-                serde_json::from_str(&text).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+            let config: Config = serde_json::from_str(&text)
+                .map_err(|e| Error::Config { path: path.clone(), message: e.to_string() })?;
             mirrors.extend(config.mirrors);
         }
         mirrors.extend(options.mirrors);
@@ -107,9 +107,7 @@ impl Store {
         if let Some(path) = &options.catalog {
             catalog.overlay(Catalog::load(path)?);
         }
-        let arch = options.arch.or_else(Arch::host).ok_or_else(|| {
-            Error::Usage(format!("no catalog architecture for this host ({}): pass --arch", std::env::consts::ARCH))
-        })?;
+        let arch = options.arch.or_else(Arch::host).ok_or(Error::NoHostArch { host: std::env::consts::ARCH })?;
         Ok(Store {
             root,
             catalog,
@@ -185,11 +183,7 @@ impl Store {
     /// The raw disk of image `record`; an error for an initramfs, which has none.
     pub(crate) fn raw_disk(&self, record: &ImageRecord) -> Result<PathBuf> {
         if record.file_name() != "disk.raw" {
-            return Err(Error::Usage(format!(
-                "image {} is a {} initramfs, not a disk: give it to the VM as its initrd, or build a disk \
-                 (vmimg build --format ext4)",
-                record.name, record.format
-            )));
+            return Err(Error::NotADisk { image: record.name.clone(), format: record.format.to_string() });
         }
         Ok(self.disk_path(&record.name))
     }

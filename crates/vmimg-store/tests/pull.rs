@@ -96,7 +96,7 @@ async fn a_verified_qcow2_pull_then_a_hit() {
 
     let first = pull(&store, &url, Some(sha256(&f.qcow2))).await.unwrap();
     assert!(!first.cached && first.record.verified);
-    assert_eq!(first.record.source_format, "qcow2");
+    assert_eq!(first.record.source_format, vmimg_store::SourceFormat::Qcow2);
     assert_same_disk(&first.path, &f.raw);
     assert!(root.path().join(first.record.blob.as_ref().unwrap()).is_file());
     assert!(std::fs::read_dir(root.path().join("tmp")).unwrap().next().is_none(), "tmp/ is empty after a pull");
@@ -259,7 +259,7 @@ async fn raw_sources_become_sparse_disks() {
     let root = tempfile::tempdir().unwrap();
     let store = open_store(root.path(), quick());
     let pulled = pull(&store, &server.url("/disk.img"), None).await.unwrap();
-    assert_eq!(pulled.record.source_format, "raw");
+    assert_eq!(pulled.record.source_format, vmimg_store::SourceFormat::Raw);
     assert!(!pulled.record.verified);
     assert_same_disk(&pulled.path, &f.raw);
     assert!(pulled.record.allocated_size < 8 << 20, "holes stay holes: {}", pulled.record.allocated_size);

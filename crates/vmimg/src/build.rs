@@ -141,12 +141,3 @@ impl StatusLine {
         }
     }
 }
-
-pub fn parse_format(s: &str) -> Result<RootfsFormat, String> {
-    match s {
-        "ext4" => Ok(RootfsFormat::Ext4),
-        "erofs" => Ok(RootfsFormat::Erofs),
-        "cpio" => Ok(RootfsFormat::Cpio),
-        _ => Err("ext4, erofs or cpio".into()),
-    }
-}

@@ -136,7 +136,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// For a container image: the disk to build (see `vmimg build`).
-        #[arg(long, value_parser = build::parse_format)]
+        #[arg(long)]
         format: Option<vmimg_store::RootfsFormat>,
     },
     /// Build a disk from a container image: ext4 (default), erofs or cpio.
@@ -155,7 +155,7 @@ enum Command {
     Build {
         /// oci://REGISTRY/REPO[:TAG|@DIGEST] (docker:// too; docker.io/library is the default).
         source: String,
-        #[arg(long, default_value = "ext4", value_parser = build::parse_format)]
+        #[arg(long, default_value = "ext4")]
         format: vmimg_store::RootfsFormat,
         #[arg(long)]
         json: bool,
@@ -367,7 +367,7 @@ enum InstanceCommand {
         /// A virtual size at least the image's: 20G, 512M, bytes.
         #[arg(long, value_parser = vmimg_disk::parse_size)]
         size: Option<u64>,
-        #[arg(long, default_value = "qcow2", value_parser = parse_instance_format)]
+        #[arg(long, default_value = "qcow2")]
         format: vmimg_store::InstanceFormat,
     },
     /// List the instances.
@@ -377,14 +377,6 @@ enum InstanceCommand {
     },
     /// Remove an instance and its disk.
     Rm { name: String },
-}
-
-fn parse_instance_format(s: &str) -> Result<vmimg_store::InstanceFormat, String> {
-    match s {
-        "qcow2" => Ok(vmimg_store::InstanceFormat::Qcow2),
-        "raw" => Ok(vmimg_store::InstanceFormat::Raw),
-        _ => Err("qcow2 or raw".into()),
-    }
 }
 
 #[derive(Subcommand)]

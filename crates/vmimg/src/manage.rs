@@ -37,15 +37,7 @@ pub fn images(store: &Store, json: bool) -> Result<()> {
     );
     for image in images {
         let r = &image.record;
-        let source = match &r.source {
-            vmimg_store::SourceInfo::Alias { alias, .. } => alias.clone(),
-            vmimg_store::SourceInfo::Url { url } => url.clone(),
-            vmimg_store::SourceInfo::File { path } | vmimg_store::SourceInfo::Bundle { path } => {
-                path.display().to_string()
-            }
-            vmimg_store::SourceInfo::Blank => "(blank, mutable)".to_owned(),
-            vmimg_store::SourceInfo::Oci { reference, .. } => format!("oci://{reference}"),
-        };
+        let source = r.source.display_name();
         println!(
             "{:<48} {:<7} {:>9} {:>9} {:>9}  {:<20} {source}",
             r.name,
@@ -148,11 +140,14 @@ pub fn list_instances(store: &Store, json: bool) -> Result<()> {
     println!("{:<24} {:<6} {:>9}  {:<20} IMAGE", "NAME", "FORMAT", "SIZE", "CREATED");
     for i in instances {
         let r = &i.record;
-        let format = match r.format {
-            InstanceFormat::Qcow2 => "qcow2",
-            InstanceFormat::Raw => "raw",
-        };
-        println!("{:<24} {format:<6} {:>9}  {:<20} {}", r.name, human(r.virtual_size), r.created_at, r.image);
+        println!(
+            "{:<24} {:<6} {:>9}  {:<20} {}",
+            r.name,
+            r.format.name(),
+            human(r.virtual_size),
+            r.created_at,
+            r.image
+        );
     }
     Ok(())
 }

@@ -57,7 +57,7 @@ pub async fn push(store: &Store, image: &str, target: &str, args: PushArgs, quie
     let record = store.lookup(&key)?.context("the image vanished")?;
     let mut annotations = BTreeMap::from([
         ("cocoonstack.disk.format".to_owned(), args.format.name().to_owned()),
-        ("org.opencontainers.image.created".to_owned(), record.created_at.clone()),
+        ("org.opencontainers.image.created".to_owned(), record.created_at.to_string()),
     ]);
     if let vmimg_store::SourceInfo::Alias { alias, snapshot, .. } = &record.source {
         let entry = store.catalog().get(alias);
