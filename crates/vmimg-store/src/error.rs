@@ -58,6 +58,9 @@ pub enum Error {
          {size} bytes; nothing was kept"
     )]
     PartMismatch { expected: Digest, size: u64, actual: Digest, actual_size: u64 },
+    /// A container image's build failed (its record keeps the error).
+    #[error("building {reference}: {message}")]
+    BuildFailed { reference: String, message: String },
     #[error("layer {}: {source}", path.display())]
     Layer { path: PathBuf, source: vmimg_rootfs::apply::ApplyError },
     #[error(transparent)]

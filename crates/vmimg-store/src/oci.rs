@@ -11,6 +11,7 @@
 //! the part it falls in. Each part is then kept as a blob, and the image
 //! published as a pull publishes any other.
 
+use crate::catalog::Arch;
 use crate::error::{Error, Result};
 use crate::growing::{EndOnDrop, GrowingFile, Watermark};
 use crate::pull::Made;
@@ -23,7 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 use vmimg_disk::{ConvertStats, DiskImage, Format};
 use vmimg_fetch::{Digest, Progress, remove_partial};
-use vmimg_oci::artifact::{ArtifactError, CloudImage, Descriptor, DiskFormat};
+use vmimg_oci::artifact::{CloudImage, Descriptor, DiskFormat};
 use vmimg_oci::container::ContainerImage;
 use vmimg_oci::{OciImage, Push, Pushed, Reference};
 use vmimg_qcow2::ReadAt;
@@ -43,31 +44,20 @@ pub enum OciSource {
 const PART_JOBS: usize = 3;
 
 impl Store {
-    /// What `reference` names now (asking the registry what its tag names):
-    /// a cloud image, resolved to the source of a pull keyed by its
-    /// manifest's digest and the architecture; or a container image, to
-    /// build.
-    pub async fn resolve_oci_source(&self, reference: &Reference) -> Result<OciSource> {
-        let (pinned, image) = self.registry()?.image(reference, self.arch().name()).await?;
+    /// What `reference` names now (asking the registry what its tag names,
+    /// and an index its entry for `arch`): a cloud image, resolved to the
+    /// source of a pull keyed by its manifest's digest and the
+    /// architecture; or a container image, to build.
+    pub async fn resolve_oci_source(&self, reference: &Reference, arch: Arch) -> Result<OciSource> {
+        let (pinned, image) = self.registry()?.image(reference, arch.name()).await?;
         if let OciImage::Container(image) = image {
             return Ok(OciSource::Container { pinned, image });
         }
         let digest = pinned.digest().expect("a pinned reference").clone();
-        let key = format!("oci-{}_{}", &digest.hex()[..16], self.arch());
+        let key = format!("oci-{}_{arch}", &digest.hex()[..16]);
         let info = SourceInfo::Oci { reference: reference.clone(), digest: digest.clone() };
         let location = crate::source::Location::Oci(pinned);
         Ok(OciSource::Cloud(Resolved { key, info, location, expected: Some(digest) }))
-    }
-
-    /// The cloud image `reference` names, resolved to the source of a pull;
-    /// a container image is an error.
-    pub async fn resolve_oci(&self, reference: &Reference) -> Result<Resolved> {
-        match self.resolve_oci_source(reference).await? {
-            OciSource::Cloud(resolved) => Ok(resolved),
-            OciSource::Container { .. } => {
-                Err(vmimg_oci::Error::from(ArtifactError::ContainerImage(reference.to_string())).into())
-            }
-        }
     }
 
     /// Downloads the parts of `image` and converts them into a work directory.
@@ -205,7 +195,7 @@ impl Store {
         let work = self.work_dir(&push_key)?;
         let qcow2 = work.path().join("disk.qcow2");
         let options = vmimg_disk::Qcow2ConvertOptions {
-            compress: vmimg_disk::CompressOptions { threads: self.threads, ..Default::default() },
+            compress: vmimg_disk::CompressOptions { threads: self.threads(), ..Default::default() },
             sync: false,
         };
         let target = qcow2.clone();

@@ -84,7 +84,7 @@ impl Store {
     }
 
     pub(crate) fn convert_options(&self) -> ConvertOptions {
-        ConvertOptions { threads: self.threads, sync: true }
+        ConvertOptions { threads: self.threads(), sync: true }
     }
 
     async fn make_from_url(&self, source: &Resolved, url: &str, progress: Option<Arc<dyn Progress>>) -> Result<Made> {

@@ -14,6 +14,7 @@
 
 use crate::catalog::{Arch, Catalog, Mirrors};
 use crate::error::{Error, Result};
+use crate::get::Source;
 use crate::record::SourceInfo;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -67,24 +68,28 @@ pub struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
-    /// `http(s)://…` is a URL; anything with a slash, or naming an existing
-    /// file and no alias, is a file; otherwise an alias.
-    pub fn resolve(&self, source: &str, digest: Option<Digest>) -> Result<Resolved> {
-        if source.starts_with("http://") || source.starts_with("https://") {
-            crate::catalog::check_url(source).map_err(Error::Invalid)?;
-            return Ok(self.url(source, digest));
-        }
-        if let Some(entry) = self.catalog.get(source).filter(|_| !source.contains('/')) {
-            if digest.is_some() {
-                return Err(Error::Invalid(format!("{source} is a catalog alias: its digest comes from the catalog")));
+    /// Where a disk `source`'s bytes are, the digest they must have, and
+    /// its key; a registry reference is the caller's to ask its registry.
+    pub fn resolve(&self, source: &Source, digest: Option<Digest>) -> Result<Resolved> {
+        match source {
+            Source::Url(url) => {
+                crate::catalog::check_url(url).map_err(Error::Invalid)?;
+                Ok(self.url(url, digest))
             }
-            return self.alias(source, entry);
+            Source::Alias(alias) => {
+                if digest.is_some() {
+                    return Err(Error::Invalid(format!(
+                        "{alias} is a catalog alias: its digest comes from the catalog"
+                    )));
+                }
+                let entry = self.catalog.get(alias).ok_or_else(|| Error::UnknownAlias { alias: alias.clone() })?;
+                self.alias(alias, entry)
+            }
+            Source::File(path) => file(path, digest),
+            Source::Registry(_) => {
+                Err(Error::Invalid(format!("{source} names a registry image: its registry says what it is")))
+            }
         }
-        let path = Path::new(source);
-        if source.contains('/') || path.exists() {
-            return file(path, digest);
-        }
-        Err(Error::UnknownAlias { alias: source.to_owned() })
     }
 
     fn alias(&self, alias: &str, entry: &crate::catalog::Entry) -> Result<Resolved> {
@@ -154,6 +159,10 @@ fn short_hash(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    fn resolve(catalog: &Catalog, text: &str, digest: Option<Digest>) -> Result<Resolved> {
+        resolver(catalog).resolve(&Source::parse(text, catalog)?, digest)
+    }
+
     fn resolver(catalog: &Catalog) -> Resolver<'_> {
         static NO_MIRRORS: std::sync::LazyLock<Mirrors> = std::sync::LazyLock::new(Mirrors::default);
         Resolver { catalog, mirrors: &NO_MIRRORS, arch: Arch::Arm64 }
@@ -162,7 +171,7 @@ mod tests {
     #[test]
     fn alias_keys_carry_snapshot_and_arch() {
         let catalog = Catalog::embedded();
-        let r = resolver(&catalog).resolve("debian-12", None).unwrap();
+        let r = resolve(&catalog, "debian-12", None).unwrap();
         let snapshot = &catalog.get("debian-12").unwrap().snapshot;
         assert_eq!(r.key, format!("debian-12_{snapshot}_arm64"));
         assert!(r.expected.is_some());
@@ -172,18 +181,20 @@ mod tests {
     #[test]
     fn urls_files_and_unknown_names() {
         let catalog = Catalog::embedded();
-        let r = resolver(&catalog);
-        let a = r.resolve("http://127.0.0.1/a.qcow2", None).unwrap();
+        let a = resolve(&catalog, "http://127.0.0.1/a.qcow2", None).unwrap();
         assert!(a.key.starts_with("url-") && a.expected.is_none());
         let d: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
-        assert_eq!(r.resolve("http://127.0.0.1/a.qcow2", Some(d)).unwrap().key, format!("sha256-{}", "ab".repeat(16)));
-        assert!(matches!(r.resolve("no-such-alias", None), Err(Error::UnknownAlias { .. })));
-        assert!(matches!(r.resolve("./no-such-file", None), Err(Error::Io { .. })));
+        assert_eq!(
+            resolve(&catalog, "http://127.0.0.1/a.qcow2", Some(d)).unwrap().key,
+            format!("sha256-{}", "ab".repeat(16))
+        );
+        assert!(matches!(resolve(&catalog, "no-such-alias", None), Err(Error::UnknownAlias { .. })));
+        assert!(matches!(resolve(&catalog, "./no-such-file", None), Err(Error::Io { .. })));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         std::fs::write(&path, b"x").unwrap();
-        let f = r.resolve(path.to_str().unwrap(), None).unwrap();
+        let f = resolve(&catalog, path.to_str().unwrap(), None).unwrap();
         std::fs::write(&path, b"xy").unwrap();
-        assert_ne!(f.key, r.resolve(path.to_str().unwrap(), None).unwrap().key, "an edited file is a miss");
+        assert_ne!(f.key, resolve(&catalog, path.to_str().unwrap(), None).unwrap().key, "an edited file is a miss");
     }
 }

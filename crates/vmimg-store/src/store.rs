@@ -23,6 +23,7 @@
 
 use crate::catalog::{Arch, Catalog, Mirrors};
 use crate::error::{Error, Result};
+use crate::get::Source;
 use crate::record::ImageRecord;
 use crate::source::{Resolved, Resolver};
 use serde::{Deserialize, Serialize};
@@ -67,8 +68,14 @@ pub fn default_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/lib/vmimg"))
 }
 
-/// An open image store.
+/// An open image store: a handle, cheap to clone, that every clone shares
+/// (with its lock table and clients), so tasks it starts can hold one.
+#[derive(Clone)]
 pub struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     root: PathBuf,
     catalog: Catalog,
     mirrors: Mirrors,
@@ -79,7 +86,7 @@ pub struct Store {
     fetcher: std::sync::OnceLock<Fetcher>,
     registry_options: vmimg_oci::RegistryOptions,
     registry: std::sync::OnceLock<vmimg_oci::Registry>,
-    pub(crate) threads: usize,
+    threads: usize,
     in_process: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -109,65 +116,79 @@ impl Store {
         }
         let arch = options.arch.or_else(Arch::host).ok_or(Error::NoHostArch { host: std::env::consts::ARCH })?;
         Ok(Store {
-            root,
-            catalog,
-            mirrors,
-            arch,
-            registry_options: vmimg_oci::RegistryOptions { fetch: options.fetch.clone(), ..options.registry },
-            fetch_options: options.fetch,
-            fetcher: std::sync::OnceLock::new(),
-            registry: std::sync::OnceLock::new(),
-            threads: options.threads,
-            in_process: Mutex::default(),
+            shared: Arc::new(Shared {
+                root,
+                catalog,
+                mirrors,
+                arch,
+                registry_options: vmimg_oci::RegistryOptions { fetch: options.fetch.clone(), ..options.registry },
+                fetch_options: options.fetch,
+                fetcher: std::sync::OnceLock::new(),
+                registry: std::sync::OnceLock::new(),
+                threads: options.threads,
+                in_process: Mutex::default(),
+            }),
         })
     }
 
     /// The HTTP client, made on first use.
     pub(crate) fn fetcher(&self) -> Result<&Fetcher> {
-        if let Some(fetcher) = self.fetcher.get() {
+        if let Some(fetcher) = self.shared.fetcher.get() {
             return Ok(fetcher);
         }
-        let fetcher = Fetcher::new(self.fetch_options.clone())?;
-        Ok(self.fetcher.get_or_init(|| fetcher))
+        let fetcher = Fetcher::new(self.shared.fetch_options.clone())?;
+        Ok(self.shared.fetcher.get_or_init(|| fetcher))
     }
 
     /// The OCI registry client, made on first use.
     pub fn registry(&self) -> Result<&vmimg_oci::Registry> {
-        if let Some(registry) = self.registry.get() {
+        if let Some(registry) = self.shared.registry.get() {
             return Ok(registry);
         }
-        let registry = vmimg_oci::Registry::new(self.registry_options.clone())?;
-        Ok(self.registry.get_or_init(|| registry))
+        let registry = vmimg_oci::Registry::new(self.shared.registry_options.clone())?;
+        Ok(self.shared.registry.get_or_init(|| registry))
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.shared.root
     }
 
     pub fn catalog(&self) -> &Catalog {
-        &self.catalog
+        &self.shared.catalog
+    }
+
+    /// Conversion threads (0: one per core, at most 8).
+    pub(crate) fn threads(&self) -> usize {
+        self.shared.threads
     }
 
     pub fn arch(&self) -> Arch {
-        self.arch
+        self.shared.arch
     }
 
     /// The URL rewrites applied to every fetch.
     pub fn mirrors(&self) -> &Mirrors {
-        &self.mirrors
+        &self.shared.mirrors
     }
 
-    /// What `source` (an alias, URL or file path) names, with the digest it must have.
+    /// What `source` (an alias, URL or file path) names, with the digest it
+    /// must have; a registry reference is refused (its registry says what
+    /// it is: see [`Store::get`]).
     pub fn resolve(&self, source: &str, digest: Option<Digest>) -> Result<Resolved> {
-        Resolver { catalog: &self.catalog, mirrors: &self.mirrors, arch: self.arch }.resolve(source, digest)
+        self.resolver(self.arch()).resolve(&Source::parse(source, self.catalog())?, digest)
+    }
+
+    /// Resolves disk sources for `arch`.
+    pub(crate) fn resolver(&self, arch: Arch) -> Resolver<'_> {
+        Resolver { catalog: &self.shared.catalog, mirrors: &self.shared.mirrors, arch }
     }
 
     pub(crate) fn tmp(&self) -> PathBuf {
-        self.root.join("tmp")
+        self.shared.root.join("tmp")
     }
 
     pub(crate) fn image_dir(&self, key: &str) -> PathBuf {
-        self.root.join("images").join(key)
+        self.shared.root.join("images").join(key)
     }
 
     /// The ready disk of image `key`.
@@ -189,7 +210,7 @@ impl Store {
     }
 
     pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join(crate::pull::by_digest("blobs", digest))
+        self.shared.root.join(crate::pull::by_digest("blobs", digest))
     }
 
     /// The partial download of `key`'s source.
@@ -224,7 +245,7 @@ impl Store {
     /// Holds `key` for this caller alone, in this process and across
     /// processes, until the guard drops.
     pub(crate) async fn lock(&self, key: &str) -> Result<KeyLock> {
-        let mutex = self.in_process.lock().expect("lock table").entry(key.to_owned()).or_default().clone();
+        let mutex = self.shared.in_process.lock().expect("lock table").entry(key.to_owned()).or_default().clone();
         let in_process = mutex.lock_owned().await;
         let path = self.lock_path(key);
         let file = tokio::task::spawn_blocking(move || LockFile::acquire(path, true))
@@ -235,7 +256,7 @@ impl Store {
     }
 
     fn lock_path(&self, key: &str) -> PathBuf {
-        self.root.join("locks").join(format!("{key}.lock"))
+        self.shared.root.join("locks").join(format!("{key}.lock"))
     }
 
     /// Holds the store's lease, shared by every pull and build in flight

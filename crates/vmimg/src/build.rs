@@ -1,44 +1,10 @@
-//! `vmimg build`, `vmimg pull` of a container image, and `vmimg builds`:
-//! container images made into disks through the store's build manager,
-//! with a status line (spinner, stage, bytes pulled) on a terminal.
+//! `vmimg builds`: the container image builds the store's build manager
+//! keeps (`vmimg build` itself goes through `vmimg pull`'s front door).
 
 use crate::units::human;
 use anyhow::{Result, bail};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::Duration;
-use vmimg_oci::Reference;
-use vmimg_store::{Build, BuildStatus, Manager, ManagerOptions, RootfsFormat, Store};
-
-/// Builds `reference` as `format` (or finds it built) and prints the disk's
-/// path, or its record with `json`.
-pub async fn run(store: Store, reference: &Reference, format: RootfsFormat, json: bool, quiet: bool) -> Result<()> {
-    let manager = Manager::new(Arc::new(store), ManagerOptions::default())?;
-    let build = manager.create(reference, format)?;
-    let status = StatusLine::new(quiet, &build);
-    let started = std::time::Instant::now();
-    let build = manager.follow(&build.id, |b| status.show(b)).await;
-    status.finish();
-    let build = build?;
-    let Some(key) = build.image.filter(|_| build.status == BuildStatus::Ready) else {
-        bail!("{}", build.error.unwrap_or_else(|| "the build failed".into()));
-    };
-    let store = manager.store();
-    let record = store.lookup(&key)?.ok_or_else(|| anyhow::anyhow!("image {key} vanished from the store"))?;
-    if !quiet {
-        eprintln!("{reference}: {} disk ready in {:.1?}", format.name(), started.elapsed());
-        for warning in record.container.iter().flat_map(|c| &c.warnings) {
-            eprintln!("vmimg: warning: {warning}");
-        }
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&record)?);
-    } else {
-        println!("{}", store.image_file(&record).display());
-    }
-    Ok(())
-}
+use vmimg_store::{BuildStatus, Manager, ManagerOptions, Store};
 
 /// `vmimg builds`: every build with its status.
 pub fn list(store: Store, json: bool) -> Result<()> {
@@ -91,53 +57,4 @@ pub async fn recover(store: Store, concurrency: usize, quiet: bool) -> Result<()
 pub async fn remove(store: Store, id: &str, force: bool) -> Result<()> {
     let manager = Manager::new(Arc::new(store), ManagerOptions::default())?;
     Ok(manager.delete(id, force).await?)
-}
-
-/// The build's stage and bytes: a spinner on a terminal, a line per stage
-/// otherwise (nothing when quiet).
-struct StatusLine {
-    bar: Option<ProgressBar>,
-    quiet: bool,
-    last: std::sync::Mutex<Option<BuildStatus>>,
-}
-
-impl StatusLine {
-    fn new(quiet: bool, build: &Build) -> StatusLine {
-        let terminal = std::io::stderr().is_terminal();
-        let bar = (!quiet && terminal).then(|| {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} {prefix} {msg} {elapsed}").expect("a valid template"),
-            );
-            bar.set_prefix(format!("{} ({})", build.reference, build.format.name()));
-            bar.enable_steady_tick(Duration::from_millis(120));
-            bar
-        });
-        StatusLine { bar, quiet, last: std::sync::Mutex::new(None) }
-    }
-
-    fn show(&self, build: &Build) {
-        let stage = match (build.status, build.queue_position) {
-            (BuildStatus::Pending, Some(position)) => format!("queued (position {position})"),
-            (BuildStatus::Pulling, _) => format!("pulling layers: {}", human(build.bytes_pulled)),
-            (status, _) => status.name().to_owned(),
-        };
-        match &self.bar {
-            Some(bar) => bar.set_message(stage),
-            None if !self.quiet => {
-                let mut last = self.last.lock().expect("last status");
-                if *last != Some(build.status) {
-                    *last = Some(build.status);
-                    eprintln!("{} ({}): {}", build.reference, build.format.name(), build.status.name());
-                }
-            }
-            None => {}
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
 }

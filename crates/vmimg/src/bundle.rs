@@ -1,6 +1,5 @@
 //! `vmimg bundle export|import` and `vmimg image new`.
 
-use crate::manage::image_key;
 use crate::units::human;
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -16,7 +15,7 @@ pub async fn export(
     json: bool,
     quiet: bool,
 ) -> Result<()> {
-    let key = image_key(store, image, false, true).await?;
+    let key = store.find(image).await?.name;
     let started = Instant::now();
     let exported = store.export_bundle(&key, file, options).await?;
     if !quiet {

@@ -515,11 +515,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Pull { source, digest, json, format } => {
             let store = cli.store.open()?;
-            runtime()?.block_on(pull::run(store, &source, digest, format, json, cli.quiet))
+            runtime()?.block_on(pull::run(&store, &source, digest, format, json, cli.quiet))
         }
         Command::Build { source, format, json } => {
+            oci::required_reference(&source)?;
             let store = cli.store.open()?;
-            runtime()?.block_on(build::run(store, &oci::required_reference(&source)?, format, json, cli.quiet))
+            runtime()?.block_on(pull::run(&store, &source, None, Some(format), json, cli.quiet))
         }
         Command::Builds(BuildsCommand::List { json }) => build::list(cli.store.open()?, json),
         Command::Builds(BuildsCommand::Recover { concurrency }) => {

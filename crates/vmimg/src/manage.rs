@@ -1,29 +1,10 @@
 //! `vmimg images|rm|du|gc` and `vmimg instance create|list|rm`.
 
+use crate::progress::Report;
 use crate::units::human;
 use anyhow::Result;
 use std::sync::Arc;
-use vmimg_store::{InstanceFormat, InstanceRequest, Store};
-
-/// The store key of IMAGE: an image name as `vmimg images` lists it, or a
-/// source (alias, URL, file, oci://REF) that was pulled, pulled now when
-/// `pull` is set.
-pub(crate) async fn image_key(store: &Store, image: &str, pull: bool, quiet: bool) -> Result<String> {
-    if let Some(record) = store.find_image(image)? {
-        return Ok(record.name);
-    }
-    let resolved = match crate::pull::resolve(store, image, None).await {
-        Ok(resolved) => resolved,
-        Err(_) if !pull => anyhow::bail!("no image named {image:?} in the store (`vmimg images` lists them)"),
-        Err(e) => return Err(e),
-    };
-    if pull && store.lookup(&resolved.key)?.is_none() {
-        let progress = Arc::new(crate::progress::DownloadProgress::new(quiet, &resolved.key));
-        store.pull(&resolved, Some(progress.clone())).await?;
-        progress.finish();
-    }
-    Ok(resolved.key)
-}
+use vmimg_store::{GetOptions, InstanceFormat, InstanceRequest, Store};
 
 pub fn images(store: &Store, json: bool) -> Result<()> {
     let images = store.images()?;
@@ -52,7 +33,7 @@ pub fn images(store: &Store, json: bool) -> Result<()> {
 }
 
 pub async fn remove_image(store: &Store, image: &str, force: bool, quiet: bool) -> Result<()> {
-    let key = image_key(store, image, false, true).await?;
+    let key = store.find(image).await?.name;
     let instances = store.remove_image(&key, force).await?;
     if !quiet {
         for instance in instances {
@@ -117,7 +98,11 @@ pub async fn create_instance(
     format: InstanceFormat,
     quiet: bool,
 ) -> Result<()> {
-    let image = image_key(store, image, true, quiet).await?;
+    let report = Arc::new(Report::new(quiet, image));
+    let options = GetOptions { observer: Some(report.clone()), ..Default::default() };
+    let pulled = store.get(image, &options).await;
+    report.finish();
+    let image = pulled?.record.name;
     let instance = store.create_instance(&InstanceRequest { image, name, size, format }).await?;
     if !quiet {
         eprintln!(

@@ -1,9 +1,8 @@
 //! `vmimg cat oci://…` and `vmimg push IMAGE oci://…`; `pull oci://…` goes
 //! through `vmimg pull`.
 
-use crate::manage::image_key;
 use crate::units::human;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use std::collections::BTreeMap;
 use vmimg_oci::artifact::DiskFormat;
 use vmimg_oci::{Push, Reference};
@@ -53,8 +52,8 @@ pub struct PushArgs {
 /// Pushes a store image and prints the pushed reference, pinned to its digest.
 pub async fn push(store: &Store, image: &str, target: &str, args: PushArgs, quiet: bool) -> Result<()> {
     let reference = required_reference(target)?;
-    let key = image_key(store, image, false, true).await?;
-    let record = store.lookup(&key)?.context("the image vanished")?;
+    let record = store.find(image).await?;
+    let key = record.name.clone();
     let mut annotations = BTreeMap::from([
         ("cocoonstack.disk.format".to_owned(), args.format.name().to_owned()),
         ("org.opencontainers.image.created".to_owned(), record.created_at.to_string()),

@@ -1,32 +1,36 @@
-//! The download progress bar (bytes, rate, ETA) on a terminal, and retry
-//! notes on stderr otherwise.
+//! What a `get` is doing, on stderr: a bar (bytes, rate, ETA) or a spinner
+//! with the stage while stderr is a terminal; otherwise a line per stage
+//! and retry notes. Nothing when quiet.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::Mutex;
 use std::time::Duration;
 use vmimg_fetch::{Error, Progress};
+use vmimg_store::{Observer, Stage};
 
-/// Reports a download to the user.
-pub struct DownloadProgress {
+/// Reports a download or build to the user.
+pub struct Report {
     bar: Option<ProgressBar>,
     quiet: bool,
+    label: String,
+    stage: Mutex<Option<Stage>>,
 }
 
-impl DownloadProgress {
-    /// A bar when stdout and stderr are terminals and not `quiet`; plain
-    /// retry notes when only `quiet` is off; nothing otherwise.
-    pub fn new(quiet: bool, label: &str) -> DownloadProgress {
-        let terminal = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
-        let bar = (!quiet && terminal).then(|| {
+const SPINNER: &str = "{spinner} {msg} {bytes} {elapsed}";
+const BAR: &str = "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}";
+
+impl Report {
+    /// Labelled `label` (the source as the user wrote it).
+    pub fn new(quiet: bool, label: &str) -> Report {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}")
-                    .expect("a valid template"),
-            );
+            bar.set_style(ProgressStyle::with_template(SPINNER).expect("a valid template"));
             bar.set_message(label.to_owned());
+            bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        DownloadProgress { bar, quiet }
+        Report { bar, quiet, label: label.to_owned(), stage: Mutex::new(None) }
     }
 
     pub fn finish(&self) {
@@ -36,10 +40,11 @@ impl DownloadProgress {
     }
 }
 
-impl Progress for DownloadProgress {
+impl Progress for Report {
     fn started(&self, offset: u64, total: Option<u64>) {
         if let Some(bar) = &self.bar {
             if let Some(total) = total {
+                bar.set_style(ProgressStyle::with_template(BAR).expect("a valid template"));
                 bar.set_length(total);
             }
             bar.set_position(offset);
@@ -53,10 +58,30 @@ impl Progress for DownloadProgress {
     }
 
     fn retrying(&self, error: &Error, delay: Duration) {
-        let note = format!("vmimg: {error}; retrying in {:.1}s", delay.as_secs_f64());
+        let note = format!("vmimg: retrying in {:.1}s: {error}", delay.as_secs_f64());
         match &self.bar {
             Some(bar) => bar.println(note),
             None if !self.quiet => eprintln!("{note}"),
+            None => {}
+        }
+    }
+}
+
+impl Observer for Report {
+    fn stage(&self, stage: Stage) {
+        let mut last = self.stage.lock().expect("stage");
+        if *last == Some(stage) {
+            return;
+        }
+        *last = Some(stage);
+        let text = match stage {
+            Stage::Queued { position } => format!("queued (position {position})"),
+            Stage::Pulling => "pulling".to_owned(),
+            Stage::Converting => "converting".to_owned(),
+        };
+        match &self.bar {
+            Some(bar) => bar.set_message(format!("{} {text}", self.label)),
+            None if !self.quiet => eprintln!("{}: {text}", self.label),
             None => {}
         }
     }

@@ -1,66 +1,30 @@
-//! `vmimg pull`: prints the ready disk's path as the last line of stdout,
-//! or its record with `--json`.
+//! `vmimg pull` and `vmimg build`: any source into the store through the
+//! library's front door; prints the image's path as the last line of
+//! stdout, or its record with `--json`.
 
-use crate::progress::DownloadProgress;
-use anyhow::{Result, bail};
+use crate::progress::Report;
+use anyhow::Result;
 use std::sync::Arc;
+use std::time::Instant;
 use vmimg_fetch::Digest;
-use vmimg_store::{Location, OciSource, Resolved, RootfsFormat, Store};
-
-/// What `source` names: for `oci://REF`, what the registry says REF is now;
-/// else an alias, URL or file.
-pub(crate) async fn resolve(store: &Store, source: &str, digest: Option<Digest>) -> Result<Resolved> {
-    match crate::oci::reference(source) {
-        Some(reference) if digest.is_none() => Ok(store.resolve_oci(&reference?).await?),
-        Some(_) => anyhow::bail!(
-            "an oci:// source is verified by its manifest: --digest does not apply (pin it as REF@sha256:…)"
-        ),
-        None => Ok(store.resolve(source, digest)?),
-    }
-}
+use vmimg_store::{GetOptions, Pulled, RootfsFormat, SourceInfo, Store};
 
 pub async fn run(
-    store: Store,
+    store: &Store,
     source: &str,
     digest: Option<Digest>,
     format: Option<RootfsFormat>,
     json: bool,
     quiet: bool,
 ) -> Result<()> {
-    let resolved = match crate::oci::reference(source) {
-        Some(reference) if digest.is_none() => {
-            let reference = reference?;
-            match store.resolve_oci_source(&reference).await? {
-                OciSource::Cloud(resolved) => resolved,
-                OciSource::Container { .. } => {
-                    return crate::build::run(store, &reference, format.unwrap_or_default(), json, quiet).await;
-                }
-            }
-        }
-        _ => resolve(&store, source, digest).await?,
-    };
-    if format.is_some() {
-        bail!("--format applies to container images: {source} is a disk image");
-    }
-    let store = &store;
-    if resolved.expected.is_none() && !quiet {
-        eprintln!(
-            "vmimg: warning: {} is not verified: pass --digest sha256:<hex> to check it",
-            resolved.display_name()
-        );
-    }
-    let progress = Arc::new(DownloadProgress::new(quiet, &resolved.key));
-    let started = std::time::Instant::now();
-    let pulled = store.pull(&resolved, Some(progress.clone())).await;
-    progress.finish();
+    let report = Arc::new(Report::new(quiet, source));
+    let options = GetOptions { digest, format, observer: Some(report.clone()), ..Default::default() };
+    let started = Instant::now();
+    let pulled = store.get(source, &options).await;
+    report.finish();
     let pulled = pulled?;
-    if !quiet && !pulled.cached {
-        let fetched = match resolved.location {
-            Location::Url(_) | Location::Oci(_) => "downloaded, ",
-            Location::File(_) => "",
-        };
-        let verified = if pulled.record.verified { "verified" } else { "NOT verified" };
-        eprintln!("{}: {fetched}{verified} and converted in {:.1?}", resolved.display_name(), started.elapsed());
+    if !quiet {
+        tell(&pulled, source, started);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&pulled)?);
@@ -68,4 +32,30 @@ pub async fn run(
         println!("{}", pulled.path.display());
     }
     Ok(())
+}
+
+/// What was done, and what the user should know of it, on stderr.
+fn tell(pulled: &Pulled, source: &str, started: Instant) {
+    let record = &pulled.record;
+    let unverified = !record.verified && matches!(record.source, SourceInfo::Url { .. } | SourceInfo::File { .. });
+    if unverified {
+        eprintln!("vmimg: warning: {source} is not verified: pass --digest sha256:<hex> to check it");
+    }
+    if pulled.cached {
+        return;
+    }
+    let elapsed = started.elapsed();
+    match &record.container {
+        Some(container) => {
+            eprintln!("{source}: {} disk ready in {elapsed:.1?}", container.format.name());
+            for warning in &container.warnings {
+                eprintln!("vmimg: warning: {warning}");
+            }
+        }
+        None => {
+            let fetched = if matches!(record.source, SourceInfo::File { .. }) { "" } else { "downloaded, " };
+            let verified = if record.verified { "verified" } else { "NOT verified" };
+            eprintln!("{source}: {fetched}{verified} and converted in {elapsed:.1?}");
+        }
+    }
 }

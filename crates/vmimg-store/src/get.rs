@@ -1,0 +1,249 @@
+//! The front door: one call gets any source into the store.
+//!
+//! [`Store::get`] takes a source as a user writes it, parses it
+//! ([`Source`]), and takes the path that source needs: a catalog alias, a
+//! URL or a local file is pulled and converted (`pull`); an `oci://` or
+//! `docker://` reference is asked of its registry, and is pulled as a cloud
+//! image or built into a disk as a container image (`builds`). An image the
+//! store already has is returned at once. [`Store::find`] answers, without
+//! any download, which image a name or a source names; [`Store::remove`]
+//! removes it. Frontends (the CLI, the daemon) call these and nothing
+//! below them to decide what a source is.
+
+use crate::catalog::{Arch, Catalog};
+use crate::error::{Error, Result};
+use crate::oci::OciSource;
+use crate::pull::Pulled;
+use crate::record::{ImageRecord, RootfsFormat};
+use crate::source::Resolved;
+use crate::store::Store;
+use std::path::PathBuf;
+use std::sync::Arc;
+use vmimg_fetch::{Digest, Progress};
+use vmimg_oci::Reference;
+
+/// A source as a user writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A catalog alias: `debian-12`.
+    Alias(String),
+    /// `http://…` or `https://…`.
+    Url(String),
+    /// A local file: a disk image, possibly in a compressed stream.
+    File(PathBuf),
+    /// `oci://REF` or `docker://REF`: a cloud image or a container image
+    /// in a registry.
+    Registry(Reference),
+}
+
+impl Source {
+    /// Parses `text` against a catalog: `http(s)://` is a URL, `oci://`
+    /// and `docker://` a registry reference; a catalog alias is an alias;
+    /// anything with a slash, or naming an existing file, is a file.
+    pub fn parse(text: &str, catalog: &Catalog) -> Result<Source> {
+        if let Some(reference) = text.strip_prefix("oci://").or_else(|| text.strip_prefix("docker://")) {
+            return registry_reference(reference).map(Source::Registry);
+        }
+        if text.starts_with("http://") || text.starts_with("https://") {
+            return Ok(Source::Url(text.to_owned()));
+        }
+        if !text.contains('/') && catalog.get(text).is_some() {
+            return Ok(Source::Alias(text.to_owned()));
+        }
+        if text.contains('/') || std::path::Path::new(text).exists() {
+            return Ok(Source::File(PathBuf::from(text)));
+        }
+        Err(Error::UnknownAlias { alias: text.to_owned() })
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Alias(alias) => f.write_str(alias),
+            Source::Url(url) => f.write_str(url),
+            Source::File(path) => write!(f, "{}", path.display()),
+            Source::Registry(reference) => write!(f, "oci://{reference}"),
+        }
+    }
+}
+
+/// A registry reference, refused when it names a registry but no repository
+/// (`127.0.0.1:5000` would otherwise mean `docker.io/library/127.0.0.1:5000`).
+fn registry_reference(text: &str) -> Result<Reference> {
+    let first = text.split(['/', '@']).next().unwrap_or_default();
+    let looks_like_host = first.contains(['.', ':']) || first == "localhost";
+    if looks_like_host && !text.contains('/') {
+        return Err(Error::Invalid(format!(
+            "{text:?} names a registry but no repository: write REGISTRY/REPOSITORY[:TAG|@DIGEST]"
+        )));
+    }
+    Reference::parse(text).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// How to get a source.
+#[derive(Clone, Default)]
+pub struct GetOptions {
+    /// The digest a URL's or file's bytes must have (an alias's comes from
+    /// the catalog, a registry image's from its manifest).
+    pub digest: Option<Digest>,
+    /// The architecture to resolve aliases and image indexes to (the
+    /// store's when None).
+    pub arch: Option<Arch>,
+    /// What a container image becomes (ext4 when None); refused for any
+    /// other source.
+    pub format: Option<RootfsFormat>,
+    /// Hears the download's bytes and the work's stages.
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+/// Hears how a [`Store::get`] goes: the bytes downloaded (as a download's
+/// [`Progress`]) and the stages of the work.
+pub trait Observer: Progress {
+    fn stage(&self, _stage: Stage) {}
+}
+
+/// Where a [`Store::get`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Waiting for a build slot; 1 is next.
+    Queued { position: usize },
+    /// Downloading.
+    Pulling,
+    /// Making the disk from what was downloaded.
+    Converting,
+}
+
+impl Store {
+    /// Gets `source` into the store, or finds it there, and returns its
+    /// image. `source` is anything [`Source::parse`] takes, or the name of
+    /// an image in the store.
+    pub async fn get(&self, source: &str, options: &GetOptions) -> Result<Pulled> {
+        let parsed = match Source::parse(source, self.catalog()) {
+            Err(Error::UnknownAlias { .. }) if let Some(found) = self.found_by_name(source)? => return Ok(found),
+            parsed => parsed?,
+        };
+        self.get_source(&parsed, options).await
+    }
+
+    /// Gets a parsed source into the store.
+    pub async fn get_source(&self, source: &Source, options: &GetOptions) -> Result<Pulled> {
+        let progress = options.observer.clone().map(|o| o as Arc<dyn Progress>);
+        match self.resolve_source(source, options).await? {
+            Resolution::Disk(resolved) => {
+                if options.format.is_some() {
+                    return Err(Error::Invalid(format!(
+                        "{source} is a disk image: a disk format applies to container images"
+                    )));
+                }
+                self.pull(&resolved, progress).await
+            }
+            Resolution::Container(reference) => {
+                self.build_and_wait(&reference, options.format.unwrap_or_default(), options.observer.clone()).await
+            }
+        }
+    }
+
+    /// The image `name` names, without downloading anything: an image's key
+    /// or name as the store lists it, or a source pulled before (a registry
+    /// tag is asked of its registry).
+    pub async fn find(&self, name: &str) -> Result<ImageRecord> {
+        if let Some(record) = self.find_image(name)? {
+            return Ok(record);
+        }
+        let not_found = || Error::NotFound { what: "image", name: name.to_owned() };
+        let Ok(source) = Source::parse(name, self.catalog()) else { return Err(not_found()) };
+        let key = match self.resolve_source(&source, &GetOptions::default()).await {
+            Ok(Resolution::Disk(resolved)) => resolved.key,
+            Ok(Resolution::Container(reference)) => self.container_key(&reference, RootfsFormat::default()),
+            Err(_) => return Err(not_found()),
+        };
+        self.lookup(&key)?.ok_or_else(not_found)
+    }
+
+    /// Removes the image `name` names (see [`Store::find`]); returns the
+    /// instances removed with it (only with `force`).
+    pub async fn remove(&self, name: &str, force: bool) -> Result<Vec<String>> {
+        let record = self.find(name).await?;
+        self.remove_image(&record.name, force).await
+    }
+
+    fn found_by_name(&self, name: &str) -> Result<Option<Pulled>> {
+        match self.find_image(name)? {
+            Some(record) => self.found(&record.name),
+            None => Ok(None),
+        }
+    }
+
+    async fn resolve_source(&self, source: &Source, options: &GetOptions) -> Result<Resolution> {
+        let arch = options.arch.unwrap_or(self.arch());
+        let resolved = match source {
+            Source::Registry(reference) => {
+                if options.digest.is_some() {
+                    return Err(Error::Invalid(format!(
+                        "{source} is verified by its manifest: pin it as REF@sha256:… instead of giving a digest"
+                    )));
+                }
+                match self.resolve_oci_source(reference, arch).await? {
+                    OciSource::Cloud(resolved) => resolved,
+                    OciSource::Container { pinned, .. } => return Ok(Resolution::Container(pinned)),
+                }
+            }
+            _ => self.resolver(arch).resolve(source, options.digest.clone())?,
+        };
+        Ok(Resolution::Disk(resolved))
+    }
+}
+
+/// What a source turned out to be.
+enum Resolution {
+    /// A disk to pull.
+    Disk(Resolved),
+    /// A container image to build, pinned to its manifest's digest.
+    Container(Reference),
+}
+
+impl Store {
+    /// Builds container image `pinned` as `format` through the build queue
+    /// and waits for it, telling `observer` its stages.
+    async fn build_and_wait(
+        &self,
+        pinned: &Reference,
+        format: RootfsFormat,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Result<Pulled> {
+        let manager = crate::builds::Manager::new(Arc::new(self.clone()), Default::default())?;
+        let build = manager.create(pinned, format)?;
+        let build = manager
+            .follow(&build.id, |build| {
+                if let Some(observer) = &observer {
+                    tell(observer.as_ref(), build);
+                }
+            })
+            .await?;
+        match (build.status, build.image) {
+            (crate::builds::BuildStatus::Ready, Some(key)) => {
+                let record = self.lookup(&key)?.ok_or(Error::NotFound { what: "image", name: key })?;
+                Ok(Pulled { path: self.image_file(&record), record, cached: false })
+            }
+            _ => Err(Error::BuildFailed {
+                reference: build.reference,
+                message: build.error.unwrap_or_else(|| "no error recorded".to_owned()),
+            }),
+        }
+    }
+}
+
+/// Tells `observer` where `build` is.
+fn tell(observer: &dyn Observer, build: &crate::builds::Build) {
+    use crate::builds::BuildStatus;
+    match (build.status, build.queue_position) {
+        (BuildStatus::Pending, Some(position)) => observer.stage(Stage::Queued { position }),
+        (BuildStatus::Pulling, _) => {
+            observer.stage(Stage::Pulling);
+            observer.advanced(build.bytes_pulled);
+        }
+        (BuildStatus::Converting, _) => observer.stage(Stage::Converting),
+        _ => {}
+    }
+}
