@@ -21,8 +21,7 @@
 
 use crate::container::BuildObserver;
 use crate::error::{Error, Result};
-use crate::pull::Pulled;
-use crate::record::{RootfsFormat, Timestamp};
+use crate::record::{Pulled, RootfsFormat, Timestamp};
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};

@@ -20,8 +20,7 @@
 
 use crate::catalog::is_name_safe;
 use crate::error::{Error, Result};
-use crate::pull::Pulled;
-use crate::record::{ImageRecord, SourceFormat, SourceInfo};
+use crate::record::{ImageRecord, Pulled, SourceFormat, SourceInfo};
 use crate::source::local_key;
 use crate::store::Store;
 use std::fs::File;
@@ -155,7 +154,7 @@ impl Store {
 
     /// Holds the key of a new image named `name` (see [`local_key`]):
     /// refused when the name is unsafe or taken.
-    async fn lock_new_image(&self, name: &str) -> Result<(String, crate::store::KeyLock)> {
+    async fn lock_new_image(&self, name: &str) -> Result<(String, crate::locks::KeyLock)> {
         if !is_name_safe(name) {
             return Err(Error::InvalidName { what: "image", name: name.to_owned() });
         }

@@ -19,8 +19,7 @@
 //! image; the next build removes the abandoned work and goes again.
 
 use crate::error::{Error, Result};
-use crate::pull::Pulled;
-use crate::record::{ContainerInfo, ImageRecord, RootfsFormat, SourceFormat, SourceInfo};
+use crate::record::{ContainerInfo, ImageRecord, Pulled, RootfsFormat, SourceFormat, SourceInfo};
 use crate::store::Store;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

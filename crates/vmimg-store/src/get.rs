@@ -10,76 +10,15 @@
 //! removes it. Frontends (the CLI, the daemon) call these and nothing
 //! below them to decide what a source is.
 
-use crate::catalog::{Arch, Catalog};
+use crate::catalog::Arch;
 use crate::error::{Error, Result};
 use crate::oci::OciSource;
-use crate::pull::Pulled;
-use crate::record::{ImageRecord, RootfsFormat};
-use crate::source::Resolved;
+use crate::record::{ImageRecord, Pulled, RootfsFormat};
+use crate::source::{Resolved, Source};
 use crate::store::Store;
-use std::path::PathBuf;
 use std::sync::Arc;
 use vmimg_fetch::{Digest, Progress};
 use vmimg_oci::Reference;
-
-/// A source as a user writes it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Source {
-    /// A catalog alias: `debian-12`.
-    Alias(String),
-    /// `http://…` or `https://…`.
-    Url(String),
-    /// A local file: a disk image, possibly in a compressed stream.
-    File(PathBuf),
-    /// `oci://REF` or `docker://REF`: a cloud image or a container image
-    /// in a registry.
-    Registry(Reference),
-}
-
-impl Source {
-    /// Parses `text` against a catalog: `http(s)://` is a URL, `oci://`
-    /// and `docker://` a registry reference; a catalog alias is an alias;
-    /// anything with a slash, or naming an existing file, is a file.
-    pub fn parse(text: &str, catalog: &Catalog) -> Result<Source> {
-        if let Some(reference) = text.strip_prefix("oci://").or_else(|| text.strip_prefix("docker://")) {
-            return registry_reference(reference).map(Source::Registry);
-        }
-        if text.starts_with("http://") || text.starts_with("https://") {
-            return Ok(Source::Url(text.to_owned()));
-        }
-        if !text.contains('/') && catalog.get(text).is_some() {
-            return Ok(Source::Alias(text.to_owned()));
-        }
-        if text.contains('/') || std::path::Path::new(text).exists() {
-            return Ok(Source::File(PathBuf::from(text)));
-        }
-        Err(Error::UnknownAlias { alias: text.to_owned() })
-    }
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Source::Alias(alias) => f.write_str(alias),
-            Source::Url(url) => f.write_str(url),
-            Source::File(path) => write!(f, "{}", path.display()),
-            Source::Registry(reference) => write!(f, "oci://{reference}"),
-        }
-    }
-}
-
-/// A registry reference, refused when it names a registry but no repository
-/// (`127.0.0.1:5000` would otherwise mean `docker.io/library/127.0.0.1:5000`).
-fn registry_reference(text: &str) -> Result<Reference> {
-    let first = text.split(['/', '@']).next().unwrap_or_default();
-    let looks_like_host = first.contains(['.', ':']) || first == "localhost";
-    if looks_like_host && !text.contains('/') {
-        return Err(Error::Invalid(format!(
-            "{text:?} names a registry but no repository: write REGISTRY/REPOSITORY[:TAG|@DIGEST]"
-        )));
-    }
-    Reference::parse(text).map_err(|e| Error::Invalid(e.to_string()))
-}
 
 /// How to get a source.
 #[derive(Clone, Default)]

@@ -27,6 +27,7 @@ mod fsutil;
 mod get;
 mod growing;
 mod instance;
+mod locks;
 mod manage;
 mod oci;
 mod pull;
@@ -41,17 +42,17 @@ pub use bundle::ExportedBundle;
 pub use catalog::{Arch, Artifact, Catalog, EMBEDDED, Entry, MAX_CATALOG_BYTES, Mirrors};
 pub use container::BuildObserver;
 pub use error::{Error, Result};
-pub use get::{GetOptions, Observer, Source, Stage};
+pub use get::{GetOptions, Observer, Stage};
 pub use instance::{Instance, InstanceRequest};
 pub use manage::{GcReport, ImageSummary, Usage};
 pub use oci::OciSource;
-pub use pull::Pulled;
+
 pub use record::{
-    Compression, ContainerInfo, ImageFormat, ImageRecord, InstanceFormat, InstanceRecord, RootfsFormat, SourceFormat,
-    SourceInfo, Status, Timestamp,
+    Compression, ContainerInfo, ImageFormat, ImageRecord, InstanceFormat, InstanceRecord, Pulled, RootfsFormat,
+    SourceFormat, SourceInfo, Status, Timestamp,
 };
 pub use refresh::{Change, MAX_UPSTREAM_TEXT, RefreshError, Refreshed};
-pub use source::{Location, Resolved};
+pub use source::{Location, Resolved, Source};
 pub use store::{Store, StoreOptions, default_root};
 pub use vmimg_bundle::bundle::{ExportOptions, Limits as BundleLimits};
 pub use vmimg_bundle::machine::Machine;

@@ -232,7 +232,7 @@ impl Store {
             let Some(key) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".lock")) else {
                 continue;
             };
-            if key != crate::store::LEASE_KEY
+            if key != crate::locks::LEASE_KEY
                 && let Some(held) = self.try_lock(key)?
             {
                 drop(held); // removes the file while it holds it

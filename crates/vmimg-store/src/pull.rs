@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::growing::{EndOnDrop, GrowingFile, Sequential, Watermark};
-use crate::record::ImageRecord;
+use crate::record::{ImageRecord, Pulled};
 use crate::source::{Location, Resolved};
 use crate::store::Store;
 use crate::unpack::unpack_to_disk;
@@ -19,16 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmimg_disk::{Content, ConvertOptions, ConvertStats, DiskImage, Format, PROBE_BYTES, Stream};
 use vmimg_fetch::{Algorithm, Digest, Fetched, Progress, digest_reader, remove_partial};
-
-/// A ready image: its record and the path of its raw disk.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Pulled {
-    pub path: PathBuf,
-    #[serde(flatten)]
-    pub record: ImageRecord,
-    /// Whether the store already had it.
-    pub cached: bool,
-}
 
 /// A disk made in a work directory, not yet published.
 pub(crate) struct Made {

@@ -62,6 +62,16 @@ pub struct ImageRecord {
     pub container: Option<ContainerInfo>,
 }
 
+/// A ready image: its record and the path of its file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pulled {
+    pub path: PathBuf,
+    #[serde(flatten)]
+    pub record: ImageRecord,
+    /// Whether the store already had it.
+    pub cached: bool,
+}
+
 /// An image record's status: the store only ever writes ready images (an
 /// image being made has no record until it is published whole).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

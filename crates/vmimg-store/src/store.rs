@@ -23,14 +23,12 @@
 
 use crate::catalog::{Arch, Catalog, Mirrors};
 use crate::error::{Error, Result};
-use crate::get::Source;
+
+use crate::locks::{KeyLock, Lease, LockFile, Locks};
 use crate::record::ImageRecord;
-use crate::source::{Resolved, Resolver};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use vmimg_fetch::{Digest, FetchOptions, Fetcher};
 
 /// How to open a store.
@@ -87,7 +85,7 @@ struct Shared {
     registry_options: vmimg_oci::RegistryOptions,
     registry: std::sync::OnceLock<vmimg_oci::Registry>,
     threads: usize,
-    in_process: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Locks,
 }
 
 impl Store {
@@ -115,6 +113,7 @@ impl Store {
             catalog.overlay(Catalog::load(path)?);
         }
         let arch = options.arch.or_else(Arch::host).ok_or(Error::NoHostArch { host: std::env::consts::ARCH })?;
+        let locks = Locks::new(root.join("locks"));
         Ok(Store {
             shared: Arc::new(Shared {
                 root,
@@ -126,7 +125,7 @@ impl Store {
                 fetcher: std::sync::OnceLock::new(),
                 registry: std::sync::OnceLock::new(),
                 threads: options.threads,
-                in_process: Mutex::default(),
+                locks,
             }),
         })
     }
@@ -169,18 +168,6 @@ impl Store {
     /// The URL rewrites applied to every fetch.
     pub fn mirrors(&self) -> &Mirrors {
         &self.shared.mirrors
-    }
-
-    /// What `source` (an alias, URL or file path) names, with the digest it
-    /// must have; a registry reference is refused (its registry says what
-    /// it is: see [`Store::get`]).
-    pub fn resolve(&self, source: &str, digest: Option<Digest>) -> Result<Resolved> {
-        self.resolver(self.arch()).resolve(&Source::parse(source, self.catalog())?, digest)
-    }
-
-    /// Resolves disk sources for `arch`.
-    pub(crate) fn resolver(&self, arch: Arch) -> Resolver<'_> {
-        Resolver { catalog: &self.shared.catalog, mirrors: &self.shared.mirrors, arch }
     }
 
     pub(crate) fn tmp(&self) -> PathBuf {
@@ -245,40 +232,20 @@ impl Store {
     /// Holds `key` for this caller alone, in this process and across
     /// processes, until the guard drops.
     pub(crate) async fn lock(&self, key: &str) -> Result<KeyLock> {
-        let mutex = self.shared.in_process.lock().expect("lock table").entry(key.to_owned()).or_default().clone();
-        let in_process = mutex.lock_owned().await;
-        let path = self.lock_path(key);
-        let file = tokio::task::spawn_blocking(move || LockFile::acquire(path, true))
-            .await
-            .expect("lock task")?
-            .expect("a blocking lock is always had");
-        Ok(KeyLock { _file: file, _in_process: in_process })
-    }
-
-    fn lock_path(&self, key: &str) -> PathBuf {
-        self.shared.root.join("locks").join(format!("{key}.lock"))
+        self.shared.locks.hold(key).await
     }
 
     /// Holds the store's lease, shared by every pull and build in flight
     /// (in any process): while one is held, `gc` collects no blob or layer,
     /// which such work may be about to name in a record.
     pub(crate) async fn lease(&self) -> Result<Lease> {
-        let path = self.lock_path(LEASE_KEY);
-        tokio::task::spawn_blocking(move || {
-            let file = open_lock(&path)?;
-            file.lock_shared().map_err(Error::io("lock", &path))?;
-            Ok(Lease { _file: file })
-        })
-        .await
-        .expect("lease task")
+        self.shared.locks.lease().await
     }
 
     /// The lease held alone (None while work is in flight): what `gc` holds
     /// while it collects blobs and layers.
     pub(crate) fn try_exclusive_lease(&self) -> Result<Option<Lease>> {
-        let path = self.lock_path(LEASE_KEY);
-        let file = open_lock(&path)?;
-        Ok(try_hold(&file, &path)?.then_some(Lease { _file: file }))
+        self.shared.locks.try_exclusive_lease()
     }
 
     /// A fresh work directory for `key` under `tmp/` (removed on drop
@@ -293,7 +260,7 @@ impl Store {
 
     /// Holds `key` if nobody else does (None if someone does).
     pub(crate) fn try_lock(&self, key: &str) -> Result<Option<LockFile>> {
-        LockFile::acquire(self.lock_path(key), false)
+        self.shared.locks.try_hold(key)
     }
 
     /// Removes work directories of `key` that an interrupted run left.
@@ -307,77 +274,6 @@ impl Store {
             }
         }
         Ok(())
-    }
-}
-
-/// Exclusive hold on one cache key (released on drop, or when the process dies).
-pub(crate) struct KeyLock {
-    _file: LockFile,
-    _in_process: tokio::sync::OwnedMutexGuard<()>,
-}
-
-/// The lock file of the store's lease (`locks/.lease.lock`): a name no key
-/// can have, never removed.
-pub(crate) const LEASE_KEY: &str = ".lease";
-
-/// A share of the store's lease, or all of it (see [`Store::lease`]).
-pub(crate) struct Lease {
-    _file: File,
-}
-
-/// A held lock file, removed by its holder when released, so that locks do
-/// not pile up. Whoever locks a file checks afterwards that its path still
-/// names it (the last holder may have removed it meanwhile), else retries.
-pub(crate) struct LockFile {
-    file: File,
-    path: PathBuf,
-}
-
-impl LockFile {
-    /// Locks `path` (waiting when `wait`; None if held elsewhere otherwise).
-    fn acquire(path: PathBuf, wait: bool) -> Result<Option<LockFile>> {
-        loop {
-            let file = open_lock(&path)?;
-            if wait {
-                file.lock().map_err(Error::io("lock", &path))?;
-            } else if !try_hold(&file, &path)? {
-                return Ok(None);
-            }
-            if same_file(&file, &path) {
-                return Ok(Some(LockFile { file, path }));
-            }
-        }
-    }
-}
-
-impl Drop for LockFile {
-    fn drop(&mut self) {
-        // Removed while still locked: a waiter that then gets the lock sees
-        // the path gone (or naming a newer file) and tries again.
-        let _ = std::fs::remove_file(&self.path);
-        let _ = self.file.unlock();
-    }
-}
-
-/// Locks `file` (at `path`) exclusively if nobody holds it; false if someone does.
-fn try_hold(file: &File, path: &Path) -> Result<bool> {
-    match file.try_lock() {
-        Ok(()) => Ok(true),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", path)(e)),
-    }
-}
-
-fn open_lock(path: &Path) -> Result<File> {
-    File::options().create(true).truncate(false).write(true).open(path).map_err(Error::io("open", path))
-}
-
-/// Whether `path` names the open `file` (same device and inode).
-fn same_file(file: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(ours), Ok(named)) => (ours.dev(), ours.ino()) == (named.dev(), named.ino()),
-        _ => false,
     }
 }
 
