@@ -1,4 +1,50 @@
-//! vmimg's image store: where disks live on the host and how they get there.
+//! vmimg's image store: where VM disks live on the host and how they get there.
+//!
+//! # The front door
+//!
+//! Open a store, then make one call per job. [`Store::get`] takes any
+//! source as a user writes it (a catalog alias, a URL, a local file, an
+//! `oci://` or `docker://` cloud image or container image, or the name of
+//! an image already in the store) and returns the ready image; the store
+//! decides how to fetch, verify, convert or build it. The other verbs a
+//! frontend serves are one call each too: [`Store::images`],
+//! [`Store::find`], [`Store::remove`], [`Store::create_instance`],
+//! [`Store::instances`], [`Store::remove_instance`], [`Store::push`],
+//! [`Store::export_bundle`], [`Store::import_bundle`], [`Manager`] for
+//! builds, [`Store::usage`] and [`Store::gc`]. Every error has a kind
+//! ([`Error::kind`]) to map to an exit code or an HTTP status.
+//!
+//! ```
+//! use vmimg_store::{GetOptions, InstanceFormat, InstanceRequest, Store, StoreOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let disk = dir.path().join("disk.img");
+//! # std::fs::write(&disk, vec![0u8; 1 << 20])?;
+//! # let root = Some(dir.path().join("store"));
+//! let store = Store::open(StoreOptions { root, ..Default::default() })?;
+//! tokio::runtime::Runtime::new()?.block_on(async {
+//!     // Any source: "debian-12", "https://…/disk.qcow2", "oci://registry/vm/debian:12", or a file.
+//!     let image = store.get(disk.to_str().unwrap(), &GetOptions::default()).await?;
+//!     assert!(!image.cached && image.path.ends_with("disk.raw"));
+//!     // The same source again is a hit; so is the image's name.
+//!     assert!(store.get(disk.to_str().unwrap(), &GetOptions::default()).await?.cached);
+//!     assert_eq!(store.find(&image.record.name).await?, image.record);
+//!
+//!     let request = InstanceRequest { image: image.record.name.clone(), name: Some("vm1".into()), size: Some(2 << 20), format: InstanceFormat::Qcow2 };
+//!     let instance = store.create_instance(&request).await?;
+//!     assert_eq!(store.instances()?.len(), 1);
+//!     println!("boot {} ({} bytes on disk in all)", instance.path.display(), store.usage().total());
+//!
+//!     store.remove_instance("vm1").await?;
+//!     store.remove(&image.record.name, false).await?;
+//!     assert!(store.images()?.is_empty());
+//!     Ok::<_, vmimg_store::Error>(())
+//! })?;
+//! # Ok(()) }
+//! ```
+//!
+//! # What is inside
 //!
 //! - [`Catalog`]: aliases pinned to dated upstream snapshots and digests;
 //! - [`Store`]: the on-disk layout, cache keys, per-key locks (in-process and

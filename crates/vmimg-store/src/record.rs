@@ -336,7 +336,7 @@ pub struct Timestamp(SystemTime);
 
 impl Timestamp {
     pub fn now() -> Timestamp {
-        Timestamp(SystemTime::now())
+        SystemTime::now().into()
     }
 
     pub fn system_time(self) -> SystemTime {
@@ -345,8 +345,10 @@ impl Timestamp {
 }
 
 impl From<SystemTime> for Timestamp {
+    /// `time` to the second (what its text keeps), so a record reads back equal.
     fn from(time: SystemTime) -> Timestamp {
-        Timestamp(time)
+        let seconds = time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Timestamp(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
     }
 }
 
