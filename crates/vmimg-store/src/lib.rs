@@ -34,7 +34,7 @@
 //!     let request = InstanceRequest { image: image.record.name.clone(), name: Some("vm1".into()), size: Some(2 << 20), format: InstanceFormat::Qcow2 };
 //!     let instance = store.create_instance(&request).await?;
 //!     assert_eq!(store.instances()?.len(), 1);
-//!     println!("boot {} ({} bytes on disk in all)", instance.path.display(), store.usage().total());
+//!     println!("boot {} ({} bytes on disk in all)", instance.path.display(), store.usage().total);
 //!
 //!     store.remove_instance("vm1").await?;
 //!     store.remove(&image.record.name, false).await?;
@@ -91,7 +91,7 @@ pub use error::{Error, Result};
 pub use get::{GetOptions, Observer, Stage};
 pub use instance::{Instance, InstanceRequest};
 pub use manage::{GcReport, ImageSummary, Usage};
-pub use oci::OciSource;
+pub use oci::{OciSource, PushOptions};
 
 pub use record::{
     Compression, ContainerInfo, ImageFormat, ImageRecord, InstanceFormat, InstanceRecord, Pulled, RootfsFormat,

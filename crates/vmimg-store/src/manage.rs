@@ -41,12 +41,8 @@ pub struct Usage {
     /// Partial downloads and other work in `tmp/`.
     pub partial: u64,
     pub instances: u64,
-}
-
-impl Usage {
-    pub fn total(&self) -> u64 {
-        self.images + self.blobs + self.layers + self.partial + self.instances
-    }
+    /// All of the above.
+    pub total: u64,
 }
 
 /// What `gc` removed (or, in a dry run, would remove).
@@ -139,13 +135,9 @@ impl Store {
     /// Bytes on disk of images, blobs, partial work and instances.
     pub fn usage(&self) -> Usage {
         let of = |dir: &str| allocated(&self.root().join(dir));
-        Usage {
-            images: of("images"),
-            blobs: of("blobs"),
-            layers: of("layers"),
-            partial: of("tmp"),
-            instances: of("instances"),
-        }
+        let (images, blobs, layers, partial, instances) =
+            (of("images"), of("blobs"), of("layers"), of("tmp"), of("instances"));
+        Usage { images, blobs, layers, partial, instances, total: images + blobs + layers + partial + instances }
     }
 
     /// Removes what nothing needs: leftovers in `tmp/` (abandoned work,
@@ -165,7 +157,7 @@ impl Store {
             None => report.in_flight = true,
         }
         if let Some(budget) = keep_under {
-            let mut total = self.usage().total().saturating_sub(report.bytes_freed);
+            let mut total = self.usage().total.saturating_sub(report.bytes_freed);
             for image in self.images()? {
                 if total <= budget {
                     break;

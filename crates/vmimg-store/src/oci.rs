@@ -15,9 +15,10 @@ use crate::catalog::Arch;
 use crate::error::{Error, Result};
 use crate::growing::{EndOnDrop, GrowingFile, Watermark};
 use crate::pull::Made;
-use crate::record::SourceInfo;
+use crate::record::{ImageRecord, SourceInfo};
 use crate::source::Resolved;
 use crate::store::Store;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -179,12 +180,25 @@ impl Store {
         Ok(ConvertStats { virtual_size: image.size(), bytes_written: written })
     }
 
-    /// Pushes image `key` to `reference` as a cloud image. For qcow2 the
-    /// disk is first written as a zstd-compressed qcow2 into a work directory
-    /// under `tmp/` (removed after, or by `gc` if the push is killed), held
-    /// under a lock of its own so the image stays usable meanwhile.
-    pub async fn push(&self, key: &str, reference: &Reference, push: &Push) -> Result<Pushed> {
+    /// Pushes image `key` to `reference` as a cloud image, its parts titled
+    /// after the key and its manifest annotated with the disk format, the
+    /// image's creation time and, for a catalog image, its distribution and
+    /// version. For qcow2 the disk is first written as a zstd-compressed
+    /// qcow2 into a work directory under `tmp/` (removed after, or by `gc`
+    /// if the push is killed), held under a lock of its own so the image
+    /// stays usable meanwhile.
+    pub async fn push(&self, key: &str, reference: &Reference, options: &PushOptions) -> Result<Pushed> {
+        if options.part_size == 0 || options.jobs == 0 {
+            return Err(Error::Invalid("a push needs parts of at least one byte and at least one job".into()));
+        }
         let record = self.lookup(key)?.ok_or_else(|| Error::NotFound { what: "image", name: key.to_owned() })?;
+        let push = &Push {
+            format: options.format,
+            part_size: options.part_size,
+            jobs: options.jobs,
+            name: key.to_owned(),
+            annotations: self.annotations(&record, options.format),
+        };
         let disk_path = self.raw_disk(&record)?;
         let disk = File::open(&disk_path).map_err(Error::io("cannot open", &disk_path))?;
         if push.format == DiskFormat::Raw {
@@ -208,6 +222,31 @@ impl Store {
         let file = File::open(&qcow2).map_err(Error::io("cannot open", &qcow2))?;
         Ok(self.registry()?.push_disk(reference, &file, push).await?)
     }
+
+    /// The manifest annotations of a pushed image, as cocoonstack's tools read them.
+    fn annotations(&self, record: &ImageRecord, format: DiskFormat) -> BTreeMap<String, String> {
+        let mut annotations = BTreeMap::from([
+            ("cocoonstack.disk.format".to_owned(), format.name().to_owned()),
+            ("org.opencontainers.image.created".to_owned(), record.created_at.to_string()),
+        ]);
+        if let SourceInfo::Alias { alias, snapshot, .. } = &record.source {
+            let entry = self.catalog().get(alias);
+            annotations.insert("cocoonstack.os.name".into(), entry.map_or(alias.clone(), |e| e.distro.clone()));
+            annotations.insert("cocoonstack.os.version".into(), entry.map_or(snapshot.clone(), |e| e.version.clone()));
+        }
+        annotations
+    }
+}
+
+/// How to push an image.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// What the parts hold: qcow2 (zstd-compressed clusters) or the raw disk.
+    pub format: DiskFormat,
+    /// Bytes per part (the last may be shorter).
+    pub part_size: u64,
+    /// Parts hashed and uploaded at once.
+    pub jobs: usize,
 }
 
 /// Refuses raw parts that do not make a plain raw disk: the disk they start

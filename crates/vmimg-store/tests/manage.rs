@@ -173,13 +173,13 @@ async fn usage_and_gc_within_a_budget_take_the_least_recently_used() {
     std::fs::create_dir(root.path().join("tmp").join("x.work-123")).unwrap();
     std::fs::create_dir_all(root.path().join("blobs/sha256")).unwrap();
     std::fs::write(root.path().join("blobs/sha256").join("0".repeat(64)), b"orphan").unwrap();
-    let budget = usage.total() - (1 << 20);
+    let budget = usage.total - (1 << 20);
     let report = store.gc(Some(budget), false).await.unwrap();
     assert_eq!(report.images, std::slice::from_ref(&old));
     assert_eq!((report.blobs, report.tmp_entries), (1, 1));
     let left: Vec<_> = store.images().unwrap().into_iter().map(|i| i.record.name).collect();
     assert!(left.contains(&recent) && left.contains(&used) && !left.contains(&old));
-    assert!(store.usage().total() <= budget);
+    assert!(store.usage().total <= budget);
 }
 
 #[tokio::test]

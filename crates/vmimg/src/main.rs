@@ -540,8 +540,8 @@ fn run(cli: Cli) -> Result<()> {
                 "raw" => vmimg_oci::artifact::DiskFormat::Raw,
                 _ => vmimg_oci::artifact::DiskFormat::Qcow2,
             };
-            let args = oci::PushArgs { format, part_size: part_size.max(1), jobs };
-            runtime()?.block_on(oci::push(&cli.store.open()?, &image, &target, args, cli.quiet))
+            let options = vmimg_store::PushOptions { format, part_size, jobs };
+            runtime()?.block_on(oci::push(&cli.store.open()?, &image, &target, options, cli.quiet))
         }
         Command::Images { json } => manage::images(&cli.store.open()?, json),
         Command::Rm { image, force } => {

@@ -47,11 +47,7 @@ pub async fn remove_image(store: &Store, image: &str, force: bool, quiet: bool) 
 pub fn du(store: &Store, json: bool) -> Result<()> {
     let usage = store.usage();
     if json {
-        let total = usage.total();
-        println!(
-            "{}",
-            serde_json::json!({ "images": usage.images, "blobs": usage.blobs, "layers": usage.layers, "partial": usage.partial, "instances": usage.instances, "total": total })
-        );
+        println!("{}", serde_json::to_string_pretty(&usage)?);
         return Ok(());
     }
     for (what, bytes) in [
@@ -60,7 +56,7 @@ pub fn du(store: &Store, json: bool) -> Result<()> {
         ("layer cache (container image layers)", usage.layers),
         ("partial downloads and work", usage.partial),
         ("instances", usage.instances),
-        ("total", usage.total()),
+        ("total", usage.total),
     ] {
         println!("{:>9}  {what}", human(bytes));
     }

@@ -3,10 +3,8 @@
 
 use crate::units::human;
 use anyhow::{Result, bail};
-use std::collections::BTreeMap;
-use vmimg_oci::artifact::DiskFormat;
-use vmimg_oci::{Push, Reference};
-use vmimg_store::Store;
+use vmimg_oci::Reference;
+use vmimg_store::{PushOptions, Store};
 
 /// The registry reference in `oci://REF` or `docker://REF`; None for other sources.
 pub fn reference(source: &str) -> Option<Result<Reference>> {
@@ -43,29 +41,13 @@ pub async fn cat(store: &Store, source: &str, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-pub struct PushArgs {
-    pub format: DiskFormat,
-    pub part_size: u64,
-    pub jobs: usize,
-}
-
 /// Pushes a store image and prints the pushed reference, pinned to its digest.
-pub async fn push(store: &Store, image: &str, target: &str, args: PushArgs, quiet: bool) -> Result<()> {
+pub async fn push(store: &Store, image: &str, target: &str, options: PushOptions, quiet: bool) -> Result<()> {
     let reference = required_reference(target)?;
     let record = store.find(image).await?;
     let key = record.name.clone();
-    let mut annotations = BTreeMap::from([
-        ("cocoonstack.disk.format".to_owned(), args.format.name().to_owned()),
-        ("org.opencontainers.image.created".to_owned(), record.created_at.to_string()),
-    ]);
-    if let vmimg_store::SourceInfo::Alias { alias, snapshot, .. } = &record.source {
-        let entry = store.catalog().get(alias);
-        annotations.insert("cocoonstack.os.name".into(), entry.map_or(alias.clone(), |e| e.distro.clone()));
-        annotations.insert("cocoonstack.os.version".into(), entry.map_or(snapshot.clone(), |e| e.version.clone()));
-    }
-    let push = Push { format: args.format, part_size: args.part_size, jobs: args.jobs, name: key.clone(), annotations };
     let started = std::time::Instant::now();
-    let pushed = store.push(&key, &reference, &push).await?;
+    let pushed = store.push(&key, &reference, &options).await?;
     if !quiet {
         eprintln!(
             "pushed {key} ({}) to {reference} in {:.1?}: {} parts, {} sent, {} already there",
