@@ -14,7 +14,8 @@
 //! an index with no manifest for the platform, a container image (its
 //! config is an image config: `vmimg pull` builds those, `cat` cannot), no
 //! disk layer, disk layers of both formats, digests that are not
-//! `sha256:`/`sha512:` of the right length, more than [`MAX_LAYERS`] layers.
+//! `sha256:`/`sha512:` of the right length, more than [`MAX_LAYERS`] layers,
+//! disk layers whose sizes add up past `u64`.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -71,9 +72,10 @@ pub struct ImageManifest {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// An image index (the fields vmimg reads).
 #[derive(Debug, Deserialize)]
-struct ImageIndex {
-    manifests: Vec<Descriptor>,
+pub(crate) struct ImageIndex {
+    pub(crate) manifests: Vec<Descriptor>,
 }
 
 /// The disk's format.
@@ -140,6 +142,8 @@ pub enum ArtifactError {
     MixedFormats(String),
     #[error("{0} has more than {MAX_LAYERS} layers")]
     TooManyLayers(String),
+    #[error("{0} has disk layers whose sizes add up to more than 2^64 bytes")]
+    TooLarge(String),
     #[error("{reference} is not a container image (config or artifact type {found:?})")]
     NotContainerImage { reference: String, found: String },
     #[error("{reference} has a layer of media type {media_type:?}, which vmimg cannot apply")]
@@ -198,6 +202,9 @@ pub fn parse(bytes: &[u8], reference: &str) -> Result<CloudImage, ArtifactError>
     let format = DiskFormat::of(&first.media_type).expect("a disk layer");
     if parts.iter().any(|p| DiskFormat::of(&p.media_type) != Some(format)) {
         return Err(ArtifactError::MixedFormats(reference.to_owned()));
+    }
+    if parts.iter().try_fold(0u64, |total, p| total.checked_add(p.size)).is_none() {
+        return Err(ArtifactError::TooLarge(reference.to_owned()));
     }
     parts.sort_by(|a, b| title(a).cmp(title(b)));
     Ok(CloudImage { format, parts, annotations: manifest.annotations })

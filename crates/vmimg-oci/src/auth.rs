@@ -1,8 +1,8 @@
 //! Who vmimg is to a registry: credentials and the challenges that ask
 //! for them.
 //!
-//! Credentials come, first found first, from the caller (`--username` and
-//! `--password`, or `VMIMG_REGISTRY_USERNAME`/`VMIMG_REGISTRY_PASSWORD`),
+//! Credentials come, first found first, from the caller
+//! ([`RegistryOptions::credentials`](crate::RegistryOptions::credentials)),
 //! then from Docker's `config.json` (`$DOCKER_CONFIG/config.json`, else
 //! `~/.docker/config.json`): its `auths` entries, keyed by registry host
 //! (Docker Hub's as `https://index.docker.io/v1/`), with `auth` (base64

@@ -8,8 +8,8 @@
 
 use crate::artifact::{self, ArtifactError, CloudImage, DiskFormat};
 use crate::container::{self, ContainerImage, MAX_CONFIG_BYTES, RunConfig};
-use crate::reference::Reference;
-use crate::registry::{Error, Registry, Result};
+use crate::reference::{Pinned, Reference};
+use crate::registry::{Error, Manifest, Registry, Result};
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -23,30 +23,50 @@ pub enum OciImage {
     Container(ContainerImage),
 }
 
+/// What `manifest` is, the one place a registry and a local layout decide
+/// it: through an index, the manifest for linux/`architecture` (read by
+/// `child`, which checks its digest); then a cloud image, or else a
+/// container image. Returns the digest of the manifest classified; `name`
+/// names the image in errors.
+pub(crate) async fn classify<F, Fut>(
+    manifest: Manifest,
+    name: &str,
+    architecture: &str,
+    child: F,
+) -> Result<(Digest, OciImage)>
+where
+    F: FnOnce(Digest) -> Fut,
+    Fut: std::future::Future<Output = Result<Manifest>>,
+{
+    let manifest = if artifact::is_index(&manifest.media_type, &manifest.bytes) {
+        child(artifact::pick_platform(&manifest.bytes, name, "linux", architecture)?).await?
+    } else {
+        manifest
+    };
+    let image = match artifact::parse(&manifest.bytes, name) {
+        Err(ArtifactError::ContainerImage(_)) => OciImage::Container(container::parse_manifest(&manifest.bytes, name)?),
+        parsed => OciImage::Cloud(parsed?),
+    };
+    Ok((manifest.digest, image))
+}
+
 impl Registry {
     /// The image `reference` names (through an index, the entry for
     /// linux/`architecture`), and the reference pinned to its manifest's
     /// digest: a cloud image, or else a container image.
-    pub async fn image(&self, reference: &Reference, architecture: &str) -> Result<(Reference, OciImage)> {
-        let mut manifest = self.retry(|| self.manifest(reference)).await?;
-        let mut pinned = reference.at_digest(manifest.digest.clone());
-        if artifact::is_index(&manifest.media_type, &manifest.bytes) {
-            let digest = artifact::pick_platform(&manifest.bytes, &reference.to_string(), "linux", architecture)?;
-            pinned = reference.at_digest(digest);
-            manifest = self.retry(|| self.manifest(&pinned)).await?;
-        }
-        let image = match artifact::parse(&manifest.bytes, &reference.to_string()) {
-            Err(ArtifactError::ContainerImage(_)) => {
-                OciImage::Container(container::parse_manifest(&manifest.bytes, &reference.to_string())?)
-            }
-            parsed => OciImage::Cloud(parsed?),
+    pub async fn image(&self, reference: &Reference, architecture: &str) -> Result<(Pinned, OciImage)> {
+        let manifest = self.retry(|| self.manifest(reference)).await?;
+        let child = |digest: Digest| async move {
+            let at = reference.at_digest(digest);
+            self.retry(|| self.manifest(&at)).await
         };
-        Ok((pinned, image))
+        let (digest, image) = classify(manifest, &reference.to_string(), architecture, child).await?;
+        Ok((Pinned::new(reference, digest), image))
     }
 
     /// The cloud image `reference` names, and the reference pinned to its
     /// manifest's digest; a container image is an error.
-    pub async fn cloud_image(&self, reference: &Reference, architecture: &str) -> Result<(Reference, CloudImage)> {
+    pub async fn cloud_image(&self, reference: &Reference, architecture: &str) -> Result<(Pinned, CloudImage)> {
         match self.image(reference, architecture).await? {
             (pinned, OciImage::Cloud(image)) => Ok((pinned, image)),
             (_, OciImage::Container(_)) => Err(ArtifactError::ContainerImage(reference.to_string()).into()),
@@ -147,9 +167,12 @@ impl Registry {
 
     /// Pushes `len` bytes of `file` as a cloud image of `format`, in parts
     /// of `part_size` bytes, `jobs` parts at a time; blobs the repository
-    /// has are not sent again.
+    /// has are not sent again. A part size of 0, one that makes more than
+    /// [`MAX_LAYERS`](artifact::MAX_LAYERS) parts (which no reader would
+    /// take), or 0 jobs is refused before anything is read.
     pub async fn push_disk(&self, reference: &Reference, file: &File, push: &Push) -> Result<Pushed> {
         let len = file.metadata().map_err(|e| Error::Output(e.to_string()))?.len();
+        push.check(len)?;
         let ranges: Vec<(u64, u64)> = (0..len.div_ceil(push.part_size).max(1))
             .map(|i| (i * push.part_size, push.part_size.min(len - i * push.part_size)))
             .collect();
@@ -163,7 +186,7 @@ impl Registry {
             })
         });
         let results: Vec<Result<bool>> =
-            futures_util::stream::iter(uploads).buffer_unordered(push.jobs.max(1)).collect().await;
+            futures_util::stream::iter(uploads).buffer_unordered(push.jobs).collect().await;
         let uploaded = results.into_iter().collect::<Result<Vec<bool>>>()?;
         let config = artifact::empty_config();
         self.retry(|| async {
@@ -227,6 +250,31 @@ pub struct Push {
     pub name: String,
     /// The manifest's annotations.
     pub annotations: BTreeMap<String, String>,
+}
+
+impl Push {
+    /// Refuses what cannot push a disk of `len` bytes.
+    fn check(&self, len: u64) -> Result<()> {
+        let invalid = |what, reason: String| Err(Error::InvalidInput { what, reason });
+        if self.part_size == 0 {
+            return invalid("part size", "0 bytes (a part holds at least one byte)".into());
+        }
+        let parts = len.div_ceil(self.part_size);
+        if parts > artifact::MAX_LAYERS as u64 {
+            return invalid(
+                "part size",
+                format!(
+                    "{} bytes cut a {len}-byte disk into {parts} parts, more than the {} a manifest may have",
+                    self.part_size,
+                    artifact::MAX_LAYERS
+                ),
+            );
+        }
+        if self.jobs == 0 {
+            return invalid("job count", "0 (at least one part must be sent at a time)".into());
+        }
+        Ok(())
+    }
 }
 
 /// The SHA-256 of each range of `file`, `jobs` at a time.

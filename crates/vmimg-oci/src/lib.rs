@@ -10,7 +10,12 @@
 //! - [`container`]: container images' manifests (layers and their
 //!   compression) and run configs, for building disks from them;
 //! - [`artifact`]: cloud-image artifacts as cocoonstack publishes them
-//!   (which layers are disk parts, in which order), read and written.
+//!   (which layers are disk parts, in which order), read and written;
+//! - [`layout`]: images in local OCI layouts (`oci:DIR[:NAME]`) and
+//!   archives of them (`oci-archive:FILE[:NAME]`), classified as the
+//!   registry's are; [`ImageSource`] takes either a registry or a layout;
+//! - [`Pinned`]: a reference that always names its manifest's digest, as
+//!   [`Registry::image`] returns it.
 //!
 //! Like `vmimg-fetch`, this crate moves bytes and knows nothing of the
 //! store or of disk formats.
@@ -19,10 +24,14 @@ pub mod artifact;
 mod auth;
 mod cloud;
 pub mod container;
+pub mod layout;
 mod reference;
 mod registry;
+mod source;
 
 pub use auth::{Challenge, Credentials, DockerConfig};
 pub use cloud::{OciImage, Push, Pushed};
-pub use reference::{DEFAULT_TAG, DOCKER_HUB, Reference, ReferenceError};
+pub use layout::{BlobReader, Layout, LayoutError, LayoutKind, LayoutRef};
+pub use reference::{DEFAULT_TAG, DOCKER_HUB, Pinned, Reference, ReferenceError};
 pub use registry::{Access, Error, MANIFEST_TYPES, MAX_MANIFEST_BYTES, Manifest, Registry, RegistryOptions, Result};
+pub use source::ImageSource;

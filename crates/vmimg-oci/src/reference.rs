@@ -141,6 +141,78 @@ impl std::str::FromStr for Reference {
     }
 }
 
+/// A reference pinned to a manifest digest: unlike a [`Reference`], it
+/// always has one, so what it names cannot move. Registries hand these out
+/// ([`Registry::image`](crate::Registry::image)) for the manifest they
+/// read; written and read (`Display`, `FromStr`, serde) as the reference
+/// string, `REGISTRY/REPOSITORY[:TAG]@sha256:…`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Pinned {
+    /// Always has a digest.
+    reference: Reference,
+}
+
+impl Pinned {
+    /// `reference` (its tag kept, for messages) at `digest`.
+    pub fn new(reference: &Reference, digest: Digest) -> Pinned {
+        Pinned { reference: reference.at_digest(digest) }
+    }
+
+    /// The manifest's digest.
+    pub fn digest(&self) -> &Digest {
+        self.reference.digest.as_ref().expect("a pinned reference has a digest")
+    }
+
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+
+    pub fn into_reference(self) -> Reference {
+        self.reference
+    }
+}
+
+impl TryFrom<Reference> for Pinned {
+    type Error = ReferenceError;
+    /// Fails for a reference without a digest.
+    fn try_from(reference: Reference) -> Result<Pinned, ReferenceError> {
+        match reference.digest {
+            Some(_) => Ok(Pinned { reference }),
+            None => Err(ReferenceError {
+                text: reference.to_string(),
+                reason: "not pinned: it names no digest (@sha256:…)".to_owned(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Pinned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.reference.fmt(f)
+    }
+}
+
+impl std::str::FromStr for Pinned {
+    type Err = ReferenceError;
+    fn from_str(s: &str) -> Result<Pinned, ReferenceError> {
+        Reference::parse(s)?.try_into()
+    }
+}
+
+impl TryFrom<String> for Pinned {
+    type Error = ReferenceError;
+    fn try_from(text: String) -> Result<Pinned, ReferenceError> {
+        text.parse()
+    }
+}
+
+impl From<Pinned> for String {
+    fn from(pinned: Pinned) -> String {
+        pinned.to_string()
+    }
+}
+
 /// `host[:port]/path` → (Some(host[:port]), path) when the first component
 /// names a registry.
 fn split_registry(text: &str) -> (Option<&str>, &str) {
@@ -280,6 +352,25 @@ mod tests {
         let both = Reference::parse(&format!("alpine:3.18@sha256:{hex}")).unwrap();
         assert_eq!(both.to_string(), format!("docker.io/library/alpine:3.18@sha256:{hex}"));
         assert_eq!(both.manifest_reference(), format!("sha256:{hex}"), "the digest wins");
+    }
+
+    #[test]
+    fn a_pinned_reference_always_has_its_digest() {
+        let hex = "b".repeat(64);
+        let digest: Digest = format!("sha256:{hex}").parse().unwrap();
+        let tagged = Reference::parse("localhost:5000/vm/disk:v1").unwrap();
+        let pinned = Pinned::new(&tagged, digest.clone());
+        assert_eq!(pinned.digest(), &digest);
+        let text = format!("localhost:5000/vm/disk:v1@sha256:{hex}");
+        assert_eq!(pinned.to_string(), text);
+        assert_eq!(text.parse::<Pinned>().unwrap(), pinned);
+        let json = serde_json::to_string(&pinned).unwrap();
+        assert_eq!(json, format!("\"{text}\""));
+        assert_eq!(serde_json::from_str::<Pinned>(&json).unwrap(), pinned);
+        let error = "localhost:5000/vm/disk:v1".parse::<Pinned>().unwrap_err().to_string();
+        assert!(error.contains("not pinned"), "{error}");
+        assert!(Pinned::try_from(tagged).is_err());
+        assert!(serde_json::from_str::<Pinned>("\"alpine\"").is_err());
     }
 
     #[test]

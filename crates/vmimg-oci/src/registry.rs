@@ -48,8 +48,8 @@ pub enum Error {
     #[error("{url}: the registry answered {status}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
     Status { url: String, status: u16, detail: Option<String> },
     #[error(
-        "{registry}: access denied to {repository}: log in (`docker login {registry}` writes ~/.docker/config.json) \
-         or pass --username and --password"
+        "{registry}: access denied to {repository}: give credentials (a user name and password, or token) \
+         or log in with `docker login {registry}` (it writes ~/.docker/config.json)"
     )]
     Unauthorized { registry: String, repository: String },
     #[error("{reference} not found in the registry (no such repository, tag or digest)")]
@@ -72,6 +72,11 @@ pub enum Error {
     Fetch(#[from] vmimg_fetch::Error),
     #[error("cannot read {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
+    /// A caller's argument that cannot work (a part size of 0, say).
+    #[error("invalid {what}: {reason}")]
+    InvalidInput { what: &'static str, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -252,7 +257,8 @@ impl Registry {
         }
     }
 
-    /// Uploads `len` bytes of `file` from `offset` as blob `digest`.
+    /// Uploads `len` bytes of `file` from `offset` as blob `digest`; a
+    /// range past the largest file offset is refused.
     pub async fn upload_blob(
         &self,
         reference: &Reference,
@@ -261,6 +267,10 @@ impl Registry {
         offset: u64,
         len: u64,
     ) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > i64::MAX as u64) {
+            let reason = format!("{len} bytes from offset {offset} run past the largest file offset");
+            return Err(Error::InvalidInput { what: "blob range", reason });
+        }
         self.upload(reference, digest, len, || file_range_body(file, offset, len)).await
     }
 

@@ -74,7 +74,7 @@ fn blobs_longer_or_shorter_or_other_than_described_are_refused() {
         let result = runtime().block_on(async {
             let (pinned, image) = registry.cloud_image(&reference, "amd64").await?;
             let mut out = Vec::new();
-            registry.stream_disk(&pinned, &image, &mut out).await
+            registry.stream_disk(pinned.reference(), &image, &mut out).await
         });
         let error = result.unwrap_err().to_string();
         assert!(error.contains(expected), "{tag}: {error}");
@@ -97,7 +97,7 @@ fn a_blob_cut_midway_is_resumed_where_it_stopped() {
         .block_on(async {
             let (pinned, image) = registry.cloud_image(&reference, "amd64").await?;
             let mut out = Vec::new();
-            registry.stream_disk(&pinned, &image, &mut out).await.map(|_| out)
+            registry.stream_disk(pinned.reference(), &image, &mut out).await.map(|_| out)
         })
         .unwrap();
     assert!(out == disk);
@@ -149,7 +149,7 @@ fn container_configs_that_lie_or_are_huge_are_refused() {
             let registry = registry();
             let (pinned, image) = registry.image(&reference, "amd64").await?;
             let vmimg_oci::OciImage::Container(image) = image else { panic!("{tag}: not a container image") };
-            registry.run_config(&pinned, &image).await
+            registry.run_config(pinned.reference(), &image).await
         });
         match expected {
             None => assert_eq!(outcome.unwrap().cmd, ["/bin/sh"]),
@@ -159,4 +159,48 @@ fn container_configs_that_lie_or_are_huge_are_refused() {
             }
         }
     }
+}
+
+#[test]
+fn pushes_and_uploads_that_cannot_work_are_refused_before_any_request() {
+    use vmimg_oci::Push;
+    use vmimg_oci::artifact::DiskFormat;
+    let file = tempfile::tempfile().unwrap();
+    file.set_len(10_000).unwrap();
+    let registry = registry();
+    // Nothing listens there: a refusal that sent a request would fail otherwise.
+    let reference = Reference::parse("127.0.0.1:9/x:1").unwrap();
+    let push = |part_size, jobs| Push {
+        format: DiskFormat::Raw,
+        part_size,
+        jobs,
+        name: "disk".into(),
+        annotations: Default::default(),
+    };
+    let cases = [
+        (push(0, 1), "part size", "0 bytes"),
+        (push(1, 1), "part size", "10000 parts"),
+        (push(4096, 0), "job count", "0"),
+    ];
+    for (push, expected, reason) in cases {
+        let error = runtime().block_on(registry.push_disk(&reference, &file, &push)).unwrap_err();
+        assert!(matches!(&error, Error::InvalidInput { what, .. } if *what == expected), "{error}");
+        assert!(error.to_string().contains(reason), "{error}");
+    }
+    let digest = sha256(b"x");
+    let error = runtime().block_on(registry.upload_blob(&reference, &digest, &file, u64::MAX, 2)).unwrap_err();
+    assert!(matches!(&error, Error::InvalidInput { what: "blob range", .. }), "{error}");
+}
+
+#[test]
+fn disk_parts_whose_sizes_add_past_u64_are_refused() {
+    let digest = sha256(b"part");
+    let layer = serde_json::json!({ "mediaType": artifact::DISK_RAW_PART, "digest": digest, "size": u64::MAX / 2 + 1 });
+    let bytes = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": artifact::OCI_MANIFEST, "artifactType": artifact::ARTIFACT_TYPE,
+        "config": artifact::empty_config(), "layers": [layer.clone(), layer]
+    }))
+    .unwrap();
+    let error = artifact::parse(&bytes, "huge").unwrap_err();
+    assert!(matches!(error, artifact::ArtifactError::TooLarge(_)), "{error}");
 }

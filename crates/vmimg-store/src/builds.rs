@@ -473,7 +473,7 @@ impl Inner {
                 "{reference} is a cloud image, not a container image: pull it to get its disk"
             )));
         };
-        self.update(id, |b| b.digest = pinned.digest().cloned());
+        self.update(id, |b| b.digest = Some(pinned.digest().clone()));
         let observer = Arc::new(Observer { inner: self.clone(), id: id.to_owned() });
         self.store.build_container(&pinned, &image, self.build_of(id).format, observer).await
     }

@@ -24,8 +24,8 @@ use crate::store::Store;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmimg_fetch::{Progress, remove_partial};
-use vmimg_oci::Reference;
 use vmimg_oci::container::{Compression, ContainerImage, Layer};
+use vmimg_oci::{Pinned, Reference};
 use vmimg_rootfs::apply::{self, ApplyOptions, LayerSummary, Rootfs};
 
 /// Layers downloaded at once.
@@ -41,8 +41,8 @@ pub trait BuildObserver: Send + Sync {
 
 impl Store {
     /// The cache key of `pinned` (a reference at its manifest digest) built as `format`.
-    pub fn container_key(&self, pinned: &Reference, format: RootfsFormat) -> String {
-        let digest = pinned.digest().expect("a pinned reference");
+    pub fn container_key(&self, pinned: &Pinned, format: RootfsFormat) -> String {
+        let digest = pinned.digest();
         format!("oci-{}_{}-{}", &digest.hex()[..16], self.arch(), format.name())
     }
 
@@ -50,7 +50,7 @@ impl Store {
     /// finds it in the store.
     pub async fn build_container(
         &self,
-        pinned: &Reference,
+        pinned: &Pinned,
         image: &ContainerImage,
         format: RootfsFormat,
         observer: Arc<dyn BuildObserver>,
@@ -66,18 +66,18 @@ impl Store {
         }
         self.remove_abandoned_work(&key)?;
         let registry = self.registry()?;
-        let run = registry.run_config(pinned, image).await?;
+        let run = registry.run_config(pinned.reference(), image).await?;
         let work = self.work_dir(&key)?;
         let rootfs = work.path().join("rootfs");
         std::fs::create_dir(&rootfs).map_err(Error::io("cannot create", &rootfs))?;
-        let (layers, warnings) = self.fetch_and_apply(pinned, image, &rootfs, observer.clone()).await?;
+        let (layers, warnings) = self.fetch_and_apply(pinned.reference(), image, &rootfs, observer.clone()).await?;
         observer.converting();
         let out = work.path().join(format.file_name());
         let (root, file) = (rootfs.clone(), out.clone());
         tokio::task::spawn_blocking(move || make_disk(&root, &file, format)).await.expect("disk builder")?;
         remove_tree(&rootfs)?;
-        let digest = pinned.digest().expect("a pinned reference").clone();
-        let info = SourceInfo::Oci { reference: pinned.clone(), digest: digest.clone() };
+        let digest = pinned.digest().clone();
+        let info = SourceInfo::Oci { reference: pinned.reference().clone(), digest: digest.clone() };
         let mut record = ImageRecord::for_file(&key, &out, info, Some(digest), SourceFormat::Container)?;
         record.verified = true;
         record.format = format.image_format();

@@ -18,7 +18,7 @@ use crate::source::{Resolved, Source};
 use crate::store::Store;
 use std::sync::Arc;
 use vmimg_fetch::{Digest, Progress};
-use vmimg_oci::Reference;
+use vmimg_oci::Pinned;
 
 /// How to get a source.
 #[derive(Clone, Default)]
@@ -139,7 +139,7 @@ enum Resolution {
     /// A disk to pull.
     Disk(Resolved),
     /// A container image to build, pinned to its manifest's digest.
-    Container(Reference),
+    Container(Pinned),
 }
 
 impl Store {
@@ -147,12 +147,12 @@ impl Store {
     /// and waits for it, telling `observer` its stages.
     async fn build_and_wait(
         &self,
-        pinned: &Reference,
+        pinned: &Pinned,
         format: RootfsFormat,
         observer: Option<Arc<dyn Observer>>,
     ) -> Result<Pulled> {
         let manager = crate::builds::Manager::new(Arc::new(self.clone()), Default::default())?;
-        let build = manager.create(pinned, format)?;
+        let build = manager.create(pinned.reference(), format)?;
         let build = manager
             .follow(&build.id, |build| {
                 if let Some(observer) = &observer {

@@ -27,7 +27,7 @@ use vmimg_disk::{ConvertStats, DiskImage, Format};
 use vmimg_fetch::{Digest, Progress, remove_partial};
 use vmimg_oci::artifact::{CloudImage, Descriptor, DiskFormat};
 use vmimg_oci::container::ContainerImage;
-use vmimg_oci::{OciImage, Push, Pushed, Reference};
+use vmimg_oci::{OciImage, Pinned, Push, Pushed, Reference};
 use vmimg_qcow2::ReadAt;
 
 /// What an OCI reference names, resolved.
@@ -36,7 +36,7 @@ pub enum OciSource {
     Cloud(Resolved),
     /// A container image, pinned to its manifest's digest: a disk is built from it.
     Container {
-        pinned: Reference,
+        pinned: Pinned,
         image: ContainerImage,
     },
 }
@@ -54,7 +54,7 @@ impl Store {
         if let OciImage::Container(image) = image {
             return Ok(OciSource::Container { pinned, image });
         }
-        let digest = pinned.digest().expect("a pinned reference").clone();
+        let digest = pinned.digest().clone();
         let key = format!("oci-{}_{arch}", &digest.hex()[..16]);
         let info = SourceInfo::Oci { reference: reference.clone(), digest: digest.clone() };
         let location = crate::source::Location::Oci(pinned);
@@ -65,9 +65,10 @@ impl Store {
     pub(crate) async fn make_from_oci(
         &self,
         source: &Resolved,
-        pinned: &Reference,
+        pinned: &Pinned,
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<Made> {
+        let pinned = pinned.reference();
         let (_, image) = self.registry()?.cloud_image(pinned, self.arch().name()).await?;
         let image = &image;
         let work = self.work_dir(&source.key)?;

@@ -96,7 +96,7 @@ pub enum Location {
     Url(String),
     File(PathBuf),
     /// A registry reference pinned to its manifest's digest.
-    Oci(vmimg_oci::Reference),
+    Oci(vmimg_oci::Pinned),
 }
 
 /// A source ready to pull.

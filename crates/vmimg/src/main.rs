@@ -499,7 +499,7 @@ fn main() -> ExitCode {
 }
 
 /// The error and its causes on one line, without repeating a cause that the
-/// message above it already quotes.
+/// message above it already quotes, and the flags that would help.
 fn error_line(e: &anyhow::Error) -> String {
     let mut line = e.to_string();
     for cause in e.chain().skip(1) {
@@ -508,7 +508,22 @@ fn error_line(e: &anyhow::Error) -> String {
             line = format!("{line}: {cause}");
         }
     }
+    if let Some(hint) = hint(e) {
+        line = format!("{line} ({hint})");
+    }
     line
+}
+
+/// What the command line adds to a library error: its own flags.
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    let oci = e.chain().find_map(|cause| match cause.downcast_ref::<vmimg_store::Error>() {
+        Some(vmimg_store::Error::Oci(oci)) => Some(oci),
+        _ => cause.downcast_ref::<vmimg_oci::Error>(),
+    });
+    match oci? {
+        vmimg_oci::Error::Unauthorized { .. } => Some("credentials: --username and --password"),
+        _ => None,
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {

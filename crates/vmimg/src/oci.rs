@@ -37,7 +37,7 @@ pub async fn cat(store: &Store, source: &str, quiet: bool) -> Result<()> {
         );
     }
     let mut stdout = tokio::io::stdout();
-    registry.stream_disk(&pinned, &image, &mut stdout).await?;
+    registry.stream_disk(pinned.reference(), &image, &mut stdout).await?;
     Ok(())
 }
 
