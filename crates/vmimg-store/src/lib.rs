@@ -11,8 +11,10 @@
 //! - [`Store::build_container`]: container images made into ext4, erofs or
 //!   cpio disks, their layers cached by digest (the `container` module);
 //!   [`Manager`] queues such builds, a few at a time, keeps their status,
-//!   recovers those a crash interrupted, and counts them (the `builds`
-//!   module);
+//!   follows and cancels them (also across processes), recovers those a
+//!   crash interrupted, and counts them (the `builds` module);
+//! - [`Store::metrics`]: builds, pulls and bytes on disk in a Prometheus
+//!   registry a daemon serves (the `metrics` module);
 //! - [`Store::refresh_catalog`]: moves a catalog file's aliases to their
 //!   publishers' newest snapshots (the `refresh` module).
 //!
@@ -27,6 +29,7 @@ mod fsutil;
 mod growing;
 mod instance;
 mod manage;
+mod metrics;
 mod oci;
 mod pull;
 mod record;
@@ -35,14 +38,17 @@ mod source;
 mod store;
 mod unpack;
 
-pub use builds::{Build, BuildStatus, Histogram, Manager, ManagerOptions, Metrics, Totals, build_id};
+pub use builds::{Build, BuildStatus, Manager, ManagerOptions, Totals, build_id};
 pub use bundle::ExportedBundle;
 pub use catalog::{Arch, Artifact, Catalog, EMBEDDED, Entry, MAX_CATALOG_BYTES, Mirrors};
 pub use container::{BuildObserver, ContainerInfo, RootfsFormat};
 pub use error::{Error, Result};
 pub use instance::{Instance, InstanceFormat, InstanceRecord, InstanceRequest};
 pub use manage::{GcReport, ImageSummary, Usage};
+pub use metrics::Metrics;
 pub use oci::OciSource;
+/// The metrics library whose registry [`Metrics::registry`] gives, at the version the store uses.
+pub use prometheus_client;
 pub use pull::Pulled;
 pub use record::{ImageRecord, Status};
 pub use refresh::{Change, MAX_UPSTREAM_TEXT, RefreshError, Refreshed};

@@ -44,6 +44,18 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Bytes on disk of the store at `root`, by part.
+    pub(crate) fn of(root: &Path) -> Usage {
+        let of = |dir: &str| allocated(&root.join(dir));
+        Usage {
+            images: of("images"),
+            blobs: of("blobs"),
+            layers: of("layers"),
+            partial: of("tmp"),
+            instances: of("instances"),
+        }
+    }
+
     pub fn total(&self) -> u64 {
         self.images + self.blobs + self.layers + self.partial + self.instances
     }
@@ -141,14 +153,7 @@ impl Store {
 
     /// Bytes on disk of images, blobs, partial work and instances.
     pub fn usage(&self) -> Usage {
-        let of = |dir: &str| allocated(&self.root().join(dir));
-        Usage {
-            images: of("images"),
-            blobs: of("blobs"),
-            layers: of("layers"),
-            partial: of("tmp"),
-            instances: of("instances"),
-        }
+        Usage::of(self.root())
     }
 
     /// Removes what nothing needs: leftovers in `tmp/` (abandoned work,

@@ -81,6 +81,7 @@ pub struct Store {
     registry: std::sync::OnceLock<vmimg_oci::Registry>,
     pub(crate) threads: usize,
     in_process: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl Store {
@@ -111,6 +112,7 @@ impl Store {
             Error::Usage(format!("no catalog architecture for this host ({}): pass --arch", std::env::consts::ARCH))
         })?;
         Ok(Store {
+            metrics: crate::metrics::Metrics::new(&root),
             root,
             catalog,
             mirrors,

@@ -22,7 +22,7 @@ pub async fn run(store: Store, reference: &Reference, format: RootfsFormat, json
     status.finish();
     let build = build?;
     let Some(key) = build.image.filter(|_| build.status == BuildStatus::Ready) else {
-        bail!("{}", build.error.unwrap_or_else(|| "the build failed".into()));
+        bail!("{}", build.error.unwrap_or_else(|| format!("the build was {}", build.status.name())));
     };
     let store = manager.store();
     let record = store.lookup(&key)?.ok_or_else(|| anyhow::anyhow!("image {key} vanished from the store"))?;
