@@ -475,8 +475,9 @@ impl Inner {
     async fn run(self: Arc<Self>, id: String, lock: LockFile, mut cancel: watch::Receiver<bool>) {
         let metrics = &self.store.metrics.builds;
         let slot = tokio::select! {
-            slot = self.slots.acquire() => Some(slot.expect("the slots are never closed")),
+            biased; // a build asked to stop does not start
             () = self.cancel_asked(&id, &mut cancel) => None,
+            slot = self.slots.acquire() => Some(slot.expect("the slots are never closed")),
         };
         self.state.lock().expect("build state").queue.retain(|queued| *queued != id);
         metrics.queue_length.dec();

@@ -9,7 +9,8 @@
 //!   share one set of families and a scrape never shows a family twice;
 //! - pulls (`vmimg_pulls_*`, `vmimg_pull_*`), by the kind of source
 //!   (`source="alias"`, `"url"`, `"file"` or `"oci"`): counted by
-//!   [`Store::pull`], so they count with or without a manager;
+//!   [`Store::pull`], so they count with or without a manager (a pull
+//!   whose future is dropped counts as started only);
 //! - the bytes the store takes on disk (`vmimg_store_bytes{part=…}`, the
 //!   parts of [`Store::usage`]): measured at every scrape by a collector,
 //!   never cached, so a scrape always reads fresh sizes.
@@ -127,7 +128,7 @@ impl BuildMetrics {
             [
                 ("builds_started", "Builds that started running", &self.started),
                 ("builds_ready", "Builds that made their disk", &self.ready),
-                ("builds_failed", "Builds that failed, panicked or were interrupted", &self.failed),
+                ("builds_failed", "Builds that failed (an error or a panic)", &self.failed),
                 ("builds_cancelled", "Builds cancelled, queued or running", &self.cancelled),
                 ("build_bytes_pulled", "Layer bytes builds downloaded", &self.bytes_pulled),
             ],
