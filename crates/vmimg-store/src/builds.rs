@@ -1,36 +1,82 @@
 //! The build queue: container images made into disks, a few at a time.
 //!
 //! The life of a build (one per reference and format: asking twice gives
-//! the same build):
-//! - `pending`: its record is written to `builds/<id>.json` and it waits
-//!   for one of the [`ManagerOptions::concurrency`] slots, with a queue
-//!   position;
-//! - `pulling`: it holds the build's lock (`locks/build-<id>.lock`, so two
-//!   processes never run one build twice), resolves the reference and
-//!   fetches the layers into the layer cache (see the `container` module);
+//! the same build, and one process runs it while others follow it):
+//! - `pending`: the process that creates it takes its lock
+//!   (`locks/build-<id>.lock`) and holds it until the build ends, writes its
+//!   record `builds/<id>.json`, and queues it for one of the
+//!   [`ManagerOptions::concurrency`] slots, with a queue position. Another
+//!   process asking for the same build finds the lock held and follows
+//!   that record rather than running the build twice;
+//! - `pulling`: the build's task resolves the reference and fetches the
+//!   layers into the layer cache (see the `container` module);
 //! - `converting`: the layers are in; the disk is being made;
-//! - `ready`, with the image's key, or `failed`, with the error.
+//! - then it ends: `ready`, with the image's key; `failed`, with the error;
+//!   or `cancelled`.
 //!
-//! Every change of status is written to the record atomically. A process
-//! killed mid-build leaves a record that says `pending`, `pulling` or
-//! `converting` while nobody holds its lock: [`Manager::recover_interrupted`]
-//! runs such builds again (the store removes their abandoned work; an
-//! image is published whole or not at all, so no half-made disk is ever
-//! ready). The manager also counts builds, bytes pulled and failures, and
-//! times builds ([`Manager::metrics`]).
+//! Every change of status is written to the record atomically, and the end
+//! is written before the lock is released, so whoever takes the lock next
+//! reads how the build ended. A build ends only when nothing of it runs
+//! any more (see "Cancel"): [`Manager::wait`] returns then, with its work
+//! directory removed and its locks released.
+//!
+//! **Failure.** A build runs in a task of its own, watched by the task that
+//! holds its slot: an error ends it `failed` with that error; a panic in
+//! it too, with "the build task panicked: <message>". Either way its slot
+//! is freed, it is counted and its waiters hear of it.
+//!
+//! **Interruption.** A process killed mid-build leaves a record that says
+//! `pending`, `pulling` or `converting` while nobody holds the build's lock.
+//! [`Manager::follow`] and [`Manager::wait`] report such a build as
+//! `failed`, interrupted (without changing its record), rather than waiting
+//! for ever; [`Manager::recover_interrupted`] runs it again (the store
+//! removes its abandoned work; an image is published whole or not at all,
+//! so no half-made disk is ever ready). A build this process runs is
+//! followed through an in-process signal; one another process runs, by
+//! reading its record every 200 ms and checking that its lock is held.
+//!
+//! **Cancel.** [`Manager::cancel`] takes a queued build out of the queue
+//! and aborts a running build's task; either ends `cancelled`, its record
+//! kept so that anyone asking later learns how it ended ([`Manager::delete`]
+//! removes it, and refuses a build that has not ended). Nothing of it is
+//! left: no work directory, no partial layer download, no lock (layers
+//! already verified into the layer cache stay: gc collects those no image
+//! names). The rule that makes aborting safe: a blocking job of the build
+//! (removing old work, applying a layer, making the filesystem) cannot be
+//! stopped midway and outlives the aborted task, so the work directory and
+//! the image key's lock are shared by the task and each blocking job and
+//! released only by the last of them (the `container` module); the slot is
+//! freed, and the build ends, only after that too. A build another process
+//! runs is cancelled through a marker file, `builds/<id>.cancel`, which
+//! that process looks for every 200 ms; one nobody runs (interrupted) is
+//! marked `cancelled` at once.
+//!
+//! The builds are counted in the store's metrics ([`Store::metrics`]).
 
 use crate::container::BuildObserver;
 use crate::error::{Error, Result};
+use crate::locks::LockFile;
 use crate::record::{Pulled, RootfsFormat, Timestamp};
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinError;
 use vmimg_fetch::{Digest, Hasher};
 use vmimg_oci::{OciImage, Reference};
+
+/// How often a build run elsewhere is looked at: its record and lock while
+/// followed; its cancel marker while run here.
+const POLL: Duration = Duration::from_millis(200);
+
+/// How often, and how far apart, `create` tries again a build lock that is
+/// held while no record says the build runs: its holder is between taking
+/// the lock and writing the record, or only checking that a runner lives.
+const CLAIM_TRIES: usize = 50;
+const CLAIM_PAUSE: Duration = Duration::from_millis(10);
 
 /// A build record larger than this is refused as corrupt.
 const MAX_BUILD_RECORD: u64 = 1 << 20;
@@ -50,18 +96,21 @@ impl Default for ManagerOptions {
 
 /// Where a build is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum BuildStatus {
     Pending,
     Pulling,
     Converting,
     Ready,
     Failed,
+    /// Stopped by [`Manager::cancel`], queued or running.
+    Cancelled,
 }
 
 impl BuildStatus {
+    /// Whether the build has ended: ready, failed or cancelled.
     pub fn is_done(self) -> bool {
-        matches!(self, BuildStatus::Ready | BuildStatus::Failed)
+        matches!(self, BuildStatus::Ready | BuildStatus::Failed | BuildStatus::Cancelled)
     }
 
     pub fn name(self) -> &'static str {
@@ -71,6 +120,7 @@ impl BuildStatus {
             BuildStatus::Converting => "converting",
             BuildStatus::Ready => "ready",
             BuildStatus::Failed => "failed",
+            BuildStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -80,7 +130,8 @@ impl BuildStatus {
 pub struct Build {
     pub id: String,
     /// The reference asked for.
-    pub reference: String,
+    #[serde(with = "crate::record::as_text")]
+    pub reference: Reference,
     pub format: RootfsFormat,
     pub status: BuildStatus,
     /// Place in the queue of a pending build (1 is next), in this process.
@@ -99,8 +150,8 @@ pub struct Build {
     #[serde(default)]
     pub bytes_pulled: u64,
     /// RFC 3339, UTC.
-    pub created_at: String,
-    pub updated_at: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
 /// Bytes on disk of what builds make and use.
@@ -110,97 +161,6 @@ pub struct Totals {
     pub image_bytes: u64,
     /// The layer cache.
     pub layer_cache_bytes: u64,
-}
-
-/// Build durations in seconds, as a cumulative histogram.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Histogram {
-    /// (upper bound in seconds, builds that took at most that long).
-    pub buckets: Vec<(f64, u64)>,
-    pub sum_seconds: f64,
-    pub count: u64,
-}
-
-const DURATION_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0];
-
-impl Histogram {
-    fn new() -> Histogram {
-        Histogram { buckets: DURATION_BUCKETS.iter().map(|&b| (b, 0)).collect(), sum_seconds: 0.0, count: 0 }
-    }
-
-    fn observe(&mut self, duration: Duration) {
-        let seconds = duration.as_secs_f64();
-        for (bound, count) in &mut self.buckets {
-            if seconds <= *bound {
-                *count += 1;
-            }
-        }
-        self.sum_seconds += seconds;
-        self.count += 1;
-    }
-}
-
-/// The manager's counters at one moment.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Metrics {
-    pub builds_started: u64,
-    pub builds_ready: u64,
-    pub builds_failed: u64,
-    /// Layer bytes downloaded by builds.
-    pub bytes_pulled: u64,
-    /// Builds waiting for a slot.
-    pub queue_length: usize,
-    /// Builds holding a slot.
-    pub running: usize,
-    pub build_duration: Histogram,
-}
-
-impl Metrics {
-    /// The Prometheus text exposition of the counters.
-    pub fn to_prometheus(&self) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            out.push_str(&format!("# HELP vmimg_{name} {help}\n# TYPE vmimg_{name} {kind}\n{value}"));
-        };
-        let line = |name: &str, value: u64| format!("vmimg_{name} {value}\n");
-        metric("builds_started_total", "counter", "Builds started.", line("builds_started_total", self.builds_started));
-        metric(
-            "builds_ready_total",
-            "counter",
-            "Builds that made their disk.",
-            line("builds_ready_total", self.builds_ready),
-        );
-        metric(
-            "builds_failed_total",
-            "counter",
-            "Builds that failed.",
-            line("builds_failed_total", self.builds_failed),
-        );
-        metric(
-            "build_bytes_pulled_total",
-            "counter",
-            "Layer bytes downloaded.",
-            line("build_bytes_pulled_total", self.bytes_pulled),
-        );
-        metric(
-            "build_queue_length",
-            "gauge",
-            "Builds waiting for a slot.",
-            line("build_queue_length", self.queue_length as u64),
-        );
-        metric("builds_running", "gauge", "Builds running.", line("builds_running", self.running as u64));
-        let h = &self.build_duration;
-        let mut histogram: String = h
-            .buckets
-            .iter()
-            .map(|(le, n)| format!("vmimg_build_duration_seconds_bucket{{le=\"{le}\"}} {n}\n"))
-            .collect();
-        histogram.push_str(&format!("vmimg_build_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", h.count));
-        histogram.push_str(&format!("vmimg_build_duration_seconds_sum {}\n", h.sum_seconds));
-        histogram.push_str(&format!("vmimg_build_duration_seconds_count {}\n", h.count));
-        metric("build_duration_seconds", "histogram", "How long builds took.", histogram);
-        out
-    }
 }
 
 /// Runs builds, keeps their records, and answers about them.
@@ -220,7 +180,7 @@ impl Metrics {
 /// assert_eq!(done.status, BuildStatus::Ready);
 /// let record = manager.store().lookup(done.image.as_deref().unwrap())?.unwrap();
 /// println!("{} runs {:?}", manager.store().image_file(&record).display(), record.container.unwrap().run.command());
-/// print!("{}", manager.metrics().to_prometheus());
+/// print!("{}", manager.store().metrics().encode());
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -232,9 +192,8 @@ struct Inner {
     store: Arc<Store>,
     slots: tokio::sync::Semaphore,
     state: Mutex<State>,
-    /// Bumped at every change, for [`Manager::wait`].
-    changes: tokio::sync::watch::Sender<u64>,
-    counters: Counters,
+    /// Bumped at every change, for [`Manager::follow`].
+    changes: watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -243,16 +202,24 @@ struct State {
     builds: HashMap<String, Build>,
     /// Pending builds, next first.
     queue: VecDeque<String>,
-    running: usize,
+    /// The builds this process has queued or runs, until they end.
+    jobs: HashMap<String, Job>,
 }
 
-#[derive(Default)]
-struct Counters {
-    started: AtomicU64,
-    ready: AtomicU64,
-    failed: AtomicU64,
-    bytes_pulled: AtomicU64,
-    durations: Mutex<Option<Histogram>>,
+/// A build this process has queued or runs.
+struct Job {
+    /// Set to ask the build to stop.
+    cancel: watch::Sender<bool>,
+    /// The callers' observers of the build ([`Manager::create_observed`]).
+    observers: Vec<Arc<dyn BuildObserver>>,
+}
+
+/// Who runs a build asked for.
+enum Claim {
+    /// This process: its lock, held until the build ends.
+    Ours(LockFile),
+    /// This process already, or another one: the build as it is.
+    Found(Build),
 }
 
 impl Manager {
@@ -263,8 +230,7 @@ impl Manager {
             store,
             slots: tokio::sync::Semaphore::new(options.concurrency.max(1)),
             state: Mutex::default(),
-            changes: tokio::sync::watch::Sender::new(0),
-            counters: Counters::default(),
+            changes: watch::Sender::new(0),
         };
         Ok(Manager { inner: Arc::new(inner) })
     }
@@ -274,20 +240,46 @@ impl Manager {
     }
 
     /// Starts building `reference` as `format` and returns at once; the
-    /// build of the same reference and format already under way, if any.
-    /// Needs a tokio runtime.
+    /// build of the same reference and format already under way, if any, in
+    /// this process or another (which goes on running it: follow it with
+    /// [`Manager::wait`]). Needs a tokio runtime. Should another process
+    /// hold the build's lock while no record says it runs the build (it is
+    /// between two steps), this waits for it a little, at most half a
+    /// second, on the calling thread.
     pub fn create(&self, reference: &Reference, format: RootfsFormat) -> Result<Build> {
+        self.start(reference, format, None)
+    }
+
+    /// [`Manager::create`], with `observer` hearing the build's progress as
+    /// it happens (layer bytes as they arrive, the start of the
+    /// conversion). It is called from the build's task, as part of the
+    /// build: a panic in it fails the build. A build already under way in
+    /// this process gets `observer` too; one another process runs is
+    /// followed through its record, and `observer` hears nothing of it.
+    pub fn create_observed(
+        &self,
+        reference: &Reference,
+        format: RootfsFormat,
+        observer: Arc<dyn BuildObserver>,
+    ) -> Result<Build> {
+        self.start(reference, format, Some(observer))
+    }
+
+    fn start(
+        &self,
+        reference: &Reference,
+        format: RootfsFormat,
+        observer: Option<Arc<dyn BuildObserver>>,
+    ) -> Result<Build> {
         let id = build_id(reference, format);
-        {
-            let state = self.inner.state.lock().expect("build state");
-            if let Some(build) = state.builds.get(&id).filter(|b| !b.status.is_done()) {
-                return Ok(state.with_position(build.clone()));
-            }
-        }
-        let time = Timestamp::now().to_string();
+        let lock = match self.inner.claim(&id, observer.as_ref())? {
+            Claim::Ours(lock) => lock,
+            Claim::Found(build) => return Ok(build),
+        };
+        let time = Timestamp::now();
         let build = Build {
-            id: id.clone(),
-            reference: reference.to_string(),
+            id,
+            reference: reference.clone(),
             format,
             status: BuildStatus::Pending,
             queue_position: None,
@@ -298,8 +290,7 @@ impl Manager {
             created_at: time.clone(),
             updated_at: time,
         };
-        self.inner.save(&build)?;
-        Ok(self.enqueue(build))
+        self.enqueue(build, lock, observer.into_iter().collect())
     }
 
     /// Builds an image already in a registry the caller controls (one
@@ -313,12 +304,7 @@ impl Manager {
 
     /// The build `id`, from this process or from its record.
     pub fn get(&self, id: &str) -> Result<Option<Build>> {
-        let state = self.inner.state.lock().expect("build state");
-        if let Some(build) = state.builds.get(id) {
-            return Ok(Some(state.with_position(build.clone())));
-        }
-        drop(state);
-        self.inner.load(id)
+        self.inner.get(id)
     }
 
     /// Every build with a record, newest first.
@@ -337,30 +323,82 @@ impl Manager {
         Ok(builds)
     }
 
-    /// Waits until build `id` is ready or failed.
+    /// Waits until build `id` has ended: ready, failed (interrupted
+    /// included, see [`Manager::follow`]) or cancelled.
     pub async fn wait(&self, id: &str) -> Result<Build> {
         self.follow(id, |_| {}).await
     }
 
-    /// Calls `watch` with the build at every change until it is done.
+    /// Calls `watch` with the build at every change until it has ended. A
+    /// build another process runs is read from its record every 200 ms; if
+    /// that process has died (the record says the build runs, nobody holds
+    /// its lock), the build is reported `failed`, interrupted, its record
+    /// left as it is for [`Manager::recover_interrupted`].
     pub async fn follow(&self, id: &str, mut watch: impl FnMut(&Build)) -> Result<Build> {
         let mut changes = self.inner.changes.subscribe();
+        let mut seen = None;
         loop {
-            let build = self.get(id)?.ok_or_else(|| Error::NotFound { what: "build", name: id.to_owned() })?;
-            watch(&build);
+            let build = self.inner.current(id)?;
+            if seen.as_ref() != Some(&build) {
+                watch(&build);
+            }
             if build.status.is_done() {
                 return Ok(build);
             }
-            changes.changed().await.expect("the manager outlives its waiters");
+            seen = Some(build);
+            if self.inner.runs(id) {
+                changes.changed().await.expect("the manager outlives its waiters");
+            } else {
+                let _ = tokio::time::timeout(POLL, changes.changed()).await;
+            }
         }
     }
 
+    /// Cancels build `id` and returns it as it ended: `cancelled`, or
+    /// ready or failed if it ended first (a build that has ended is
+    /// returned as it is).
+    ///
+    /// A build this process runs is taken out of the queue, or its task
+    /// aborted; this returns once nothing of it is left (its blocking jobs
+    /// ended, its work directory, partial layer downloads and locks gone).
+    /// A build another process runs is asked to stop through its cancel
+    /// marker, and this returns once that process has ended it. A build
+    /// nobody runs any more (interrupted) is marked cancelled here; gc
+    /// removes what its process left in `tmp/`.
+    pub async fn cancel(&self, id: &str) -> Result<Build> {
+        if self.inner.ask_to_cancel(id) {
+            return self.wait(id).await;
+        }
+        let build = self.get(id)?.ok_or_else(|| not_found(id))?;
+        if build.status.is_done() {
+            return Ok(build);
+        }
+        let Some(_free) = self.inner.store.try_lock(&lock_name(id))? else {
+            crate::fsutil::write_atomic(&self.inner.cancel_marker(id), b"")?;
+            return self.wait(id).await;
+        };
+        // Nobody runs it: read it again under its lock, and end it here.
+        let build = self.inner.load(id)?.ok_or_else(|| not_found(id))?;
+        if build.status.is_done() {
+            return Ok(build);
+        }
+        let build =
+            Build { status: BuildStatus::Cancelled, queue_position: None, updated_at: Timestamp::now(), ..build };
+        self.inner.save(&build)?;
+        self.inner.store.metrics().builds.cancelled.inc();
+        Ok(build)
+    }
+
     /// Removes build `id`'s record and, when it made one, its image
-    /// (refused while the image has instances unless `force`).
+    /// (refused while the image has instances unless `force`). A build
+    /// that has not ended is refused: cancel it first.
     pub async fn delete(&self, id: &str, force: bool) -> Result<()> {
-        let build = self.get(id)?.ok_or_else(|| Error::NotFound { what: "build", name: id.to_owned() })?;
+        let build = self.get(id)?.ok_or_else(|| not_found(id))?;
         if !build.status.is_done() {
-            return Err(Error::Conflict(format!("build {id} is {}: wait for it to end", build.status.name())));
+            return Err(Error::Conflict(format!(
+                "build {id} is {}: cancel it, or wait for it to end, first",
+                build.status.name()
+            )));
         }
         if let Some(key) = &build.image
             && self.inner.store.lookup(key)?.is_some()
@@ -377,16 +415,18 @@ impl Manager {
     pub fn recover_interrupted(&self) -> Result<Vec<Build>> {
         let mut recovered = Vec::new();
         for build in self.list()? {
-            let running_here = self.inner.state.lock().expect("build state").builds.contains_key(&build.id);
-            if build.status.is_done() || running_here {
+            if build.status.is_done() || self.inner.runs(&build.id) {
                 continue;
             }
-            if self.inner.store.try_lock(&lock_name(&build.id))?.is_none() {
+            let Some(lock) = self.inner.hold(&build.id)? else {
                 continue; // another process runs it
-            }
-            let build = Build { status: BuildStatus::Pending, updated_at: Timestamp::now().to_string(), ..build };
-            self.inner.save(&build)?;
-            recovered.push(self.enqueue(build));
+            };
+            // Read again under the lock: it may have ended meanwhile.
+            let Some(build) = self.inner.load(&build.id)?.filter(|b| !b.status.is_done()) else {
+                continue;
+            };
+            let build = Build { status: BuildStatus::Pending, error: None, updated_at: Timestamp::now(), ..build };
+            recovered.push(self.enqueue(build, lock, Vec::new())?);
         }
         Ok(recovered)
     }
@@ -397,33 +437,29 @@ impl Manager {
         Totals { image_bytes: usage.images, layer_cache_bytes: usage.layers }
     }
 
-    pub fn metrics(&self) -> Metrics {
-        let counters = &self.inner.counters;
-        let state = self.inner.state.lock().expect("build state");
-        let durations = counters.durations.lock().expect("durations").clone();
-        Metrics {
-            builds_started: counters.started.load(Ordering::Relaxed),
-            builds_ready: counters.ready.load(Ordering::Relaxed),
-            builds_failed: counters.failed.load(Ordering::Relaxed),
-            bytes_pulled: counters.bytes_pulled.load(Ordering::Relaxed),
-            queue_length: state.queue.len(),
-            running: state.running,
-            build_duration: durations.unwrap_or_else(Histogram::new),
-        }
-    }
-
-    /// Queues `build` and starts the task that runs it when a slot frees.
-    fn enqueue(&self, build: Build) -> Build {
+    /// Queues `build` (`lock` is its lock), writes its record, and starts
+    /// the task that runs it when a slot frees.
+    fn enqueue(&self, build: Build, lock: LockFile, observers: Vec<Arc<dyn BuildObserver>>) -> Result<Build> {
         let id = build.id.clone();
+        let (cancel, cancelled) = watch::channel(false);
         let queued = {
             let mut state = self.inner.state.lock().expect("build state");
             state.queue.push_back(id.clone());
             state.builds.insert(id.clone(), build.clone());
-            state.with_position(build)
+            state.jobs.insert(id.clone(), Job { cancel, observers });
+            state.with_position(build.clone())
         };
+        if let Err(error) = self.inner.save(&build) {
+            let mut state = self.inner.state.lock().expect("build state");
+            state.queue.retain(|queued| *queued != id);
+            state.builds.remove(&id);
+            state.jobs.remove(&id);
+            return Err(error);
+        }
+        self.inner.store.metrics().builds.queue_length.inc();
         self.inner.changed();
-        tokio::spawn(self.inner.clone().run(id));
-        queued
+        tokio::spawn(self.inner.clone().run(id, lock, cancelled));
+        Ok(queued)
     }
 }
 
@@ -435,47 +471,165 @@ impl State {
 }
 
 impl Inner {
-    async fn run(self: Arc<Self>, id: String) {
-        let _slot = self.slots.acquire().await.expect("open semaphore");
-        {
-            let mut state = self.state.lock().expect("build state");
-            state.queue.retain(|queued| *queued != id);
-            state.running += 1;
-        }
-        self.counters.started.fetch_add(1, Ordering::Relaxed);
+    /// Holds a slot for build `id` and runs it in a task of its own, so
+    /// that whatever way it ends (done, failed, panicked, aborted) the
+    /// build ends with the slot freed and its lock released.
+    async fn run(self: Arc<Self>, id: String, lock: LockFile, mut cancel: watch::Receiver<bool>) {
+        let metrics = &self.store.metrics().builds;
+        let slot = tokio::select! {
+            biased; // a build asked to stop does not start
+            () = self.cancel_asked(&id, &mut cancel) => None,
+            slot = self.slots.acquire() => Some(slot.expect("the slots are never closed")),
+        };
+        self.state.lock().expect("build state").queue.retain(|queued| *queued != id);
+        metrics.queue_length.dec();
+        let Some(slot) = slot else {
+            return self.finish(&id, lock, |build| build.status = BuildStatus::Cancelled);
+        };
+        metrics.started.inc();
+        metrics.running.inc();
         let started = Instant::now();
-        let outcome = self.build(&id).await;
-        let elapsed = started.elapsed();
-        self.counters.durations.lock().expect("durations").get_or_insert_with(Histogram::new).observe(elapsed);
-        let counter = if outcome.is_ok() { &self.counters.ready } else { &self.counters.failed };
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.state.lock().expect("build state").running -= 1;
-        self.update(&id, |build| match outcome {
-            Ok(pulled) => {
-                build.status = BuildStatus::Ready;
-                build.image = Some(pulled.record.name);
+        let (observer, released) = Observer::new(self.clone(), &id);
+        let mut task = tokio::spawn(self.clone().build(id.clone(), observer));
+        let joined = tokio::select! {
+            joined = &mut task => joined,
+            () = self.cancel_asked(&id, &mut cancel) => {
+                task.abort();
+                task.await
             }
-            Err(error) => {
-                build.status = BuildStatus::Failed;
-                build.error = Some(error.to_string());
-            }
-        });
+        };
+        // The observer is dropped when nothing of the build runs any more.
+        let _ = released.await;
+        metrics.duration.observe(started.elapsed().as_secs_f64());
+        metrics.running.dec();
+        drop(slot);
+        self.finish(&id, lock, |build| end(build, joined));
     }
 
-    async fn build(self: &Arc<Self>, id: &str) -> Result<Pulled> {
-        let _held = self.store.lock(&lock_name(id)).await?;
-        self.update(id, |b| b.status = BuildStatus::Pulling);
-        let reference = self.build_of(id).reference;
-        let reference: Reference = reference.parse().map_err(|e| Error::Invalid(format!("{reference}: {e}")))?;
+    async fn build(self: Arc<Self>, id: String, observer: Arc<Observer>) -> Result<Pulled> {
+        self.update(&id, |b| b.status = BuildStatus::Pulling);
+        let build = self.build_of(&id);
+        let reference = build.reference.clone();
         let (pinned, image) = self.store.registry()?.image(&reference, self.store.arch().name()).await?;
         let OciImage::Container(image) = image else {
             return Err(Error::Invalid(format!(
                 "{reference} is a cloud image, not a container image: pull it to get its disk"
             )));
         };
-        self.update(id, |b| b.digest = Some(pinned.digest().clone()));
-        let observer = Arc::new(Observer { inner: self.clone(), id: id.to_owned() });
-        self.store.build_container(&pinned, &image, self.build_of(id).format, observer).await
+        self.update(&id, |b| b.digest = Some(pinned.digest().clone()));
+        self.store.build_container(&pinned, &image, build.format, observer).await
+    }
+
+    /// Returns when build `id` is asked to stop: by [`Manager::cancel`] in
+    /// this process (`local`), or by its cancel marker from another.
+    async fn cancel_asked(&self, id: &str, local: &mut watch::Receiver<bool>) {
+        let marker = self.cancel_marker(id);
+        while !*local.borrow_and_update() && !marker.exists() {
+            if let Ok(Err(_)) = tokio::time::timeout(POLL, local.changed()).await {
+                tokio::time::sleep(POLL).await; // nobody here can ask any more: the marker alone
+            }
+        }
+    }
+
+    /// Ends build `id` as `end` says. Its record is written first and its
+    /// lock released after, so whoever takes the lock reads the end; then
+    /// this process's state changes and the waiters hear of it.
+    fn finish(&self, id: &str, lock: LockFile, end: impl FnOnce(&mut Build)) {
+        let mut build = self.build_of(id);
+        end(&mut build);
+        build.queue_position = None;
+        build.updated_at = Timestamp::now();
+        if let Err(error) = self.save(&build) {
+            fail(&mut build, format!("cannot save the build record: {error}"));
+        }
+        let _ = crate::fsutil::remove_file(&self.cancel_marker(id));
+        drop(lock);
+        let metrics = &self.store.metrics().builds;
+        match build.status {
+            BuildStatus::Ready => metrics.ready.inc(),
+            BuildStatus::Cancelled => metrics.cancelled.inc(),
+            _ => metrics.failed.inc(),
+        };
+        {
+            let mut state = self.state.lock().expect("build state");
+            state.builds.insert(id.to_owned(), build);
+            state.jobs.remove(id);
+        }
+        self.changed();
+    }
+
+    /// Build `id`'s lock, or the build if this process or another runs it
+    /// (its record not ended while its lock is held); with `observer` added
+    /// to it if this process runs it.
+    fn claim(&self, id: &str, observer: Option<&Arc<dyn BuildObserver>>) -> Result<Claim> {
+        for _ in 0..CLAIM_TRIES {
+            if let Some(build) = self.join(id, observer) {
+                return Ok(Claim::Found(build));
+            }
+            if let Some(lock) = self.hold(id)? {
+                return Ok(Claim::Ours(lock));
+            }
+            if let Some(build) = self.load(id)?.filter(|b| !b.status.is_done()) {
+                return Ok(Claim::Found(build));
+            }
+            std::thread::sleep(CLAIM_PAUSE);
+        }
+        Err(Error::Conflict(format!(
+            "build {id}: another process holds its lock but no record says it runs the build; try again"
+        )))
+    }
+
+    /// Build `id` if this process has it queued or running, with `observer`
+    /// added to its observers.
+    fn join(&self, id: &str, observer: Option<&Arc<dyn BuildObserver>>) -> Option<Build> {
+        let mut state = self.state.lock().expect("build state");
+        state.jobs.get_mut(id)?.observers.extend(observer.cloned());
+        Some(state.with_position(state.builds[id].clone()))
+    }
+
+    /// Build `id`'s lock if nobody holds it; a cancel marker left from
+    /// before is removed.
+    fn hold(&self, id: &str) -> Result<Option<LockFile>> {
+        let lock = self.store.try_lock(&lock_name(id))?;
+        if lock.is_some() {
+            crate::fsutil::remove_file(&self.cancel_marker(id))?;
+        }
+        Ok(lock)
+    }
+
+    /// Whether this process has build `id` queued or running.
+    fn runs(&self, id: &str) -> bool {
+        self.state.lock().expect("build state").jobs.contains_key(id)
+    }
+
+    /// Asks build `id` to stop if this process runs it; whether it does.
+    fn ask_to_cancel(&self, id: &str) -> bool {
+        let state = self.state.lock().expect("build state");
+        state.jobs.get(id).map(|job| job.cancel.send_replace(true)).is_some()
+    }
+
+    fn get(&self, id: &str) -> Result<Option<Build>> {
+        let state = self.state.lock().expect("build state");
+        if let Some(build) = state.builds.get(id) {
+            return Ok(Some(state.with_position(build.clone())));
+        }
+        drop(state);
+        self.load(id)
+    }
+
+    /// Build `id` as it is now: one that another process should be running
+    /// while nobody holds its lock is reported failed, interrupted.
+    fn current(&self, id: &str) -> Result<Build> {
+        let build = self.get(id)?.ok_or_else(|| not_found(id))?;
+        if build.status.is_done() || self.runs(id) {
+            return Ok(build);
+        }
+        let Some(_free) = self.store.try_lock(&lock_name(id))? else {
+            return Ok(build);
+        };
+        // Whoever ran it wrote its end before releasing the lock: read it again.
+        let build = self.load(id)?.ok_or_else(|| not_found(id))?;
+        Ok(if build.status.is_done() { build } else { interrupted(build) })
     }
 
     fn build_of(&self, id: &str) -> Build {
@@ -489,16 +643,21 @@ impl Inner {
             let mut state = self.state.lock().expect("build state");
             let build = state.builds.get_mut(id).expect("a build of this process");
             change(build);
-            build.updated_at = Timestamp::now().to_string();
+            build.updated_at = Timestamp::now();
             build.clone()
         };
         if let Err(error) = self.save(&build) {
             let mut state = self.state.lock().expect("build state");
             let build = state.builds.get_mut(id).expect("a build of this process");
-            build.status = BuildStatus::Failed;
-            build.error = Some(format!("cannot save the build record: {error}"));
+            fail(build, format!("cannot save the build record: {error}"));
         }
         self.changed();
+    }
+
+    /// The observers the callers gave build `id`.
+    fn observers(&self, id: &str) -> Vec<Arc<dyn BuildObserver>> {
+        let state = self.state.lock().expect("build state");
+        state.jobs.get(id).map(|job| job.observers.clone()).unwrap_or_default()
     }
 
     fn changed(&self) {
@@ -511,6 +670,11 @@ impl Inner {
 
     fn record_path(&self, id: &str) -> PathBuf {
         self.dir().join(format!("{id}.json"))
+    }
+
+    /// The file that asks the process running build `id` to cancel it.
+    fn cancel_marker(&self, id: &str) -> PathBuf {
+        self.dir().join(format!("{id}.cancel"))
     }
 
     fn save(&self, build: &Build) -> Result<()> {
@@ -529,24 +693,80 @@ impl Inner {
     }
 }
 
-/// Moves a build to `converting` and counts its bytes.
+/// Moves a build to `converting`, counts its bytes, and tells the callers'
+/// observers. The store holds it until nothing of the build runs any more;
+/// its drop then tells the task that holds the build's slot.
 struct Observer {
     inner: Arc<Inner>,
     id: String,
+    _released: oneshot::Sender<()>,
+}
+
+impl Observer {
+    /// The observer of build `id`, and what hears that it was dropped.
+    fn new(inner: Arc<Inner>, id: &str) -> (Arc<Observer>, oneshot::Receiver<()>) {
+        let (released, dropped) = oneshot::channel();
+        (Arc::new(Observer { inner, id: id.to_owned(), _released: released }), dropped)
+    }
 }
 
 impl BuildObserver for Observer {
     fn converting(&self) {
         self.inner.update(&self.id, |b| b.status = BuildStatus::Converting);
+        for observer in self.inner.observers(&self.id) {
+            observer.converting();
+        }
     }
 
     fn pulled(&self, bytes: u64) {
-        self.inner.counters.bytes_pulled.fetch_add(bytes, Ordering::Relaxed);
+        self.inner.store.metrics().builds.bytes_pulled.inc_by(bytes);
         if let Some(build) = self.inner.state.lock().expect("build state").builds.get_mut(&self.id) {
             build.bytes_pulled += bytes;
         }
         self.inner.changed();
+        for observer in self.inner.observers(&self.id) {
+            observer.pulled(bytes);
+        }
     }
+}
+
+/// Writes into `build` how its task ended.
+fn end(build: &mut Build, joined: std::result::Result<Result<Pulled>, JoinError>) {
+    match joined {
+        Ok(Ok(pulled)) => {
+            build.status = BuildStatus::Ready;
+            build.image = Some(pulled.record.name);
+        }
+        Ok(Err(error)) => fail(build, error.to_string()),
+        Err(aborted) if aborted.is_cancelled() => build.status = BuildStatus::Cancelled,
+        Err(panicked) => fail(build, format!("the build task panicked: {}", panic_message(panicked.into_panic()))),
+    }
+}
+
+fn fail(build: &mut Build, error: String) {
+    build.status = BuildStatus::Failed;
+    build.error = Some(error);
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    match panic.downcast::<String>() {
+        Ok(message) => *message,
+        Err(panic) => panic.downcast_ref::<&str>().map_or("(no message)", |m| m).to_owned(),
+    }
+}
+
+/// Build `build` as reported when its process died while running it.
+fn interrupted(build: Build) -> Build {
+    let error = format!(
+        "interrupted: the process that ran this build stopped while it was {}; recovering interrupted builds \
+         (Manager::recover_interrupted) runs it again",
+        build.status.name()
+    );
+    Build { status: BuildStatus::Failed, error: Some(error), queue_position: None, ..build }
+}
+
+fn not_found(id: &str) -> Error {
+    Error::NotFound { what: "build", name: id.to_owned() }
 }
 
 /// A build's id: the same for the same reference and format.

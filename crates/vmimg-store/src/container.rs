@@ -17,21 +17,40 @@
 //!
 //! A crash at any step leaves the layer cache with whole blobs only and no
 //! image; the next build removes the abandoned work and goes again.
+//!
+//! A build's future may be dropped at any await (a cancelled build, whose
+//! task is aborted), while a blocking job of it (removing abandoned work,
+//! applying a layer, making the filesystem) cannot be stopped midway. So
+//! the work directory, the key's lock, the store's lease and the build's
+//! observer are held together in one shared [`Work`], and the future and
+//! every blocking job hold a share: the directory is removed, and then the
+//! lock released, only when the last of them ends (on a blocking thread:
+//! the tree may be big). No other build of the key starts meanwhile, and
+//! no job sees its tree vanish. A layer download dropped midway removes its
+//! partial file; layers already verified into the cache stay (gc collects
+//! those no image names). The image is published in one step with no await
+//! inside, so a dropped build either published its image whole or not at all.
 
 use crate::error::{Error, Result};
+use crate::locks::{KeyLock, Lease};
 use crate::record::{ContainerInfo, ImageRecord, Pulled, RootfsFormat, SourceFormat, SourceInfo};
 use crate::store::Store;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vmimg_fetch::{Progress, remove_partial};
+use vmimg_fetch::remove_partial;
+use vmimg_oci::Pinned;
 use vmimg_oci::container::{Compression, ContainerImage, Layer};
-use vmimg_oci::{Pinned, Reference};
 use vmimg_rootfs::apply::{self, ApplyOptions, LayerSummary, Rootfs};
 
 /// Layers downloaded at once.
 const LAYER_JOBS: usize = 3;
 
 /// Hears how a build goes.
+///
+/// [`Store::build_container`] holds its observer until every part of the
+/// build has ended, blocking jobs that outlive a dropped build future
+/// included: the observer's drop tells its owner that nothing of the build
+/// runs any more (its work directory is gone and its key's lock released).
 pub trait BuildObserver: Send + Sync {
     /// Every layer is in the cache; the disk is being made.
     fn converting(&self) {}
@@ -47,7 +66,8 @@ impl Store {
     }
 
     /// Builds the disk of container image `image` (`pinned` names it), or
-    /// finds it in the store.
+    /// finds it in the store. `observer` is held until every part of the
+    /// build has ended (see [`BuildObserver`]).
     pub async fn build_container(
         &self,
         pinned: &Pinned,
@@ -59,31 +79,38 @@ impl Store {
         if let Some(found) = self.found(&key)? {
             return Ok(found);
         }
-        let _lease = self.lease().await?;
-        let _lock = self.lock(&key).await?;
+        let lease = self.lease().await?;
+        let lock = self.lock(&key).await?;
         if let Some(found) = self.found(&key)? {
             return Ok(found);
         }
-        self.remove_abandoned_work(&key)?;
-        let registry = self.registry()?;
-        let run = registry.run_config(pinned.reference(), image).await?;
-        let work = self.work_dir(&key)?;
-        let rootfs = work.path().join("rootfs");
-        std::fs::create_dir(&rootfs).map_err(Error::io("cannot create", &rootfs))?;
-        let (layers, warnings) = self.fetch_and_apply(pinned.reference(), image, &rootfs, observer.clone()).await?;
+        let run = self.registry()?.run_config(pinned.reference(), image).await?;
+        let work = {
+            let (store, key, observer) = (self.clone(), key.clone(), observer.clone());
+            let held = Held { dir: None, _lock: lock, _lease: lease, _observer: observer };
+            blocking(move || Work::start(&store, &key, held)).await?
+        };
+        let (layers, warnings) = self.fetch_and_apply(pinned, image, &work, observer.clone()).await?;
         observer.converting();
-        let out = work.path().join(format.file_name());
-        let (root, file) = (rootfs.clone(), out.clone());
-        tokio::task::spawn_blocking(move || make_disk(&root, &file, format)).await.expect("disk builder")?;
-        remove_tree(&rootfs)?;
         let digest = pinned.digest().clone();
         let info = SourceInfo::Oci { reference: pinned.reference().clone(), digest: digest.clone() };
-        let mut record = ImageRecord::for_file(&key, &out, info, Some(digest), SourceFormat::Container)?;
+        let mut record = {
+            let work = work.clone();
+            blocking(move || {
+                let out = work.dir().join(format.file_name());
+                make_disk(&work.rootfs(), &out, format)?;
+                remove_tree(&work.rootfs())?;
+                ImageRecord::for_file(&key, &out, info, Some(digest), SourceFormat::Container)
+            })
+            .await?
+        };
         record.verified = true;
         record.format = format.image_format();
         let systemd = run.wants_systemd();
         record.container = Some(ContainerInfo { format, run, systemd, layers, warnings });
-        self.publish_work(work, record)
+        let mut work = Arc::into_inner(work).expect("every blocking job of the build has ended");
+        let held = work.held.take().expect("held until dropped");
+        self.publish_work(held.dir.expect("a work directory"), record)
     }
 
     /// Gets every layer into the cache, `LAYER_JOBS` at a time, and applies
@@ -91,9 +118,9 @@ impl Store {
     /// what the tree could not keep of them.
     async fn fetch_and_apply(
         &self,
-        pinned: &Reference,
+        pinned: &Pinned,
         image: &ContainerImage,
-        rootfs: &Path,
+        work: &Arc<Work>,
         observer: Arc<dyn BuildObserver>,
     ) -> Result<(Vec<String>, Vec<String>)> {
         use futures_util::StreamExt;
@@ -112,16 +139,19 @@ impl Store {
         };
         let applying = async move {
             let options = ApplyOptions::default();
-            let mut applier = Rootfs::open(rootfs, options.clone()).map_err(rootfs_error(rootfs))?;
+            let rootfs = work.rootfs();
+            let mut applier = Rootfs::open(&rootfs, options.clone()).map_err(rootfs_error(&rootfs))?;
             let mut paths = Vec::with_capacity(image.layers.len());
             let mut applied = LayerSummary::default();
             for layer in &image.layers {
                 let relative = arrivals.recv().await.expect("a fetch result for every layer until one fails")?;
-                let (path, compression) = (self.root().join(&relative), layer.compression);
+                let (path, compression, work) = (self.root().join(&relative), layer.compression, work.clone());
                 let summary;
-                (applier, summary) = tokio::task::spawn_blocking(move || apply_one(applier, &path, compression))
-                    .await
-                    .expect("layer applier")?;
+                (applier, summary) = blocking(move || {
+                    let _work = work;
+                    apply_one(applier, &path, compression)
+                })
+                .await?;
                 applied += &summary;
                 paths.push(relative);
             }
@@ -131,12 +161,7 @@ impl Store {
     }
 
     /// The layer's blob in the cache, downloaded (and checked) if missing.
-    async fn cached_layer(
-        &self,
-        pinned: &Reference,
-        layer: &Layer,
-        observer: Arc<dyn BuildObserver>,
-    ) -> Result<String> {
+    async fn cached_layer(&self, pinned: &Pinned, layer: &Layer, observer: Arc<dyn BuildObserver>) -> Result<String> {
         let digest = &layer.descriptor.digest;
         let relative = crate::pull::by_digest("layers", digest);
         let path = self.root().join(&relative);
@@ -148,8 +173,12 @@ impl Store {
             return Ok(relative);
         }
         let partial = self.tmp().join(format!("layer-{}.part", digest.hex()));
-        let progress = PulledBytes { observer, seen: std::sync::atomic::AtomicU64::new(0) };
-        let fetched = self.registry()?.fetch_blob(pinned, digest, layer.descriptor.size, &partial, &progress).await?;
+        let progress = crate::metrics::Received::new(None, move |bytes| observer.pulled(bytes));
+        let dropped_midway = RemoveOnDrop(Some(partial.clone()));
+        let fetched =
+            self.registry()?.fetch_blob(pinned.reference(), digest, layer.descriptor.size, &partial, &progress).await;
+        dropped_midway.disarm();
+        let fetched = fetched?;
         if let Err(mismatch) = crate::oci::check_blob(&layer.descriptor, &fetched.digest, fetched.size) {
             let _ = remove_partial(&partial);
             return Err(mismatch);
@@ -158,18 +187,79 @@ impl Store {
     }
 }
 
-/// Counts the bytes a layer download adds, for the observer.
-struct PulledBytes {
-    observer: Arc<dyn BuildObserver>,
-    seen: std::sync::atomic::AtomicU64,
+/// What a build holds while any part of it runs: shared by its future and
+/// its blocking jobs; dropped by the last of them, which removes the work
+/// directory and then releases the key's lock, the lease and the observer,
+/// in that order, on a blocking thread.
+pub(crate) struct Work {
+    /// Taken out to publish the image.
+    held: Option<Held>,
 }
 
-impl Progress for PulledBytes {
-    fn advanced(&self, written: u64) {
-        let before = self.seen.fetch_max(written, std::sync::atomic::Ordering::Relaxed);
-        if written > before {
-            self.observer.pulled(written - before);
+/// Dropped in the order of its fields.
+struct Held {
+    dir: Option<tempfile::TempDir>,
+    _lock: KeyLock,
+    _lease: Lease,
+    _observer: Arc<dyn BuildObserver>,
+}
+
+impl Work {
+    /// Removes what an interrupted build of `key` left and makes a work
+    /// directory with an empty `rootfs/` (blocking).
+    fn start(store: &Store, key: &str, mut held: Held) -> Result<Arc<Work>> {
+        store.remove_abandoned_work(key)?;
+        let dir = held.dir.insert(store.work_dir(key)?);
+        let rootfs = dir.path().join("rootfs");
+        let work = Arc::new(Work { held: Some(held) });
+        std::fs::create_dir(&rootfs).map_err(Error::io("cannot create", &rootfs))?;
+        Ok(work)
+    }
+
+    fn dir(&self) -> &Path {
+        let held = self.held.as_ref().expect("held until published");
+        held.dir.as_ref().expect("a work directory").path()
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.dir().join("rootfs")
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let Some(held) = self.held.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(held))),
+            Err(_) => drop(held),
         }
+    }
+}
+
+/// Removes a download's partial file (and its metadata) if dropped armed:
+/// the download was dropped midway, its build cancelled.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(partial) = self.0.take() {
+            let _ = remove_partial(&partial);
+        }
+    }
+}
+
+/// Runs `job` on a blocking thread; a panic in it goes on in the caller.
+async fn blocking<T: Send + 'static>(job: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    match tokio::task::spawn_blocking(job).await {
+        Ok(done) => done,
+        Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+        Err(cancelled) => Err(Error::Internal(format!("a blocking job was dropped: {cancelled}"))),
     }
 }
 
@@ -203,7 +293,7 @@ fn write_cpio(rootfs: &Path, out: &Path) -> std::io::Result<()> {
     file.sync_all()
 }
 
-fn remove_tree(path: &PathBuf) -> Result<()> {
+fn remove_tree(path: &Path) -> Result<()> {
     std::fs::remove_dir_all(path).map_err(Error::io("cannot remove", path))
 }
 

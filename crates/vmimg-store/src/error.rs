@@ -63,6 +63,9 @@ pub enum Error {
     BuildFailed { reference: String, message: String },
     #[error("layer {}: {source}", path.display())]
     Layer { path: PathBuf, source: vmimg_rootfs::apply::ApplyError },
+    /// A bug, or a store in a state it should never be in.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Oci(#[from] vmimg_oci::Error),
     #[error(transparent)]

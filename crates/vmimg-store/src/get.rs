@@ -166,7 +166,7 @@ impl Store {
                 Ok(Pulled { path: self.image_file(&record), record, cached: false })
             }
             _ => Err(Error::BuildFailed {
-                reference: build.reference,
+                reference: build.reference.to_string(),
                 message: build.error.unwrap_or_else(|| "no error recorded".to_owned()),
             }),
         }

@@ -57,8 +57,10 @@
 //! - [`Store::build_container`]: container images made into ext4, erofs or
 //!   cpio disks, their layers cached by digest (the `container` module);
 //!   [`Manager`] queues such builds, a few at a time, keeps their status,
-//!   recovers those a crash interrupted, and counts them (the `builds`
-//!   module);
+//!   follows and cancels them (also across processes), recovers those a
+//!   crash interrupted, and counts them (the `builds` module);
+//! - [`Store::metrics`]: builds, pulls and bytes on disk in a Prometheus
+//!   registry a daemon serves (the `metrics` module);
 //! - [`Store::refresh_catalog`]: moves a catalog file's aliases to their
 //!   publishers' newest snapshots (the `refresh` module).
 //!
@@ -75,6 +77,7 @@ mod growing;
 mod instance;
 mod locks;
 mod manage;
+mod metrics;
 mod oci;
 mod pull;
 mod record;
@@ -83,7 +86,7 @@ mod source;
 mod store;
 mod unpack;
 
-pub use builds::{Build, BuildStatus, Histogram, Manager, ManagerOptions, Metrics, Totals, build_id};
+pub use builds::{Build, BuildStatus, Manager, ManagerOptions, Totals, build_id};
 pub use bundle::ExportedBundle;
 pub use catalog::{Arch, Artifact, Catalog, EMBEDDED, Entry, MAX_CATALOG_BYTES, Mirrors};
 pub use container::BuildObserver;
@@ -91,8 +94,10 @@ pub use error::{Error, Result};
 pub use get::{GetOptions, Observer, Stage};
 pub use instance::{Instance, InstanceRequest};
 pub use manage::{GcReport, ImageSummary, Usage};
+pub use metrics::Metrics;
 pub use oci::{OciSource, PushOptions};
-
+/// The metrics library whose registry [`Metrics::registry`] gives, at the version the store uses.
+pub use prometheus_client;
 pub use record::{
     Compression, ContainerInfo, ImageFormat, ImageRecord, InstanceFormat, InstanceRecord, Pulled, RootfsFormat,
     SourceFormat, SourceInfo, Status, Timestamp,

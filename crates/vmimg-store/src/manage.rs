@@ -45,6 +45,16 @@ pub struct Usage {
     pub total: u64,
 }
 
+impl Usage {
+    /// Bytes on disk of the store at `root`, by part.
+    pub(crate) fn of(root: &Path) -> Usage {
+        let of = |dir: &str| allocated(&root.join(dir));
+        let (images, blobs, layers, partial, instances) =
+            (of("images"), of("blobs"), of("layers"), of("tmp"), of("instances"));
+        Usage { images, blobs, layers, partial, instances, total: images + blobs + layers + partial + instances }
+    }
+}
+
 /// What `gc` removed (or, in a dry run, would remove).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
@@ -134,10 +144,7 @@ impl Store {
 
     /// Bytes on disk of images, blobs, partial work and instances.
     pub fn usage(&self) -> Usage {
-        let of = |dir: &str| allocated(&self.root().join(dir));
-        let (images, blobs, layers, partial, instances) =
-            (of("images"), of("blobs"), of("layers"), of("tmp"), of("instances"));
-        Usage { images, blobs, layers, partial, instances, total: images + blobs + layers + partial + instances }
+        Usage::of(self.root())
     }
 
     /// Removes what nothing needs: leftovers in `tmp/` (abandoned work,

@@ -48,6 +48,12 @@ impl Store {
     /// Gets `source` into the store (or finds it there) and returns its disk.
     /// `progress` hears about the download, if there is one.
     pub async fn pull(&self, source: &Resolved, progress: Option<Arc<dyn Progress>>) -> Result<Pulled> {
+        let counted = self.metrics().pulls.start(source);
+        let progress = counted.progress(progress);
+        counted.finish(self.pull_uncounted(source, progress).await)
+    }
+
+    async fn pull_uncounted(&self, source: &Resolved, progress: Option<Arc<dyn Progress>>) -> Result<Pulled> {
         if let Some(found) = self.found(&source.key)? {
             return Ok(found);
         }

@@ -86,6 +86,7 @@ struct Shared {
     registry: std::sync::OnceLock<vmimg_oci::Registry>,
     threads: usize,
     locks: Locks,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Store {
@@ -114,6 +115,7 @@ impl Store {
         }
         let arch = options.arch.or_else(Arch::host).ok_or(Error::NoHostArch { host: std::env::consts::ARCH })?;
         let locks = Locks::new(root.join("locks"));
+        let metrics = crate::metrics::Metrics::new(&root);
         Ok(Store {
             shared: Arc::new(Shared {
                 root,
@@ -126,6 +128,7 @@ impl Store {
                 registry: std::sync::OnceLock::new(),
                 threads: options.threads,
                 locks,
+                metrics,
             }),
         })
     }
@@ -146,6 +149,11 @@ impl Store {
         }
         let registry = vmimg_oci::Registry::new(self.shared.registry_options.clone())?;
         Ok(self.shared.registry.get_or_init(|| registry))
+    }
+
+    /// The store's metrics: pulls, builds and bytes on disk.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.shared.metrics
     }
 
     pub fn root(&self) -> &Path {
