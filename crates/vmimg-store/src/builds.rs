@@ -219,7 +219,7 @@ enum Claim {
     /// This process: its lock, held until the build ends.
     Ours(LockFile),
     /// This process already, or another one: the build as it is.
-    Found(Build),
+    Found(Box<Build>),
 }
 
 impl Manager {
@@ -274,7 +274,7 @@ impl Manager {
         let id = build_id(reference, format);
         let lock = match self.inner.claim(&id, observer.as_ref())? {
             Claim::Ours(lock) => lock,
-            Claim::Found(build) => return Ok(build),
+            Claim::Found(build) => return Ok(*build),
         };
         let time = Timestamp::now();
         let build = Build {
@@ -287,7 +287,7 @@ impl Manager {
             digest: None,
             image: None,
             bytes_pulled: 0,
-            created_at: time.clone(),
+            created_at: time,
             updated_at: time,
         };
         self.enqueue(build, lock, observer.into_iter().collect())
@@ -564,13 +564,13 @@ impl Inner {
     fn claim(&self, id: &str, observer: Option<&Arc<dyn BuildObserver>>) -> Result<Claim> {
         for _ in 0..CLAIM_TRIES {
             if let Some(build) = self.join(id, observer) {
-                return Ok(Claim::Found(build));
+                return Ok(Claim::Found(Box::new(build)));
             }
             if let Some(lock) = self.hold(id)? {
                 return Ok(Claim::Ours(lock));
             }
             if let Some(build) = self.load(id)?.filter(|b| !b.status.is_done()) {
-                return Ok(Claim::Found(build));
+                return Ok(Claim::Found(Box::new(build)));
             }
             std::thread::sleep(CLAIM_PAUSE);
         }
