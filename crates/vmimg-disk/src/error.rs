@@ -67,4 +67,17 @@ impl Error {
     }
 }
 
+/// For callers whose errors are `io::Error`s: an I/O failure keeps its
+/// kind, anything else is `Other`; the message (which names the path) is
+/// this error's, which travels inside (`get_ref` downcasts to it).
+impl From<Error> for io::Error {
+    fn from(err: Error) -> Self {
+        let kind = match &err {
+            Error::Io { source, .. } => source.kind(),
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, err)
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -21,7 +21,8 @@
 //!   bounded memory, published atomically;
 //! - [`decoder`] decompresses the gzip, xz, zstd and bzip2 streams disks are
 //!   published in, and [`write_sparse`] writes a raw disk from a stream;
-//! - [`publish`] writes a file so that it appears whole or not at all;
+//! - [`publish`] writes a file so that it appears whole or not at all, and
+//!   [`publish_path`] does the same for a tool that writes it by name;
 //! - [`parse_size`] reads sizes such as `20G`.
 //!
 //! This crate knows files only: no network, no store.
@@ -50,7 +51,7 @@ pub use probe::{
     Content, Foreign, MIN_DISK_BYTES, NotADisk, PROBE_BYTES, Stream, TAIL_BYTES, ensure_plain_raw, probe, probe_file,
     probe_tail,
 };
-pub use publish::publish;
+pub use publish::{Replace, publish, publish_path};
 pub use raw::raw_extents;
 pub use size::parse_size;
 pub use to_qcow2::{Qcow2ConvertOptions, convert_to_qcow2};

@@ -10,10 +10,10 @@
 //!
 //! What [`build`] owns: the `mkfs.erofs` command line, a reproducible image
 //! (fixed UUID, and `SOURCE_DATE_EPOCH` for the build time, so the same tree
-//! gives the same bytes), the data check, and the publication: the image is
-//! written to a temporary file beside `out`, checked with
-//! `fsck.erofs --extract` (which decompresses every file), fsynced and only
-//! then renamed to `out`. An error leaves no file behind and an older `out`
+//! gives the same bytes) and the data check. The image is written to a
+//! temporary file beside `out` and checked there with `fsck.erofs --extract`
+//! (which decompresses every file); `vmimg_disk::publish_path` then fsyncs it
+//! and renames it to `out`. An error leaves no file behind and an older `out`
 //! untouched. Owners, modes, mtimes (with nanoseconds), hard links, symlinks,
 //! device nodes, FIFOs, sockets and extended attributes are kept as they are
 //! in the tree; nothing is made root-owned.
@@ -66,7 +66,7 @@
 //! - Speed: lz4hc makes ~35 MB/s of `/usr/bin` here, lz4 ~200 MB/s; both
 //!   drop to 2-3 MB/s (lz4hc) on incompressible data.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -74,6 +74,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::depth;
+use vmimg_disk::Replace;
 
 /// The Debian package that ships `mkfs.erofs` and `fsck.erofs`.
 pub const DEBIAN_PACKAGE: &str = "erofs-utils";
@@ -154,10 +155,11 @@ pub fn build(root: &Path, out: &Path, options: &ErofsOptions) -> io::Result<Erof
     let timestamp = options.timestamp.unwrap_or(newest.saturating_add(1));
     let fsck = tool(options, "fsck.erofs");
     let erofs_utils_version = version(&fsck)?;
-    let temp = TempFile::beside(out)?;
-    mkfs(root, temp.path(), options, timestamp)?;
-    check_with(temp.path(), &fsck)?;
-    let bytes = temp.persist(out)?;
+    let bytes = vmimg_disk::publish_path(out, Replace::Yes, true, |image| {
+        mkfs(root, image, options, timestamp)?;
+        check_with(image, &fsck)?;
+        fs::metadata(image).map(|meta| meta.len()).map_err(|e| context(e, image, "stat"))
+    })?;
     Ok(ErofsImage { bytes, erofs_utils_version })
 }
 
@@ -352,59 +354,6 @@ fn check_name(path: &Path) -> io::Result<()> {
         )));
     }
     Ok(())
-}
-
-/// A file beside the destination that is removed unless persisted.
-struct TempFile {
-    path: Option<PathBuf>,
-}
-
-impl TempFile {
-    fn beside(out: &Path) -> io::Result<TempFile> {
-        let name = out.file_name().ok_or_else(|| invalid(format!("erofs: {}: not a file name", out.display())))?;
-        let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        for attempt in 0u32.. {
-            let path = dir.join(format!(".{}.{}-{attempt}.tmp", name.to_string_lossy(), std::process::id()));
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(_) => return Ok(TempFile { path: Some(path) }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(context(e, &path, "create")),
-            }
-        }
-        unreachable!("u32 attempts")
-    }
-
-    fn path(&self) -> &Path {
-        self.path.as_deref().expect("not yet persisted")
-    }
-
-    /// Fsyncs the file, renames it to `to`, fsyncs the directory; returns its size.
-    fn persist(mut self, to: &Path) -> io::Result<u64> {
-        let path = self.path.take().expect("persisted once");
-        let result = publish(&path, to);
-        if result.is_err() {
-            let _ = fs::remove_file(&path);
-        }
-        result
-    }
-}
-
-fn publish(path: &Path, to: &Path) -> io::Result<u64> {
-    let file = File::open(path)?;
-    file.sync_all()?;
-    let bytes = file.metadata()?.len();
-    fs::rename(path, to).map_err(|e| context(e, to, "publish"))?;
-    let dir = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    File::open(dir)?.sync_all()?;
-    Ok(bytes)
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some(path) = &self.path {
-            let _ = fs::remove_file(path);
-        }
-    }
 }
 
 fn context(err: io::Error, path: &Path, what: &str) -> io::Error {

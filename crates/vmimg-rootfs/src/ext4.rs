@@ -11,16 +11,19 @@
 //! Tested with Debian's e2fsprogs 1.47.0. A missing tool is an error that
 //! names the package.
 //!
-//! This module owns the sizing, the command lines and the atomic publication
-//! of the image (a temporary file in the output's directory, flushed, then
-//! renamed; on any error it is removed). It refuses a root that is not a
-//! directory, a `lost+found` at the root that is not a directory (mke2fs
-//! makes its own there), an output inside the tree, a label longer than 16
-//! bytes, a tree deeper than [`crate::depth::MAX_DEPTH`], a path of
-//! exactly 2,039 bytes (mke2fs 1.47.0 to 1.47.2 abort on it, see
-//! [`crate::depth`]), and, for empty disks, an existing path unless asked
-//! and a size under [`MIN_EMPTY_SIZE`] or not a multiple of 4 KiB. The tree
-//! is refused before anything is written.
+//! This module owns the sizing and the command lines. The image is made and
+//! checked in a temporary file beside the output, which
+//! `vmimg_disk::publish_path` flushes and renames into place (removing it on
+//! any error).
+//!
+//! It refuses a root that is not a directory, a `lost+found` at the root
+//! that is not a directory (mke2fs makes its own there), an output inside
+//! the tree, a label longer than 16 bytes, a tree deeper than
+//! [`crate::depth::MAX_DEPTH`], a path of exactly 2,039 bytes (mke2fs 1.47.0
+//! to 1.47.2 abort on it, see [`crate::depth`]), and, for empty disks, an
+//! existing path unless asked (checked first, and again by the rename) and
+//! a size under [`MIN_EMPTY_SIZE`] or not a multiple of 4 KiB. The tree is
+//! refused before anything is written.
 //!
 //! # Sizing
 //! One walk of the tree (lstat, symlinks never followed, nothing outside the
@@ -70,10 +73,10 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
-use std::fs::{self, File, Metadata, Permissions};
+use std::fs::{self, File, Metadata};
 use std::io::{self, Write as _};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -81,6 +84,7 @@ use rustix::fs::SeekFrom;
 use rustix::io::Errno;
 
 use crate::depth;
+use vmimg_disk::Replace;
 
 /// The block size of every image made here.
 pub const BLOCK_SIZE: u64 = 4096;
@@ -222,18 +226,16 @@ pub fn build(root: &Path, out: &Path, options: &Ext4Options) -> io::Result<Ext4S
     let tree = survey(root)?;
     refuse_output_inside(root, out)?;
     let plan = Plan::new(&tree, options);
-    let temp = temp_beside(out)?;
-    let image = temp.path();
-    temp.as_file().set_len(plan.blocks * BLOCK_SIZE).map_err(at(image))?;
-    let inodes = OsString::from(plan.inodes.to_string());
-    let extra = [OsStr::new("-N"), &inodes, OsStr::new("-d"), root.as_os_str()];
-    mke2fs(image, plan.blocks, plan.journal_blocks, &options.identity, &extra)?;
-    set_root_inode(image, root, &options.identity)?;
-    e2fsck_optimize(image, &options.identity)?;
-    check(image)?;
-    let sb = Superblock::read(image)?;
-    temp.as_file().sync_all().map_err(at(image))?;
-    publish(temp, out, true)?;
+    let sb = vmimg_disk::publish_path(out, Replace::Yes, true, |image| {
+        set_size(image, plan.blocks * BLOCK_SIZE)?;
+        let inodes = OsString::from(plan.inodes.to_string());
+        let extra = [OsStr::new("-N"), &inodes, OsStr::new("-d"), root.as_os_str()];
+        mke2fs(image, plan.blocks, plan.journal_blocks, &options.identity, &extra)?;
+        set_root_inode(image, root, &options.identity)?;
+        e2fsck_optimize(image, &options.identity)?;
+        check(image)?;
+        Superblock::read(image)
+    })?;
     Ok(Ext4Summary {
         size: sb.blocks * BLOCK_SIZE,
         inodes: sb.inodes,
@@ -262,14 +264,13 @@ pub fn new_empty(path: &Path, size: u64, options: &EmptyOptions) -> io::Result<(
         return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{}: already exists", path.display())));
     }
     let blocks = size / BLOCK_SIZE;
-    let temp = temp_beside(path)?;
-    let image = temp.path();
-    temp.as_file().set_len(size).map_err(at(image))?;
-    let ratio = OsString::from(EMPTY_BYTES_PER_INODE.to_string());
-    mke2fs(image, blocks, journal_blocks(blocks), &options.identity, &[OsStr::new("-i"), &ratio])?;
-    check(image)?;
-    temp.as_file().sync_all().map_err(at(image))?;
-    publish(temp, path, options.replace)
+    let replace = if options.replace { Replace::Yes } else { Replace::No };
+    vmimg_disk::publish_path(path, replace, true, |image| {
+        set_size(image, size)?;
+        let ratio = OsString::from(EMPTY_BYTES_PER_INODE.to_string());
+        mke2fs(image, blocks, journal_blocks(blocks), &options.identity, &[OsStr::new("-i"), &ratio])?;
+        check(image)
+    })
 }
 
 /// Checks the ext4 image at `image` with `e2fsck -fn` (read-only, forced):
@@ -802,42 +803,20 @@ fn e2fsck_optimize(image: &Path, identity: &Identity) -> io::Result<()> {
 
 // --------------------------------------------------------------- the files
 
-fn temp_beside(out: &Path) -> io::Result<tempfile::NamedTempFile> {
-    let name = out.file_name().ok_or_else(|| invalid(format!("{}: not a file name", out.display())))?;
-    let mut prefix = OsString::from(".");
-    prefix.push(name);
-    prefix.push(".");
-    tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".tmp")
-        .permissions(Permissions::from_mode(0o644))
-        .tempfile_in(parent(out))
-        .map_err(at(parent(out)))
-}
-
-/// Renames the flushed temporary file to `out` (over a file there if
-/// `replace`) and flushes the directory.
-fn publish(temp: tempfile::NamedTempFile, out: &Path, replace: bool) -> io::Result<()> {
-    let result = if replace { temp.persist(out) } else { temp.persist_noclobber(out) };
-    result.map_err(|e| at(out)(e.error))?;
-    File::open(parent(out)).and_then(|dir| dir.sync_all()).map_err(at(parent(out)))
+/// Gives the empty temporary image its size: mke2fs writes within it.
+fn set_size(image: &Path, bytes: u64) -> io::Result<()> {
+    fs::OpenOptions::new().write(true).open(image).and_then(|f| f.set_len(bytes)).map_err(at(image))
 }
 
 /// mke2fs would copy the growing image into itself.
 fn refuse_output_inside(root: &Path, out: &Path) -> io::Result<()> {
     let root = fs::canonicalize(root).map_err(at(root))?;
-    let dir = fs::canonicalize(parent(out)).map_err(at(parent(out)))?;
+    let parent = out.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = fs::canonicalize(parent).map_err(at(parent))?;
     if dir.starts_with(&root) {
         return Err(invalid(format!("{}: the image would be inside the tree {}", out.display(), root.display())));
     }
     Ok(())
-}
-
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    }
 }
 
 // ---------------------------------------------------------------- helpers
