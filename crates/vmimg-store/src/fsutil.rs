@@ -27,14 +27,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Writes `bytes` to `path` so that a crash leaves the old file or the new
-/// one: a temporary file beside it, flushed, renamed, the directory flushed.
+/// one (see `vmimg_disk::publish`).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().expect("a path inside the store");
-    let mut temp =
-        tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(Error::io("cannot create a file in", dir))?;
-    temp.write_all(bytes).and_then(|()| temp.as_file().sync_all()).map_err(Error::io("cannot write", temp.path()))?;
-    temp.persist(path).map_err(|e| Error::io("cannot rename into", path)(e.error))?;
-    sync_dir(dir)
+    vmimg_disk::publish(path, true, |mut file| file.write_all(bytes).map_err(Error::io("write", path)))
 }
 
 /// Removes a file; a missing one is fine.
