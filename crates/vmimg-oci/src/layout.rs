@@ -305,8 +305,9 @@ impl Layout {
         let mut copy = self
             .blocking(move |inner| {
                 let reader = inner.blob_reader(&wanted, Some(size))?;
-                // A download's partial and its sidecar, if any, are no use: the copy starts over.
-                vmimg_fetch::remove_partial(&path).map_err(|e| output_error(&path, e))?;
+                // The copy starts over, in the same file: a reader may already
+                // hold it open, waiting for its bytes (a conversion that runs
+                // while the parts arrive).
                 let out = File::create(&path).map_err(|e| output_error(&path, e))?;
                 Ok(BlobCopy { reader, out, path, buf: vec![0; COPY_CHUNK] })
             })

@@ -56,7 +56,9 @@
 use crate::container::BuildObserver;
 use crate::error::{Error, Result};
 use crate::locks::LockFile;
+use crate::oci::OciSource;
 use crate::record::{Pulled, RootfsFormat, Timestamp};
+use crate::source::OciRef;
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -66,7 +68,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinError;
 use vmimg_fetch::{Digest, Hasher};
-use vmimg_oci::{OciImage, Reference};
+use vmimg_oci::Reference;
 
 /// How often a build run elsewhere is looked at: its record and lock while
 /// followed; its cancel marker while run here.
@@ -131,7 +133,7 @@ pub struct Build {
     pub id: String,
     /// The reference asked for.
     #[serde(with = "crate::record::as_text")]
-    pub reference: Reference,
+    pub reference: OciRef,
     pub format: RootfsFormat,
     pub status: BuildStatus,
     /// Place in the queue of a pending build (1 is next), in this process.
@@ -246,8 +248,8 @@ impl Manager {
     /// hold the build's lock while no record says it runs the build (it is
     /// between two steps), this waits for it a little, at most half a
     /// second, on the calling thread.
-    pub fn create(&self, reference: &Reference, format: RootfsFormat) -> Result<Build> {
-        self.start(reference, format, None)
+    pub fn create(&self, reference: impl Into<OciRef>, format: RootfsFormat) -> Result<Build> {
+        self.start(reference.into(), format, None)
     }
 
     /// [`Manager::create`], with `observer` hearing the build's progress as
@@ -258,20 +260,20 @@ impl Manager {
     /// followed through its record, and `observer` hears nothing of it.
     pub fn create_observed(
         &self,
-        reference: &Reference,
+        reference: impl Into<OciRef>,
         format: RootfsFormat,
         observer: Arc<dyn BuildObserver>,
     ) -> Result<Build> {
-        self.start(reference, format, Some(observer))
+        self.start(reference.into(), format, Some(observer))
     }
 
     fn start(
         &self,
-        reference: &Reference,
+        reference: OciRef,
         format: RootfsFormat,
         observer: Option<Arc<dyn BuildObserver>>,
     ) -> Result<Build> {
-        let id = build_id(reference, format);
+        let id = build_id(&reference, format);
         let lock = match self.inner.claim(&id, observer.as_ref())? {
             Claim::Ours(lock) => lock,
             Claim::Found(build) => return Ok(*build),
@@ -279,7 +281,7 @@ impl Manager {
         let time = Timestamp::now();
         let build = Build {
             id,
-            reference: reference.clone(),
+            reference,
             format,
             status: BuildStatus::Pending,
             queue_position: None,
@@ -510,14 +512,14 @@ impl Inner {
         self.update(&id, |b| b.status = BuildStatus::Pulling);
         let build = self.build_of(&id);
         let reference = build.reference.clone();
-        let (pinned, image) = self.store.registry()?.image(&reference, self.store.arch().name()).await?;
-        let OciImage::Container(image) = image else {
+        let resolved = self.store.resolve_oci_source(&reference.clone().into(), self.store.arch()).await?;
+        let OciSource::Container { origin, image } = resolved else {
             return Err(Error::Invalid(format!(
                 "{reference} is a cloud image, not a container image: pull it to get its disk"
             )));
         };
-        self.update(&id, |b| b.digest = Some(pinned.digest().clone()));
-        self.store.build_container(&pinned, &image, build.format, observer).await
+        self.update(&id, |b| b.digest = Some(origin.digest().clone()));
+        self.store.build_container(&origin, &image, build.format, observer).await
     }
 
     /// Returns when build `id` is asked to stop: by [`Manager::cancel`] in
@@ -770,7 +772,7 @@ fn not_found(id: &str) -> Error {
 }
 
 /// A build's id: the same for the same reference and format.
-pub fn build_id(reference: &Reference, format: RootfsFormat) -> String {
+pub fn build_id(reference: &OciRef, format: RootfsFormat) -> String {
     let mut hasher = Hasher::new(vmimg_fetch::Algorithm::Sha256);
     hasher.update(format!("{reference} {}", format.name()).as_bytes());
     hasher.finish().hex()[..16].to_owned()

@@ -33,12 +33,12 @@
 
 use crate::error::{Error, Result};
 use crate::locks::{KeyLock, Lease};
-use crate::record::{ContainerInfo, ImageRecord, Pulled, RootfsFormat, SourceFormat, SourceInfo};
+use crate::record::{ContainerInfo, ImageRecord, Pulled, RootfsFormat, SourceFormat};
+use crate::source::OciOrigin;
 use crate::store::Store;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vmimg_fetch::remove_partial;
-use vmimg_oci::Pinned;
+use vmimg_fetch::{Digest, remove_partial};
 use vmimg_oci::container::{Compression, ContainerImage, Layer};
 use vmimg_rootfs::apply::{self, ApplyOptions, LayerSummary, Rootfs};
 
@@ -59,23 +59,22 @@ pub trait BuildObserver: Send + Sync {
 }
 
 impl Store {
-    /// The cache key of `pinned` (a reference at its manifest digest) built as `format`.
-    pub fn container_key(&self, pinned: &Pinned, format: RootfsFormat) -> String {
-        let digest = pinned.digest();
+    /// The cache key of the container image whose manifest has `digest`, built as `format`.
+    pub fn container_key(&self, digest: &Digest, format: RootfsFormat) -> String {
         format!("oci-{}_{}-{}", &digest.hex()[..16], self.arch(), format.name())
     }
 
-    /// Builds the disk of container image `image` (`pinned` names it), or
+    /// Builds the disk of container image `image` (`origin` says where it is), or
     /// finds it in the store. `observer` is held until every part of the
     /// build has ended (see [`BuildObserver`]).
     pub async fn build_container(
         &self,
-        pinned: &Pinned,
+        origin: &OciOrigin,
         image: &ContainerImage,
         format: RootfsFormat,
         observer: Arc<dyn BuildObserver>,
     ) -> Result<Pulled> {
-        let key = self.container_key(pinned, format);
+        let key = self.container_key(origin.digest(), format);
         if let Some(found) = self.found(&key)? {
             return Ok(found);
         }
@@ -84,16 +83,15 @@ impl Store {
         if let Some(found) = self.found(&key)? {
             return Ok(found);
         }
-        let run = self.registry()?.run_config(pinned.reference(), image).await?;
+        let run = origin.image_source(self)?.run_config(image).await?;
         let work = {
             let (store, key, observer) = (self.clone(), key.clone(), observer.clone());
             let held = Held { dir: None, _lock: lock, _lease: lease, _observer: observer };
             blocking(move || Work::start(&store, &key, held)).await?
         };
-        let (layers, warnings) = self.fetch_and_apply(pinned, image, &work, observer.clone()).await?;
+        let (layers, warnings) = self.fetch_and_apply(origin, image, &work, observer.clone()).await?;
         observer.converting();
-        let digest = pinned.digest().clone();
-        let info = SourceInfo::Oci { reference: pinned.reference().clone(), digest: digest.clone() };
+        let (digest, info) = (origin.digest().clone(), origin.info());
         let mut record = {
             let work = work.clone();
             blocking(move || {
@@ -118,7 +116,7 @@ impl Store {
     /// what the tree could not keep of them.
     async fn fetch_and_apply(
         &self,
-        pinned: &Pinned,
+        origin: &OciOrigin,
         image: &ContainerImage,
         work: &Arc<Work>,
         observer: Arc<dyn BuildObserver>,
@@ -127,7 +125,7 @@ impl Store {
         let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
         let fetching = async move {
             let fetches: Vec<_> =
-                image.layers.iter().map(|layer| self.cached_layer(pinned, layer, observer.clone())).collect();
+                image.layers.iter().map(|layer| self.cached_layer(origin, layer, observer.clone())).collect();
             let mut in_order = futures_util::stream::iter(fetches).buffered(LAYER_JOBS);
             while let Some(fetched) = in_order.next().await {
                 let failed = fetched.is_err();
@@ -161,7 +159,12 @@ impl Store {
     }
 
     /// The layer's blob in the cache, downloaded (and checked) if missing.
-    async fn cached_layer(&self, pinned: &Pinned, layer: &Layer, observer: Arc<dyn BuildObserver>) -> Result<String> {
+    async fn cached_layer(
+        &self,
+        origin: &OciOrigin,
+        layer: &Layer,
+        observer: Arc<dyn BuildObserver>,
+    ) -> Result<String> {
         let digest = &layer.descriptor.digest;
         let relative = crate::pull::by_digest("layers", digest);
         let path = self.root().join(&relative);
@@ -175,8 +178,7 @@ impl Store {
         let partial = self.tmp().join(format!("layer-{}.part", digest.hex()));
         let progress = crate::metrics::Received::new(None, move |bytes| observer.pulled(bytes));
         let dropped_midway = RemoveOnDrop(Some(partial.clone()));
-        let fetched =
-            self.registry()?.fetch_blob(pinned.reference(), digest, layer.descriptor.size, &partial, &progress).await;
+        let fetched = origin.image_source(self)?.fetch_blob(digest, layer.descriptor.size, &partial, &progress).await;
         dropped_midway.disarm();
         let fetched = fetched?;
         if let Err(mismatch) = crate::oci::check_blob(&layer.descriptor, &fetched.digest, fetched.size) {

@@ -14,11 +14,10 @@ use crate::catalog::Arch;
 use crate::error::{Error, Result};
 use crate::oci::OciSource;
 use crate::record::{ImageRecord, Pulled, RootfsFormat};
-use crate::source::{Resolved, Source};
+use crate::source::{OciOrigin, Resolved, Source};
 use crate::store::Store;
 use std::sync::Arc;
 use vmimg_fetch::{Digest, Progress};
-use vmimg_oci::Pinned;
 
 /// How to get a source.
 #[derive(Clone, Default)]
@@ -94,7 +93,7 @@ impl Store {
         let Ok(source) = Source::parse(name, self.catalog()) else { return Err(not_found()) };
         let key = match self.resolve_source(&source, &GetOptions::default()).await {
             Ok(Resolution::Disk(resolved)) => resolved.key,
-            Ok(Resolution::Container(reference)) => self.container_key(&reference, RootfsFormat::default()),
+            Ok(Resolution::Container(origin)) => self.container_key(origin.digest(), RootfsFormat::default()),
             Err(_) => return Err(not_found()),
         };
         self.lookup(&key)?.ok_or_else(not_found)
@@ -117,15 +116,15 @@ impl Store {
     async fn resolve_source(&self, source: &Source, options: &GetOptions) -> Result<Resolution> {
         let arch = options.arch.unwrap_or(self.arch());
         let resolved = match source {
-            Source::Registry(reference) => {
+            Source::Registry(_) | Source::Layout(_) => {
                 if options.digest.is_some() {
                     return Err(Error::Invalid(format!(
                         "{source} is verified by its manifest: pin it as REF@sha256:… instead of giving a digest"
                     )));
                 }
-                match self.resolve_oci_source(reference, arch).await? {
+                match self.resolve_oci_source(source, arch).await? {
                     OciSource::Cloud(resolved) => resolved,
-                    OciSource::Container { pinned, .. } => return Ok(Resolution::Container(pinned)),
+                    OciSource::Container { origin, .. } => return Ok(Resolution::Container(origin)),
                 }
             }
             _ => self.resolver(arch).resolve(source, options.digest.clone())?,
@@ -139,20 +138,20 @@ enum Resolution {
     /// A disk to pull.
     Disk(Resolved),
     /// A container image to build, pinned to its manifest's digest.
-    Container(Pinned),
+    Container(OciOrigin),
 }
 
 impl Store {
-    /// Builds container image `pinned` as `format` through the build queue
+    /// Builds the container image at `origin` as `format` through the build queue
     /// and waits for it, telling `observer` its stages.
     async fn build_and_wait(
         &self,
-        pinned: &Pinned,
+        origin: &OciOrigin,
         format: RootfsFormat,
         observer: Option<Arc<dyn Observer>>,
     ) -> Result<Pulled> {
         let manager = crate::builds::Manager::new(Arc::new(self.clone()), Default::default())?;
-        let build = manager.create(pinned.reference(), format)?;
+        let build = manager.create(origin.pinned_ref(), format)?;
         let build = manager
             .follow(&build.id, |build| {
                 if let Some(observer) = &observer {

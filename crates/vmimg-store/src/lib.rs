@@ -103,7 +103,7 @@ pub use record::{
     SourceFormat, SourceInfo, Status, Timestamp,
 };
 pub use refresh::{Change, MAX_UPSTREAM_TEXT, RefreshError, Refreshed};
-pub use source::{Location, Resolved, Source};
+pub use source::{Location, OciOrigin, OciRef, Resolved, Source};
 pub use store::{Store, StoreOptions, default_root};
 pub use vmimg_bundle::bundle::{ExportOptions, Limits as BundleLimits};
 pub use vmimg_bundle::machine::Machine;

@@ -17,6 +17,7 @@ use crate::growing::{EndOnDrop, GrowingFile, Watermark};
 use crate::pull::Made;
 use crate::record::{ImageRecord, SourceInfo};
 use crate::source::Resolved;
+use crate::source::{Location, OciOrigin, Source};
 use crate::store::Store;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -27,7 +28,7 @@ use vmimg_disk::{ConvertStats, DiskImage, Format};
 use vmimg_fetch::{Digest, Progress, remove_partial};
 use vmimg_oci::artifact::{CloudImage, Descriptor, DiskFormat};
 use vmimg_oci::container::ContainerImage;
-use vmimg_oci::{OciImage, Pinned, Push, Pushed, Reference};
+use vmimg_oci::{ImageSource, Layout, OciImage, Push, Pushed, Reference};
 use vmimg_qcow2::ReadAt;
 
 /// What an OCI reference names, resolved.
@@ -36,7 +37,7 @@ pub enum OciSource {
     Cloud(Resolved),
     /// A container image, pinned to its manifest's digest: a disk is built from it.
     Container {
-        pinned: Pinned,
+        origin: OciOrigin,
         image: ContainerImage,
     },
 }
@@ -45,19 +46,30 @@ pub enum OciSource {
 const PART_JOBS: usize = 3;
 
 impl Store {
-    /// What `reference` names now (asking the registry what its tag names,
-    /// and an index its entry for `arch`): a cloud image, resolved to the
-    /// source of a pull keyed by its manifest's digest and the
-    /// architecture; or a container image, to build.
-    pub async fn resolve_oci_source(&self, reference: &Reference, arch: Arch) -> Result<OciSource> {
-        let (pinned, image) = self.registry()?.image(reference, arch.name()).await?;
+    /// What an OCI `source` (a registry reference or a local layout) names
+    /// now (asking the registry what its tag names, reading the layout's
+    /// index; through an index, its entry for `arch`): a cloud image,
+    /// resolved to the source of a pull keyed by its manifest's digest and
+    /// the architecture; or a container image, to build.
+    pub async fn resolve_oci_source(&self, source: &Source, arch: Arch) -> Result<OciSource> {
+        let (origin, image) = match source {
+            Source::Registry(reference) => {
+                let (pinned, image) = self.registry()?.image(reference, arch.name()).await?;
+                (OciOrigin::Registry(pinned), image)
+            }
+            Source::Layout(reference) => {
+                let layout = Layout::open(reference).await?;
+                let (digest, image) = layout.image(reference.tag(), arch.name()).await?;
+                (OciOrigin::Layout { layout, reference: reference.clone(), digest }, image)
+            }
+            _ => return Err(Error::Invalid(format!("{source} is not an OCI image"))),
+        };
         if let OciImage::Container(image) = image {
-            return Ok(OciSource::Container { pinned, image });
+            return Ok(OciSource::Container { origin, image });
         }
-        let digest = pinned.digest().clone();
+        let digest = origin.digest().clone();
         let key = format!("oci-{}_{arch}", &digest.hex()[..16]);
-        let info = SourceInfo::Oci { reference: reference.clone(), digest: digest.clone() };
-        let location = crate::source::Location::Oci(pinned);
+        let (info, location) = (origin.info(), Location::Oci(origin));
         Ok(OciSource::Cloud(Resolved { key, info, location, expected: Some(digest) }))
     }
 
@@ -65,12 +77,11 @@ impl Store {
     pub(crate) async fn make_from_oci(
         &self,
         source: &Resolved,
-        pinned: &Pinned,
+        origin: &OciOrigin,
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<Made> {
-        let pinned = pinned.reference();
-        let (_, image) = self.registry()?.cloud_image(pinned, self.arch().name()).await?;
-        let image = &image;
+        let images = origin.image_source(self)?;
+        let image = &cloud_image(&images, origin, self.arch()).await?;
         let work = self.work_dir(&source.key)?;
         let disk = work.path().join("disk.raw");
         let partials: Vec<_> =
@@ -88,14 +99,14 @@ impl Store {
         } else {
             None
         };
-        let fetched = self.fetch_parts(pinned, image, &partials, &watermarks, &progress).await;
+        let fetched = fetch_parts(&images, image, &partials, &watermarks, &progress).await;
         let converted = match converter {
             Some(task) => Some(task.await.expect("converter thread")),
             None => None,
         };
         fetched?;
         let converted = match converted {
-            None => check_raw_head(&partials, image, pinned).map(|()| None),
+            None => check_raw_head(&partials, image, origin).map(|()| None),
             Some(converted) => converted.map(Some),
         };
         let converted = match converted {
@@ -120,42 +131,6 @@ impl Store {
         let source_format = if image.format == DiskFormat::Qcow2 { Format::Qcow2 } else { Format::Raw };
         let digest = source.expected.clone().expect("an OCI source has its manifest digest");
         Ok(Made { work, digest, converted: crate::pull::Converted::plain(source_format, stats), blob: None, blobs })
-    }
-
-    /// Fetches every part, `PART_JOBS` at a time; the first failure fails all.
-    async fn fetch_parts(
-        &self,
-        pinned: &Reference,
-        image: &CloudImage,
-        partials: &[std::path::PathBuf],
-        watermarks: &[Arc<Watermark>],
-        progress: &Arc<PartsProgress>,
-    ) -> Result<()> {
-        use futures_util::StreamExt;
-        let registry = self.registry()?;
-        let mut jobs = Vec::with_capacity(image.parts.len());
-        for (i, part) in image.parts.iter().enumerate() {
-            let (partial, watermark) = (&partials[i], watermarks[i].clone());
-            let tee = Tee { watermark: watermark.clone(), progress: progress.clone(), index: i };
-            jobs.push(async move {
-                let fetched = registry.fetch_blob(pinned, &part.digest, part.size, partial, &tee).await;
-                let checked = fetched.map_err(Error::from).and_then(|f| check_blob(part, &f.digest, f.size));
-                watermark.end(checked.is_ok());
-                if checked.is_err() {
-                    let _ = remove_partial(partial);
-                }
-                checked
-            });
-        }
-        let results: Vec<Result<()>> = futures_util::stream::iter(jobs).buffer_unordered(PART_JOBS).collect().await;
-        let outcome: Result<()> = results.into_iter().collect();
-        if let Err(Error::PartMismatch { .. }) = outcome {
-            // The registry serves bad bytes: keep none of this image's parts.
-            for partial in partials {
-                let _ = remove_partial(partial);
-            }
-        }
-        outcome
     }
 
     /// A raw disk from raw parts: their bytes in order, zero blocks left as holes.
@@ -250,11 +225,56 @@ pub struct PushOptions {
     pub jobs: usize,
 }
 
+/// Fetches every part, `PART_JOBS` at a time; the first failure fails all.
+async fn fetch_parts(
+    images: &ImageSource<'_>,
+    image: &CloudImage,
+    partials: &[std::path::PathBuf],
+    watermarks: &[Arc<Watermark>],
+    progress: &Arc<PartsProgress>,
+) -> Result<()> {
+    use futures_util::StreamExt;
+    let mut jobs = Vec::with_capacity(image.parts.len());
+    for (i, part) in image.parts.iter().enumerate() {
+        let (partial, watermark) = (&partials[i], watermarks[i].clone());
+        let tee = Tee { watermark: watermark.clone(), progress: progress.clone(), index: i };
+        jobs.push(async move {
+            let fetched = images.fetch_blob(&part.digest, part.size, partial, &tee).await;
+            let checked = fetched.map_err(Error::from).and_then(|f| check_blob(part, &f.digest, f.size));
+            watermark.end(checked.is_ok());
+            if checked.is_err() {
+                let _ = remove_partial(partial);
+            }
+            checked
+        });
+    }
+    let results: Vec<Result<()>> = futures_util::stream::iter(jobs).buffer_unordered(PART_JOBS).collect().await;
+    let outcome: Result<()> = results.into_iter().collect();
+    if let Err(Error::PartMismatch { .. }) = outcome {
+        // The source serves bad bytes: keep none of this image's parts.
+        for partial in partials {
+            let _ = remove_partial(partial);
+        }
+    }
+    outcome
+}
+
+/// The cloud image `origin` names (still the one its digest says).
+async fn cloud_image(images: &ImageSource<'_>, origin: &OciOrigin, arch: Arch) -> Result<CloudImage> {
+    match images.image(arch.name()).await? {
+        (digest, _) if digest != *origin.digest() => Err(Error::Conflict(format!(
+            "{origin}: the image changed (its manifest is now {digest}) while it was being pulled; pull it again"
+        ))),
+        (_, OciImage::Cloud(image)) => Ok(image),
+        (_, OciImage::Container(_)) => Err(Error::Invalid(format!("{origin} is a container image, not a disk"))),
+    }
+}
+
 /// Refuses raw parts that do not make a plain raw disk: the disk they start
 /// is probed (an image header would be misread by a probing VMM; a
 /// compressed stream or a page is no disk).
-fn check_raw_head(partials: &[std::path::PathBuf], image: &CloudImage, pinned: &Reference) -> Result<()> {
-    let label = std::path::PathBuf::from(format!("oci://{pinned} (its raw disk layers)"));
+fn check_raw_head(partials: &[std::path::PathBuf], image: &CloudImage, origin: &OciOrigin) -> Result<()> {
+    let label = std::path::PathBuf::from(format!("{origin} (its raw disk layers)"));
     let Some(first) = partials.first() else { return Ok(()) };
     let file = File::open(first).map_err(Error::io("open", first))?;
     let mut head = vec![0u8; (vmimg_disk::PROBE_BYTES as u64).min(image.parts[0].size) as usize];

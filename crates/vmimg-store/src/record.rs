@@ -15,8 +15,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use vmimg_fetch::Digest;
-use vmimg_oci::Reference;
 use vmimg_oci::container::RunConfig;
+use vmimg_oci::{LayoutRef, Reference};
 
 /// A record larger than this is refused as corrupt.
 pub(crate) const MAX_RECORD_BYTES: u64 = 1 << 20;
@@ -111,6 +111,13 @@ pub enum SourceInfo {
         reference: Reference,
         digest: Digest,
     },
+    /// An image from a local OCI layout or archive (`oci:DIR[:NAME]`,
+    /// `oci-archive:FILE[:NAME]`), and the digest of its manifest then.
+    Layout {
+        #[serde(with = "as_text")]
+        layout: LayoutRef,
+        digest: Digest,
+    },
 }
 
 impl SourceInfo {
@@ -121,6 +128,7 @@ impl SourceInfo {
         match self {
             SourceInfo::Alias { .. } | SourceInfo::Url { .. } | SourceInfo::Oci { .. } => true,
             SourceInfo::File { path } => path.is_file(),
+            SourceInfo::Layout { layout, .. } => layout.path().exists(),
             SourceInfo::Bundle { .. } | SourceInfo::Blank => false,
         }
     }
@@ -133,6 +141,7 @@ impl SourceInfo {
             SourceInfo::File { path } | SourceInfo::Bundle { path } => path.display().to_string(),
             SourceInfo::Blank => "(blank)".to_owned(),
             SourceInfo::Oci { reference, .. } => format!("oci://{reference}"),
+            SourceInfo::Layout { layout, .. } => layout.to_string(),
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::store::Store;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use vmimg_fetch::{Algorithm, Digest, Hasher};
-use vmimg_oci::Reference;
+use vmimg_oci::{ImageSource, Layout, LayoutError, LayoutRef, Pinned, Reference};
 
 /// A source as a user writes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +33,9 @@ pub enum Source {
     /// `oci://REF` or `docker://REF`: a cloud image or a container image
     /// in a registry.
     Registry(Reference),
+    /// `oci:DIR[:NAME]` or `oci-archive:FILE[:NAME]`: a cloud image or a
+    /// container image in a local OCI layout (built here, never pushed).
+    Layout(LayoutRef),
 }
 
 impl Source {
@@ -42,6 +45,9 @@ impl Source {
     pub fn parse(text: &str, catalog: &Catalog) -> Result<Source> {
         if let Some(reference) = text.strip_prefix("oci://").or_else(|| text.strip_prefix("docker://")) {
             return registry_reference(reference).map(Source::Registry);
+        }
+        if text.starts_with("oci:") || text.starts_with("oci-archive:") {
+            return text.parse().map(Source::Layout).map_err(|e: LayoutError| Error::Invalid(e.to_string()));
         }
         if text.starts_with("http://") || text.starts_with("https://") {
             return Ok(Source::Url(text.to_owned()));
@@ -63,6 +69,7 @@ impl std::fmt::Display for Source {
             Source::Url(url) => f.write_str(url),
             Source::File(path) => write!(f, "{}", path.display()),
             Source::Registry(reference) => write!(f, "oci://{reference}"),
+            Source::Layout(reference) => reference.fmt(f),
         }
     }
 }
@@ -91,12 +98,114 @@ pub(crate) fn local_key(name: &str) -> String {
 pub(crate) const LOCAL_PREFIX: &str = "local-";
 
 /// Where the bytes are.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Location {
     Url(String),
     File(PathBuf),
-    /// A registry reference pinned to its manifest's digest.
-    Oci(vmimg_oci::Pinned),
+    /// An OCI image, pinned to its manifest's digest.
+    Oci(OciOrigin),
+}
+
+/// An OCI image as a build names it: a reference in a registry, or an
+/// image in a local layout. Written as the reference (`registry/repo:tag`)
+/// or as `oci:DIR[:NAME]` / `oci-archive:FILE[:NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OciRef {
+    Registry(Reference),
+    Layout(LayoutRef),
+}
+
+impl From<&Reference> for OciRef {
+    fn from(reference: &Reference) -> OciRef {
+        OciRef::Registry(reference.clone())
+    }
+}
+
+impl From<OciRef> for Source {
+    fn from(reference: OciRef) -> Source {
+        match reference {
+            OciRef::Registry(reference) => Source::Registry(reference),
+            OciRef::Layout(layout) => Source::Layout(layout),
+        }
+    }
+}
+
+impl std::fmt::Display for OciRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OciRef::Registry(reference) => reference.fmt(f),
+            OciRef::Layout(layout) => layout.fmt(f),
+        }
+    }
+}
+
+impl std::str::FromStr for OciRef {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<OciRef> {
+        if text.starts_with("oci:") || text.starts_with("oci-archive:") {
+            return text.parse().map(OciRef::Layout).map_err(|e: LayoutError| Error::Invalid(e.to_string()));
+        }
+        Reference::parse(text).map(OciRef::Registry).map_err(|e| Error::Invalid(e.to_string()))
+    }
+}
+
+/// Where an OCI image is: a registry reference pinned to its manifest's
+/// digest, or the image a name picked in a local layout (with the digest of
+/// its manifest then).
+#[derive(Debug, Clone)]
+pub enum OciOrigin {
+    Registry(Pinned),
+    Layout { layout: Layout, reference: LayoutRef, digest: Digest },
+}
+
+impl OciOrigin {
+    /// The digest of the image's manifest.
+    pub fn digest(&self) -> &Digest {
+        match self {
+            OciOrigin::Registry(pinned) => pinned.digest(),
+            OciOrigin::Layout { digest, .. } => digest,
+        }
+    }
+
+    /// The image as a build names it, pinned: a registry reference at its
+    /// digest, or the layout and the name that picked it.
+    pub(crate) fn pinned_ref(&self) -> OciRef {
+        match self {
+            OciOrigin::Registry(pinned) => OciRef::Registry(pinned.reference().clone()),
+            OciOrigin::Layout { reference, .. } => OciRef::Layout(reference.clone()),
+        }
+    }
+
+    /// What a record keeps of where the image came from.
+    pub(crate) fn info(&self) -> SourceInfo {
+        let digest = self.digest().clone();
+        match self {
+            OciOrigin::Registry(pinned) => SourceInfo::Oci { reference: pinned.reference().clone(), digest },
+            OciOrigin::Layout { reference, .. } => SourceInfo::Layout { layout: reference.clone(), digest },
+        }
+    }
+
+    /// The image's blobs and config, read through the store's registry
+    /// client or from the layout.
+    pub(crate) fn image_source<'a>(&self, store: &'a Store) -> Result<ImageSource<'a>> {
+        Ok(match self {
+            OciOrigin::Registry(pinned) => {
+                ImageSource::Registry { registry: store.registry()?, reference: pinned.reference().clone() }
+            }
+            OciOrigin::Layout { layout, reference, .. } => {
+                ImageSource::Layout { layout: layout.clone(), reference: reference.clone() }
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for OciOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OciOrigin::Registry(pinned) => write!(f, "oci://{pinned}"),
+            OciOrigin::Layout { reference, digest, .. } => write!(f, "{reference}@{digest}"),
+        }
+    }
 }
 
 /// A source ready to pull.
@@ -115,7 +224,7 @@ impl Resolved {
         match &self.location {
             Location::Url(url) => url.clone(),
             Location::File(path) => path.display().to_string(),
-            Location::Oci(reference) => format!("oci://{reference}"),
+            Location::Oci(origin) => origin.to_string(),
         }
     }
 }
@@ -160,8 +269,8 @@ impl Resolver<'_> {
                 self.alias(alias, entry)
             }
             Source::File(path) => file(path, digest),
-            Source::Registry(_) => {
-                Err(Error::Invalid(format!("{source} names a registry image: its registry says what it is")))
+            Source::Registry(_) | Source::Layout(_) => {
+                Err(Error::Invalid(format!("{source} names an OCI image: its manifest says what it is")))
             }
         }
     }

@@ -35,7 +35,7 @@ fn open_manager(store: &Path, concurrency: usize) -> Manager {
 /// Writes the record a process pulling the layers of build `format` of
 /// `reference` keeps; returns the build's id.
 fn record_pulling(store: &Path, reference: &Reference, format: RootfsFormat) -> String {
-    let id = build_id(reference, format);
+    let id = build_id(&reference.into(), format);
     let record = serde_json::json!({
         "id": id, "reference": reference.to_string(), "format": format.name(), "status": "pulling",
         "bytes_pulled": 12, "created_at": "2026-11-25T00:00:00Z", "updated_at": "2026-11-25T00:00:01Z"

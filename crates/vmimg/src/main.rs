@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vmimg_disk::{ConvertOptions, Format};
+use vmimg_store::Source;
 
 /// Get VM disk images onto the host, verified, converted and ready to boot.
 #[derive(Parser)]
@@ -533,8 +534,13 @@ fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(pull::run(&store, &source, digest, format, json, cli.quiet))
         }
         Command::Build { source, format, json } => {
-            oci::required_reference(&source)?;
             let store = cli.store.open()?;
+            if !matches!(vmimg_store::Source::parse(&source, store.catalog())?, Source::Registry(_) | Source::Layout(_))
+            {
+                anyhow::bail!(
+                    "{source:?} is not a container image: write oci://REGISTRY/REPOSITORY[:TAG], oci:DIR[:NAME] or oci-archive:FILE[:NAME]"
+                );
+            }
             runtime()?.block_on(pull::run(&store, &source, None, Some(format), json, cli.quiet))
         }
         Command::Builds(BuildsCommand::List { json }) => build::list(cli.store.open()?, json),

@@ -184,6 +184,35 @@ fn two_layers_with_whiteouts_in_every_format() {
     assert_eq!(record["container"]["layers"].as_array().unwrap().len(), 2);
 }
 
+/// A container image in a local OCI layout, and in a tar of it, built here
+/// and never pushed, becomes a disk as one from a registry does.
+#[test]
+fn container_images_in_local_layouts_and_archives_become_disks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = tmp.path().join("layer");
+    fs::create_dir_all(layer.join("etc")).unwrap();
+    fs::write(layer.join("etc/hello"), "from a layout\n").unwrap();
+    let layout = tmp.path().join("layout");
+    ImageSpec::new().dir_layer(&layer).cmd(&["/bin/sh"]).build_layout(&layout, "v1").unwrap();
+    let archive = tmp.path().join("layout.tar");
+    run(Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(&layout).arg("."));
+    let store = tmp.path().join("store");
+
+    let disk = ok(&store, &["pull", &format!("oci:{}:v1", layout.display())]);
+    run(Command::new("e2fsck").arg("-fn").arg(disk.trim()));
+    assert_eq!(read(&ext4_tree(Path::new(disk.trim()), &tmp.path().join("ext4")).join("etc/hello")), "from a layout\n");
+    let initrd = ok(&store, &["build", "--format", "cpio", &format!("oci-archive:{}:v1", archive.display())]);
+    assert_eq!(
+        read(&cpio_tree(Path::new(initrd.trim()), &tmp.path().join("cpio")).join("etc/hello")),
+        "from a layout\n"
+    );
+    let images: Value = serde_json::from_str(&ok(&store, &["images", "--json"])).unwrap();
+    let kinds: Vec<_> = images.as_array().unwrap().iter().map(|i| i["source"]["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["layout", "layout"]);
+    let builds: Value = serde_json::from_str(&ok(&store, &["builds", "list", "--json"])).unwrap();
+    assert!(builds[0]["reference"].as_str().unwrap().starts_with("oci"), "{builds:#}");
+}
+
 #[test]
 fn an_empty_ext4_disk() {
     let tmp = tempfile::tempdir().unwrap();

@@ -384,3 +384,51 @@ fn a_raw_layer_carrying_a_qcow2_header_is_refused() {
         !store.join("blobs/sha256").exists() || std::fs::read_dir(store.join("blobs/sha256")).unwrap().next().is_none()
     );
 }
+
+/// Writes `bytes` into the OCI layout `dir` as a blob; returns its descriptor's digest and size.
+fn layout_blob(dir: &Path, bytes: &[u8]) -> (Digest, u64) {
+    let digest = sha256(bytes);
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(blobs.join(digest.hex()), bytes).unwrap();
+    (digest, bytes.len() as u64)
+}
+
+/// A cloud image in a local OCI layout (`oci:DIR:v1`) and in a tar of it
+/// (`oci-archive:FILE:v1`), built here and never pushed: pulled as from a
+/// registry, the disk equals `qemu-img convert`'s, and both name one image
+/// (one manifest, one key).
+#[test]
+fn a_cloud_image_in_a_local_layout_or_archive_is_pulled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (raw, qcow2) = (tmp.path().join("disk.raw"), tmp.path().join("disk.qcow2"));
+    noisy_disk(&raw, 16);
+    let convert = Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&raw).arg(&qcow2).status().unwrap();
+    assert!(convert.success());
+    let layout = tmp.path().join("layout");
+    let part = layout_blob(&layout, &std::fs::read(&qcow2).unwrap());
+    layout_blob(&layout, b"{}");
+    let manifest = artifact::manifest(artifact::DiskFormat::Qcow2, &[part], "disk", BTreeMap::new());
+    let (digest, size) = layout_blob(&layout, &serde_json::to_vec(&manifest).unwrap());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest.to_string(), "size": size,
+        "annotations": {"org.opencontainers.image.ref.name": "v1"}}]});
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let archive = tmp.path().join("layout.tar");
+    assert!(Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(&layout).arg(".").status().unwrap().success());
+
+    let store = tmp.path().join("store");
+    let pulled: Value =
+        serde_json::from_str(&ok(&store, &["pull", "--json", &format!("oci:{}:v1", layout.display())])).unwrap();
+    assert_eq!(std::fs::read(pulled["path"].as_str().unwrap()).unwrap(), std::fs::read(&raw).unwrap());
+    assert_eq!(pulled["source"]["kind"], "layout");
+    assert_eq!(pulled["digest"], digest.to_string());
+    assert_eq!(pulled["verified"], true);
+    let again: Value =
+        serde_json::from_str(&ok(&store, &["pull", "--json", &format!("oci-archive:{}:v1", archive.display())]))
+            .unwrap();
+    assert_eq!((&again["name"], &again["cached"]), (&pulled["name"], &Value::Bool(true)), "one manifest, one image");
+    let error = common::fails(&store, &["pull", &format!("oci:{}:v2", layout.display())]);
+    assert!(error.contains("v2"), "{error}");
+}
