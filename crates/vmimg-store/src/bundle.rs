@@ -17,9 +17,12 @@
 //!   `machine.json`: a mutable image, whose owner writes the disk in place
 //!   (installing a system, say) before exporting it. A mutable image with
 //!   instances can be neither exported nor removed.
+//!
+//! Reading, writing, hashing and flushing run on blocking threads.
 
 use crate::catalog::is_name_safe;
 use crate::error::{Error, Result};
+use crate::fsutil::blocking;
 use crate::pull::Pulled;
 use crate::record::ImageRecord;
 use crate::source::{SourceInfo, local_key};
@@ -77,7 +80,8 @@ impl Store {
             Some(digest) => (Integrity::CallerDigest, digest.algorithm()),
             None => (Integrity::FrameChecksums, Algorithm::Sha256),
         };
-        let (imported, digest) = tokio::task::spawn_blocking(move || {
+        let machine = work.path().join(MACHINE);
+        let digest = blocking("the import", move || {
             let file = File::open(&source).map_err(Error::io("cannot open", &source))?;
             let mut hashing = Hashing::new(file, algorithm);
             // The import reads the file to its end: the digest covers it all.
@@ -87,29 +91,30 @@ impl Store {
             refuse_image_header(&disk, &source)?;
             match expected {
                 Some(expected) if expected != actual => Err(Error::BundleMismatch { path: source, expected, actual }),
-                _ => Ok((imported, actual)),
+                _ => crate::fsutil::write_atomic(&machine, &imported.machine.to_json()).map(|()| actual),
             }
         })
-        .await
-        .expect("import task")?;
-        crate::fsutil::write_atomic(&work.path().join(MACHINE), &imported.machine.to_json())?;
+        .await?;
         let path = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
         let record = ImageRecord::for_work(&key, &work, SourceInfo::Bundle { path }, Some(digest), "bundle")?;
-        self.publish_work(work, record)
+        self.publish_image(work, record).await
     }
 
     /// Makes a blank mutable image of `size` bytes named `name`.
     pub async fn new_image(&self, name: &str, size: u64, machine: Option<Machine>) -> Result<Pulled> {
         let (key, _lock) = self.lock_new_image(name).await?;
         let work = self.work_dir(&key)?;
-        let disk = work.path().join("disk.raw");
-        let file = File::create(&disk).map_err(Error::io("cannot create", &disk))?;
-        file.set_len(size).and_then(|()| file.sync_all()).map_err(Error::io("cannot size", &disk))?;
+        let (disk, json) = (work.path().join("disk.raw"), work.path().join(MACHINE));
         let machine = machine.unwrap_or_else(Machine::generate);
-        crate::fsutil::write_atomic(&work.path().join(MACHINE), &machine.to_json())?;
+        blocking("making the disk", move || {
+            let file = File::create(&disk).map_err(Error::io("cannot create", &disk))?;
+            file.set_len(size).and_then(|()| file.sync_all()).map_err(Error::io("cannot size", &disk))?;
+            crate::fsutil::write_atomic(&json, &machine.to_json())
+        })
+        .await?;
         let mut record = ImageRecord::for_work(&key, &work, SourceInfo::Blank, None, "blank")?;
         record.mutable = true;
-        self.publish_work(work, record)
+        self.publish_image(work, record).await
     }
 
     /// Packs image `key` into a bundle at `dst`.
@@ -131,7 +136,7 @@ impl Store {
         // removal: only a mutable one stays locked while it is read.
         let held = record.mutable.then_some(lock);
         let dst = dst.to_owned();
-        let exported = tokio::task::spawn_blocking(move || {
+        let exported = blocking("the export", move || {
             vmimg_disk::publish(&dst, true, |out| {
                 let mut hashing = Hashing::new(out, Algorithm::Sha256);
                 let exported =
@@ -145,8 +150,7 @@ impl Store {
                 })
             })
         })
-        .await
-        .expect("export task")?;
+        .await?;
         drop(held);
         self.touch(key);
         Ok(exported)
