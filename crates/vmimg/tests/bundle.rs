@@ -321,7 +321,7 @@ fn digest_checks_the_whole_file_and_lets_in_unchecked_frames() {
     let script = format!("zstd -dc {} | zstd -q --no-check -o {}", bundle.display(), unchecked.display());
     assert!(Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
     let error = refused(&store, &unchecked, &[]);
-    assert!(error.contains("carries no content checksum") && error.contains("--digest"), "{error}");
+    assert!(error.contains("carries no content checksum") && error.contains("the bundle's digest"), "{error}");
     let digest = format!("sha256:{}", sha256(&unchecked));
     let disk = ok(&store, &["bundle", "import", unchecked.to_str().unwrap(), "--digest", &digest]);
     assert!(std::fs::read(disk).unwrap() == std::fs::read(dir.path().join("disk.img")).unwrap());
