@@ -633,7 +633,7 @@ fn open_partial(path: &Path, url: &str, algorithm: Algorithm) -> Result<(File, O
         .truncate(false)
         .open(path)
         .map_err(Error::io("cannot create", path))?;
-    let meta = std::fs::read(meta_path(path)).ok().and_then(|b| serde_json::from_slice::<PartialMeta>(&b).ok());
+    let meta = read_sidecar(path);
     let len = file.metadata().map_err(Error::io("cannot stat", path))?.len();
     match meta {
         Some(meta) if meta.url == url && meta.version.total.is_none_or(|t| len <= t) && len > 0 => {
@@ -646,6 +646,17 @@ fn open_partial(path: &Path, url: &str, algorithm: Algorithm) -> Result<(File, O
         }
     }
 }
+
+/// The sidecar of the partial at `path`, if it reads as one (at most
+/// [`MAX_SIDECAR`] bytes are read).
+fn read_sidecar(path: &Path) -> Option<PartialMeta> {
+    let mut bytes = Vec::new();
+    File::open(meta_path(path)).ok()?.take(MAX_SIDECAR).read_to_end(&mut bytes).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// A sidecar holds a URL and three validators: far less than this.
+const MAX_SIDECAR: u64 = 1 << 20;
 
 /// Runs `work` on one of tokio's blocking threads (file work must not hold
 /// up the async thread that drives transfers); should it panic, the error

@@ -31,7 +31,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use vmimg_bundle::bundle::{self, ExportOptions, Integrity, Limits};
-use vmimg_bundle::machine::{MAX_MACHINE_BYTES, Machine};
+use vmimg_bundle::machine::{Machine, MachineError};
 use vmimg_fetch::{Algorithm, Digest, Hasher};
 
 const MACHINE: &str = "machine.json";
@@ -52,11 +52,12 @@ impl Store {
     /// The image's `machine.json`, if it has one.
     pub fn machine(&self, key: &str) -> Result<Option<Machine>> {
         let path = self.image_dir(key).join(MACHINE);
-        if !path.exists() {
-            return Ok(None);
+        match Machine::load(&path) {
+            Ok(machine) => Ok(Some(machine)),
+            Err(MachineError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(MachineError::Io(source)) => Err(Error::Io { action: "read", path, source }),
+            Err(e) => Err(Error::Record { path, message: e.to_string() }),
         }
-        let text = crate::fsutil::read_bounded(&path, MAX_MACHINE_BYTES as u64)?;
-        Machine::parse(text.as_bytes()).map(Some).map_err(|e| Error::Record { path, message: e.to_string() })
     }
 
     /// Imports the bundle at `file` as image `name` (default: the file's

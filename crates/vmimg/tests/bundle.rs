@@ -160,6 +160,8 @@ fn a_blank_mutable_image_is_refused_for_export_and_rm_while_in_use() {
         &["image", "new", "other", "--size", "1G", "--machine", dir.path().join("bad.json").to_str().unwrap()],
     );
     assert!(error.contains("memory"), "{error}");
+    let error = fails(&store, &["image", "new", "other", "--size", "1G", "--machine", "/dev/zero"]);
+    assert!(error.contains("larger than"), "an endless machine.json is refused, not read whole: {error}");
 }
 
 /// splitmix64: reproducible numbers from a seed.
