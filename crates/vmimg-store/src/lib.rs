@@ -14,7 +14,10 @@
 //!   recovers those a crash interrupted, and counts them (the `builds`
 //!   module);
 //! - [`Store::refresh_catalog`]: moves a catalog file's aliases to their
-//!   publishers' newest snapshots (the `refresh` module).
+//!   publishers' newest snapshots (the `refresh` module);
+//! - [`Error::kind`]: what kind of failure an error is ([`ErrorKind`]), which
+//!   a frontend maps to an exit code or an HTTP status without reading its
+//!   text (the `kind` module).
 //!
 //! The store never prints and never parses command lines: the CLI does.
 
@@ -26,6 +29,7 @@ mod error;
 mod fsutil;
 mod growing;
 mod instance;
+mod kind;
 mod manage;
 mod oci;
 mod pull;
@@ -41,6 +45,7 @@ pub use catalog::{Arch, Artifact, Catalog, EMBEDDED, Entry, MAX_CATALOG_BYTES, M
 pub use container::{BuildObserver, ContainerInfo, RootfsFormat};
 pub use error::{Error, Result};
 pub use instance::{Instance, InstanceFormat, InstanceRecord, InstanceRequest};
+pub use kind::ErrorKind;
 pub use manage::{GcReport, ImageSummary, Usage};
 pub use oci::OciSource;
 pub use pull::Pulled;
