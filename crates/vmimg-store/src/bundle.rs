@@ -23,7 +23,7 @@
 use crate::catalog::is_name_safe;
 use crate::error::{Error, Result};
 use crate::fsutil::blocking;
-use crate::pull::Pulled;
+use crate::pull::{Pulled, discard};
 use crate::record::ImageRecord;
 use crate::source::{SourceInfo, local_key};
 use crate::store::Store;
@@ -76,26 +76,14 @@ impl Store {
         };
         let (key, _lock) = self.lock_new_image(&name).await?;
         let work = self.work_dir(&key)?;
-        let (source, disk, scratch) = (file.to_owned(), work.path().join("disk.raw"), work.path().join("layer.qcow2"));
-        let (integrity, algorithm) = match &expected {
-            Some(digest) => (Integrity::CallerDigest, digest.algorithm()),
-            None => (Integrity::FrameChecksums, Algorithm::Sha256),
-        };
-        let machine = work.path().join(MACHINE);
-        let digest = blocking("the import", move || {
-            let file = File::open(&source).map_err(Error::io("cannot open", &source))?;
-            let mut hashing = Hashing::new(file, algorithm);
-            // The import reads the file to its end: the digest covers it all.
-            let imported = bundle::import(&mut hashing, &disk, &scratch, &limits, integrity)
-                .map_err(|e| Error::Bundle { path: source.clone(), source: e })?;
-            let actual = hashing.hasher.finish();
-            refuse_image_header(&disk, &source)?;
-            match expected {
-                Some(expected) if expected != actual => Err(Error::BundleMismatch { path: source, expected, actual }),
-                _ => crate::fsutil::write_atomic(&machine, &imported.machine.to_json()).map(|()| actual),
+        let (source, dir) = (file.to_owned(), work.path().to_owned());
+        let digest = match blocking("the import", move || import_into(&source, &dir, &limits, expected)).await {
+            Ok(digest) => digest,
+            Err(error) => {
+                discard(work).await;
+                return Err(error);
             }
-        })
-        .await?;
+        };
         let path = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
         let record = ImageRecord::for_work(&key, &work, SourceInfo::Bundle { path }, Some(digest), "bundle")?;
         self.publish_image(work, record).await
@@ -172,6 +160,30 @@ impl Store {
         }
         self.remove_abandoned_work(&key)?;
         Ok((key, lock))
+    }
+}
+
+/// Imports the bundle at `source` into the work directory `dir` (its disk
+/// and machine.json, flushed); returns the bundle's digest, which must be
+/// `expected` if given (then frames need not carry checksums).
+fn import_into(source: &Path, dir: &Path, limits: &Limits, expected: Option<Digest>) -> Result<Digest> {
+    let (integrity, algorithm) = match &expected {
+        Some(digest) => (Integrity::CallerDigest, digest.algorithm()),
+        None => (Integrity::FrameChecksums, Algorithm::Sha256),
+    };
+    let (disk, scratch) = (dir.join("disk.raw"), dir.join("layer.qcow2"));
+    let file = File::open(source).map_err(Error::io("cannot open", source))?;
+    let mut hashing = Hashing::new(file, algorithm);
+    // The import reads the file to its end: the digest covers it all.
+    let imported = bundle::import(&mut hashing, &disk, &scratch, limits, integrity)
+        .map_err(|e| Error::Bundle { path: source.to_owned(), source: e })?;
+    let actual = hashing.hasher.finish();
+    refuse_image_header(&disk, source)?;
+    match expected {
+        Some(expected) if expected != actual => {
+            Err(Error::BundleMismatch { path: source.to_owned(), expected, actual })
+        }
+        _ => crate::fsutil::write_atomic(&dir.join(MACHINE), &imported.machine.to_json()).map(|()| actual),
     }
 }
 

@@ -16,7 +16,7 @@
 use crate::error::{Error, Result};
 use crate::fsutil::blocking;
 use crate::growing::{EndOnDrop, GrowingFile, Watermark};
-use crate::pull::{Made, remove_partials};
+use crate::pull::{Job, Made, discard, remove_partials};
 use crate::source::{Resolved, SourceInfo};
 use crate::store::Store;
 use std::fs::File;
@@ -75,14 +75,14 @@ impl Store {
     /// Downloads the parts of `image` and converts them into a work directory.
     pub(crate) async fn make_from_oci(
         &self,
-        source: &Resolved,
+        job: Job<'_>,
         pinned: &Reference,
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<Made> {
+        let Job { source, work } = job;
         let (_, image) = self.registry()?.cloud_image(pinned, self.arch().name()).await?;
         let image = &image;
-        let work = self.work_dir(&source.key)?;
-        let disk = work.path().join("disk.raw");
+        let disk = work.join("disk.raw");
         let partials: Vec<_> =
             (0..image.parts.len()).map(|i| self.tmp().join(format!("{}.part{i}", source.key))).collect();
         let watermarks: Vec<_> = image.parts.iter().map(|_| Watermark::new(None)).collect();
@@ -107,7 +107,7 @@ impl Store {
         let (blobs, stats) = self.finish_parts(image, pinned, &partials, converted, disk).await?;
         let source_format = if image.format == DiskFormat::Qcow2 { Format::Qcow2 } else { Format::Raw };
         let digest = source.expected.clone().expect("an OCI source has its manifest digest");
-        Ok(Made { work, digest, converted: crate::pull::Converted::plain(source_format, stats), blob: None, blobs })
+        Ok(Made { digest, converted: crate::pull::Converted::plain(source_format, stats), blob: None, blobs })
     }
 
     /// After every part was fetched and verified: refuses parts that make
@@ -185,14 +185,28 @@ impl Store {
     pub async fn push(&self, key: &str, reference: &Reference, push: &Push) -> Result<Pushed> {
         let record = self.lookup(key)?.ok_or_else(|| Error::NotFound { what: "image", name: key.to_owned() })?;
         let disk_path = self.raw_disk(&record)?;
-        let disk = File::open(&disk_path).map_err(Error::io("cannot open", &disk_path))?;
         if push.format == DiskFormat::Raw {
+            let disk = File::open(&disk_path).map_err(Error::io("cannot open", &disk_path))?;
             return Ok(self.registry()?.push_disk(reference, &disk, push).await?);
         }
         let push_key = format!("push-{key}");
         let _lock = self.lock(&push_key).await?;
         let work = self.work_dir(&push_key)?;
-        let qcow2 = work.path().join("disk.qcow2");
+        let pushed = self.push_as_qcow2(disk_path, work.path(), reference, push).await;
+        discard(work).await;
+        pushed
+    }
+
+    /// Writes the raw disk at `disk_path` as a zstd-compressed qcow2 into
+    /// `work`, and pushes that.
+    async fn push_as_qcow2(
+        &self,
+        disk_path: PathBuf,
+        work: &Path,
+        reference: &Reference,
+        push: &Push,
+    ) -> Result<Pushed> {
+        let qcow2 = work.join("disk.qcow2");
         let options = vmimg_disk::Qcow2ConvertOptions {
             compress: vmimg_disk::CompressOptions { threads: self.threads, ..Default::default() },
             sync: false,

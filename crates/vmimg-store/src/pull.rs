@@ -33,9 +33,16 @@ pub struct Pulled {
     pub cached: bool,
 }
 
+/// What making a disk starts from: the source, and the work directory to
+/// make it in.
+#[derive(Clone, Copy)]
+pub(crate) struct Job<'a> {
+    pub(crate) source: &'a Resolved,
+    pub(crate) work: &'a Path,
+}
+
 /// A disk made in a work directory, not yet published.
 pub(crate) struct Made {
-    pub(crate) work: tempfile::TempDir,
     pub(crate) digest: Digest,
     pub(crate) converted: Converted,
     pub(crate) blob: Option<String>,
@@ -70,12 +77,20 @@ impl Store {
             return Ok(found);
         }
         self.remove_abandoned_work(&source.key)?;
+        let work = self.work_dir(&source.key)?;
+        let job = Job { source, work: work.path() };
         let made = match &source.location {
-            Location::Url(url) => self.make_from_url(source, url, progress).await?,
-            Location::File(path) => self.make_from_file(source, path.clone()).await?,
-            Location::Oci(pinned) => self.make_from_oci(source, pinned, progress).await?,
+            Location::Url(url) => self.make_from_url(job, url, progress).await,
+            Location::File(path) => self.make_from_file(job, path.clone()).await,
+            Location::Oci(pinned) => self.make_from_oci(job, pinned, progress).await,
         };
-        self.publish_made(source, made).await
+        match made {
+            Ok(made) => self.publish_made(source, work, made).await,
+            Err(error) => {
+                discard(work).await;
+                Err(error)
+            }
+        }
     }
 
     pub(crate) fn found(&self, key: &str) -> Result<Option<Pulled>> {
@@ -90,17 +105,17 @@ impl Store {
         ConvertOptions { threads: self.threads, sync: true }
     }
 
-    async fn make_from_url(&self, source: &Resolved, url: &str, progress: Option<Arc<dyn Progress>>) -> Result<Made> {
+    async fn make_from_url(&self, job: Job<'_>, url: &str, progress: Option<Arc<dyn Progress>>) -> Result<Made> {
+        let Job { source, work } = job;
         let algorithm = source.expected.as_ref().map_or(Algorithm::Sha256, Digest::algorithm);
         let fetcher = self.fetcher()?;
         let partial = self.partial_path(&source.key);
-        let work = self.work_dir(&source.key)?;
         let reader = File::options().create(true).truncate(false).write(true).read(true).open(&partial);
         let reader = reader.map_err(Error::io("create", &partial))?;
         let watermark = Watermark::new(progress);
         let _release_converter = EndOnDrop(watermark.clone());
         let mut converter = {
-            let (watermark, work, options) = (watermark.clone(), work.path().to_owned(), self.convert_options());
+            let (watermark, work, options) = (watermark.clone(), work.to_owned(), self.convert_options());
             let label = PathBuf::from(url);
             blocking("the conversion", move || {
                 convert_while_downloading(GrowingFile::new(reader, watermark), &label, &work, &options)
@@ -130,12 +145,12 @@ impl Store {
         or_drop_partial(&partial, check_digest(source, &digest)).await?;
         let converted = {
             let (partial, label, dir, options) =
-                (partial.clone(), PathBuf::from(url), work.path().to_owned(), self.convert_options());
+                (partial.clone(), PathBuf::from(url), work.to_owned(), self.convert_options());
             blocking("the conversion", move || finish_download(converted, &partial, &label, &dir, &options)).await
         };
         let converted = or_drop_partial(&partial, converted).await?;
         let blob = self.keep_blob(&partial, &digest).await?;
-        Ok(Made { work, digest, converted, blob: Some(blob), blobs: Vec::new() })
+        Ok(Made { digest, converted, blob: Some(blob), blobs: Vec::new() })
     }
 
     /// Moves a verified partial into `blobs/` and returns its store-relative path.
@@ -150,10 +165,10 @@ impl Store {
         keep_verified_in(self.root(), partial, kind, digest)
     }
 
-    async fn make_from_file(&self, source: &Resolved, path: PathBuf) -> Result<Made> {
-        let work = self.work_dir(&source.key)?;
+    async fn make_from_file(&self, job: Job<'_>, path: PathBuf) -> Result<Made> {
+        let Job { source, work } = job;
         let algorithm = source.expected.as_ref().map_or(Algorithm::Sha256, Digest::algorithm);
-        let (options, dir) = (self.convert_options(), work.path().to_owned());
+        let (options, dir) = (self.convert_options(), work.to_owned());
         let (digest, converted) = blocking("the conversion", move || {
             Ok(std::thread::scope(|scope| {
                 let hashing = scope.spawn(|| File::open(&path).and_then(|f| digest_reader(algorithm, f)));
@@ -164,20 +179,19 @@ impl Store {
         .await?;
         let digest = digest?;
         check_digest(source, &digest)?;
-        Ok(Made { work, digest, converted: converted?, blob: None, blobs: Vec::new() })
+        Ok(Made { digest, converted: converted?, blob: None, blobs: Vec::new() })
     }
 
     /// The record of a pulled image.
-    async fn publish_made(&self, source: &Resolved, made: Made) -> Result<Pulled> {
+    async fn publish_made(&self, source: &Resolved, work: tempfile::TempDir, made: Made) -> Result<Pulled> {
         let format = made.converted.source_format.name();
-        let mut record =
-            ImageRecord::for_work(&source.key, &made.work, source.info.clone(), Some(made.digest), format)?;
+        let mut record = ImageRecord::for_work(&source.key, &work, source.info.clone(), Some(made.digest), format)?;
         record.source_compression = made.converted.compression.map(|stream| stream.name().to_owned());
         record.virtual_size = made.converted.stats.virtual_size;
         record.verified = source.expected.is_some();
         record.blob = made.blob;
         record.blobs = made.blobs;
-        self.publish_image(made.work, record).await
+        self.publish_image(work, record).await
     }
 
     /// Publishes the work directory as image `record.name` (see
@@ -228,6 +242,15 @@ fn keep_verified_in(root: &Path, partial: &Path, kind: &str, digest: &Digest) ->
     crate::fsutil::sync_dir(dir)?;
     remove_partial(partial).map_err(Error::io("cannot remove", partial))?;
     Ok(relative)
+}
+
+/// Removes a work directory (it may hold a whole disk) on a blocking thread.
+pub(crate) async fn discard(work: tempfile::TempDir) {
+    let _ = blocking("removing a work directory", move || {
+        drop(work);
+        Ok(())
+    })
+    .await;
 }
 
 /// Removes partial downloads (and their sidecars), on a blocking thread.
