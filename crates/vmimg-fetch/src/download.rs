@@ -625,6 +625,11 @@ struct Resumed {
 
 /// Opens (creating) the partial file at `path` and, if an earlier download
 /// of `url` left bytes there, hashes them again; else empties it.
+///
+/// The open file is locked (exclusively, waiting for it) until it is
+/// closed, that is until the transfer and every write it had in flight
+/// are done: a write of a transfer cancelled midway cannot land in the file
+/// after a new transfer of the same partial has read or written it.
 fn open_partial(path: &Path, url: &str, algorithm: Algorithm) -> Result<(File, Option<Resumed>)> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -633,6 +638,7 @@ fn open_partial(path: &Path, url: &str, algorithm: Algorithm) -> Result<(File, O
         .truncate(false)
         .open(path)
         .map_err(Error::io("cannot create", path))?;
+    file.lock().map_err(Error::io("cannot lock", path))?;
     let meta = read_sidecar(path);
     let len = file.metadata().map_err(Error::io("cannot stat", path))?.len();
     match meta {
@@ -677,7 +683,25 @@ fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
 
 #[cfg(test)]
 mod tests {
-    use super::Held;
+    use super::{Held, open_partial};
+    use crate::Algorithm;
+    use std::time::Duration;
+
+    #[test]
+    fn a_partial_opens_once_the_last_handle_of_its_earlier_transfer_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.part");
+        let (first, _) = open_partial(&path, "http://h/x", Algorithm::Sha256).unwrap();
+        let (sender, opened) = std::sync::mpsc::channel();
+        let second = std::thread::spawn(move || {
+            let opened = open_partial(&path, "http://h/x", Algorithm::Sha256).map(drop);
+            sender.send(opened).unwrap();
+        });
+        assert!(opened.recv_timeout(Duration::from_millis(300)).is_err(), "opened while the first was open");
+        drop(first);
+        opened.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        second.join().unwrap();
+    }
 
     #[test]
     fn held_bytes_come_off_the_front_across_chunks() {
