@@ -29,7 +29,7 @@
 //! paths: on error it removes them.
 
 use crate::frames::Frames;
-pub use crate::frames::Integrity;
+pub use crate::frames::{Integrity, UncheckedFrame};
 use crate::machine::{MAX_MACHINE_BYTES, Machine, MachineError};
 use rustix::fs::{FallocateFlags, fallocate};
 use std::fs::File;
@@ -73,10 +73,23 @@ impl Default for ExportOptions {
     }
 }
 
+/// Why an export or import failed. Messages speak of the library's terms
+/// (the file size limit, the bundle's digest); a frontend that names them
+/// with its own options matches [`Error::OverLimit`] and
+/// [`Error::UncheckedFrame`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
     Refused(String),
+    /// A file of the bundle (or the disk its layer makes) is over
+    /// [`Limits::max_file`].
+    #[error(
+        "{what} is {size} bytes, over the limit of {limit} bytes a file may have (raise the file size limit to accept it)"
+    )]
+    OverLimit { what: String, size: u64, limit: u64 },
+    /// A frame without a checksum, under [`Integrity::FrameChecksums`].
+    #[error("the bundle: {0}")]
+    UncheckedFrame(UncheckedFrame),
     #[error("{LAYER}: {0}")]
     Layer(#[source] vmimg_qcow2::Error),
     #[error(transparent)]
@@ -92,6 +105,15 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error reading the bundle: [`Error::UncheckedFrame`] for a frame the
+/// `frames` module refused for want of a checksum, else [`Error::Read`].
+fn read_error(error: io::Error) -> Error {
+    match error.get_ref().and_then(|inner| inner.downcast_ref::<UncheckedFrame>()) {
+        Some(unchecked) => Error::UncheckedFrame(*unchecked),
+        None => Error::Read(error),
+    }
+}
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
     let path = path.to_owned();
@@ -186,8 +208,8 @@ pub struct Imported {
 /// the layer, removed when done. On error the caller removes `disk`.
 pub fn import(src: impl Read, disk: &Path, scratch: &Path, limits: &Limits, integrity: Integrity) -> Result<Imported> {
     let compressed = Frames::new(Bounded::new(src, limits.max_archive, "compressed bundle"), integrity);
-    let mut decoder = zstd::Decoder::new(compressed).map_err(Error::Read)?;
-    decoder.window_log_max(27).map_err(Error::Read)?;
+    let mut decoder = zstd::Decoder::new(compressed).map_err(read_error)?;
+    decoder.window_log_max(27).map_err(read_error)?;
     // The tar stream holds at most three files plus headers.
     let expanded = Bounded::new(decoder, limits.max_file.saturating_mul(3).saturating_add(64 << 20), "bundle");
     let mut reader = tar::Reader::new(expanded, tar::Limits { max_meta_bytes: 64 << 10, ..tar::Limits::default() });
@@ -213,7 +235,7 @@ fn read_entries<R: Read>(
 ) -> Result<(Machine, u64)> {
     let (mut machine, mut disk_size, mut layer_seen) = (None, None, false);
     let mut entries = 0;
-    while let Some(entry) = reader.next_entry().map_err(Error::Read)? {
+    while let Some(entry) = reader.next_entry().map_err(read_error)? {
         entries += 1;
         if entries > 8 {
             return Err(Error::Refused(
@@ -231,16 +253,13 @@ fn read_entries<R: Read>(
             return Err(Error::Refused(format!("the bundle holds {name} twice")));
         }
         if entry.size > limits.max_file {
-            return Err(Error::Refused(format!(
-                "{name} is {} bytes, over the limit of {} (raise it with --max-file-size)",
-                entry.size, limits.max_file
-            )));
+            return Err(Error::OverLimit { what: name.to_owned(), size: entry.size, limit: limits.max_file });
         }
         match name {
             DISK => disk_size = Some(extract(reader, &entry, disk, true)?),
             LAYER => layer_seen = extract(reader, &entry, scratch, false).map(|_| true)?,
             _ => {
-                let bytes = reader.read_small(&entry, MAX_MACHINE_BYTES as u64).map_err(Error::Read)?;
+                let bytes = reader.read_small(&entry, MAX_MACHINE_BYTES as u64).map_err(read_error)?;
                 machine = Some(Machine::parse(&bytes)?);
             }
         }
@@ -262,7 +281,7 @@ fn read_entries<R: Read>(
 fn read_past_archive(mut rest: impl Read) -> Result<()> {
     let mut buf = vec![0u8; 64 << 10];
     loop {
-        match rest.read(&mut buf).map_err(Error::Read)? {
+        match rest.read(&mut buf).map_err(read_error)? {
             0 => return Ok(()),
             n if vmimg_disk::is_zero(&buf[..n]) => continue,
             _ => return Err(Error::Refused("the bundle has data after its tar archive's end".into())),
@@ -303,7 +322,7 @@ fn extract<R: Read>(reader: &mut tar::Reader<R>, entry: &tar::Entry, path: &Path
     if is_qcow2 {
         return Err(Error::Refused(format!("{DISK} is a qcow2 image; a bundle's disk must be raw")));
     }
-    read.map_err(Error::Read)?;
+    read.map_err(read_error)?;
     Ok(entry.size)
 }
 
@@ -324,9 +343,7 @@ fn commit_layer(layer: &File, disk: &File, disk_size: u64, max_size: u64) -> Res
     }
     let size = image.virtual_size();
     if size > max_size {
-        return Err(Error::Refused(format!(
-            "{LAYER} makes a disk of {size} bytes, over the limit of {max_size} (raise it with --max-file-size)"
-        )));
+        return Err(Error::OverLimit { what: format!("the disk {LAYER} makes"), size, limit: max_size });
     }
     let mut decoder = image.decoder().map_err(Error::Layer)?;
     let mut buf = Vec::new();

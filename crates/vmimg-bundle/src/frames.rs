@@ -31,6 +31,20 @@ pub enum Integrity {
     CallerDigest,
 }
 
+/// A zstd frame that carries no content checksum, where
+/// [`Integrity::FrameChecksums`] wants every one to (it travels inside an
+/// `io::Error` through the decoder and the tar reader; the import makes it
+/// `bundle::Error::UncheckedFrame`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "its zstd frame {frame} carries no content checksum, so a corrupt byte would go unnoticed: compress it with \
+     checksums (zstd's default, `zstd -C`), or give the bundle's digest to check it by"
+)]
+pub struct UncheckedFrame {
+    /// The frame's number, from 1.
+    pub frame: u64,
+}
+
 const ZSTD_MAGIC: u32 = 0xFD2F_B528;
 const SKIPPABLE_MAGIC: u32 = 0x184D_2A50;
 const SKIPPABLE_MASK: u32 = 0xFFFF_FFF0;
@@ -117,11 +131,7 @@ impl<R> Frames<R> {
         self.frames += 1;
         self.checksum = descriptor & 0b100 != 0;
         if !self.checksum && self.integrity == Integrity::FrameChecksums {
-            return Err(invalid(format!(
-                "its zstd frame {} carries no content checksum, so a corrupt byte would go unnoticed: \
-                 compress it with checksums (zstd's default, `zstd -C`), or give its digest (--digest) to check it by",
-                self.frames
-            )));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, UncheckedFrame { frame: self.frames }));
         }
         let single_segment = descriptor & 0b10_0000 != 0;
         let window = u64::from(!single_segment);

@@ -35,6 +35,7 @@ use serde_json::{Map, Value};
 use std::fmt;
 use std::io::Read;
 use std::num::NonZeroU8;
+use std::path::Path;
 use std::str::FromStr;
 
 /// The largest `machine.json` read, in bytes. Real ones are under 1 KiB.
@@ -184,6 +185,13 @@ impl Machine {
         let mut bytes = Vec::new();
         reader.take(MAX_MACHINE_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(MachineError::Io)?;
         Machine::parse(&bytes)
+    }
+
+    /// [`Machine::read_from`] the file at `path`: whatever its size (a
+    /// device, a pipe, a file that grows), no more than one byte past
+    /// [`MAX_MACHINE_BYTES`] is read.
+    pub fn load(path: &Path) -> Result<Machine, MachineError> {
+        Machine::read_from(std::fs::File::open(path).map_err(MachineError::Io)?)
     }
 
     /// Checks, migrates and completes an already parsed document (which,

@@ -489,6 +489,19 @@ fn read_errors_are_reported() {
 }
 
 #[test]
+fn load_reads_a_file_and_no_more_than_the_limit_of_an_endless_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("machine.json");
+    std::fs::write(&path, Machine::generate().to_json()).unwrap();
+    Machine::load(&path).unwrap();
+    // Read whole, /dev/zero would never end.
+    let error = Machine::load(std::path::Path::new("/dev/zero")).unwrap_err();
+    assert!(matches!(error, MachineError::TooLarge { limit: MAX_MACHINE_BYTES }), "{error:?}");
+    let error = Machine::load(&dir.path().join("missing.json")).unwrap_err();
+    assert!(matches!(&error, MachineError::Io(e) if e.kind() == std::io::ErrorKind::NotFound), "{error:?}");
+}
+
+#[test]
 fn deeply_nested_json_is_refused_without_overflowing_the_stack() {
     let depth = MAX_MACHINE_BYTES / 2 - 100;
     let arrays = format!("{}{}", "[".repeat(depth), "]".repeat(depth));

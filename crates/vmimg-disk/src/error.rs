@@ -25,8 +25,8 @@ pub enum Error {
     Unsupported { path: PathBuf, content: crate::probe::Content },
     #[error(
         "{path} was declared a raw disk but starts with {found} header{detail}: a VMM that probes formats would \
-         open it as that image, so it is refused; if it is such an image, give it as one (without -f raw, or with \
-         its own media type)"
+         open it as that image, so it is refused; if it is such an image, declare it as one (its own format or \
+         media type, not raw)"
     )]
     HeaderInRaw { path: PathBuf, found: crate::probe::Content, detail: String },
     #[error(
@@ -36,7 +36,7 @@ pub enum Error {
     HeaderInDisk { path: PathBuf, found: crate::probe::Content, detail: String },
     #[error("unknown image format {0:?}: vmimg reads raw and qcow2")]
     UnknownFormat(String),
-    #[error("{path} is a qcow2 image and copy copies raw disks only: use `vmimg convert` (or `vmimg pull`)")]
+    #[error("{path} is a qcow2 image, and a copy copies raw disks only: convert it to raw instead")]
     CopyOfQcow2 { path: PathBuf },
     #[error("shrinking is refused: {path} is {size} bytes, more than the requested size of {requested} bytes")]
     Shrink { path: PathBuf, size: u64, requested: u64 },

@@ -249,7 +249,7 @@ impl Content {
         match self {
             Content::Raw | Content::Qcow2 => String::new(),
             Content::Compressed(stream) => {
-                format!("`vmimg pull` decompresses it while it streams; or unpack it first ({})", stream.tool())
+                format!("a pull decompresses it while it streams; or unpack it first ({})", stream.tool())
             }
             Content::Foreign(foreign) => format!(
                 "vmimg reads raw and qcow2 disks: convert it first with `qemu-img convert -f {} -O qcow2 FILE \

@@ -260,7 +260,7 @@ fn a_qcow2_source_is_refused_with_a_pointer_to_convert() {
     let before = names(dir.path());
     let err = copy_raw(&image, &dir.path().join("out.raw"), &CopyOptions::default()).unwrap_err();
     assert!(matches!(err, Error::CopyOfQcow2 { .. }), "{err:?}");
-    assert!(err.to_string().contains("use `vmimg convert`"), "{err}");
+    assert!(err.to_string().contains("convert it to raw instead"), "{err}");
     assert_eq!(names(dir.path()), before);
 }
 

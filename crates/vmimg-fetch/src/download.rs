@@ -22,6 +22,10 @@
 //! A partial left by an earlier process is resumed the same way once its
 //! bytes are hashed again (read locally, once).
 //!
+//! The file work (opening, hashing a partial again, writing each block,
+//! truncating, the final fsync) runs on tokio's blocking threads, never on
+//! the async thread that drives the transfer.
+//!
 //! Connection errors, timeouts (including a body that stalls for
 //! `read_timeout`), cut bodies, bodies slower than `min_speed` over
 //! `speed_window` (the `speed` module), 408, 429 (honouring Retry-After)
@@ -44,6 +48,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How hard to try.
@@ -171,7 +176,7 @@ impl Fetcher {
         let url = request.url;
         check_url(url)?;
         let max_size = request.size.unwrap_or(self.options.max_size).min(self.options.max_size);
-        let mut transfer = Transfer::resume(url, algorithm, partial, progress, max_size)?;
+        let mut transfer = Transfer::resume(url, algorithm, partial, progress, max_size).await?;
         transfer.headers = request.headers.clone();
         let mut delays = self.backoff();
         let mut attempts = 0;
@@ -194,7 +199,7 @@ impl Fetcher {
             progress.retrying(&error, delay);
             tokio::time::sleep(delay).await;
         }
-        transfer.file.sync_all().map_err(Error::io("cannot flush", partial))?;
+        transfer.on_file("cannot flush", |file| file.sync_all()).await?;
         Ok(Fetched { digest: transfer.hasher.finish(), size: transfer.written })
     }
 
@@ -387,7 +392,8 @@ enum Body {
 struct Transfer<'a> {
     url: &'a str,
     path: &'a Path,
-    file: File,
+    /// Shared with the blocking threads that read and write it.
+    file: Arc<File>,
     meta: PartialMeta,
     algorithm: Algorithm,
     hasher: Hasher,
@@ -402,50 +408,49 @@ struct Transfer<'a> {
 impl<'a> Transfer<'a> {
     /// Opens `path`, keeping (and hashing again) what an earlier download of
     /// the same URL left there.
-    fn resume(
+    async fn resume(
         url: &'a str,
         algorithm: Algorithm,
         path: &'a Path,
         progress: &'a dyn Progress,
         max_size: u64,
     ) -> Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(Error::io("cannot create", path))?;
-        let meta = std::fs::read(meta_path(path)).ok().and_then(|b| serde_json::from_slice::<PartialMeta>(&b).ok());
-        let mut transfer = Transfer {
+        let (owned, wanted) = (path.to_owned(), url.to_owned());
+        let (file, resumed) = blocking(path, move || open_partial(&owned, &wanted, algorithm)).await?;
+        let resumed = resumed.unwrap_or_else(|| Resumed {
+            meta: PartialMeta { url: url.to_owned(), ..PartialMeta::default() },
+            written: 0,
+            hasher: Hasher::new(algorithm),
+        });
+        Ok(Transfer {
             url,
             path,
-            file,
-            meta: PartialMeta { url: url.to_owned(), ..PartialMeta::default() },
+            file: Arc::new(file),
+            meta: resumed.meta,
             algorithm,
-            hasher: Hasher::new(algorithm),
-            written: 0,
+            hasher: resumed.hasher,
+            written: resumed.written,
             buffer: Vec::with_capacity(WRITE_BLOCK),
             progress,
             max_size,
             headers: HeaderMap::new(),
-        };
-        let len = transfer.file.metadata().map_err(Error::io("cannot stat", path))?.len();
-        match meta {
-            Some(meta) if meta.url == url && meta.version.total.is_none_or(|t| len <= t) && len > 0 => {
-                let prefix = (&transfer.file).take(len);
-                transfer.hasher = Hasher::new(algorithm).consume(prefix).map_err(Error::io("cannot read", path))?;
-                transfer.written = len;
-                transfer.meta = meta;
-            }
-            _ => transfer.restart()?,
-        }
-        Ok(transfer)
+        })
+    }
+
+    /// Runs `work` on the partial file on a blocking thread; its failure is
+    /// an error to `action` the file.
+    async fn on_file<T: Send + 'static>(
+        &self,
+        action: &'static str,
+        work: impl FnOnce(&File) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (file, path) = (self.file.clone(), self.path.to_owned());
+        blocking(self.path, move || work(&file).map_err(Error::io(action, &path))).await
     }
 
     /// Forgets every byte held: empty file, fresh hash.
-    fn restart(&mut self) -> Result<()> {
-        self.file.set_len(0).map_err(Error::io("cannot truncate", self.path))?;
+    async fn restart(&mut self) -> Result<()> {
+        self.on_file("cannot truncate", |file| file.set_len(0)).await?;
         self.hasher = Hasher::new(self.algorithm);
         self.written = 0;
         self.buffer.clear();
@@ -458,21 +463,21 @@ impl<'a> Transfer<'a> {
     async fn attempt(&mut self, fetcher: &Fetcher) -> Result<()> {
         loop {
             let response = self.request(&fetcher.client).await?;
-            let held = match self.fit(&response)? {
+            let held = match self.fit(&response).await? {
                 Fit::Continue(held) => held,
                 Fit::Changed => {
-                    self.restart()?;
+                    self.restart().await?;
                     continue;
                 }
                 Fit::Complete => return Ok(()),
             };
-            self.remember(&response)?;
+            self.remember(&response).await?;
             self.progress.started(self.written, self.meta.version.total);
             let body = self.receive(PacedBody::new(self.url, response.bytes_stream(), &fetcher.options), held).await;
-            self.flush()?;
+            self.flush().await?;
             match body? {
                 Body::Ended => return self.check_complete(),
-                Body::Diverged => self.restart()?,
+                Body::Diverged => self.restart().await?,
             }
         }
     }
@@ -498,7 +503,7 @@ impl<'a> Transfer<'a> {
     /// if it is of the same version under a strong ETag (else they are
     /// dropped and its body taken whole); a 206 only if it is of the same
     /// version and starts where asked.
-    fn fit(&mut self, response: &reqwest::Response) -> Result<Fit> {
+    async fn fit(&mut self, response: &reqwest::Response) -> Result<Fit> {
         let same = || Version::of(response) == self.meta.version;
         match (response.status(), self.written) {
             (StatusCode::OK, 0) => Ok(Fit::Continue(Held::default())),
@@ -506,14 +511,14 @@ impl<'a> Transfer<'a> {
                 Ok(Fit::Continue(Held { trusted: held, check: Vec::new() }))
             }
             (StatusCode::OK, _) => {
-                self.restart()?;
+                self.restart().await?;
                 Ok(Fit::Continue(Held::default()))
             }
             (StatusCode::PARTIAL_CONTENT, held) if held > 0 => match same() {
                 false => Ok(Fit::Changed),
                 true => {
                     self.check_content_range(response.headers())?;
-                    Ok(Fit::Continue(Held { trusted: 0, check: self.overlap()? }))
+                    Ok(Fit::Continue(Held { trusted: 0, check: self.overlap().await? }))
                 }
             },
             (StatusCode::RANGE_NOT_SATISFIABLE, held) if Some(held) == self.meta.version.total => Ok(Fit::Complete),
@@ -523,11 +528,10 @@ impl<'a> Transfer<'a> {
 
     /// The bytes held between [`Transfer::resume_at`] and the end of the
     /// file, which a 206 repeats.
-    fn overlap(&self) -> Result<Vec<u8>> {
+    async fn overlap(&self) -> Result<Vec<u8>> {
         let start = self.resume_at();
         let mut bytes = vec![0; (self.written - start) as usize];
-        self.file.read_exact_at(&mut bytes, start).map_err(Error::io("cannot read", self.path))?;
-        Ok(bytes)
+        self.on_file("cannot read", move |file| file.read_exact_at(&mut bytes, start).map(|()| bytes)).await
     }
 
     /// A 206 must start exactly where asked.
@@ -544,7 +548,7 @@ impl<'a> Transfer<'a> {
 
     /// A download from byte 0 records the version it gets in the sidecar
     /// (a resumed one has shown the same already).
-    fn remember(&mut self, response: &reqwest::Response) -> Result<()> {
+    async fn remember(&mut self, response: &reqwest::Response) -> Result<()> {
         if self.written > 0 {
             return Ok(());
         }
@@ -553,9 +557,8 @@ impl<'a> Transfer<'a> {
             return Err(Error::TooLarge { url: self.url.to_owned(), limit: self.max_size });
         }
         self.meta.version = version;
-        let sidecar = meta_path(self.path);
-        std::fs::write(&sidecar, serde_json::to_vec(&self.meta).expect("meta serializes"))
-            .map_err(Error::io("cannot write", &sidecar))
+        let (sidecar, json) = (meta_path(self.path), serde_json::to_vec(&self.meta).expect("meta serializes"));
+        blocking(self.path, move || std::fs::write(&sidecar, json).map_err(Error::io("cannot write", &sidecar))).await
     }
 
     /// Streams the body into the hash and the file, after taking off the
@@ -579,7 +582,7 @@ impl<'a> Transfer<'a> {
             self.hasher.update(fresh);
             self.buffer.extend_from_slice(fresh);
             if self.buffer.len() >= WRITE_BLOCK {
-                self.flush()?;
+                self.flush().await?;
             }
         }
         Ok(Body::Ended)
@@ -596,16 +599,77 @@ impl<'a> Transfer<'a> {
         }
     }
 
-    fn flush(&mut self) -> Result<()> {
+    /// Writes the buffered block at the end of the bytes held.
+    async fn flush(&mut self) -> Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        self.file.write_all_at(&self.buffer, self.written).map_err(Error::io("cannot write", self.path))?;
-        self.written += self.buffer.len() as u64;
-        self.buffer.clear();
+        let (block, at) = (std::mem::take(&mut self.buffer), self.written);
+        let mut block = self.on_file("cannot write", move |file| file.write_all_at(&block, at).map(|()| block)).await?;
+        self.written += block.len() as u64;
+        block.clear();
+        self.buffer = block;
         self.progress.advanced(self.written);
         Ok(())
     }
+}
+
+/// What an earlier download of the same URL left in a partial file.
+struct Resumed {
+    meta: PartialMeta,
+    /// The partial file's length: bytes held.
+    written: u64,
+    /// The hash of those bytes.
+    hasher: Hasher,
+}
+
+/// Opens (creating) the partial file at `path` and, if an earlier download
+/// of `url` left bytes there, hashes them again; else empties it.
+///
+/// The open file is locked (exclusively, waiting for it) until it is
+/// closed, that is until the transfer and every write it had in flight
+/// are done: a write of a transfer cancelled midway cannot land in the file
+/// after a new transfer of the same partial has read or written it.
+fn open_partial(path: &Path, url: &str, algorithm: Algorithm) -> Result<(File, Option<Resumed>)> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(Error::io("cannot create", path))?;
+    file.lock().map_err(Error::io("cannot lock", path))?;
+    let meta = read_sidecar(path);
+    let len = file.metadata().map_err(Error::io("cannot stat", path))?.len();
+    match meta {
+        Some(meta) if meta.url == url && meta.version.total.is_none_or(|t| len <= t) && len > 0 => {
+            let hasher = Hasher::new(algorithm).consume((&file).take(len)).map_err(Error::io("cannot read", path))?;
+            Ok((file, Some(Resumed { meta, written: len, hasher })))
+        }
+        _ => {
+            file.set_len(0).map_err(Error::io("cannot truncate", path))?;
+            Ok((file, None))
+        }
+    }
+}
+
+/// The sidecar of the partial at `path`, if it reads as one (at most
+/// [`MAX_SIDECAR`] bytes are read).
+fn read_sidecar(path: &Path) -> Option<PartialMeta> {
+    let mut bytes = Vec::new();
+    File::open(meta_path(path)).ok()?.take(MAX_SIDECAR).read_to_end(&mut bytes).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// A sidecar holds a URL and three validators: far less than this.
+const MAX_SIDECAR: u64 = 1 << 20;
+
+/// Runs `work` on one of tokio's blocking threads (file work must not hold
+/// up the async thread that drives transfers); should it panic, the error
+/// names `path`.
+async fn blocking<T: Send + 'static>(path: &Path, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let joined = tokio::task::spawn_blocking(work).await;
+    joined.unwrap_or_else(|e| Err(Error::io("finish the work on", path)(std::io::Error::other(e.to_string()))))
 }
 
 /// `bytes START-END/TOTAL` (TOTAL may be `*`) → (START, TOTAL).
@@ -619,7 +683,25 @@ fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
 
 #[cfg(test)]
 mod tests {
-    use super::Held;
+    use super::{Held, open_partial};
+    use crate::Algorithm;
+    use std::time::Duration;
+
+    #[test]
+    fn a_partial_opens_once_the_last_handle_of_its_earlier_transfer_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.part");
+        let (first, _) = open_partial(&path, "http://h/x", Algorithm::Sha256).unwrap();
+        let (sender, opened) = std::sync::mpsc::channel();
+        let second = std::thread::spawn(move || {
+            let opened = open_partial(&path, "http://h/x", Algorithm::Sha256).map(drop);
+            sender.send(opened).unwrap();
+        });
+        assert!(opened.recv_timeout(Duration::from_millis(300)).is_err(), "opened while the first was open");
+        drop(first);
+        opened.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        second.join().unwrap();
+    }
 
     #[test]
     fn held_bytes_come_off_the_front_across_chunks() {

@@ -17,9 +17,13 @@
 //!   `machine.json`: a mutable image, whose owner writes the disk in place
 //!   (installing a system, say) before exporting it. A mutable image with
 //!   instances can be neither exported nor removed.
+//!
+//! Reading, writing, hashing and flushing run on blocking threads.
 
 use crate::catalog::is_name_safe;
 use crate::error::{Error, Result};
+use crate::fsutil::blocking;
+use crate::pull::discard;
 use crate::record::{ImageRecord, Pulled, SourceFormat, SourceInfo};
 use crate::source::local_key;
 use crate::store::Store;
@@ -27,7 +31,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use vmimg_bundle::bundle::{self, ExportOptions, Integrity, Limits};
-use vmimg_bundle::machine::{MAX_MACHINE_BYTES, Machine};
+use vmimg_bundle::machine::{Machine, MachineError};
 use vmimg_fetch::{Algorithm, Digest, Hasher};
 
 const MACHINE: &str = "machine.json";
@@ -48,11 +52,12 @@ impl Store {
     /// The image's `machine.json`, if it has one.
     pub fn machine(&self, key: &str) -> Result<Option<Machine>> {
         let path = self.image_dir(key).join(MACHINE);
-        if !path.exists() {
-            return Ok(None);
+        match Machine::load(&path) {
+            Ok(machine) => Ok(Some(machine)),
+            Err(MachineError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(MachineError::Io(source)) => Err(Error::Io { action: "read", path, source }),
+            Err(e) => Err(Error::Record { path, message: e.to_string() }),
         }
-        let text = crate::fsutil::read_bounded(&path, MAX_MACHINE_BYTES as u64)?;
-        Machine::parse(text.as_bytes()).map(Some).map_err(|e| Error::Record { path, message: e.to_string() })
     }
 
     /// Imports the bundle at `file` as image `name` (default: the file's
@@ -71,45 +76,35 @@ impl Store {
         };
         let (key, _lock) = self.lock_new_image(&name).await?;
         let work = self.work_dir(&key)?;
-        let (source, disk, scratch) = (file.to_owned(), work.path().join("disk.raw"), work.path().join("layer.qcow2"));
-        let (integrity, algorithm) = match &expected {
-            Some(digest) => (Integrity::CallerDigest, digest.algorithm()),
-            None => (Integrity::FrameChecksums, Algorithm::Sha256),
-        };
-        let (imported, digest) = tokio::task::spawn_blocking(move || {
-            let file = File::open(&source).map_err(Error::io("cannot open", &source))?;
-            let mut hashing = Hashing::new(file, algorithm);
-            // The import reads the file to its end: the digest covers it all.
-            let imported = bundle::import(&mut hashing, &disk, &scratch, &limits, integrity)
-                .map_err(|e| Error::Bundle { path: source.clone(), source: e })?;
-            let actual = hashing.hasher.finish();
-            refuse_image_header(&disk, &source)?;
-            match expected {
-                Some(expected) if expected != actual => Err(Error::BundleMismatch { path: source, expected, actual }),
-                _ => Ok((imported, actual)),
+        let (source, dir) = (file.to_owned(), work.path().to_owned());
+        let digest = match blocking("the import", move || import_into(&source, &dir, &limits, expected)).await {
+            Ok(digest) => digest,
+            Err(error) => {
+                discard(work).await;
+                return Err(error);
             }
-        })
-        .await
-        .expect("import task")?;
-        crate::fsutil::write_atomic(&work.path().join(MACHINE), &imported.machine.to_json())?;
+        };
         let path = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
         let record =
             ImageRecord::for_work(&key, &work, SourceInfo::Bundle { path }, Some(digest), SourceFormat::Bundle)?;
-        self.publish_work(work, record)
+        self.publish_image(work, record).await
     }
 
     /// Makes a blank mutable image of `size` bytes named `name`.
     pub async fn new_image(&self, name: &str, size: u64, machine: Option<Machine>) -> Result<Pulled> {
         let (key, _lock) = self.lock_new_image(name).await?;
         let work = self.work_dir(&key)?;
-        let disk = work.path().join("disk.raw");
-        let file = File::create(&disk).map_err(Error::io("cannot create", &disk))?;
-        file.set_len(size).and_then(|()| file.sync_all()).map_err(Error::io("cannot size", &disk))?;
+        let (disk, json) = (work.path().join("disk.raw"), work.path().join(MACHINE));
         let machine = machine.unwrap_or_else(Machine::generate);
-        crate::fsutil::write_atomic(&work.path().join(MACHINE), &machine.to_json())?;
+        blocking("making the disk", move || {
+            let file = File::create(&disk).map_err(Error::io("cannot create", &disk))?;
+            file.set_len(size).and_then(|()| file.sync_all()).map_err(Error::io("cannot size", &disk))?;
+            crate::fsutil::write_atomic(&json, &machine.to_json())
+        })
+        .await?;
         let mut record = ImageRecord::for_work(&key, &work, SourceInfo::Blank, None, SourceFormat::Blank)?;
         record.mutable = true;
-        self.publish_work(work, record)
+        self.publish_image(work, record).await
     }
 
     /// Packs image `key` into a bundle at `dst`.
@@ -131,7 +126,7 @@ impl Store {
         // removal: only a mutable one stays locked while it is read.
         let held = record.mutable.then_some(lock);
         let dst = dst.to_owned();
-        let exported = tokio::task::spawn_blocking(move || {
+        let exported = blocking("the export", move || {
             vmimg_disk::publish(&dst, true, |out| {
                 let mut hashing = Hashing::new(out, Algorithm::Sha256);
                 let exported =
@@ -145,8 +140,7 @@ impl Store {
                 })
             })
         })
-        .await
-        .expect("export task")?;
+        .await?;
         drop(held);
         self.touch(key);
         Ok(exported)
@@ -165,6 +159,30 @@ impl Store {
         }
         self.remove_abandoned_work(&key)?;
         Ok((key, lock))
+    }
+}
+
+/// Imports the bundle at `source` into the work directory `dir` (its disk
+/// and machine.json, flushed); returns the bundle's digest, which must be
+/// `expected` if given (then frames need not carry checksums).
+fn import_into(source: &Path, dir: &Path, limits: &Limits, expected: Option<Digest>) -> Result<Digest> {
+    let (integrity, algorithm) = match &expected {
+        Some(digest) => (Integrity::CallerDigest, digest.algorithm()),
+        None => (Integrity::FrameChecksums, Algorithm::Sha256),
+    };
+    let (disk, scratch) = (dir.join("disk.raw"), dir.join("layer.qcow2"));
+    let file = File::open(source).map_err(Error::io("cannot open", source))?;
+    let mut hashing = Hashing::new(file, algorithm);
+    // The import reads the file to its end: the digest covers it all.
+    let imported = bundle::import(&mut hashing, &disk, &scratch, limits, integrity)
+        .map_err(|e| Error::Bundle { path: source.to_owned(), source: e })?;
+    let actual = hashing.hasher.finish();
+    refuse_image_header(&disk, source)?;
+    match expected {
+        Some(expected) if expected != actual => {
+            Err(Error::BundleMismatch { path: source.to_owned(), expected, actual })
+        }
+        _ => crate::fsutil::write_atomic(&dir.join(MACHINE), &imported.machine.to_json()).map(|()| actual),
     }
 }
 

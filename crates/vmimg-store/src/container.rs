@@ -32,6 +32,7 @@
 //! inside, so a dropped build either published its image whole or not at all.
 
 use crate::error::{Error, Result};
+use crate::fsutil::blocking;
 use crate::locks::{KeyLock, Lease};
 use crate::record::{ContainerInfo, ImageRecord, Pulled, RootfsFormat, SourceFormat};
 use crate::source::OciOrigin;
@@ -87,14 +88,14 @@ impl Store {
         let work = {
             let (store, key, observer) = (self.clone(), key.clone(), observer.clone());
             let held = Held { dir: None, _lock: lock, _lease: lease, _observer: observer };
-            blocking(move || Work::start(&store, &key, held)).await?
+            blocking("the build", move || Work::start(&store, &key, held)).await?
         };
         let (layers, warnings) = self.fetch_and_apply(origin, image, &work, observer.clone()).await?;
         observer.converting();
         let (digest, info) = (origin.digest().clone(), origin.info());
         let mut record = {
             let work = work.clone();
-            blocking(move || {
+            blocking("the build", move || {
                 let out = work.dir().join(format.file_name());
                 make_disk(&work.rootfs(), &out, format)?;
                 remove_tree(&work.rootfs())?;
@@ -145,7 +146,7 @@ impl Store {
                 let relative = arrivals.recv().await.expect("a fetch result for every layer until one fails")?;
                 let (path, compression, work) = (self.root().join(&relative), layer.compression, work.clone());
                 let summary;
-                (applier, summary) = blocking(move || {
+                (applier, summary) = blocking("the build", move || {
                     let _work = work;
                     apply_one(applier, &path, compression)
                 })
@@ -253,15 +254,6 @@ impl Drop for RemoveOnDrop {
         if let Some(partial) = self.0.take() {
             let _ = remove_partial(&partial);
         }
-    }
-}
-
-/// Runs `job` on a blocking thread; a panic in it goes on in the caller.
-async fn blocking<T: Send + 'static>(job: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    match tokio::task::spawn_blocking(job).await {
-        Ok(done) => done,
-        Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
-        Err(cancelled) => Err(Error::Internal(format!("a blocking job was dropped: {cancelled}"))),
     }
 }
 

@@ -1,10 +1,27 @@
 //! Small file-system steps the store repeats: bounded reads, durable
-//! atomic writes, directory syncs.
+//! atomic writes, directory syncs, and [`blocking`], which runs such steps
+//! (and whole-disk work) off the async threads.
 
 use crate::error::{Error, Result};
+use futures_util::FutureExt;
 use std::fs::File;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::path::Path;
+
+/// Runs `work` on one of tokio's blocking threads, never on an async one:
+/// conversions and copies of whole disks, hashing, fsyncs, renames that
+/// publish, removals of trees and big files. The task starts at once (the
+/// future need not be polled for it to run). Should `work` panic, the
+/// error says that `what` did not complete.
+pub(crate) fn blocking<T, F>(what: &'static str, work: F) -> impl Future<Output = Result<T>> + Unpin
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .map(move |joined| joined.unwrap_or_else(|e| Err(Error::Internal(format!("{what} did not complete: {e}")))))
+}
 
 /// Reads a text file of at most `limit` bytes.
 pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<String> {

@@ -5,7 +5,8 @@
 //! relative to the overlay so the store can move) or `disk.raw` (a reflink
 //! where the filesystem can, else a sparse copy), and `instance.json`. It
 //! is made in a work directory under `tmp/` and renamed into place, under
-//! the image's key lock, so it never races the image's removal.
+//! the image's key lock, so it never races the image's removal. Copies,
+//! fsyncs and removals run on blocking threads.
 //!
 //! The instance records are the image's reference count: an image is in use
 //! while any `instances/*/instance.json` names it. Counting by scanning the
@@ -13,6 +14,7 @@
 
 use crate::catalog::is_name_safe;
 use crate::error::{Error, Result};
+use crate::fsutil::blocking;
 use crate::record::{InstanceFormat, InstanceRecord, Timestamp};
 use crate::store::Store;
 use serde::Serialize;
@@ -71,9 +73,6 @@ impl Store {
         };
         let work = self.work_dir(&format!("instance-{name}"))?;
         let (disk, base, format) = (work.path().join(request.format.file_name()), base, request.format);
-        tokio::task::spawn_blocking(move || write_instance_disk(&disk, &base, size, format))
-            .await
-            .expect("instance task")?;
         let record = InstanceRecord {
             name,
             image: request.image.clone(),
@@ -81,18 +80,12 @@ impl Store {
             virtual_size: size,
             created_at: Timestamp::now(),
         };
-        self.publish_instance(work, record)
-    }
-
-    /// Writes the record into the work directory and renames it into `instances/`.
-    fn publish_instance(&self, work: tempfile::TempDir, record: InstanceRecord) -> Result<Instance> {
-        let json = serde_json::to_vec_pretty(&record).expect("a record serializes");
-        crate::fsutil::write_atomic(&work.path().join(RECORD), &json)?;
-        let (dir, target) = (self.instances_dir(), self.instance_dir(&record.name));
-        std::fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
-        std::fs::rename(work.keep(), &target).map_err(Error::io("cannot rename into", &target))?;
-        crate::fsutil::sync_dir(&dir)?;
-        Ok(Instance { path: target.join(record.format.file_name()), record })
+        let target = self.instance_dir(&record.name);
+        blocking("making the instance", move || {
+            write_instance_disk(&disk, &base, size, format)?;
+            publish_instance(work, &target, record)
+        })
+        .await
     }
 
     /// Every instance, by name.
@@ -124,7 +117,7 @@ impl Store {
         let instance = self.instances()?.into_iter().find(|i| i.record.name == name);
         let instance = instance.ok_or_else(|| Error::NotFound { what: "instance", name: name.to_owned() })?;
         let _lock = self.lock(&instance.record.image).await?;
-        remove_dir_atomically(&self.instance_dir(name), &self.tmp())
+        remove_dir_atomically(self.instance_dir(name), self.tmp()).await
     }
 
     fn check_new_instance_name(&self, name: &str) -> Result<String> {
@@ -172,9 +165,25 @@ fn relative_backing_name(base: &Path) -> String {
     format!("../../images/{}/disk.raw", key.to_string_lossy())
 }
 
+/// Writes the record into the work directory and renames it to `target`
+/// (`instances/<name>`), flushed.
+fn publish_instance(work: tempfile::TempDir, target: &Path, record: InstanceRecord) -> Result<Instance> {
+    let json = serde_json::to_vec_pretty(&record).expect("a record serializes");
+    crate::fsutil::write_atomic(&work.path().join(RECORD), &json)?;
+    let dir = target.parent().expect("instances/");
+    std::fs::create_dir_all(dir).map_err(Error::io("cannot create", dir))?;
+    std::fs::rename(work.keep(), target).map_err(Error::io("cannot rename into", target))?;
+    crate::fsutil::sync_dir(dir)?;
+    Ok(Instance { path: target.join(record.format.file_name()), record })
+}
+
 /// Renames `dir` into `tmp/` (one atomic step: it is gone from view), then
-/// deletes it there.
-pub(crate) fn remove_dir_atomically(dir: &Path, tmp: &Path) -> Result<()> {
+/// deletes it there, on a blocking thread.
+pub(crate) async fn remove_dir_atomically(dir: PathBuf, tmp: PathBuf) -> Result<()> {
+    blocking("a removal", move || remove_dir_now(&dir, &tmp)).await
+}
+
+fn remove_dir_now(dir: &Path, tmp: &Path) -> Result<()> {
     let name = dir.file_name().expect("a named directory").to_string_lossy();
     let doomed = tempfile::Builder::new()
         .prefix(&format!("{name}.removing-"))

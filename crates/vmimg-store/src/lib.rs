@@ -62,7 +62,10 @@
 //! - [`Store::metrics`]: builds, pulls and bytes on disk in a Prometheus
 //!   registry a daemon serves (the `metrics` module);
 //! - [`Store::refresh_catalog`]: moves a catalog file's aliases to their
-//!   publishers' newest snapshots (the `refresh` module).
+//!   publishers' newest snapshots (the `refresh` module);
+//! - [`Error::kind`]: what kind of failure an error is ([`ErrorKind`]), which
+//!   a frontend maps to an exit code or an HTTP status without reading its
+//!   text (the `kind` module).
 //!
 //! The store never prints and never parses command lines: the CLI does.
 
@@ -75,6 +78,7 @@ mod fsutil;
 mod get;
 mod growing;
 mod instance;
+mod kind;
 mod locks;
 mod manage;
 mod metrics;
@@ -93,6 +97,7 @@ pub use container::BuildObserver;
 pub use error::{Error, Result};
 pub use get::{GetOptions, Observer, Stage};
 pub use instance::{Instance, InstanceRequest};
+pub use kind::ErrorKind;
 pub use manage::{GcReport, ImageSummary, Usage};
 pub use metrics::Metrics;
 pub use oci::{OciSource, PushOptions};

@@ -7,8 +7,11 @@
 //! removed unless the caller forces it (then those instances go too: a qcow2
 //! instance cannot outlive its backing file); raw instances are copies and
 //! stay. Only images that can be pulled again are ever evicted by `gc`.
+//! Removals run on blocking threads; the scans that decide them (records,
+//! directory listings, sizes) stay on the caller's.
 
 use crate::error::{Error, Result};
+use crate::fsutil::blocking;
 use crate::instance::remove_dir_atomically;
 use crate::record::{ImageRecord, InstanceFormat, Timestamp};
 use crate::store::Store;
@@ -118,13 +121,13 @@ impl Store {
             return Err(Error::InUse { image: key.to_owned(), instances: names.join(", ") });
         }
         for instance in dependents {
-            remove_dir_atomically(instance.path.parent().expect("instances/<name>"), &self.tmp())?;
+            remove_dir_atomically(instance.path.parent().expect("instances/<name>").to_owned(), self.tmp()).await?;
         }
-        remove_dir_atomically(&self.image_dir(key), &self.tmp())?;
+        remove_dir_atomically(self.image_dir(key), self.tmp()).await?;
         let referenced = self.referenced_blobs()?;
-        for blob in record.blob.into_iter().chain(record.blobs).filter(|b| !referenced.contains(b)) {
-            crate::fsutil::remove_file(&self.root().join(blob))?;
-        }
+        let unused: Vec<_> = record.blob.into_iter().chain(record.blobs).filter(|b| !referenced.contains(b)).collect();
+        let blobs: Vec<_> = unused.into_iter().map(|blob| self.root().join(blob)).collect();
+        blocking("removing blobs", move || blobs.iter().try_for_each(|blob| crate::fsutil::remove_file(blob))).await?;
         self.forget_builds_of(key)?;
         Ok(names)
     }
@@ -158,9 +161,9 @@ impl Store {
     /// what would go.
     pub async fn gc(&self, keep_under: Option<u64>, dry_run: bool) -> Result<GcReport> {
         let mut report = GcReport { dry_run, ..GcReport::default() };
-        self.collect_tmp(&mut report)?;
+        self.collect_tmp(&mut report).await?;
         match self.try_exclusive_lease()? {
-            Some(_exclusive) => self.collect_blobs(&mut report)?,
+            Some(_exclusive) => self.collect_blobs(&mut report).await?,
             None => report.in_flight = true,
         }
         if let Some(budget) = keep_under {
@@ -193,13 +196,13 @@ impl Store {
         Ok(self.images()?.into_iter().flat_map(|i| referenced(i.record)).collect())
     }
 
-    fn collect_blobs(&self, report: &mut GcReport) -> Result<()> {
+    async fn collect_blobs(&self, report: &mut GcReport) -> Result<()> {
         let referenced = self.referenced_blobs()?;
         let kinds = [entries(&self.root().join("blobs"))?, entries(&self.root().join("layers"))?];
         for path in kinds.iter().flatten().flat_map(|dir| entries(dir).unwrap_or_default()) {
             let relative = path.strip_prefix(self.root()).expect("inside the store").to_string_lossy().into_owned();
             if !referenced.contains(&relative) {
-                report.remove(&path, Collected::Blob)?;
+                report.remove(path, Collected::Blob).await?;
             }
         }
         Ok(())
@@ -207,7 +210,7 @@ impl Store {
 
     /// Removes entries of `tmp/` whose key nobody holds: work and removal
     /// directories always, partial downloads once empty or stale.
-    fn collect_tmp(&self, report: &mut GcReport) -> Result<()> {
+    async fn collect_tmp(&self, report: &mut GcReport) -> Result<()> {
         for path in entries(&self.tmp())? {
             let name = path.file_name().expect("a named entry").to_string_lossy().into_owned();
             let (key, stale) = match name.split_once(".work-").or_else(|| name.split_once(".removing-")) {
@@ -218,7 +221,7 @@ impl Store {
                 },
             };
             if stale && let Some(_held) = self.try_lock(&key)? {
-                report.remove(&path, Collected::Tmp)?;
+                report.remove(path, Collected::Tmp).await?;
             }
         }
         Ok(())
@@ -249,14 +252,15 @@ enum Collected {
 }
 
 impl GcReport {
-    /// Counts `path` as collected and, unless this is a dry run, removes it.
-    fn remove(&mut self, path: &Path, kind: Collected) -> Result<()> {
-        self.bytes_freed += allocated(path);
+    /// Counts `path` as collected and, unless this is a dry run, removes it
+    /// (on a blocking thread).
+    async fn remove(&mut self, path: PathBuf, kind: Collected) -> Result<()> {
+        self.bytes_freed += allocated(&path);
         match kind {
             Collected::Blob => self.blobs += 1,
             Collected::Tmp => self.tmp_entries += 1,
         }
-        if self.dry_run { Ok(()) } else { remove_any(path) }
+        if self.dry_run { Ok(()) } else { blocking("garbage collection", move || remove_any(&path)).await }
     }
 }
 

@@ -9,23 +9,25 @@
 //! for its size and digest; a qcow2 disk is converted while the parts
 //! arrive: the converter reads their concatenation, each read waiting for
 //! the part it falls in. Each part is then kept as a blob, and the image
-//! published as a pull publishes any other.
+//! published as a pull publishes any other. Raw parts are joined into the
+//! disk once all are verified. Conversions, joins, fsyncs and removals run
+//! on blocking threads.
 
 use crate::catalog::Arch;
 use crate::error::{Error, Result};
+use crate::fsutil::blocking;
 use crate::growing::{EndOnDrop, GrowingFile, Watermark};
-use crate::pull::Made;
+use crate::pull::{Job, Made, discard, remove_partials};
 use crate::record::{ImageRecord, SourceInfo};
-use crate::source::Resolved;
-use crate::source::{Location, OciOrigin, Source};
+use crate::source::{Location, OciOrigin, Resolved, Source};
 use crate::store::Store;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmimg_disk::{ConvertStats, DiskImage, Format};
-use vmimg_fetch::{Digest, Progress, remove_partial};
+use vmimg_fetch::{Digest, Progress};
 use vmimg_oci::artifact::{CloudImage, Descriptor, DiskFormat};
 use vmimg_oci::container::ContainerImage;
 use vmimg_oci::{ImageSource, Layout, OciImage, Push, Pushed, Reference};
@@ -76,14 +78,14 @@ impl Store {
     /// Downloads the parts of `image` and converts them into a work directory.
     pub(crate) async fn make_from_oci(
         &self,
-        source: &Resolved,
+        job: Job<'_>,
         origin: &OciOrigin,
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<Made> {
+        let Job { source, work } = job;
         let images = origin.image_source(self)?;
         let image = &cloud_image(&images, origin, self.arch()).await?;
-        let work = self.work_dir(&source.key)?;
-        let disk = work.path().join("disk.raw");
+        let disk = work.join("disk.raw");
         let partials: Vec<_> =
             (0..image.parts.len()).map(|i| self.tmp().join(format!("{}.part{i}", source.key))).collect();
         let watermarks: Vec<_> = image.parts.iter().map(|_| Watermark::new(None)).collect();
@@ -92,7 +94,7 @@ impl Store {
         let converter = if image.format == DiskFormat::Qcow2 {
             let reader = Concat::open(&partials, &watermarks, image)?;
             let (disk, options) = (disk.clone(), self.convert_options());
-            Some(tokio::task::spawn_blocking(move || {
+            Some(blocking("the conversion", move || {
                 let image = DiskImage::qcow2_from(Box::new(reader), Path::new("the download"))?;
                 crate::pull::write_disk(&image, &disk, &options)
             }))
@@ -101,59 +103,48 @@ impl Store {
         };
         let fetched = fetch_parts(&images, image, &partials, &watermarks, &progress).await;
         let converted = match converter {
-            Some(task) => Some(task.await.expect("converter thread")),
+            Some(task) => Some(task.await),
             None => None,
         };
         fetched?;
-        let converted = match converted {
-            None => check_raw_head(&partials, image, origin).map(|()| None),
-            Some(converted) => converted.map(Some),
-        };
-        let converted = match converted {
-            Ok(converted) => converted,
-            Err(refused) => {
-                // Verified parts that do not make a disk (a hostile qcow2): keep none.
-                for partial in &partials {
-                    let _ = remove_partial(partial);
-                }
-                return Err(refused);
-            }
-        };
-        let blobs = partials
-            .iter()
-            .zip(&image.parts)
-            .map(|(partial, part)| self.keep_blob(partial, &part.digest))
-            .collect::<Result<Vec<_>>>()?;
-        let stats = match converted {
-            Some(stats) => stats,
-            None => self.join_raw_parts(image, &disk)?,
-        };
+        let (blobs, stats) = self.finish_parts(image, origin, &partials, converted, disk).await?;
         let source_format = if image.format == DiskFormat::Qcow2 { Format::Qcow2 } else { Format::Raw };
         let digest = source.expected.clone().expect("an OCI source has its manifest digest");
-        Ok(Made { work, digest, converted: crate::pull::Converted::plain(source_format, stats), blob: None, blobs })
+        Ok(Made { digest, converted: crate::pull::Converted::plain(source_format, stats), blob: None, blobs })
     }
 
-    /// A raw disk from raw parts: their bytes in order, zero blocks left as holes.
-    fn join_raw_parts(&self, image: &CloudImage, disk: &Path) -> Result<ConvertStats> {
-        let out = File::create(disk).map_err(Error::io("cannot create", disk))?;
-        out.set_len(image.size()).map_err(Error::io("cannot size", disk))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut offset = 0;
-        let mut written = 0;
-        for part in &image.parts {
-            let path = self.blob_path(&part.digest);
-            let file = File::open(&path).map_err(Error::io("cannot open", &path))?;
-            let mut done = 0;
-            while done < part.size {
-                let n = (part.size - done).min(buf.len() as u64) as usize;
-                file.read_exact_at(&mut buf[..n], done).map_err(Error::io("cannot read", &path))?;
-                written += vmimg_disk::write_skipping_zeros(&out, &buf[..n], offset)
-                    .map_err(Error::io("cannot write", disk))?;
-                (done, offset) = (done + n as u64, offset + n as u64);
-            }
+    /// After every part was fetched and verified: refuses parts that make
+    /// no disk (keeping none of them), keeps the parts as blobs and, for raw
+    /// parts, joins them into `disk`. Returns the blobs and the disk's figures.
+    async fn finish_parts(
+        &self,
+        image: &CloudImage,
+        origin: &OciOrigin,
+        partials: &[PathBuf],
+        converted: Option<Result<ConvertStats>>,
+        disk: PathBuf,
+    ) -> Result<(Vec<String>, ConvertStats)> {
+        let converted = match converted {
+            Some(converted) => converted.map(Some),
+            None => check_raw_parts(partials, image, origin).await.map(|()| None),
+        };
+        if let Err(refused) = converted {
+            // Verified parts that do not make a disk (a hostile qcow2): keep none.
+            let _ = remove_partials(partials.to_vec()).await;
+            return Err(refused);
         }
-        out.sync_all().map_err(Error::io("cannot flush", disk))?;
-        Ok(ConvertStats { virtual_size: image.size(), bytes_written: written })
+        let mut blobs = Vec::with_capacity(partials.len());
+        for (partial, part) in partials.iter().zip(&image.parts) {
+            blobs.push(self.keep_blob(partial, &part.digest).await?);
+        }
+        let stats = match converted? {
+            Some(stats) => stats,
+            None => {
+                let parts: Vec<_> = image.parts.iter().map(|p| (self.blob_path(&p.digest), p.size)).collect();
+                blocking("joining the disk's parts", move || join_raw_parts(&parts, &disk)).await?
+            }
+        };
+        Ok((blobs, stats))
     }
 
     /// Pushes image `key` to `reference` as a cloud image, its parts titled
@@ -176,25 +167,38 @@ impl Store {
             annotations: self.annotations(&record, options.format),
         };
         let disk_path = self.raw_disk(&record)?;
-        let disk = File::open(&disk_path).map_err(Error::io("cannot open", &disk_path))?;
         if push.format == DiskFormat::Raw {
+            let disk = File::open(&disk_path).map_err(Error::io("cannot open", &disk_path))?;
             return Ok(self.registry()?.push_disk(reference, &disk, push).await?);
         }
         let push_key = format!("push-{key}");
         let _lock = self.lock(&push_key).await?;
         let work = self.work_dir(&push_key)?;
-        let qcow2 = work.path().join("disk.qcow2");
+        let pushed = self.push_as_qcow2(disk_path, work.path(), reference, push).await;
+        discard(work).await;
+        pushed
+    }
+
+    /// Writes the raw disk at `disk_path` as a zstd-compressed qcow2 into
+    /// `work`, and pushes that.
+    async fn push_as_qcow2(
+        &self,
+        disk_path: PathBuf,
+        work: &Path,
+        reference: &Reference,
+        push: &Push,
+    ) -> Result<Pushed> {
+        let qcow2 = work.join("disk.qcow2");
         let options = vmimg_disk::Qcow2ConvertOptions {
             compress: vmimg_disk::CompressOptions { threads: self.threads(), ..Default::default() },
             sync: false,
         };
         let target = qcow2.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking("the qcow2 conversion", move || {
             let image = DiskImage::open(&disk_path, Some(Format::Raw))?;
-            vmimg_disk::convert_to_qcow2(&image, &target, &options)
+            Ok(vmimg_disk::convert_to_qcow2(&image, &target, &options)?)
         })
-        .await
-        .expect("qcow2 writer")?;
+        .await?;
         let file = File::open(&qcow2).map_err(Error::io("cannot open", &qcow2))?;
         Ok(self.registry()?.push_disk(reference, &file, push).await?)
     }
@@ -243,7 +247,7 @@ async fn fetch_parts(
             let checked = fetched.map_err(Error::from).and_then(|f| check_blob(part, &f.digest, f.size));
             watermark.end(checked.is_ok());
             if checked.is_err() {
-                let _ = remove_partial(partial);
+                let _ = remove_partials(vec![partial.clone()]).await;
             }
             checked
         });
@@ -252,9 +256,7 @@ async fn fetch_parts(
     let outcome: Result<()> = results.into_iter().collect();
     if let Err(Error::PartMismatch { .. }) = outcome {
         // The source serves bad bytes: keep none of this image's parts.
-        for partial in partials {
-            let _ = remove_partial(partial);
-        }
+        let _ = remove_partials(partials.to_vec()).await;
     }
     outcome
 }
@@ -270,16 +272,47 @@ async fn cloud_image(images: &ImageSource<'_>, origin: &OciOrigin, arch: Arch) -
     }
 }
 
-/// Refuses raw parts that do not make a plain raw disk: the disk they start
+/// A raw disk from raw parts (each a file and its size): their bytes in
+/// order, zero blocks left as holes.
+fn join_raw_parts(parts: &[(PathBuf, u64)], disk: &Path) -> Result<ConvertStats> {
+    let size = parts.iter().map(|(_, len)| len).sum();
+    let out = File::create(disk).map_err(Error::io("cannot create", disk))?;
+    out.set_len(size).map_err(Error::io("cannot size", disk))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    let mut written = 0;
+    for (path, len) in parts {
+        let file = File::open(path).map_err(Error::io("cannot open", path))?;
+        let mut done = 0;
+        while done < *len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..n], done).map_err(Error::io("cannot read", path))?;
+            written +=
+                vmimg_disk::write_skipping_zeros(&out, &buf[..n], offset).map_err(Error::io("cannot write", disk))?;
+            (done, offset) = (done + n as u64, offset + n as u64);
+        }
+    }
+    out.sync_all().map_err(Error::io("cannot flush", disk))?;
+    Ok(ConvertStats { virtual_size: size, bytes_written: written })
+}
+
+/// [`check_raw_head`] on the first of the raw parts, on a blocking thread.
+async fn check_raw_parts(partials: &[PathBuf], image: &CloudImage, origin: &OciOrigin) -> Result<()> {
+    let Some(first) = partials.first().cloned() else { return Ok(()) };
+    let label = PathBuf::from(format!("{origin} (its raw disk layers)"));
+    let (first_len, size) = (image.parts[0].size, image.size());
+    blocking("the check of the disk", move || check_raw_head(&first, first_len, size, label)).await
+}
+
+/// Refuses raw parts that do not make a plain raw disk of `size` bytes: the
+/// disk they start (at the head of `first`, a part of `first_len` bytes)
 /// is probed (an image header would be misread by a probing VMM; a
 /// compressed stream or a page is no disk).
-fn check_raw_head(partials: &[std::path::PathBuf], image: &CloudImage, origin: &OciOrigin) -> Result<()> {
-    let label = std::path::PathBuf::from(format!("{origin} (its raw disk layers)"));
-    let Some(first) = partials.first() else { return Ok(()) };
+fn check_raw_head(first: &Path, first_len: u64, size: u64, label: PathBuf) -> Result<()> {
     let file = File::open(first).map_err(Error::io("open", first))?;
-    let mut head = vec![0u8; (vmimg_disk::PROBE_BYTES as u64).min(image.parts[0].size) as usize];
+    let mut head = vec![0u8; (vmimg_disk::PROBE_BYTES as u64).min(first_len) as usize];
     file.read_exact_at(&mut head, 0).map_err(Error::io("read", first))?;
-    match vmimg_disk::probe(&head, Some(image.size())) {
+    match vmimg_disk::probe(&head, Some(size)) {
         vmimg_disk::Content::Raw => Ok(()),
         vmimg_disk::Content::Qcow2 | vmimg_disk::Content::Foreign(_) => {
             Ok(vmimg_disk::ensure_plain_raw(&head, &label)?)

@@ -7,8 +7,11 @@
 //! (made sparse) once its download is complete. For a local file, hashing
 //! and conversion run side by side. Either way the image is published only
 //! after the digest matched; a mismatch deletes the partial and the work.
+//! Conversions, fsyncs, renames and removals of partials run on blocking
+//! threads (`fsutil::blocking`): a pull never holds up an async thread.
 
 use crate::error::{Error, Result};
+use crate::fsutil::blocking;
 use crate::growing::{EndOnDrop, GrowingFile, Sequential, Watermark};
 use crate::record::{ImageRecord, Pulled};
 use crate::source::{Location, Resolved};
@@ -20,9 +23,16 @@ use std::sync::Arc;
 use vmimg_disk::{Content, ConvertOptions, ConvertStats, DiskImage, Format, PROBE_BYTES, Stream};
 use vmimg_fetch::{Algorithm, Digest, Fetched, Progress, digest_reader, remove_partial};
 
+/// What making a disk starts from: the source, and the work directory to
+/// make it in.
+#[derive(Clone, Copy)]
+pub(crate) struct Job<'a> {
+    pub(crate) source: &'a Resolved,
+    pub(crate) work: &'a Path,
+}
+
 /// A disk made in a work directory, not yet published.
 pub(crate) struct Made {
-    pub(crate) work: tempfile::TempDir,
     pub(crate) digest: Digest,
     pub(crate) converted: Converted,
     pub(crate) blob: Option<String>,
@@ -63,12 +73,20 @@ impl Store {
             return Ok(found);
         }
         self.remove_abandoned_work(&source.key)?;
+        let work = self.work_dir(&source.key)?;
+        let job = Job { source, work: work.path() };
         let made = match &source.location {
-            Location::Url(url) => self.make_from_url(source, url, progress).await?,
-            Location::File(path) => self.make_from_file(source, path.clone()).await?,
-            Location::Oci(pinned) => self.make_from_oci(source, pinned, progress).await?,
+            Location::Url(url) => self.make_from_url(job, url, progress).await,
+            Location::File(path) => self.make_from_file(job, path.clone()).await,
+            Location::Oci(pinned) => self.make_from_oci(job, pinned, progress).await,
         };
-        self.publish(source, made)
+        match made {
+            Ok(made) => self.publish_made(source, work, made).await,
+            Err(error) => {
+                discard(work).await;
+                Err(error)
+            }
+        }
     }
 
     pub(crate) fn found(&self, key: &str) -> Result<Option<Pulled>> {
@@ -83,19 +101,19 @@ impl Store {
         ConvertOptions { threads: self.threads(), sync: true }
     }
 
-    async fn make_from_url(&self, source: &Resolved, url: &str, progress: Option<Arc<dyn Progress>>) -> Result<Made> {
+    async fn make_from_url(&self, job: Job<'_>, url: &str, progress: Option<Arc<dyn Progress>>) -> Result<Made> {
+        let Job { source, work } = job;
         let algorithm = source.expected.as_ref().map_or(Algorithm::Sha256, Digest::algorithm);
         let fetcher = self.fetcher()?;
         let partial = self.partial_path(&source.key);
-        let work = self.work_dir(&source.key)?;
         let reader = File::options().create(true).truncate(false).write(true).read(true).open(&partial);
         let reader = reader.map_err(Error::io("create", &partial))?;
         let watermark = Watermark::new(progress);
         let _release_converter = EndOnDrop(watermark.clone());
         let mut converter = {
-            let (watermark, work, options) = (watermark.clone(), work.path().to_owned(), self.convert_options());
+            let (watermark, work, options) = (watermark.clone(), work.to_owned(), self.convert_options());
             let label = PathBuf::from(url);
-            tokio::task::spawn_blocking(move || {
+            blocking("the conversion", move || {
                 convert_while_downloading(GrowingFile::new(reader, watermark), &label, &work, &options)
             })
         };
@@ -104,11 +122,11 @@ impl Store {
         let (fetched, converted) = tokio::select! {
             fetched = &mut fetch => {
                 watermark.end(fetched.is_ok());
-                (fetched, converter.await.expect("converter thread"))
+                (fetched, converter.await)
             }
-            converted = &mut converter => match converted.expect("converter thread") {
+            converted = &mut converter => match converted {
                 // The first bytes say it is no disk vmimg reads: stop downloading it.
-                Err(refused) if is_refusal(&refused) => return Err(self.drop_partial(&partial, refused)),
+                Err(refused) if is_refusal(&refused) => return Err(drop_partial(&partial, refused).await),
                 converted => {
                     let fetched = fetch.await;
                     watermark.end(fetched.is_ok());
@@ -116,107 +134,149 @@ impl Store {
                 }
             },
         };
-        let Fetched { digest, .. } =
-            fetched.map_err(|failed| self.keep_partial_if_resumable(&partial, failed.into()))?;
-        if let Err(mismatch) = check_digest(source, &digest) {
-            return Err(self.drop_partial(&partial, mismatch));
-        }
+        let digest = match fetched {
+            Ok(Fetched { digest, .. }) => digest,
+            Err(failed) => return Err(keep_partial_if_resumable(&partial, failed.into()).await),
+        };
+        or_drop_partial(&partial, check_digest(source, &digest)).await?;
         let converted = {
             let (partial, label, dir, options) =
-                (partial.clone(), PathBuf::from(url), work.path().to_owned(), self.convert_options());
-            tokio::task::spawn_blocking(move || finish_download(converted, &partial, &label, &dir, &options))
-                .await
-                .expect("conversion task")
+                (partial.clone(), PathBuf::from(url), work.to_owned(), self.convert_options());
+            blocking("the conversion", move || finish_download(converted, &partial, &label, &dir, &options)).await
         };
-        let converted = converted.map_err(|refused| self.drop_partial(&partial, refused))?;
-        let blob = self.keep_blob(&partial, &digest)?;
-        Ok(Made { work, digest, converted, blob: Some(blob), blobs: Vec::new() })
-    }
-
-    /// After a failed download, keeps its partial only if it holds bytes to
-    /// resume from; returns `error`.
-    fn keep_partial_if_resumable(&self, partial: &Path, error: Error) -> Error {
-        match std::fs::metadata(partial) {
-            Ok(meta) if meta.len() > 0 => error,
-            _ => self.drop_partial(partial, error),
-        }
-    }
-
-    /// Removes the partial of a download that cannot make an image (a
-    /// mismatch, a refused format), and returns `error`.
-    fn drop_partial(&self, partial: &Path, error: Error) -> Error {
-        match remove_partial(partial) {
-            Ok(()) => error,
-            Err(e) => Error::io("remove", partial)(e),
-        }
+        let converted = or_drop_partial(&partial, converted).await?;
+        let blob = self.keep_blob(&partial, &digest).await?;
+        Ok(Made { digest, converted, blob: Some(blob), blobs: Vec::new() })
     }
 
     /// Moves a verified partial into `blobs/` and returns its store-relative path.
-    pub(crate) fn keep_blob(&self, partial: &Path, digest: &Digest) -> Result<String> {
-        self.keep_verified(partial, "blobs", digest)
+    pub(crate) async fn keep_blob(&self, partial: &Path, digest: &Digest) -> Result<String> {
+        let (root, partial, digest) = (self.root().to_owned(), partial.to_owned(), digest.clone());
+        blocking("keeping a blob", move || keep_verified_in(&root, &partial, "blobs", &digest)).await
     }
 
-    /// Moves a verified partial to `<kind>/<algorithm>/<hex>` (`blobs`, or
-    /// `layers`), durably, and returns that store-relative path.
+    /// [`keep_verified_in`] this store. It blocks (renames, fsyncs): an
+    /// async caller runs it through `fsutil::blocking`.
     pub(crate) fn keep_verified(&self, partial: &Path, kind: &str, digest: &Digest) -> Result<String> {
-        let relative = by_digest(kind, digest);
-        let blob = self.root().join(&relative);
-        let dir = blob.parent().expect("<kind>/<algorithm>");
-        std::fs::create_dir_all(dir).map_err(Error::io("cannot create", dir))?;
-        std::fs::rename(partial, &blob).map_err(Error::io("cannot rename into", &blob))?;
-        crate::fsutil::sync_dir(dir)?;
-        remove_partial(partial).map_err(Error::io("cannot remove", partial))?;
-        Ok(relative)
+        keep_verified_in(self.root(), partial, kind, digest)
     }
 
-    async fn make_from_file(&self, source: &Resolved, path: PathBuf) -> Result<Made> {
-        let work = self.work_dir(&source.key)?;
+    async fn make_from_file(&self, job: Job<'_>, path: PathBuf) -> Result<Made> {
+        let Job { source, work } = job;
         let algorithm = source.expected.as_ref().map_or(Algorithm::Sha256, Digest::algorithm);
-        let (options, dir) = (self.convert_options(), work.path().to_owned());
-        let (digest, converted) = tokio::task::spawn_blocking(move || {
-            std::thread::scope(|scope| {
+        let (options, dir) = (self.convert_options(), work.to_owned());
+        let (digest, converted) = blocking("the conversion", move || {
+            Ok(std::thread::scope(|scope| {
                 let hashing = scope.spawn(|| File::open(&path).and_then(|f| digest_reader(algorithm, f)));
                 let converted = convert_source_file(&path, &path, &dir, &options);
                 (hashing.join().expect("hashing thread").map_err(Error::io("read", &path)), converted)
-            })
+            }))
         })
-        .await
-        .expect("file pull task");
+        .await?;
         let digest = digest?;
         check_digest(source, &digest)?;
-        Ok(Made { work, digest, converted: converted?, blob: None, blobs: Vec::new() })
+        Ok(Made { digest, converted: converted?, blob: None, blobs: Vec::new() })
     }
 
     /// The record of a pulled image.
-    fn publish(&self, source: &Resolved, made: Made) -> Result<Pulled> {
+    async fn publish_made(&self, source: &Resolved, work: tempfile::TempDir, made: Made) -> Result<Pulled> {
         let format = made.converted.source_format.into();
-        let mut record =
-            ImageRecord::for_work(&source.key, &made.work, source.info.clone(), Some(made.digest), format)?;
+        let mut record = ImageRecord::for_work(&source.key, &work, source.info.clone(), Some(made.digest), format)?;
         record.source_compression = made.converted.compression.map(Into::into);
         record.virtual_size = made.converted.stats.virtual_size;
         record.verified = source.expected.is_some();
         record.blob = made.blob;
         record.blobs = made.blobs;
-        self.publish_work(made.work, record)
+        self.publish_image(work, record).await
     }
 
-    /// Writes the record into the work directory and renames it to
-    /// `images/<name>`: the image appears whole, in one step.
-    pub(crate) fn publish_work(&self, work: tempfile::TempDir, record: ImageRecord) -> Result<Pulled> {
-        record.save(&work.path().join("image.json"))?;
-        if !record.mutable {
-            // A ready image never changes: its file is read-only (instances
-            // are the writable copies), so a VM booted on it by mistake
-            // cannot change the base under every instance.
-            let file = work.path().join(record.file_name());
-            let read_only = std::os::unix::fs::PermissionsExt::from_mode(0o444);
-            std::fs::set_permissions(&file, read_only).map_err(Error::io("make read-only", &file))?;
-        }
+    /// Publishes the work directory as image `record.name` (see
+    /// [`publish_dir`]) on a blocking thread.
+    pub(crate) async fn publish_image(&self, work: tempfile::TempDir, record: ImageRecord) -> Result<Pulled> {
         let target = self.image_dir(&record.name);
-        let work = work.keep();
-        std::fs::rename(&work, &target).map_err(Error::io("cannot rename into", &target))?;
-        crate::fsutil::sync_dir(target.parent().expect("images/"))?;
-        Ok(Pulled { path: self.image_file(&record), record, cached: false })
+        let record = blocking("publishing the image", move || publish_dir(work, &target, &record).map(|()| record));
+        Ok(self.published(record.await?))
+    }
+
+    /// [`publish_dir`] into this store. It blocks (fsyncs): an async caller
+    /// uses [`Store::publish_image`].
+    pub(crate) fn publish_work(&self, work: tempfile::TempDir, record: ImageRecord) -> Result<Pulled> {
+        publish_dir(work, &self.image_dir(&record.name), &record)?;
+        Ok(self.published(record))
+    }
+
+    fn published(&self, record: ImageRecord) -> Pulled {
+        Pulled { path: self.image_file(&record), record, cached: false }
+    }
+}
+
+/// Writes the record into the work directory and renames it to `target`
+/// (`images/<name>`), flushed: the image appears whole, in one step.
+fn publish_dir(work: tempfile::TempDir, target: &Path, record: &ImageRecord) -> Result<()> {
+    record.save(&work.path().join("image.json"))?;
+    if !record.mutable {
+        // A ready image never changes: its file is read-only (instances
+        // are the writable copies), so a VM booted on it by mistake
+        // cannot change the base under every instance.
+        let file = work.path().join(record.file_name());
+        let read_only = std::os::unix::fs::PermissionsExt::from_mode(0o444);
+        std::fs::set_permissions(&file, read_only).map_err(Error::io("make read-only", &file))?;
+    }
+    let work = work.keep();
+    std::fs::rename(&work, target).map_err(Error::io("cannot rename into", target))?;
+    crate::fsutil::sync_dir(target.parent().expect("images/"))
+}
+
+/// Moves a verified partial under `root` to `<kind>/<algorithm>/<hex>`
+/// (`blobs`, or `layers`), durably, and returns that store-relative path.
+fn keep_verified_in(root: &Path, partial: &Path, kind: &str, digest: &Digest) -> Result<String> {
+    let relative = by_digest(kind, digest);
+    let blob = root.join(&relative);
+    let dir = blob.parent().expect("<kind>/<algorithm>");
+    std::fs::create_dir_all(dir).map_err(Error::io("cannot create", dir))?;
+    std::fs::rename(partial, &blob).map_err(Error::io("cannot rename into", &blob))?;
+    crate::fsutil::sync_dir(dir)?;
+    remove_partial(partial).map_err(Error::io("cannot remove", partial))?;
+    Ok(relative)
+}
+
+/// Removes a work directory (it may hold a whole disk) on a blocking thread.
+pub(crate) async fn discard(work: tempfile::TempDir) {
+    let _ = blocking("removing a work directory", move || {
+        drop(work);
+        Ok(())
+    })
+    .await;
+}
+
+/// Removes partial downloads (and their sidecars), on a blocking thread.
+pub(crate) async fn remove_partials(partials: Vec<PathBuf>) -> Result<()> {
+    blocking("removing partial downloads", move || {
+        partials.iter().try_for_each(|partial| remove_partial(partial).map_err(Error::io("remove", partial)))
+    })
+    .await
+}
+
+/// Removes the partial of a download that cannot make an image (a
+/// mismatch, a refused format), and returns `error`.
+async fn drop_partial(partial: &Path, error: Error) -> Error {
+    remove_partials(vec![partial.to_owned()]).await.err().unwrap_or(error)
+}
+
+/// `result`, after removing the partial if it is an error.
+async fn or_drop_partial<T>(partial: &Path, result: Result<T>) -> Result<T> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(error) => Err(drop_partial(partial, error).await),
+    }
+}
+
+/// After a failed download, keeps its partial only if it holds bytes to
+/// resume from; returns `error`.
+async fn keep_partial_if_resumable(partial: &Path, error: Error) -> Error {
+    match std::fs::metadata(partial) {
+        Ok(meta) if meta.len() > 0 => error,
+        _ => drop_partial(partial, error).await,
     }
 }
 

@@ -59,10 +59,7 @@ pub async fn new_image(
     quiet: bool,
 ) -> Result<()> {
     let machine = match machine {
-        Some(path) => {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            Some(Machine::parse(&bytes).with_context(|| path.display().to_string())?)
-        }
+        Some(path) => Some(Machine::load(path).with_context(|| path.display().to_string())?),
         None => None,
     };
     let made = store.new_image(name, size, machine).await?;

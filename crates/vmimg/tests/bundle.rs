@@ -160,6 +160,8 @@ fn a_blank_mutable_image_is_refused_for_export_and_rm_while_in_use() {
         &["image", "new", "other", "--size", "1G", "--machine", dir.path().join("bad.json").to_str().unwrap()],
     );
     assert!(error.contains("memory"), "{error}");
+    let error = fails(&store, &["image", "new", "other", "--size", "1G", "--machine", "/dev/zero"]);
+    assert!(error.contains("larger than"), "an endless machine.json is refused, not read whole: {error}");
 }
 
 /// splitmix64: reproducible numbers from a seed.
@@ -321,7 +323,7 @@ fn digest_checks_the_whole_file_and_lets_in_unchecked_frames() {
     let script = format!("zstd -dc {} | zstd -q --no-check -o {}", bundle.display(), unchecked.display());
     assert!(Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
     let error = refused(&store, &unchecked, &[]);
-    assert!(error.contains("carries no content checksum") && error.contains("--digest"), "{error}");
+    assert!(error.contains("carries no content checksum") && error.contains("the bundle's digest"), "{error}");
     let digest = format!("sha256:{}", sha256(&unchecked));
     let disk = ok(&store, &["bundle", "import", unchecked.to_str().unwrap(), "--digest", &digest]);
     assert!(std::fs::read(disk).unwrap() == std::fs::read(dir.path().join("disk.img")).unwrap());

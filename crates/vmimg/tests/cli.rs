@@ -260,7 +260,7 @@ fn copy_refusals_are_one_line_and_leave_nothing() {
         d,
         &["shrinking is refused", "8192", "4096"],
     );
-    assert_refused(&["copy", &p("disk.qcow2"), &p("out.raw")], d, &["qcow2", "vmimg convert"]);
+    assert_refused(&["copy", &p("disk.qcow2"), &p("out.raw")], d, &["qcow2", "convert it to raw"]);
     assert_refused(&["copy", &p("in.raw"), &p("in.raw")], d, &["same file"]);
     assert_eq!(fs::read(p("out.raw")).unwrap(), b"old");
     let bad = vmimg(&["copy", &p("in.raw"), &p("out.raw"), "--size", "20X"]);
