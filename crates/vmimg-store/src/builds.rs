@@ -55,6 +55,7 @@
 
 use crate::container::BuildObserver;
 use crate::error::{Error, Result};
+use crate::kind::ErrorKind;
 use crate::locks::LockFile;
 use crate::oci::OciSource;
 use crate::record::{Pulled, RootfsFormat, Timestamp};
@@ -142,6 +143,9 @@ pub struct Build {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The kind of that error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
     /// The manifest digest the reference named when the build ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<Digest>,
@@ -286,6 +290,7 @@ impl Manager {
             status: BuildStatus::Pending,
             queue_position: None,
             error: None,
+            error_kind: None,
             digest: None,
             image: None,
             bytes_pulled: 0,
@@ -427,7 +432,13 @@ impl Manager {
             let Some(build) = self.inner.load(&build.id)?.filter(|b| !b.status.is_done()) else {
                 continue;
             };
-            let build = Build { status: BuildStatus::Pending, error: None, updated_at: Timestamp::now(), ..build };
+            let build = Build {
+                status: BuildStatus::Pending,
+                error: None,
+                error_kind: None,
+                updated_at: Timestamp::now(),
+                ..build
+            };
             recovered.push(self.enqueue(build, lock, Vec::new())?);
         }
         Ok(recovered)
@@ -542,7 +553,7 @@ impl Inner {
         build.queue_position = None;
         build.updated_at = Timestamp::now();
         if let Err(error) = self.save(&build) {
-            fail(&mut build, format!("cannot save the build record: {error}"));
+            fail(&mut build, ErrorKind::Internal, format!("cannot save the build record: {error}"));
         }
         let _ = crate::fsutil::remove_file(&self.cancel_marker(id));
         drop(lock);
@@ -651,7 +662,7 @@ impl Inner {
         if let Err(error) = self.save(&build) {
             let mut state = self.state.lock().expect("build state");
             let build = state.builds.get_mut(id).expect("a build of this process");
-            fail(build, format!("cannot save the build record: {error}"));
+            fail(build, ErrorKind::Internal, format!("cannot save the build record: {error}"));
         }
         self.changed();
     }
@@ -739,15 +750,20 @@ fn end(build: &mut Build, joined: std::result::Result<Result<Pulled>, JoinError>
             build.status = BuildStatus::Ready;
             build.image = Some(pulled.record.name);
         }
-        Ok(Err(error)) => fail(build, error.to_string()),
+        Ok(Err(error)) => fail(build, error.kind(), error.to_string()),
         Err(aborted) if aborted.is_cancelled() => build.status = BuildStatus::Cancelled,
-        Err(panicked) => fail(build, format!("the build task panicked: {}", panic_message(panicked.into_panic()))),
+        Err(panicked) => fail(
+            build,
+            ErrorKind::Internal,
+            format!("the build task panicked: {}", panic_message(panicked.into_panic())),
+        ),
     }
 }
 
-fn fail(build: &mut Build, error: String) {
+fn fail(build: &mut Build, kind: ErrorKind, error: String) {
     build.status = BuildStatus::Failed;
     build.error = Some(error);
+    build.error_kind = Some(kind);
 }
 
 fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
@@ -764,7 +780,13 @@ fn interrupted(build: Build) -> Build {
          (Manager::recover_interrupted) runs it again",
         build.status.name()
     );
-    Build { status: BuildStatus::Failed, error: Some(error), queue_position: None, ..build }
+    Build {
+        status: BuildStatus::Failed,
+        error: Some(error),
+        error_kind: Some(ErrorKind::Unavailable),
+        queue_position: None,
+        ..build
+    }
 }
 
 fn not_found(id: &str) -> Error {

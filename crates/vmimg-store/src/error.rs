@@ -60,7 +60,7 @@ pub enum Error {
     PartMismatch { expected: Digest, size: u64, actual: Digest, actual_size: u64 },
     /// A container image's build failed (its record keeps the error).
     #[error("building {reference}: {message}")]
-    BuildFailed { reference: String, message: String },
+    BuildFailed { reference: String, message: String, kind: crate::ErrorKind },
     #[error("layer {}: {source}", path.display())]
     Layer { path: PathBuf, source: vmimg_rootfs::apply::ApplyError },
     /// A bug, or a store in a state it should never be in.

@@ -165,6 +165,7 @@ impl Store {
                 Ok(Pulled { path: self.image_file(&record), record, cached: false })
             }
             _ => Err(Error::BuildFailed {
+                kind: build.error_kind.unwrap_or(crate::ErrorKind::Internal),
                 reference: build.reference.to_string(),
                 message: build.error.unwrap_or_else(|| "no error recorded".to_owned()),
             }),

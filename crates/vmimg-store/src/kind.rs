@@ -21,7 +21,7 @@ use vmimg_oci::artifact::ArtifactError;
 use vmimg_rootfs::apply::ApplyError;
 
 /// What kind of failure an error is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// No such image, alias, file, tag, blob or build.
@@ -81,6 +81,26 @@ impl ErrorKind {
             ErrorKind::Internal => "internal",
         }
     }
+
+    /// The kind of `error` if it is one of the library's errors (the
+    /// store's, or a lower crate's used directly): what a frontend finds
+    /// walking an error's chain of causes.
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
+        if let Some(e) = error.downcast_ref::<Error>() {
+            return Some(e.kind());
+        }
+        let kinds: [fn(&(dyn std::error::Error + 'static)) -> Option<ErrorKind>; 8] = [
+            |e| e.downcast_ref().map(of_disk),
+            |e| e.downcast_ref().map(of_qcow2),
+            |e| e.downcast_ref().map(of_oci),
+            |e| e.downcast_ref().map(of_fetch),
+            |e| e.downcast_ref().map(of_bundle),
+            |e| e.downcast_ref().map(of_machine),
+            |e| e.downcast_ref().map(of_layer),
+            |e| e.downcast_ref().map(of_io),
+        ];
+        kinds.iter().find_map(|kind| kind(error))
+    }
 }
 
 impl fmt::Display for ErrorKind {
@@ -99,7 +119,8 @@ impl Error {
             | Error::NoHostArch { .. }
             | Error::Catalog { .. } => ErrorKind::InvalidInput,
             Error::Conflict(_) | Error::Exists { .. } | Error::NotADisk { .. } => ErrorKind::Conflict,
-            Error::BuildFailed { .. } | Error::Internal(_) => ErrorKind::Internal,
+            Error::BuildFailed { kind, .. } => *kind,
+            Error::Internal(_) => ErrorKind::Internal,
             Error::Io { source, .. } => of_io(source),
             Error::UnknownAlias { .. } | Error::NoArch { .. } | Error::NotFound { .. } => ErrorKind::NotFound,
             Error::DigestMismatch { .. } | Error::BundleMismatch { .. } | Error::PartMismatch { .. } => {
@@ -576,7 +597,7 @@ mod tests {
                 (Error::Conflict(text()), Conflict),
                 (Error::Exists { what: "image", name: text() }, Conflict),
                 (Error::NotADisk { image: text(), format: text() }, Conflict),
-                (Error::BuildFailed { reference: text(), message: text() }, Internal),
+                (Error::BuildFailed { reference: text(), message: text(), kind: Refused }, Refused),
                 (Error::Internal(text()), Internal),
                 (Error::Io { action: "create", path: path(), source: os(28) }, OutOfSpace),
                 (Error::Catalog { origin: text(), message: text() }, InvalidInput),

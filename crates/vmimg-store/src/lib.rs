@@ -110,5 +110,5 @@ pub use record::{
 pub use refresh::{Change, MAX_UPSTREAM_TEXT, RefreshError, Refreshed};
 pub use source::{Location, OciOrigin, OciRef, Resolved, Source};
 pub use store::{Store, StoreOptions, default_root};
-pub use vmimg_bundle::bundle::{ExportOptions, Limits as BundleLimits};
+pub use vmimg_bundle::bundle::{Error as BundleError, ExportOptions, Limits as BundleLimits};
 pub use vmimg_bundle::machine::Machine;

@@ -272,9 +272,14 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
     }
 }
 
+/// Removes a file or a tree; one already gone (its holder removed it
+/// between the listing and now) is fine.
 fn remove_any(path: &Path) -> Result<()> {
     let result = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
-    result.map_err(Error::io("cannot remove", path))
+    match result {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("cannot remove", path)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Bytes allocated to `path` and everything under it.

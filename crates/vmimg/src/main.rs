@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vmimg_disk::{ConvertOptions, Format};
-use vmimg_store::Source;
+use vmimg_store::{ErrorKind, Source};
 
 /// Get VM disk images onto the host, verified, converted and ready to boot.
 #[derive(Parser)]
@@ -494,8 +494,24 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vmimg: error: {}", error_line(&e));
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(e.chain().find_map(ErrorKind::of)))
         }
+    }
+}
+
+/// The exit code of an error of `kind` (README lists them): 2 is also
+/// clap's for a malformed command line.
+fn exit_code(kind: Option<ErrorKind>) -> u8 {
+    match kind {
+        Some(ErrorKind::InvalidInput) => 2,
+        Some(ErrorKind::NotFound) => 3,
+        Some(ErrorKind::Conflict) => 4,
+        Some(ErrorKind::InUse) => 5,
+        Some(ErrorKind::Refused) => 6,
+        Some(ErrorKind::Unavailable) => 7,
+        Some(ErrorKind::Denied) => 8,
+        Some(ErrorKind::OutOfSpace) => 9,
+        Some(ErrorKind::Internal) | None => 1,
     }
 }
 
@@ -517,12 +533,24 @@ fn error_line(e: &anyhow::Error) -> String {
 
 /// What the command line adds to a library error: its own flags.
 fn hint(e: &anyhow::Error) -> Option<&'static str> {
-    let oci = e.chain().find_map(|cause| match cause.downcast_ref::<vmimg_store::Error>() {
-        Some(vmimg_store::Error::Oci(oci)) => Some(oci),
+    use vmimg_store::Error as E;
+    let store = e.chain().find_map(|cause| cause.downcast_ref::<E>());
+    let oci = e.chain().find_map(|cause| match cause.downcast_ref::<E>() {
+        Some(E::Oci(oci)) => Some(oci),
         _ => cause.downcast_ref::<vmimg_oci::Error>(),
     });
-    match oci? {
-        vmimg_oci::Error::Unauthorized { .. } => Some("credentials: --username and --password"),
+    if let Some(vmimg_oci::Error::Unauthorized { .. }) = oci {
+        return Some("credentials: --username and --password");
+    }
+    match store? {
+        E::InUse { .. } => Some("`vmimg rm --force` removes them with it"),
+        E::NoArch { .. } | E::NoHostArch { .. } => Some("choose one with --arch"),
+        E::UnknownAlias { .. } => Some("`vmimg catalog list` shows the aliases"),
+        E::Exists { .. } => Some("`vmimg rm NAME` removes it; --name gives another"),
+        E::DigestMismatch { .. } => Some("`vmimg catalog refresh FILE` moves a catalog to its publisher's newest"),
+        E::NotADisk { .. } => Some("`vmimg build --format ext4` makes a disk"),
+        E::Bundle { source: vmimg_store::BundleError::OverLimit { .. }, .. } => Some("raise it with --max-file-size"),
+        E::Bundle { source: vmimg_store::BundleError::UncheckedFrame(_), .. } => Some("check it with --digest"),
         _ => None,
     }
 }

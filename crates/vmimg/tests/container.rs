@@ -233,7 +233,7 @@ fn a_missing_image_fails_before_any_build_is_queued() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let out = vmimg(&store, &["build", &format!("oci://{}/test/none:v1", registry.host())]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3), "not found");
     let error = String::from_utf8_lossy(&out.stderr);
     assert!(error.contains("not found"), "{error}");
     let builds: Value = serde_json::from_str(&ok(&store, &["builds", "list", "--json"])).unwrap();
@@ -279,7 +279,7 @@ fn a_layer_too_deep_fails_the_build_and_leaves_nothing() {
     ImageSpec::new().dir_layer(&layer).push(&registry.host(), "test/deep", "1").unwrap();
     let store = tmp.path().join("store");
     let out = vmimg(&store, &["build", &format!("oci://{}/test/deep:1", registry.host())]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(6), "refused");
     let error = String::from_utf8_lossy(&out.stderr);
     let said = format!("{deepest}: {} levels below the root, deeper than the {MAX_DEPTH}", MAX_DEPTH + 1);
     assert!(error.contains(&said), "{error}");

@@ -117,7 +117,7 @@ fn a_corrupt_compressed_stream_is_refused_and_kept_nowhere() {
     server.add("/disk.raw.xz", bytes);
     let store = dir.path().join("store");
     let out = vmimg(&store, &["pull", &server.url("/disk.raw.xz")]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(6), "refused");
     let stderr = text(&out.stderr);
     assert!(stderr.contains("cannot decompress") && stderr.contains("xz stream"), "{stderr}");
     assert_store_empty(&store);
@@ -143,7 +143,7 @@ fn other_image_formats_are_refused_by_name_and_info_names_them() {
         server.add(&format!("/disk.{format}"), std::fs::read(&image).unwrap());
         for source in [image.display().to_string(), server.url(&format!("/disk.{format}"))] {
             let out = vmimg(&store, &["pull", &source]);
-            assert_eq!(out.status.code(), Some(1), "{source}");
+            assert_eq!(out.status.code(), Some(6), "{source} refused");
             let stderr = text(&out.stderr);
             assert!(stderr.contains(named) && stderr.contains(&format!("qemu-img convert -f {format}")), "{stderr}");
             assert_eq!(stderr.lines().filter(|l| l.starts_with("vmimg: error:")).count(), 1, "{stderr}");
@@ -156,7 +156,7 @@ fn other_image_formats_are_refused_by_name_and_info_names_them() {
         let qemu: serde_json::Value = serde_json::from_slice(&qemu.stdout).unwrap();
         assert_eq!(info["format"], qemu["format"], "{format}");
         let out = vmimg(&store, &["convert", image.to_str().unwrap(), dir.path().join("out.raw").to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(1), "convert {format}");
+        assert_eq!(out.status.code(), Some(6), "convert {format} refused");
         assert!(!dir.path().join("out.raw").exists());
     }
 }
@@ -181,7 +181,7 @@ fn files_that_are_no_disk_are_refused() {
         server.add(path, body);
         for source in [server.url(path), file.display().to_string()] {
             let out = vmimg(&store, &["pull", &source]);
-            assert_eq!(out.status.code(), Some(1), "{source}");
+            assert_eq!(out.status.code(), Some(6), "{source} refused");
             assert!(text(&out.stderr).contains(named), "{source}: {}", text(&out.stderr));
             assert_store_empty(&store);
         }
@@ -202,13 +202,13 @@ fn a_raw_disk_carrying_an_image_header_is_never_published() {
     let outer = dir.path().join("outer.qcow2");
     ok(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&evil).arg(&outer));
     let out = vmimg(&store, &["pull", outer.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(6), "refused");
     assert!(text(&out.stderr).contains("/etc/passwd"), "{}", text(&out.stderr));
     assert_store_empty(&store);
     // Given as raw to convert, the header is refused too.
     let out =
         vmimg(&store, &["convert", "-f", "raw", evil.to_str().unwrap(), dir.path().join("o.raw").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(6), "refused");
     assert!(text(&out.stderr).contains("declared a raw disk but starts with a qcow2 image header naming backing file"));
 }
 

@@ -80,13 +80,13 @@ fn unverified_urls_are_flagged_and_failures_are_one_line() {
     let wrong = format!("sha256:{}", "0".repeat(64));
     let out = run(vmimg(&store, &["pull", &server.url("/os.qcow2"), "--digest", &wrong]));
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(6), "refused");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("vmimg: error: digest mismatch") && stderr.contains(&digest) && stderr.contains(&wrong));
 
     for (source, expected) in [("no-such-alias", "unknown alias"), ("./missing.img", "cannot open")] {
         let out = run(vmimg(&store, &["pull", source]));
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(3), "not found");
         assert!(text(&out.stderr).contains(expected), "{}", text(&out.stderr));
     }
     let out = run(vmimg(&store, &["pull", "x", "--digest", "md5:00"]));
