@@ -22,7 +22,7 @@
 //!
 //! **Failure.** A build runs in a task of its own, watched by the task that
 //! holds its slot: an error ends it `failed` with that error; a panic in
-//! it too, with "the build task panicked: <message>". Either way its slot
+//! it too, with "the build task panicked: MESSAGE". Either way its slot
 //! is freed, it is counted and its waiters hear of it.
 //!
 //! **Interruption.** A process killed mid-build leaves a record that says

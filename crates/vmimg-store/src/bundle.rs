@@ -23,7 +23,7 @@
 use crate::catalog::is_name_safe;
 use crate::error::{Error, Result};
 use crate::fsutil::blocking;
-use crate::pull::discard;
+use crate::publish::discard;
 use crate::record::{ImageRecord, Pulled, SourceFormat, SourceInfo};
 use crate::source::local_key;
 use crate::store::Store;

@@ -167,7 +167,7 @@ impl Store {
         observer: Arc<dyn BuildObserver>,
     ) -> Result<String> {
         let digest = &layer.descriptor.digest;
-        let relative = crate::pull::by_digest("layers", digest);
+        let relative = crate::content::by_digest("layers", digest);
         let path = self.root().join(&relative);
         if path.exists() {
             return Ok(relative);
@@ -182,7 +182,7 @@ impl Store {
         let fetched = origin.image_source(self)?.fetch_blob(digest, layer.descriptor.size, &partial, &progress).await;
         dropped_midway.disarm();
         let fetched = fetched?;
-        if let Err(mismatch) = crate::oci::check_blob(&layer.descriptor, &fetched.digest, fetched.size) {
+        if let Err(mismatch) = crate::content::check_blob(&layer.descriptor, &fetched.digest, fetched.size) {
             let _ = remove_partial(&partial);
             return Err(mismatch);
         }

@@ -15,6 +15,7 @@
 use crate::catalog::is_name_safe;
 use crate::error::{Error, Result};
 use crate::fsutil::blocking;
+use crate::publish::remove_dir_atomically;
 use crate::record::{InstanceFormat, InstanceRecord, Timestamp};
 use crate::store::Store;
 use serde::Serialize;
@@ -175,23 +176,4 @@ fn publish_instance(work: tempfile::TempDir, target: &Path, record: InstanceReco
     std::fs::rename(work.keep(), target).map_err(Error::io("cannot rename into", target))?;
     crate::fsutil::sync_dir(dir)?;
     Ok(Instance { path: target.join(record.format.file_name()), record })
-}
-
-/// Renames `dir` into `tmp/` (one atomic step: it is gone from view), then
-/// deletes it there, on a blocking thread.
-pub(crate) async fn remove_dir_atomically(dir: PathBuf, tmp: PathBuf) -> Result<()> {
-    blocking("a removal", move || remove_dir_now(&dir, &tmp)).await
-}
-
-fn remove_dir_now(dir: &Path, tmp: &Path) -> Result<()> {
-    let name = dir.file_name().expect("a named directory").to_string_lossy();
-    let doomed = tempfile::Builder::new()
-        .prefix(&format!("{name}.removing-"))
-        .tempdir_in(tmp)
-        .map_err(Error::io("cannot create in", tmp))?;
-    let target = doomed.path().join("x");
-    std::fs::rename(dir, &target).map_err(Error::io("cannot move", dir))?;
-    crate::fsutil::sync_dir(dir.parent().expect("a parent"))?;
-    drop(doomed);
-    Ok(())
 }

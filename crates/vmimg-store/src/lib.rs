@@ -44,28 +44,34 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # What is inside
+//! # The life of a blob and of an image
 //!
-//! - [`Catalog`]: aliases pinned to dated upstream snapshots and digests;
-//! - [`Store`]: the on-disk layout, cache keys, per-key locks (in-process and
-//!   across processes), and [`Store::pull`], which fetches, verifies,
-//!   converts and atomically publishes an image (see the `store` module for
-//!   the life of an image);
-//! - [`Store::import_bundle`], [`Store::export_bundle`] and
-//!   [`Store::new_image`]: image bundles and blank mutable images (the
-//!   `bundle` module);
-//! - [`Store::build_container`]: container images made into ext4, erofs or
-//!   cpio disks, their layers cached by digest (the `container` module);
-//!   [`Manager`] queues such builds, a few at a time, keeps their status,
-//!   follows and cancels them (also across processes), recovers those a
-//!   crash interrupted, and counts them (the `builds` module);
-//! - [`Store::metrics`]: builds, pulls and bytes on disk in a Prometheus
-//!   registry a daemon serves (the `metrics` module);
-//! - [`Store::refresh_catalog`]: moves a catalog file's aliases to their
-//!   publishers' newest snapshots (the `refresh` module);
-//! - [`Error::kind`]: what kind of failure an error is ([`ErrorKind`]), which
-//!   a frontend maps to an exit code or an HTTP status without reading its
-//!   text (the `kind` module).
+//! A blob (a downloaded source, a disk part, a container layer) is written
+//! as a partial under `tmp/`, resumable by its name, hashed as it arrives;
+//! it is invisible until it is verified against the digest and size it
+//! must have and committed: renamed to `blobs/` or `layers/<alg>/<hex>`
+//! and flushed (`content`). An image is made in a work directory under
+//! `tmp/` while its source arrives, under its key's lock and a share of
+//! the store's lease (`locks`); it is invisible until its record is written
+//! and the directory renamed to `images/<key>` in one step (`publish`).
+//! gc removes what no record names, never while a pull or build holds the
+//! lease, and evicts only images that can be pulled again (`manage`).
+//!
+//! # Layers, bottom up
+//!
+//! - `error`, `kind`: errors and their kinds; `fsutil`: bounded reads,
+//!   atomic writes, the one way to run blocking work from async code;
+//! - `catalog`, `record`: the catalog, and the typed records (image,
+//!   instance, source) whose JSON is the schema clients see;
+//! - `store` (the layout, options, lookups), `locks` (key locks, the
+//!   lease), `content` (blobs and layers by digest), `publish` (work
+//!   directories made visible by one rename), `usage`, `metrics`;
+//! - the features, each an `impl Store` over those: `source` (what a source
+//!   names), `convert` and `unpack` (a disk from a source's bytes), `pull`,
+//!   `oci` (cloud images, push), `container` and `builds` (container images
+//!   to disks, the build queue), `instance`, `bundle`, `manage` (list,
+//!   remove, gc), `refresh` (catalog updates);
+//! - `get`: the front door over the features.
 //!
 //! The store never prints and never parses command lines: the CLI does.
 
@@ -73,6 +79,8 @@ mod builds;
 mod bundle;
 mod catalog;
 mod container;
+mod content;
+mod convert;
 mod error;
 mod fsutil;
 mod get;
@@ -83,12 +91,14 @@ mod locks;
 mod manage;
 mod metrics;
 mod oci;
+mod publish;
 mod pull;
 mod record;
 mod refresh;
 mod source;
 mod store;
 mod unpack;
+mod usage;
 
 pub use builds::{Build, BuildStatus, Manager, ManagerOptions, Totals, build_id};
 pub use bundle::ExportedBundle;
@@ -98,7 +108,7 @@ pub use error::{Error, Result};
 pub use get::{GetOptions, Observer, Stage};
 pub use instance::{Instance, InstanceRequest};
 pub use kind::ErrorKind;
-pub use manage::{GcReport, ImageSummary, Usage};
+pub use manage::{GcReport, ImageSummary};
 pub use metrics::Metrics;
 pub use oci::{OciSource, PushOptions};
 /// The metrics library whose registry [`Metrics::registry`] gives, at the version the store uses.
@@ -110,5 +120,6 @@ pub use record::{
 pub use refresh::{Change, MAX_UPSTREAM_TEXT, RefreshError, Refreshed};
 pub use source::{Location, OciOrigin, OciRef, Resolved, Source};
 pub use store::{Store, StoreOptions, default_root};
+pub use usage::Usage;
 pub use vmimg_bundle::bundle::{Error as BundleError, ExportOptions, Limits as BundleLimits};
 pub use vmimg_bundle::machine::Machine;

@@ -12,12 +12,12 @@
 
 use crate::error::{Error, Result};
 use crate::fsutil::blocking;
-use crate::instance::remove_dir_atomically;
+use crate::publish::remove_dir_atomically;
 use crate::record::{ImageRecord, InstanceFormat, Timestamp};
 use crate::store::Store;
+use crate::usage::{Usage, allocated};
 use serde::Serialize;
 use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -32,30 +32,6 @@ pub struct ImageSummary {
     pub instances: usize,
     /// When a pull or an instance last used it.
     pub last_used_at: Timestamp,
-}
-
-/// Bytes on disk, by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    pub images: u64,
-    pub blobs: u64,
-    /// The layer cache: container image layers, shared between images.
-    pub layers: u64,
-    /// Partial downloads and other work in `tmp/`.
-    pub partial: u64,
-    pub instances: u64,
-    /// All of the above.
-    pub total: u64,
-}
-
-impl Usage {
-    /// Bytes on disk of the store at `root`, by part.
-    pub(crate) fn of(root: &Path) -> Usage {
-        let of = |dir: &str| allocated(&root.join(dir));
-        let (images, blobs, layers, partial, instances) =
-            (of("images"), of("blobs"), of("layers"), of("tmp"), of("instances"));
-        Usage { images, blobs, layers, partial, instances, total: images + blobs + layers + partial + instances }
-    }
 }
 
 /// What `gc` removed (or, in a dry run, would remove).
@@ -280,17 +256,6 @@ fn remove_any(path: &Path) -> Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("cannot remove", path)(e)),
         _ => Ok(()),
     }
-}
-
-/// Bytes allocated to `path` and everything under it.
-fn allocated(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
-    let own = meta.blocks() * 512;
-    if !meta.is_dir() {
-        return own;
-    }
-    let children = std::fs::read_dir(path).into_iter().flatten().flatten();
-    own + children.map(|e| allocated(&e.path())).sum::<u64>()
 }
 
 fn last_used(image_dir: &Path) -> SystemTime {

@@ -19,9 +19,8 @@
 //! this module only counts it.
 
 use crate::error::Result;
-use crate::manage::Usage;
-use crate::record::{Pulled, SourceInfo};
-use crate::source::{Location, Resolved};
+use crate::record::Pulled;
+use crate::usage::Usage;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -160,8 +159,9 @@ impl PullMetrics {
     }
 
     /// Counts a pull of `source` as started; [`CountedPull::finish`] counts its end.
-    pub(crate) fn start(&self, source: &Resolved) -> CountedPull<'_> {
-        let labels = [("source", source_kind(source))];
+    /// Counts a pull of a source of `kind` (`alias`, `url`, `file`, `oci`).
+    pub(crate) fn start(&self, kind: &'static str) -> CountedPull<'_> {
+        let labels = [("source", kind)];
         self.started.get_or_create(&labels).inc();
         CountedPull { metrics: self, labels, started: Instant::now() }
     }
@@ -214,16 +214,6 @@ fn register_each<'a, M: Metric + Clone>(
 /// Registers `histogram` as `vmimg_<name>_seconds`.
 fn register_duration(registry: &mut Registry, name: &str, help: &str, histogram: &Histogram) {
     registry.register_with_unit(name, help, Unit::Seconds, histogram.clone());
-}
-
-/// `alias`, `url`, `file` or `oci`: what kind of source a pull asked for.
-fn source_kind(source: &Resolved) -> &'static str {
-    match (&source.info, &source.location) {
-        (SourceInfo::Alias { .. }, _) => "alias",
-        (_, Location::Url(_)) => "url",
-        (_, Location::File(_)) => "file",
-        (_, Location::Oci(_)) => "oci",
-    }
 }
 
 /// A download's progress passed on to `next`, the bytes each attempt
@@ -281,18 +271,5 @@ impl Collector for StoreBytes {
             ConstGauge::new(bytes).encode(family.encode_family(&[("part", part)])?)?;
         }
         Ok(())
-    }
-}
-
-impl Usage {
-    /// The bytes of each part, named as `vmimg_store_bytes` labels them.
-    pub fn by_part(&self) -> [(&'static str, u64); 5] {
-        [
-            ("images", self.images),
-            ("blobs", self.blobs),
-            ("layers", self.layers),
-            ("partial", self.partial),
-            ("instances", self.instances),
-        ]
     }
 }

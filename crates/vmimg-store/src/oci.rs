@@ -14,10 +14,12 @@
 //! on blocking threads.
 
 use crate::catalog::Arch;
+use crate::content::{check_blob, remove_partials};
+use crate::convert::{Converted, Job, Made, write_disk};
 use crate::error::{Error, Result};
 use crate::fsutil::blocking;
 use crate::growing::{EndOnDrop, GrowingFile, Watermark};
-use crate::pull::{Job, Made, discard, remove_partials};
+use crate::publish::discard;
 use crate::record::{ImageRecord, SourceInfo};
 use crate::source::{Location, OciOrigin, Resolved, Source};
 use crate::store::Store;
@@ -27,8 +29,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmimg_disk::{ConvertStats, DiskImage, Format};
-use vmimg_fetch::{Digest, Progress};
-use vmimg_oci::artifact::{CloudImage, Descriptor, DiskFormat};
+use vmimg_fetch::Progress;
+use vmimg_oci::artifact::{CloudImage, DiskFormat};
 use vmimg_oci::container::ContainerImage;
 use vmimg_oci::{ImageSource, Layout, OciImage, Push, Pushed, Reference};
 use vmimg_qcow2::ReadAt;
@@ -96,7 +98,7 @@ impl Store {
             let (disk, options) = (disk.clone(), self.convert_options());
             Some(blocking("the conversion", move || {
                 let image = DiskImage::qcow2_from(Box::new(reader), Path::new("the download"))?;
-                crate::pull::write_disk(&image, &disk, &options)
+                write_disk(&image, &disk, &options)
             }))
         } else {
             None
@@ -110,7 +112,7 @@ impl Store {
         let (blobs, stats) = self.finish_parts(image, origin, &partials, converted, disk).await?;
         let source_format = if image.format == DiskFormat::Qcow2 { Format::Qcow2 } else { Format::Raw };
         let digest = source.expected.clone().expect("an OCI source has its manifest digest");
-        Ok(Made { digest, converted: crate::pull::Converted::plain(source_format, stats), blob: None, blobs })
+        Ok(Made { digest, converted: Converted::plain(source_format, stats), blob: None, blobs })
     }
 
     /// After every part was fetched and verified: refuses parts that make
@@ -319,19 +321,6 @@ fn check_raw_head(first: &Path, first_len: u64, size: u64, label: PathBuf) -> Re
         }
         content => Err(vmimg_disk::Error::Unsupported { path: label, content }.into()),
     }
-}
-
-/// Fails unless a downloaded blob has the size and digest its descriptor says.
-pub(crate) fn check_blob(descriptor: &Descriptor, digest: &Digest, size: u64) -> Result<()> {
-    if size != descriptor.size || *digest != descriptor.digest {
-        return Err(Error::PartMismatch {
-            expected: descriptor.digest.clone(),
-            size: descriptor.size,
-            actual: digest.clone(),
-            actual_size: size,
-        });
-    }
-    Ok(())
 }
 
 /// The parts of a disk read as one, each read waiting for its part's bytes.

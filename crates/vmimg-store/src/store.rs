@@ -29,7 +29,7 @@ use crate::record::ImageRecord;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vmimg_fetch::{Digest, FetchOptions, Fetcher};
+use vmimg_fetch::{FetchOptions, Fetcher};
 
 /// How to open a store.
 #[derive(Debug, Clone, Default)]
@@ -202,10 +202,6 @@ impl Store {
             return Err(Error::NotADisk { image: record.name.clone(), format: record.format.to_string() });
         }
         Ok(self.disk_path(&record.name))
-    }
-
-    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.shared.root.join(crate::pull::by_digest("blobs", digest))
     }
 
     /// The partial download of `key`'s source.

@@ -41,7 +41,7 @@ pub(crate) fn unpack_to_disk(
             let (file, _) = write_out(&head, &mut decoded, &scratch, &inner)?;
             let converted = DiskImage::qcow2_from(Box::new(file), &inner)
                 .map_err(Error::from)
-                .and_then(|image| crate::pull::write_disk(&image, &disk, options));
+                .and_then(|image| crate::convert::write_disk(&image, &disk, options));
             std::fs::remove_file(&scratch).map_err(Error::io("remove", &scratch))?;
             Ok((Format::Qcow2, converted?))
         }
