@@ -10,6 +10,7 @@
 //! removes it. Frontends (the CLI, the daemon) call these and nothing
 //! below them to decide what a source is.
 
+use crate::builds::Manager;
 use crate::catalog::Arch;
 use crate::error::{Error, Result};
 use crate::oci::OciSource;
@@ -33,6 +34,11 @@ pub struct GetOptions {
     pub format: Option<RootfsFormat>,
     /// Hears the download's bytes and the work's stages.
     pub observer: Option<Arc<dyn Observer>>,
+    /// The build queue a container image is built through (its concurrency
+    /// shared by every caller that passes it, as a daemon would); a queue of
+    /// its own with the default concurrency when None. Builds of one image
+    /// are one build whichever queue asks (their lock says who runs it).
+    pub builds: Option<Manager>,
 }
 
 /// Hears how a [`Store::get`] goes: the bytes downloaded (as a download's
@@ -77,7 +83,7 @@ impl Store {
                 self.pull(&resolved, progress).await
             }
             Resolution::Container(reference) => {
-                self.build_and_wait(&reference, options.format.unwrap_or_default(), options.observer.clone()).await
+                self.build_and_wait(&reference, options.format.unwrap_or_default(), options).await
             }
         }
     }
@@ -142,15 +148,15 @@ enum Resolution {
 }
 
 impl Store {
-    /// Builds the container image at `origin` as `format` through the build queue
-    /// and waits for it, telling `observer` its stages.
-    async fn build_and_wait(
-        &self,
-        origin: &OciOrigin,
-        format: RootfsFormat,
-        observer: Option<Arc<dyn Observer>>,
-    ) -> Result<Pulled> {
-        let manager = crate::builds::Manager::new(Arc::new(self.clone()), Default::default())?;
+    /// Builds the container image at `origin` as `format` through the
+    /// build queue of `options` and waits for it, telling its observer the
+    /// stages.
+    async fn build_and_wait(&self, origin: &OciOrigin, format: RootfsFormat, options: &GetOptions) -> Result<Pulled> {
+        let manager = match &options.builds {
+            Some(manager) => manager.clone(),
+            None => Manager::new(Arc::new(self.clone()), Default::default())?,
+        };
+        let observer = &options.observer;
         let build = manager.create(origin.pinned_ref(), format)?;
         let build = manager
             .follow(&build.id, |build| {

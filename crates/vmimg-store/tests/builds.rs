@@ -582,3 +582,46 @@ async fn metrics_count_builds_pulls_and_bytes_on_disk() {
         assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
     }
 }
+
+/// Hears the stages of a `Store::get`.
+#[derive(Default)]
+struct Stages(std::sync::Mutex<Vec<vmimg_store::Stage>>);
+
+impl vmimg_fetch::Progress for Stages {}
+
+impl vmimg_store::Observer for Stages {
+    fn stage(&self, stage: vmimg_store::Stage) {
+        self.0.lock().unwrap().push(stage);
+    }
+}
+
+/// The front door builds container images through the queue it is given:
+/// a daemon's one queue, its limit shared by every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_door_builds_through_the_queue_it_is_given() {
+    let registry = RegistryServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (push(&registry, tmp.path(), "a", "A"), push(&registry, tmp.path(), "b", "B"));
+    let manager = open_manager(&tmp.path().join("store"), 1);
+    let store = manager.store().as_ref().clone();
+    let (seen_a, seen_b) = (Arc::new(Stages::default()), Arc::new(Stages::default()));
+    let options = |seen: &Arc<Stages>| vmimg_store::GetOptions {
+        format: Some(RootfsFormat::Cpio),
+        observer: Some(seen.clone()),
+        builds: Some(manager.clone()),
+        ..Default::default()
+    };
+    let (get_a, get_b) = (options(&seen_a), options(&seen_b));
+    let (source_a, source_b) = (format!("oci://{a}"), format!("oci://{b}"));
+    let (got_a, got_b) = tokio::join!(store.get(&source_a, &get_a), store.get(&source_b, &get_b));
+    let (got_a, got_b) = (got_a.unwrap(), got_b.unwrap());
+    assert_eq!(got_a.record.format, vmimg_store::ImageFormat::Cpio);
+    assert_ne!(got_a.record.name, got_b.record.name);
+    let builds = manager.list().unwrap();
+    assert_eq!(builds.len(), 2, "both built through the queue given: {builds:?}");
+    assert!(builds.iter().all(|b| b.status == BuildStatus::Ready));
+    for seen in [&seen_a, &seen_b] {
+        assert!(seen.0.lock().unwrap().contains(&vmimg_store::Stage::Pulling), "the observer hears the stages");
+    }
+    assert_eq!(metric(&store, "vmimg_builds_started_total"), 2.0);
+}
