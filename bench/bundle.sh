@@ -32,8 +32,8 @@ image=$(basename "$(dirname "$base")")
 mkdir -p "$rival/in" "$rival/out"
 ln "$base" "$rival/in/disk.img"
 qemu-img create -q -f qcow2 -b disk.img -F raw "$rival/in/layer.qcow2"
-"$vmimg" -q --store "$store" image new scratch --size 1M >/dev/null
-cp "$store/images/scratch/machine.json" "$rival/in/machine.json"
+scratch=$("$vmimg" -q --store "$store" image new scratch --size 1M)
+cp "$(dirname "$scratch")/machine.json" "$rival/in/machine.json"
 
 ours_bundle=$work/ours.tar.zst
 theirs_bundle=$work/theirs.tar.zst
@@ -61,9 +61,9 @@ cat "$ours_bundle" "$theirs_bundle" >/dev/null
 t_import=$(best_of clear_imports vmimg_import)
 t_import_rival=$(best_of clear_imports rival_import)
 clear_imports
-vmimg_import >/dev/null
+imported=$(vmimg_import)
 rival_import
-cmp "$store/images/imported/disk.raw" "$base" || { echo "bench: vmimg's import differs" >&2; exit 1; }
+cmp "$imported" "$base" || { echo "bench: vmimg's import differs" >&2; exit 1; }
 cmp "$rival/out/disk.img" "$base" || { echo "bench: tar's import differs" >&2; exit 1; }
 rss_export=$(peak_rss_mib "$vmimg" -q --store "$store" bundle export "$image" "$work/rss.tar.zst")
 "$vmimg" -q --store "$store" rm imported
