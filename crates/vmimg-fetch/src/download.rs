@@ -558,7 +558,7 @@ impl<'a> Transfer<'a> {
         }
         self.meta.version = version;
         let (sidecar, json) = (meta_path(self.path), serde_json::to_vec(&self.meta).expect("meta serializes"));
-        blocking(self.path, move || std::fs::write(&sidecar, json).map_err(Error::io("cannot write", &sidecar))).await
+        blocking(self.path, move || std::fs::write(&sidecar, json).map_err(Error::io("write", &sidecar))).await
     }
 
     /// Streams the body into the hash and the file, after taking off the
@@ -637,17 +637,17 @@ fn open_partial(path: &Path, url: &str, algorithm: Algorithm) -> Result<(File, O
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(Error::io("cannot create", path))?;
-    file.lock().map_err(Error::io("cannot lock", path))?;
+        .map_err(Error::io("create", path))?;
+    file.lock().map_err(Error::io("lock", path))?;
     let meta = read_sidecar(path);
-    let len = file.metadata().map_err(Error::io("cannot stat", path))?.len();
+    let len = file.metadata().map_err(Error::io("stat", path))?.len();
     match meta {
         Some(meta) if meta.url == url && meta.version.total.is_none_or(|t| len <= t) && len > 0 => {
-            let hasher = Hasher::new(algorithm).consume((&file).take(len)).map_err(Error::io("cannot read", path))?;
+            let hasher = Hasher::new(algorithm).consume((&file).take(len)).map_err(Error::io("read", path))?;
             Ok((file, Some(Resumed { meta, written: len, hasher })))
         }
         _ => {
-            file.set_len(0).map_err(Error::io("cannot truncate", path))?;
+            file.set_len(0).map_err(Error::io("truncate", path))?;
             Ok((file, None))
         }
     }

@@ -231,7 +231,7 @@ enum Claim {
 impl Manager {
     pub fn new(store: Arc<Store>, options: ManagerOptions) -> Result<Manager> {
         let dir = store.root().join("builds");
-        std::fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
+        std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
         let inner = Inner {
             store,
             slots: tokio::sync::Semaphore::new(options.concurrency.max(1)),
@@ -318,8 +318,8 @@ impl Manager {
     pub fn list(&self) -> Result<Vec<Build>> {
         let dir = self.inner.dir();
         let mut builds = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(Error::io("cannot list", &dir))? {
-            let name = entry.map_err(Error::io("cannot list", &dir))?.file_name().to_string_lossy().into_owned();
+        for entry in std::fs::read_dir(&dir).map_err(Error::io("list", &dir))? {
+            let name = entry.map_err(Error::io("list", &dir))?.file_name().to_string_lossy().into_owned();
             if let Some(id) = name.strip_suffix(".json")
                 && let Some(build) = self.get(id)?
             {

@@ -97,8 +97,8 @@ impl Store {
         let (disk, json) = (work.path().join("disk.raw"), work.path().join(MACHINE));
         let machine = machine.unwrap_or_else(Machine::generate);
         blocking("making the disk", move || {
-            let file = File::create(&disk).map_err(Error::io("cannot create", &disk))?;
-            file.set_len(size).and_then(|()| file.sync_all()).map_err(Error::io("cannot size", &disk))?;
+            let file = File::create(&disk).map_err(Error::io("create", &disk))?;
+            file.set_len(size).and_then(|()| file.sync_all()).map_err(Error::io("size", &disk))?;
             crate::fsutil::write_atomic(&json, &machine.to_json())
         })
         .await?;
@@ -121,7 +121,7 @@ impl Store {
         }
         let machine = self.machine(key)?.unwrap_or_else(Machine::generate);
         let disk_path = self.raw_disk(&record)?;
-        let disk = File::open(&disk_path).map_err(Error::io("cannot open", &disk_path))?;
+        let disk = File::open(&disk_path).map_err(Error::io("open", &disk_path))?;
         // An immutable image never changes, and the open file outlives a
         // removal: only a mutable one stays locked while it is read.
         let held = record.mutable.then_some(lock);
@@ -171,7 +171,7 @@ fn import_into(source: &Path, dir: &Path, limits: &Limits, expected: Option<Dige
         None => (Integrity::FrameChecksums, Algorithm::Sha256),
     };
     let (disk, scratch) = (dir.join("disk.raw"), dir.join("layer.qcow2"));
-    let file = File::open(source).map_err(Error::io("cannot open", source))?;
+    let file = File::open(source).map_err(Error::io("open", source))?;
     let mut hashing = Hashing::new(file, algorithm);
     // The import reads the file to its end: the digest covers it all.
     let imported = bundle::import(&mut hashing, &disk, &scratch, limits, integrity)

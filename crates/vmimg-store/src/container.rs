@@ -215,7 +215,7 @@ impl Work {
         let dir = held.dir.insert(store.work_dir(key)?);
         let rootfs = dir.path().join("rootfs");
         let work = Arc::new(Work { held: Some(held) });
-        std::fs::create_dir(&rootfs).map_err(Error::io("cannot create", &rootfs))?;
+        std::fs::create_dir(&rootfs).map_err(Error::io("create", &rootfs))?;
         Ok(work)
     }
 
@@ -258,14 +258,14 @@ impl Drop for RemoveOnDrop {
 }
 
 fn apply_one(mut applier: Rootfs, blob: &Path, compression: Compression) -> Result<(Rootfs, LayerSummary)> {
-    let file = std::fs::File::open(blob).map_err(Error::io("cannot open", blob))?;
+    let file = std::fs::File::open(blob).map_err(Error::io("open", blob))?;
     let compression = match compression {
         Compression::None => apply::Compression::None,
         Compression::Gzip => apply::Compression::Gzip,
         Compression::Zstd => apply::Compression::Zstd,
     };
     let tar = apply::decompress(std::io::BufReader::with_capacity(1 << 20, file), compression)
-        .map_err(Error::io("cannot decompress", blob))?;
+        .map_err(Error::io("decompress", blob))?;
     let summary = applier.apply_layer(tar).map_err(|source| Error::Layer { path: blob.to_owned(), source })?;
     Ok((applier, summary))
 }
@@ -276,7 +276,7 @@ fn make_disk(rootfs: &Path, out: &Path, format: RootfsFormat) -> Result<()> {
         RootfsFormat::Erofs => vmimg_rootfs::erofs::build(rootfs, out, &Default::default()).map(drop),
         RootfsFormat::Cpio => write_cpio(rootfs, out),
     };
-    made.map_err(Error::io("cannot build the disk", out))
+    made.map_err(Error::io("build the disk", out))
 }
 
 fn write_cpio(rootfs: &Path, out: &Path) -> std::io::Result<()> {
@@ -288,7 +288,7 @@ fn write_cpio(rootfs: &Path, out: &Path) -> std::io::Result<()> {
 }
 
 fn remove_tree(path: &Path) -> Result<()> {
-    std::fs::remove_dir_all(path).map_err(Error::io("cannot remove", path))
+    std::fs::remove_dir_all(path).map_err(Error::io("remove", path))
 }
 
 fn rootfs_error(path: &Path) -> impl FnOnce(apply::ApplyError) -> Error {

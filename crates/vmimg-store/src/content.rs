@@ -45,10 +45,10 @@ pub(crate) fn commit(root: &Path, partial: &Path, kind: &str, digest: &Digest) -
     let relative = by_digest(kind, digest);
     let blob = root.join(&relative);
     let dir = blob.parent().expect("<kind>/<algorithm>");
-    std::fs::create_dir_all(dir).map_err(Error::io("cannot create", dir))?;
-    std::fs::rename(partial, &blob).map_err(Error::io("cannot rename into", &blob))?;
+    std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
+    std::fs::rename(partial, &blob).map_err(Error::io("rename into", &blob))?;
     crate::fsutil::sync_dir(dir)?;
-    remove_partial(partial).map_err(Error::io("cannot remove", partial))?;
+    remove_partial(partial).map_err(Error::io("remove", partial))?;
     Ok(relative)
 }
 

@@ -127,8 +127,8 @@ fn keep_sparse(partial: &Path, disk: &Path) -> Result<()> {
 }
 
 pub(crate) fn write_disk(image: &DiskImage, disk: &Path, options: &ConvertOptions) -> Result<ConvertStats> {
-    let out = File::create(disk).map_err(Error::io("cannot create", disk))?;
+    let out = File::create(disk).map_err(Error::io("create", disk))?;
     let stats = vmimg_disk::convert_to_raw(image, &out, options)?;
-    out.sync_all().map_err(Error::io("cannot flush", disk))?;
+    out.sync_all().map_err(Error::io("flush", disk))?;
     Ok(stats)
 }

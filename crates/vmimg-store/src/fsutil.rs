@@ -25,9 +25,9 @@ where
 
 /// Reads a text file of at most `limit` bytes.
 pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<String> {
-    let file = File::open(path).map_err(Error::io("cannot open", path))?;
+    let file = File::open(path).map_err(Error::io("open", path))?;
     let mut text = String::new();
-    file.take(limit + 1).read_to_string(&mut text).map_err(Error::io("cannot read", path))?;
+    file.take(limit + 1).read_to_string(&mut text).map_err(Error::io("read", path))?;
     if text.len() as u64 > limit {
         return Err(Error::Io {
             action: "read",
@@ -40,7 +40,7 @@ pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<String> {
 
 /// Flushes a directory's entries (a rename or a new file in it) to disk.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("cannot flush", dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("flush", dir))
 }
 
 /// Writes `bytes` to `path` so that a crash leaves the old file or the new
@@ -52,7 +52,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Removes a file; a missing one is fine.
 pub(crate) fn remove_file(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("cannot remove", path)(e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", path)(e)),
         _ => Ok(()),
     }
 }

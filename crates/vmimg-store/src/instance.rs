@@ -95,7 +95,7 @@ impl Store {
         let mut found = Vec::new();
         let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(found) };
         for entry in entries {
-            let path = entry.map_err(Error::io("cannot list", &dir))?.path().join(RECORD);
+            let path = entry.map_err(Error::io("list", &dir))?.path().join(RECORD);
             if !path.exists() {
                 continue;
             }
@@ -149,11 +149,11 @@ fn write_instance_disk(disk: &Path, base: &Path, size: u64, format: InstanceForm
         }
         InstanceFormat::Qcow2 => {
             let backing = relative_backing_name(base);
-            let file = File::create(disk).map_err(Error::io("cannot create", disk))?;
+            let file = File::create(disk).map_err(Error::io("create", disk))?;
             let options = vmimg_qcow2::OverlayOptions::new(backing, vmimg_qcow2::BackingFormat::Raw, size);
             vmimg_qcow2::create_overlay(&file, &options)
                 .map_err(|source| Error::Qcow2 { path: disk.to_owned(), source })?;
-            file.sync_all().map_err(Error::io("cannot flush", disk))?;
+            file.sync_all().map_err(Error::io("flush", disk))?;
         }
     }
     Ok(())
@@ -172,8 +172,8 @@ fn publish_instance(work: tempfile::TempDir, target: &Path, record: InstanceReco
     let json = serde_json::to_vec_pretty(&record).expect("a record serializes");
     crate::fsutil::write_atomic(&work.path().join(RECORD), &json)?;
     let dir = target.parent().expect("instances/");
-    std::fs::create_dir_all(dir).map_err(Error::io("cannot create", dir))?;
-    std::fs::rename(work.keep(), target).map_err(Error::io("cannot rename into", target))?;
+    std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
+    std::fs::rename(work.keep(), target).map_err(Error::io("rename into", target))?;
     crate::fsutil::sync_dir(dir)?;
     Ok(Instance { path: target.join(record.format.file_name()), record })
 }

@@ -59,8 +59,8 @@ impl Store {
         let dir = self.root().join("images");
         let instances = self.instances()?;
         let mut images = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(Error::io("cannot list", &dir))? {
-            let key = entry.map_err(Error::io("cannot list", &dir))?.file_name().to_string_lossy().into_owned();
+        for entry in std::fs::read_dir(&dir).map_err(Error::io("list", &dir))? {
+            let key = entry.map_err(Error::io("list", &dir))?.file_name().to_string_lossy().into_owned();
             let Some(record) = self.lookup(&key)? else { continue };
             let image_dir = self.image_dir(&key);
             images.push(ImageSummary {
@@ -244,7 +244,7 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
     match std::fs::read_dir(dir) {
         Ok(list) => Ok(list.flatten().map(|e| e.path()).collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(Error::io("cannot list", dir)(e)),
+        Err(e) => Err(Error::io("list", dir)(e)),
     }
 }
 
@@ -253,7 +253,7 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
 fn remove_any(path: &Path) -> Result<()> {
     let result = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
     match result {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("cannot remove", path)(e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", path)(e)),
         _ => Ok(()),
     }
 }

@@ -170,7 +170,7 @@ impl Store {
         };
         let disk_path = self.raw_disk(&record)?;
         if push.format == DiskFormat::Raw {
-            let disk = File::open(&disk_path).map_err(Error::io("cannot open", &disk_path))?;
+            let disk = File::open(&disk_path).map_err(Error::io("open", &disk_path))?;
             return Ok(self.registry()?.push_disk(reference, &disk, push).await?);
         }
         let push_key = format!("push-{key}");
@@ -201,7 +201,7 @@ impl Store {
             Ok(vmimg_disk::convert_to_qcow2(&image, &target, &options)?)
         })
         .await?;
-        let file = File::open(&qcow2).map_err(Error::io("cannot open", &qcow2))?;
+        let file = File::open(&qcow2).map_err(Error::io("open", &qcow2))?;
         Ok(self.registry()?.push_disk(reference, &file, push).await?)
     }
 
@@ -278,23 +278,22 @@ async fn cloud_image(images: &ImageSource<'_>, origin: &OciOrigin, arch: Arch) -
 /// order, zero blocks left as holes.
 fn join_raw_parts(parts: &[(PathBuf, u64)], disk: &Path) -> Result<ConvertStats> {
     let size = parts.iter().map(|(_, len)| len).sum();
-    let out = File::create(disk).map_err(Error::io("cannot create", disk))?;
-    out.set_len(size).map_err(Error::io("cannot size", disk))?;
+    let out = File::create(disk).map_err(Error::io("create", disk))?;
+    out.set_len(size).map_err(Error::io("size", disk))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut offset = 0;
     let mut written = 0;
     for (path, len) in parts {
-        let file = File::open(path).map_err(Error::io("cannot open", path))?;
+        let file = File::open(path).map_err(Error::io("open", path))?;
         let mut done = 0;
         while done < *len {
             let n = (len - done).min(buf.len() as u64) as usize;
-            file.read_exact_at(&mut buf[..n], done).map_err(Error::io("cannot read", path))?;
-            written +=
-                vmimg_disk::write_skipping_zeros(&out, &buf[..n], offset).map_err(Error::io("cannot write", disk))?;
+            file.read_exact_at(&mut buf[..n], done).map_err(Error::io("read", path))?;
+            written += vmimg_disk::write_skipping_zeros(&out, &buf[..n], offset).map_err(Error::io("write", disk))?;
             (done, offset) = (done + n as u64, offset + n as u64);
         }
     }
-    out.sync_all().map_err(Error::io("cannot flush", disk))?;
+    out.sync_all().map_err(Error::io("flush", disk))?;
     Ok(ConvertStats { virtual_size: size, bytes_written: written })
 }
 
@@ -335,7 +334,7 @@ impl Concat {
         let mut start = 0;
         for ((path, watermark), part) in partials.iter().zip(watermarks).zip(&image.parts) {
             let file = File::options().create(true).truncate(false).write(true).read(true).open(path);
-            let file = file.map_err(Error::io("cannot create", path))?;
+            let file = file.map_err(Error::io("create", path))?;
             parts.push((start, part.size, GrowingFile::new(file, watermark.clone())));
             start += part.size;
         }

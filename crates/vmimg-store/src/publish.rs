@@ -45,7 +45,7 @@ fn publish_dir(work: tempfile::TempDir, target: &Path, record: &ImageRecord) -> 
         std::fs::set_permissions(&file, read_only).map_err(Error::io("make read-only", &file))?;
     }
     let work = work.keep();
-    std::fs::rename(&work, target).map_err(Error::io("cannot rename into", target))?;
+    std::fs::rename(&work, target).map_err(Error::io("rename into", target))?;
     crate::fsutil::sync_dir(target.parent().expect("images/"))
 }
 
@@ -69,9 +69,9 @@ fn remove_dir_now(dir: &Path, tmp: &Path) -> Result<()> {
     let doomed = tempfile::Builder::new()
         .prefix(&format!("{name}.removing-"))
         .tempdir_in(tmp)
-        .map_err(Error::io("cannot create in", tmp))?;
+        .map_err(Error::io("create in", tmp))?;
     let target = doomed.path().join("x");
-    std::fs::rename(dir, &target).map_err(Error::io("cannot move", dir))?;
+    std::fs::rename(dir, &target).map_err(Error::io("move", dir))?;
     crate::fsutil::sync_dir(dir.parent().expect("a parent"))?;
     drop(doomed);
     Ok(())

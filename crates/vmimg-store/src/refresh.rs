@@ -94,8 +94,8 @@ impl Store {
     /// unchanged). Fails only when `file` cannot be read or written; each
     /// alias's own failure is in its [`Refreshed`].
     pub async fn refresh_catalog(&self, file: &Path, aliases: &[String]) -> Result<Vec<Refreshed>> {
-        let file = std::path::absolute(file).map_err(Error::io("cannot resolve", file))?;
-        let existed = file.try_exists().map_err(Error::io("cannot stat", &file))?;
+        let file = std::path::absolute(file).map_err(Error::io("resolve", file))?;
+        let existed = file.try_exists().map_err(Error::io("stat", &file))?;
         let mut catalog = if existed { Catalog::load(&file)? } else { Catalog::embedded() };
         let aliases = match aliases {
             [] => catalog.entries().map(|(alias, _)| alias.to_owned()).collect(),

@@ -306,8 +306,8 @@ impl Resolver<'_> {
 }
 
 fn file(path: &Path, digest: Option<Digest>) -> Result<Resolved> {
-    let path = std::fs::canonicalize(path).map_err(Error::io("cannot open", path))?;
-    let meta = std::fs::metadata(&path).map_err(Error::io("cannot stat", &path))?;
+    let path = std::fs::canonicalize(path).map_err(Error::io("open", path))?;
+    let meta = std::fs::metadata(&path).map_err(Error::io("stat", &path))?;
     if !meta.is_file() {
         return Err(Error::Invalid(format!("{} is not a regular file", path.display())));
     }

@@ -93,10 +93,10 @@ impl Store {
     /// Opens (creating if needed) the store and loads its catalog and config.
     pub fn open(options: StoreOptions) -> Result<Store> {
         let root = options.root.unwrap_or_else(default_root);
-        let root = std::path::absolute(&root).map_err(Error::io("cannot resolve", &root))?;
+        let root = std::path::absolute(&root).map_err(Error::io("resolve", &root))?;
         for dir in ["blobs", "images", "tmp", "locks"] {
             let path = root.join(dir);
-            std::fs::create_dir_all(&path).map_err(Error::io("cannot create", &path))?;
+            std::fs::create_dir_all(&path).map_err(Error::io("create", &path))?;
         }
         let mut catalog = Catalog::embedded();
         let mut mirrors = Mirrors::default();
@@ -215,7 +215,7 @@ impl Store {
         match path.try_exists() {
             Ok(true) => ImageRecord::load(&path).map(Some),
             Ok(false) => Ok(None),
-            Err(e) => Err(Error::io("cannot stat", &path)(e)),
+            Err(e) => Err(Error::io("stat", &path)(e)),
         }
     }
 
@@ -259,7 +259,7 @@ impl Store {
         tempfile::Builder::new()
             .prefix(&format!("{key}.work-"))
             .tempdir_in(&tmp)
-            .map_err(Error::io("cannot create a directory in", &tmp))
+            .map_err(Error::io("create a directory in", &tmp))
     }
 
     /// Holds `key` if nobody else does (None if someone does).
@@ -271,10 +271,10 @@ impl Store {
     pub(crate) fn remove_abandoned_work(&self, key: &str) -> Result<()> {
         let tmp = self.tmp();
         let prefix = format!("{key}.work-");
-        for entry in std::fs::read_dir(&tmp).map_err(Error::io("cannot list", &tmp))? {
-            let entry = entry.map_err(Error::io("cannot list", &tmp))?;
+        for entry in std::fs::read_dir(&tmp).map_err(Error::io("list", &tmp))? {
+            let entry = entry.map_err(Error::io("list", &tmp))?;
             if entry.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)) {
-                std::fs::remove_dir_all(entry.path()).map_err(Error::io("cannot remove", &entry.path()))?;
+                std::fs::remove_dir_all(entry.path()).map_err(Error::io("remove", &entry.path()))?;
             }
         }
         Ok(())

@@ -88,6 +88,12 @@ fn unverified_urls_are_flagged_and_failures_are_one_line() {
         let out = run(vmimg(&store, &["pull", source]));
         assert_eq!(out.status.code(), Some(3), "not found");
         assert!(text(&out.stderr).contains(expected), "{}", text(&out.stderr));
+        assert!(!text(&out.stderr).contains("cannot cannot"), "{}", text(&out.stderr));
+    }
+    for args in [["bundle", "import", "./missing.tar.zst"], ["instance", "create", "./missing.img"]] {
+        let out = run(vmimg(&store, &args));
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("cannot open") && !stderr.contains("cannot cannot"), "{args:?}: {stderr}");
     }
     let out = run(vmimg(&store, &["pull", "x", "--digest", "md5:00"]));
     assert_eq!(out.status.code(), Some(2), "a malformed digest is a usage error");
