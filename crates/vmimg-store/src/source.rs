@@ -55,8 +55,17 @@ impl Source {
         if !text.contains('/') && catalog.get(text).is_some() {
             return Ok(Source::Alias(text.to_owned()));
         }
-        if text.contains('/') || std::path::Path::new(text).exists() {
-            return Ok(Source::File(PathBuf::from(text)));
+        let path = Path::new(text);
+        if path.exists() {
+            return Ok(Source::File(path.to_owned()));
+        }
+        if looks_like_registry_image(text) {
+            return Err(Error::Invalid(format!(
+                "{text} is no file here; a registry image is written oci://{text} (or docker://{text})"
+            )));
+        }
+        if text.contains('/') {
+            return Ok(Source::File(path.to_owned()));
         }
         Err(Error::UnknownAlias { alias: text.to_owned() })
     }
@@ -72,6 +81,14 @@ impl std::fmt::Display for Source {
             Source::Layout(reference) => reference.fmt(f),
         }
     }
+}
+
+/// Whether `text` reads as `host[:port]/repository[:tag|@digest]`: its
+/// first component a host name with a dot or a port, or `localhost`.
+fn looks_like_registry_image(text: &str) -> bool {
+    let Some((host, rest)) = text.split_once('/') else { return false };
+    let is_host = host.contains(['.', ':']) && !host.starts_with('.') || host == "localhost";
+    is_host && !rest.is_empty() && Reference::parse(text).is_ok()
 }
 
 /// A registry reference, refused when it names a registry but no repository

@@ -182,7 +182,7 @@ enum Command {
     /// --jobs at a time; parts the repository already has are not sent. The
     /// manifest is an OCI 1.1 artifact (application/vnd.cocoonstack.os-image.v1+json)
     /// that vmimg and cocoonstack's tools read. Prints the pushed reference,
-    /// pinned to its digest.
+    /// pinned to its digest (oci://…@sha256:…, as `vmimg pull` takes it).
     Push {
         image: String,
         /// oci://REGISTRY/REPO[:TAG]

@@ -58,6 +58,6 @@ pub async fn push(store: &Store, image: &str, target: &str, options: PushOptions
             pushed.parts - pushed.sent
         );
     }
-    println!("{}", reference.at_digest(pushed.digest));
+    println!("oci://{}", reference.at_digest(pushed.digest));
     Ok(())
 }

@@ -48,7 +48,9 @@ fn push_then_pull_and_cat_give_the_disk_back() {
     let target = format!("oci://{}/vm/disk:v1", registry.host());
 
     let (pinned, stderr) = ok_with_stderr(&store, &["push", &key, &target, "--part-size", "5M", "--format", "raw"]);
-    assert!(pinned.starts_with(&format!("{}/vm/disk:v1@sha256:", registry.host())), "{pinned}");
+    assert!(pinned.starts_with(&format!("oci://{}/vm/disk:v1@sha256:", registry.host())), "{pinned}");
+    let pulled = ok(&other, &["pull", &pinned]);
+    assert!(std::fs::read(&pulled).unwrap() == disk, "what push prints, pull takes");
     assert!(stderr.contains("5 parts, 5 sent, 0 already there"), "{stderr}");
     let (_, stderr) = ok_with_stderr(&store, &["push", &key, &target, "--part-size", "5M", "--format", "raw"]);
     assert!(stderr.contains("5 parts, 0 sent, 5 already there"), "the second push sent parts again: {stderr}");
@@ -89,7 +91,7 @@ fn push_then_pull_and_cat_give_the_disk_back() {
     let instance = ok(&other, &["instance", "create", &target, "--name", "vm"]);
     assert!(instance.ends_with("instances/vm/disk.qcow2"), "{instance}");
     ok(&other, &["instance", "rm", "vm"]);
-    let (again, stderr) = ok_with_stderr(&other, &["pull", &format!("oci://{pinned}")]);
+    let (again, stderr) = ok_with_stderr(&other, &["pull", &pinned]);
     assert_eq!(again, pulled, "a pull by digest of the same manifest is the same image");
     assert!(!stderr.contains("converted"), "the second pull was not a hit: {stderr}");
     let image = &images(&other)[0];

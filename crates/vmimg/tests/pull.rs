@@ -90,6 +90,14 @@ fn unverified_urls_are_flagged_and_failures_are_one_line() {
         assert!(text(&out.stderr).contains(expected), "{}", text(&out.stderr));
         assert!(!text(&out.stderr).contains("cannot cannot"), "{}", text(&out.stderr));
     }
+    for (source, said) in [
+        ("127.0.0.1:5055/vm/test:v1", "a registry image is written oci://127.0.0.1:5055/vm/test:v1"),
+        ("oci://127.0.0.1:5000", "names a registry but no repository"),
+    ] {
+        let out = run(vmimg(&store, &["pull", source]));
+        assert_eq!(out.status.code(), Some(2), "invalid input");
+        assert!(text(&out.stderr).contains(said), "{}", text(&out.stderr));
+    }
     for args in [["bundle", "import", "./missing.tar.zst"], ["instance", "create", "./missing.img"]] {
         let out = run(vmimg(&store, &args));
         let stderr = text(&out.stderr);
