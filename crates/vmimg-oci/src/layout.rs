@@ -281,8 +281,8 @@ impl Layout {
         Ok(container::parse_config(&bytes)?)
     }
 
-    /// Copies blob `digest` of `size` bytes into `partial` (created anew,
-    /// with any download sidecar removed), hashing it on the way, as
+    /// Copies blob `digest` of `size` bytes into `partial` (truncated and
+    /// written from its start, in place), hashing it on the way, as
     /// [`Registry::fetch_blob`](crate::Registry::fetch_blob) downloads one;
     /// unlike a download it is checked here: a size or digest other than
     /// the descriptor's is an error, and the partial is removed.

@@ -81,9 +81,6 @@ const POLL: Duration = Duration::from_millis(200);
 const CLAIM_TRIES: usize = 50;
 const CLAIM_PAUSE: Duration = Duration::from_millis(10);
 
-/// A build record larger than this is refused as corrupt.
-const MAX_BUILD_RECORD: u64 = 1 << 20;
-
 /// How the manager runs builds.
 #[derive(Debug, Clone)]
 pub struct ManagerOptions {
@@ -692,7 +689,7 @@ impl Inner {
 
     fn save(&self, build: &Build) -> Result<()> {
         let build = Build { queue_position: None, ..build.clone() };
-        crate::fsutil::write_atomic(&self.record_path(&build.id), &serde_json::to_vec_pretty(&build).expect("JSON"))
+        crate::record::save_json(&self.record_path(&build.id), &build)
     }
 
     fn load(&self, id: &str) -> Result<Option<Build>> {
@@ -700,9 +697,7 @@ impl Inner {
         if !path.exists() {
             return Ok(None);
         }
-        let text = crate::fsutil::read_bounded(&path, MAX_BUILD_RECORD)?;
-        let build = serde_json::from_str(&text).map_err(|e| Error::Record { path, message: e.to_string() })?;
-        Ok(Some(build))
+        crate::record::load_json(&path).map(Some)
     }
 }
 

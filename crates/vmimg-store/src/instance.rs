@@ -99,9 +99,7 @@ impl Store {
             if !path.exists() {
                 continue;
             }
-            let text = crate::fsutil::read_bounded(&path, 1 << 20)?;
-            let record: InstanceRecord = serde_json::from_str(&text)
-                .map_err(|e| Error::Record { path: path.clone(), message: e.to_string() })?;
+            let record: InstanceRecord = crate::record::load_json(&path)?;
             found.push(Instance { path: self.instance_dir(&record.name).join(record.format.file_name()), record });
         }
         found.sort_by(|a, b| a.record.name.cmp(&b.record.name));
@@ -169,8 +167,7 @@ fn relative_backing_name(base: &Path) -> String {
 /// Writes the record into the work directory and renames it to `target`
 /// (`instances/<name>`), flushed.
 fn publish_instance(work: tempfile::TempDir, target: &Path, record: InstanceRecord) -> Result<Instance> {
-    let json = serde_json::to_vec_pretty(&record).expect("a record serializes");
-    crate::fsutil::write_atomic(&work.path().join(RECORD), &json)?;
+    crate::record::save_json(&work.path().join(RECORD), &record)?;
     let dir = target.parent().expect("instances/");
     std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
     std::fs::rename(work.keep(), target).map_err(Error::io("rename into", target))?;

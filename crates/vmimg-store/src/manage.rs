@@ -112,8 +112,8 @@ impl Store {
     /// listed as ready names an image that exists.
     fn forget_builds_of(&self, key: &str) -> Result<()> {
         for path in entries(&self.root().join("builds"))? {
-            let Ok(text) = crate::fsutil::read_bounded(&path, 1 << 20) else { continue };
-            let names_key = serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|b| b["image"] == key);
+            let build = crate::record::load_json::<serde_json::Value>(&path);
+            let names_key = build.is_ok_and(|b| b["image"] == key);
             if names_key {
                 crate::fsutil::remove_file(&path)?;
             }

@@ -46,8 +46,8 @@ impl Source {
         if let Some(reference) = text.strip_prefix("oci://").or_else(|| text.strip_prefix("docker://")) {
             return registry_reference(reference).map(Source::Registry);
         }
-        if text.starts_with("oci:") || text.starts_with("oci-archive:") {
-            return text.parse().map(Source::Layout).map_err(|e: LayoutError| Error::Invalid(e.to_string()));
+        if let Some(layout) = layout_ref(text) {
+            return layout.map(Source::Layout);
         }
         if text.starts_with("http://") || text.starts_with("https://") {
             return Ok(Source::Url(text.to_owned()));
@@ -81,6 +81,13 @@ impl std::fmt::Display for Source {
             Source::Layout(reference) => reference.fmt(f),
         }
     }
+}
+
+/// `oci:DIR[:NAME]` or `oci-archive:FILE[:NAME]` parsed; None for other text
+/// (`oci://` is a registry's).
+fn layout_ref(text: &str) -> Option<Result<LayoutRef>> {
+    let is_layout = (text.starts_with("oci:") && !text.starts_with("oci://")) || text.starts_with("oci-archive:");
+    is_layout.then(|| text.parse().map_err(|e: LayoutError| Error::Invalid(e.to_string())))
 }
 
 /// Whether `text` reads as `host[:port]/repository[:tag|@digest]`: its
@@ -159,8 +166,8 @@ impl std::fmt::Display for OciRef {
 impl std::str::FromStr for OciRef {
     type Err = Error;
     fn from_str(text: &str) -> Result<OciRef> {
-        if text.starts_with("oci:") || text.starts_with("oci-archive:") {
-            return text.parse().map(OciRef::Layout).map_err(|e: LayoutError| Error::Invalid(e.to_string()));
+        if let Some(layout) = layout_ref(text) {
+            return layout.map(OciRef::Layout);
         }
         Reference::parse(text).map(OciRef::Registry).map_err(|e| Error::Invalid(e.to_string()))
     }
