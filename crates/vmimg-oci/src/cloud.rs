@@ -13,6 +13,9 @@ use crate::registry::{Error, Manifest, Registry, Result};
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use vmimg_fetch::{Digest, Hasher};
 
@@ -87,11 +90,41 @@ impl Registry {
         image: &CloudImage,
         out: &mut (dyn AsyncWrite + Unpin + Send),
     ) -> Result<u64> {
+        self.stream_disk_range(reference, image, 0..image.size(), out).await?;
+        Ok(image.size())
+    }
+
+    /// Writes bytes `range` of the disk to `out`. Every part the range
+    /// touches is read whole and verified: the bytes before and after the
+    /// range are hashed and dropped, so that `Ok` always means every byte
+    /// written was checked. A range past the disk's end is an error.
+    pub async fn stream_disk_range(
+        &self,
+        reference: &Reference,
+        image: &CloudImage,
+        range: Range<u64>,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<()> {
+        if range.start > range.end || range.end > image.size() {
+            return Err(Error::Output(format!(
+                "bytes {}..{} are outside the disk's {} bytes",
+                range.start,
+                range.end,
+                image.size()
+            )));
+        }
+        let mut part_start = 0u64;
         for part in &image.parts {
-            self.stream_blob(reference, &part.digest, part.size, out).await?;
+            let part_end = part_start + part.size;
+            if part_start < range.end && range.start < part_end {
+                let window = range.start.saturating_sub(part_start)..(range.end.min(part_end) - part_start);
+                let mut windowed = Window { inner: &mut *out, at: 0, window };
+                self.stream_blob(reference, &part.digest, part.size, &mut windowed).await?;
+            }
+            part_start = part_end;
         }
         out.flush().await.map_err(|e| Error::Output(e.to_string()))?;
-        Ok(image.size())
+        Ok(())
     }
 
     /// Streams one blob to `out`, resuming after a cut, checking its size
@@ -328,5 +361,41 @@ impl std::io::Read for PositionedReader<'_> {
         }
         self.pos += n as u64;
         Ok(n)
+    }
+}
+
+/// Passes on to `inner` only the bytes at offsets `window` of what is
+/// written through it; the rest is taken and dropped.
+struct Window<'a> {
+    inner: &'a mut (dyn AsyncWrite + Unpin + Send),
+    /// The offset of the next byte written.
+    at: u64,
+    window: Range<u64>,
+}
+
+impl AsyncWrite for Window<'_> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let end = this.at + buf.len() as u64;
+        let (from, to) = (this.window.start.max(this.at), this.window.end.min(end));
+        if from >= to {
+            this.at = end;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let skipped = (from - this.at) as usize;
+        let wanted = &buf[skipped..(to - this.at) as usize];
+        let written = std::task::ready!(Pin::new(&mut *this.inner).poll_write(cx, wanted))?;
+        // The bytes around the window are taken with it: those after it once all of it is written.
+        let taken = if written == wanted.len() { buf.len() } else { skipped + written };
+        this.at += taken as u64;
+        Poll::Ready(Ok(taken))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
     }
 }

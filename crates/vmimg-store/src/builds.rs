@@ -95,6 +95,7 @@ impl Default for ManagerOptions {
 }
 
 /// Where a build is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BuildStatus {
@@ -126,11 +127,13 @@ impl BuildStatus {
 }
 
 /// One build, as its record keeps it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Build {
     pub id: String,
     /// The reference asked for.
     #[serde(with = "crate::record::as_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub reference: OciRef,
     pub format: RootfsFormat,
     pub status: BuildStatus,
@@ -145,6 +148,7 @@ pub struct Build {
     pub error_kind: Option<ErrorKind>,
     /// The manifest digest the reference named when the build ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub digest: Option<Digest>,
     /// The ready image's key in the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,11 +157,14 @@ pub struct Build {
     #[serde(default)]
     pub bytes_pulled: u64,
     /// RFC 3339, UTC.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub updated_at: Timestamp,
 }
 
 /// Bytes on disk of what builds make and use.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Totals {
     /// Every image in the store (disks and records).

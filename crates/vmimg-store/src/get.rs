@@ -63,16 +63,32 @@ impl Store {
     /// image. `source` is anything [`Source::parse`] takes, or the name of
     /// an image in the store.
     pub async fn get(&self, source: &str, options: &GetOptions) -> Result<Pulled> {
-        let parsed = match Source::parse(source, self.catalog()) {
-            Err(Error::UnknownAlias { .. }) if let Some(found) = self.found_by_name(source)? => return Ok(found),
-            parsed => parsed?,
-        };
-        self.get_source(&parsed, options).await
+        let plan = self.plan(source, options).await?;
+        self.get_planned(&plan, options).await
     }
 
     /// Gets a parsed source into the store.
     pub async fn get_source(&self, source: &Source, options: &GetOptions) -> Result<Pulled> {
-        let progress = options.observer.clone().map(|o| o as Arc<dyn Progress>);
+        let plan = self.plan_source(source, options).await?;
+        self.get_planned(&plan, options).await
+    }
+
+    /// What [`Store::get`] of `source` would make, decided now and pinned
+    /// (a registry tag is asked of its registry once): the key of the image
+    /// it makes is known before any download, for a caller that answers
+    /// before the work is done (a daemon). Nothing is downloaded.
+    pub async fn plan(&self, source: &str, options: &GetOptions) -> Result<Plan> {
+        let parsed = match Source::parse(source, self.catalog()) {
+            Err(Error::UnknownAlias { .. }) if let Some(record) = self.find_image(source)? => {
+                return Ok(Plan { key: record.name, work: Work::Named });
+            }
+            parsed => parsed?,
+        };
+        self.plan_source(&parsed, options).await
+    }
+
+    /// What [`Store::get_source`] of `source` would make (see [`Store::plan`]).
+    pub async fn plan_source(&self, source: &Source, options: &GetOptions) -> Result<Plan> {
         match self.resolve_source(source, options).await? {
             Resolution::Disk(resolved) => {
                 if options.format.is_some() {
@@ -80,11 +96,28 @@ impl Store {
                         "{source} is a disk image: a disk format applies to container images"
                     )));
                 }
-                self.pull(&resolved, progress).await
+                Ok(Plan { key: resolved.key.clone(), work: Work::Pull(resolved) })
             }
-            Resolution::Container(reference) => {
-                self.build_and_wait(&reference, options.format.unwrap_or_default(), options).await
+            Resolution::Container(origin) => {
+                let format = options.format.unwrap_or_default();
+                Ok(Plan { key: self.container_key(origin.digest(), format), work: Work::Build(origin, format) })
             }
+        }
+    }
+
+    /// Carries out `plan`: finds its image, or pulls or builds it. The
+    /// options' observer and build queue are used; the plan's source, digest,
+    /// arch and format were fixed when it was made.
+    pub async fn get_planned(&self, plan: &Plan, options: &GetOptions) -> Result<Pulled> {
+        match &plan.work {
+            Work::Named => {
+                self.found(&plan.key)?.ok_or_else(|| Error::NotFound { what: "image", name: plan.key.clone() })
+            }
+            Work::Pull(resolved) => {
+                let progress = options.observer.clone().map(|o| o as Arc<dyn Progress>);
+                self.pull(resolved, progress).await
+            }
+            Work::Build(origin, format) => self.build_and_wait(origin, *format, options).await,
         }
     }
 
@@ -112,13 +145,6 @@ impl Store {
         self.remove_image(&record.name, force).await
     }
 
-    fn found_by_name(&self, name: &str) -> Result<Option<Pulled>> {
-        match self.find_image(name)? {
-            Some(record) => self.found(&record.name),
-            None => Ok(None),
-        }
-    }
-
     async fn resolve_source(&self, source: &Source, options: &GetOptions) -> Result<Resolution> {
         let arch = options.arch.unwrap_or(self.arch());
         let resolved = match source {
@@ -137,6 +163,35 @@ impl Store {
         };
         Ok(Resolution::Disk(resolved))
     }
+}
+
+/// What a [`Store::get`] will do, decided and pinned: see [`Store::plan`].
+#[derive(Debug, Clone)]
+pub struct Plan {
+    key: String,
+    work: Work,
+}
+
+impl Plan {
+    /// The key of the image the plan makes or finds (its `name` in the
+    /// store's records).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Whether carrying it out builds a container image (through the build
+    /// queue) rather than pulling a disk.
+    pub fn is_build(&self) -> bool {
+        matches!(self.work, Work::Build(..))
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Work {
+    /// The name of an image in the store.
+    Named,
+    Pull(Resolved),
+    Build(OciOrigin, RootfsFormat),
 }
 
 /// What a source turned out to be.

@@ -23,8 +23,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// An instance and the path of its disk.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Instance {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub path: PathBuf,
     #[serde(flatten)]
     pub record: InstanceRecord,

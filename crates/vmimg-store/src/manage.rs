@@ -35,6 +35,7 @@ pub struct ImageSummary {
 }
 
 /// What `gc` removed (or, in a dry run, would remove).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
     pub dry_run: bool,
@@ -49,6 +50,14 @@ pub struct GcReport {
     /// next gc.
     pub in_flight: bool,
 }
+
+/// The store held by a service, as [`Store::claim_service`] gave it.
+pub struct ServiceClaim {
+    _lock: crate::locks::LockFile,
+}
+
+/// The lock key a service holds.
+const SERVICE_KEY: &str = ".service";
 
 /// A partial download untouched this long is stale.
 const STALE_PARTIAL: Duration = Duration::from_secs(24 * 3600);
@@ -164,6 +173,29 @@ impl Store {
         Ok(report)
     }
 
+    /// Removes what interrupted work left in `tmp/` and nothing holds (as
+    /// [`Store::gc`] does first): work directories, and partial downloads
+    /// once empty or idle for a day; a partial a later pull can resume is
+    /// kept. A daemon calls it at start.
+    pub async fn clean_tmp(&self) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        self.collect_tmp(&mut report).await?;
+        Ok(report)
+    }
+
+    /// Claims the store for one long-running service (`vmimg serve`) until
+    /// the claim drops: a second claim, from any process, is a conflict.
+    /// Commands beside the service share the store through its usual locks.
+    pub fn claim_service(&self) -> Result<ServiceClaim> {
+        match self.try_lock(SERVICE_KEY)? {
+            Some(lock) => Ok(ServiceClaim { _lock: lock }),
+            None => Err(Error::Conflict(format!(
+                "another vmimg serve is running on the store {}: stop it, or give this one another store",
+                self.root().display()
+            ))),
+        }
+    }
+
     fn referenced_blobs(&self) -> Result<HashSet<String>> {
         let referenced = |record: ImageRecord| {
             let layers = record.container.map(|c| c.layers).unwrap_or_default();
@@ -211,6 +243,7 @@ impl Store {
                 continue;
             };
             if key != crate::locks::LEASE_KEY
+                && key != SERVICE_KEY
                 && let Some(held) = self.try_lock(key)?
             {
                 drop(held); // removes the file while it holds it

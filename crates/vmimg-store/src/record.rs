@@ -191,6 +191,7 @@ impl From<vmimg_disk::Stream> for Compression {
 }
 
 /// What an image's file holds.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
@@ -230,6 +231,7 @@ impl std::fmt::Display for ImageFormat {
 }
 
 /// What a container image becomes.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RootfsFormat {
@@ -291,6 +293,7 @@ pub struct ContainerInfo {
 }
 
 /// The disk format of an instance.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceFormat {
@@ -328,6 +331,7 @@ impl std::str::FromStr for InstanceFormat {
 }
 
 /// `instances/<name>/instance.json`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     pub name: String,
@@ -335,6 +339,7 @@ pub struct InstanceRecord {
     pub image: String,
     pub format: InstanceFormat,
     pub virtual_size: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
 }
 

@@ -10,6 +10,7 @@ mod manage;
 mod oci;
 mod progress;
 mod pull;
+mod serve;
 mod units;
 
 use anyhow::Result;
@@ -240,6 +241,25 @@ enum Command {
     /// Writable disks made from store images, one per VM.
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// Serve the store over HTTP for VM platforms, in the foreground, until
+    /// SIGTERM: images, disks, /dl/ streams, instances, builds, metrics.
+    /// The API is described at /openapi.json (or by --openapi).
+    Serve {
+        /// unix:PATH or tcp:HOST:PORT; repeatable [default:
+        /// unix:/run/vmimg/vmimg.sock as root, else unix:$XDG_RUNTIME_DIR/vmimg.sock].
+        #[arg(long, value_name = "ADDRESS")]
+        listen: Vec<vmimg_serve::Listen>,
+        /// A file whose first line is the token TCP clients must send
+        /// (Authorization: Bearer TOKEN); required with tcp: addresses.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Container image builds run at once.
+        #[arg(long, value_name = "N")]
+        builds: Option<usize>,
+        /// Print the API's OpenAPI document and exit.
+        #[arg(long)]
+        openapi: bool,
+    },
     /// Image bundles (image.tar.zst: disk.img, layer.qcow2, machine.json).
     #[command(subcommand)]
     Bundle(BundleCommand),
@@ -597,6 +617,9 @@ fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(manage::remove_image(&cli.store.open()?, &image, force, cli.quiet))
         }
         Command::Du { json } => manage::du(&cli.store.open()?, json),
+        Command::Serve { listen, token_file, builds, openapi } => {
+            serve::run(|| cli.store.open(), serve::ServeArgs { listen, token_file, builds, openapi })
+        }
         Command::Gc { keep_under, dry_run } => {
             runtime()?.block_on(manage::gc(&cli.store.open()?, keep_under, dry_run, cli.quiet))
         }

@@ -1,0 +1,96 @@
+//! `GET`/`HEAD /v1/images/{name}/disk`: a ready image's file, with its
+//! length, a strong ETag, and single ranges; holes read as zeros.
+
+use crate::app::App;
+use crate::guard::{StreamSlot, check_name};
+use crate::listen::Client;
+use crate::problem::{Answer, Problem};
+use crate::ranges::{self, Part};
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use vmimg_store::ErrorKind;
+
+/// Bytes read from the file at a time.
+const CHUNK: usize = 1 << 20;
+/// Chunks read ahead of the client.
+const READ_AHEAD: usize = 4;
+
+/// The image's disk file.
+#[utoipa::path(method(get, head), path = "/v1/images/{name}/disk", tag = "images",
+    params(("name" = String, Path), ("Range" = Option<String>, Header, description = "One byte range")),
+    responses(
+        (status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304), (status = 416), (status = "default", body = Problem)))]
+pub async fn disk(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    client: Option<Extension<Client>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Answer<Response> {
+    check_name("image", &name)?;
+    let found = app.blocking(move |store| {
+        let Some(record) = store.find_image(&name)? else { return Ok(None) };
+        let path = store.image_file(&record);
+        let file = File::open(&path).map_err(|source| vmimg_store::Error::Io { action: "open", path, source })?;
+        Ok(Some((record, file)))
+    });
+    let Some((record, file)) = found.await? else { return Err(Problem::new(ErrorKind::NotFound, "no such image")) };
+    let meta = file.metadata().map_err(|e| Problem::new(ErrorKind::Internal, format!("the disk's metadata: {e}")))?;
+    let len = meta.len();
+    // The file changes only when a mutable image is written in place: its time and length say so.
+    let etag = format!("\"{}-{}.{}-{len}\"", record.name, meta.mtime(), meta.mtime_nsec());
+    let mut response = Response::new(Body::empty());
+    let head = response.headers_mut();
+    head.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ASCII"));
+    head.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        return Ok(response);
+    }
+    let part = ranges::asked(&headers, len, Some(&etag));
+    let (status, range) = ranges::head(&part, len, response.headers_mut());
+    *response.status_mut() = status;
+    if let (Some(range), false) = (range, method == Method::HEAD || part == Part::Unsatisfiable) {
+        let slot = app.streams.open(client.map(|c| c.0))?;
+        *response.body_mut() = file_body(file, range, slot);
+    }
+    Ok(response)
+}
+
+/// Bytes `range` of `file` as a body: read ahead on a blocking thread, a
+/// few chunks at most, stopping when the client goes away. `slot` is held
+/// until the body ends.
+fn file_body(file: File, range: Range<u64>, slot: StreamSlot) -> Body {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let mut at = range.start;
+        while at < range.end {
+            let want = CHUNK.min((range.end - at) as usize);
+            let mut buffer = Vec::with_capacity(want);
+            let read = match rustix::io::pread(&file, rustix::buffer::spare_capacity(&mut buffer), at) {
+                Ok(0) => Err(std::io::Error::other("the disk is shorter than it was when the answer began")),
+                Ok(read) => Ok(read),
+                Err(e) => Err(e.into()),
+            };
+            let item = read.map(|read| {
+                at += read as u64;
+                Bytes::from(buffer)
+            });
+            let failed = item.is_err();
+            if sender.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+    crate::app::channel_body(receiver, slot)
+}

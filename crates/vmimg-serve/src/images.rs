@@ -1,0 +1,168 @@
+//! `/v1/images`: list, create (202 while the image is made), get, delete,
+//! and the event stream of an image being made.
+
+use crate::app::App;
+use crate::guard::check_name;
+use crate::jobs::Job;
+use crate::problem::{Answer, Problem};
+use crate::view::Image;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use http::{HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use utoipa::ToSchema;
+use vmimg_store::{Arch, GetOptions, RootfsFormat};
+
+/// What to get.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateImage {
+    /// Any source the CLI takes: a catalog alias, a URL, a local path,
+    /// `oci://REF`, `docker://REF`, `oci:DIR[:NAME]`, `oci-archive:FILE[:NAME]`.
+    pub source: String,
+    /// The digest a URL's or file's bytes must have (`sha256:…`).
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// What a container image becomes: ext4 (the default), erofs or cpio.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub format: Option<String>,
+    /// The architecture to resolve aliases and indexes to (amd64, arm64);
+    /// the host's by default.
+    #[serde(default)]
+    pub arch: Option<String>,
+}
+
+impl CreateImage {
+    fn options(&self) -> Answer<GetOptions> {
+        let bad = |e: vmimg_store::Error| Problem::bad_request(e.to_string());
+        let digest = match &self.digest {
+            Some(text) => Some(text.parse().map_err(|e| Problem::bad_request(format!("digest: {e}")))?),
+            None => None,
+        };
+        let format = self.format.as_deref().map(str::parse::<RootfsFormat>).transpose().map_err(bad)?;
+        let arch = self.arch.as_deref().map(str::parse::<Arch>).transpose().map_err(bad)?;
+        Ok(GetOptions { digest, format, arch, ..GetOptions::default() })
+    }
+}
+
+/// Every image: those in the store, then those being made or failed.
+#[utoipa::path(get, path = "/v1/images", tag = "images",
+    responses((status = 200, body = Vec<Image>), (status = "default", body = Problem)))]
+pub async fn list(State(app): State<Arc<App>>) -> Answer<Json<Vec<Image>>> {
+    let store = app.store.clone();
+    let summaries = tokio::task::spawn_blocking(move || store.images()).await.map_err(internal)??;
+    let mut images: Vec<Image> = summaries.iter().map(|s| Image::ready(&s.record)).collect();
+    let ready: std::collections::HashSet<String> = images.iter().map(|i| i.name.clone()).collect();
+    let jobs = app.jobs.all();
+    images.extend(jobs.iter().filter(|(key, _)| !ready.contains(key)).map(|(key, job)| Image::of_job(key, job)));
+    Ok(Json(images))
+}
+
+/// Gets a source into the store: 200 with the image when it is there
+/// already, else 202 at once with the image being made (poll it, or follow
+/// its events). The same source asked by many clients is made once.
+#[utoipa::path(post, path = "/v1/images", tag = "images", request_body = CreateImage,
+    responses(
+        (status = 200, description = "Ready already", body = Image),
+        (status = 202, description = "Being made", body = Image),
+        (status = "default", body = Problem)))]
+pub async fn create(State(app): State<Arc<App>>, Json(request): Json<CreateImage>) -> Answer<Response> {
+    let options = request.options()?;
+    let plan = app.store.plan(&request.source, &options).await?;
+    let key = plan.key().to_owned();
+    if let Some(record) = app.store.lookup(&key)? {
+        return Ok((StatusCode::OK, Json(Image::ready(&record))).into_response());
+    }
+    let job = app.jobs.start(plan, &request.source);
+    let mut response = (StatusCode::ACCEPTED, Json(Image::of_job(&key, &job))).into_response();
+    let location = HeaderValue::from_str(&format!("/v1/images/{key}")).expect("keys are ASCII");
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
+
+/// One image, ready or being made.
+#[utoipa::path(get, path = "/v1/images/{name}", tag = "images", params(("name" = String, Path)),
+    responses((status = 200, body = Image), (status = "default", body = Problem)))]
+pub async fn get(State(app): State<Arc<App>>, Path(name): Path<String>) -> Answer<Json<Image>> {
+    check_name("image", &name)?;
+    Ok(Json(find(&app, &name)?))
+}
+
+/// Removes an image (409 while instances use it or it is being made), or
+/// forgets a failed one.
+#[utoipa::path(delete, path = "/v1/images/{name}", tag = "images", params(("name" = String, Path)),
+    responses((status = 204), (status = "default", body = Problem)))]
+pub async fn delete(State(app): State<Arc<App>>, Path(name): Path<String>) -> Answer<StatusCode> {
+    check_name("image", &name)?;
+    if app.jobs.is_running(&name) {
+        return Err(Problem::new(vmimg_store::ErrorKind::InUse, format!("{name} is being made: wait for it to end")));
+    }
+    if let Some(record) = app.store.find_image(&name)? {
+        app.store.remove_image(&record.name, false).await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    if app.jobs.forget_failed(&name) { Ok(StatusCode::NO_CONTENT) } else { Err(Problem::not_found("image", &name)) }
+}
+
+/// Server-Sent Events of an image being made: its state now, then every
+/// change (at most ten a second), the last one `ready` or `failed`. Each
+/// event's type is the status, its data the image object.
+#[utoipa::path(get, path = "/v1/images/{name}/events", tag = "images", params(("name" = String, Path)),
+    responses((status = 200, content_type = "text/event-stream", body = Image), (status = "default", body = Problem)))]
+pub async fn events(State(app): State<Arc<App>>, Path(name): Path<String>) -> Answer<Response> {
+    check_name("image", &name)?;
+    if let Some(job) = app.jobs.get(&name) {
+        return Ok(Sse::new(follow(name, job)).keep_alive(KeepAlive::default()).into_response());
+    }
+    let image = find(&app, &name)?;
+    let once = futures_util::stream::once(async move { Ok::<_, Infallible>(event(&image)) });
+    Ok(Sse::new(once).into_response())
+}
+
+/// The image `name` names: in the store, or being made.
+fn find(app: &App, name: &str) -> Answer<Image> {
+    if let Some(record) = app.store.find_image(name)? {
+        return Ok(Image::ready(&record));
+    }
+    match app.jobs.get(name) {
+        Some(job) => Ok(Image::of_job(name, &job)),
+        None => Err(Problem::not_found("image", name)),
+    }
+}
+
+/// The job's states as events, until it ends.
+fn follow(key: String, job: Arc<Job>) -> impl Stream<Item = Result<Event, Infallible>> {
+    let receiver = job.subscribe();
+    futures_util::stream::unfold((receiver, true, false), move |(mut receiver, first, ended)| {
+        let (key, job) = (key.clone(), job.clone());
+        async move {
+            if ended {
+                return None;
+            }
+            if !first {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                // A dropped sender with nothing unseen: the job is gone.
+                receiver.changed().await.ok()?;
+            }
+            let status = receiver.borrow_and_update().status;
+            let image = Image::of_job(&key, &job);
+            Some((Ok(event(&image)), (receiver, false, status.is_done())))
+        }
+    })
+}
+
+fn event(image: &Image) -> Event {
+    let name = serde_json::to_value(image.status).expect("a status serializes");
+    Event::default().event(name.as_str().unwrap_or("status")).json_data(image).expect("an image serializes")
+}
+
+fn internal(e: tokio::task::JoinError) -> Problem {
+    Problem::new(vmimg_store::ErrorKind::Internal, format!("listing images failed: {e}"))
+}

@@ -1,0 +1,91 @@
+//! Errors as HTTP answers: `application/problem+json` (RFC 9457), the
+//! status taken from the library error's [`ErrorKind`].
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+use utoipa::ToSchema;
+use vmimg_store::ErrorKind;
+
+/// What went wrong, as RFC 9457 describes it, with the vmimg error kind.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// `urn:vmimg:problem:<kind>`.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    /// The kind in words.
+    pub title: String,
+    pub status: u16,
+    /// What was wrong and what to do.
+    pub detail: String,
+    pub kind: ErrorKind,
+}
+
+impl Problem {
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Problem {
+        Problem::with_status(status_of(kind), kind, detail)
+    }
+
+    pub fn with_status(status: StatusCode, kind: ErrorKind, detail: impl Into<String>) -> Problem {
+        Problem {
+            type_uri: format!("urn:vmimg:problem:{}", kind.as_str()),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            kind,
+        }
+    }
+
+    /// A request the daemon refuses before asking the store: 400.
+    pub fn bad_request(detail: impl Into<String>) -> Problem {
+        Problem::new(ErrorKind::InvalidInput, detail)
+    }
+
+    pub fn not_found(what: &str, name: &str) -> Problem {
+        Problem::new(ErrorKind::NotFound, format!("no {what} named {name:?}"))
+    }
+
+    fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+/// The HTTP status of an error of `kind`.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict | ErrorKind::InUse => StatusCode::CONFLICT,
+        ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+        ErrorKind::Refused => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::Unavailable => StatusCode::BAD_GATEWAY,
+        ErrorKind::Denied => StatusCode::FORBIDDEN,
+        ErrorKind::OutOfSpace => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<vmimg_store::Error> for Problem {
+    fn from(error: vmimg_store::Error) -> Problem {
+        Problem::new(error.kind(), error.to_string())
+    }
+}
+
+impl From<vmimg_oci::Error> for Problem {
+    fn from(error: vmimg_oci::Error) -> Problem {
+        let kind = ErrorKind::of(&error).unwrap_or(ErrorKind::Internal);
+        Problem::new(kind, error.to_string())
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (status, Json(self)).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        response
+    }
+}
+
+/// What a handler returns: its answer, or a problem.
+pub type Answer<T> = Result<T, Problem>;

@@ -1,0 +1,57 @@
+//! `vmimg serve`: runs the daemon (vmimg-serve) in the foreground until
+//! SIGTERM or SIGINT, logging to stderr (`RUST_LOG` filters).
+
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use tokio::signal::unix::{SignalKind, signal};
+use vmimg_serve::{Config, Daemon, Limits, Listen, Token};
+use vmimg_store::Store;
+
+/// What `vmimg serve` was given.
+pub struct ServeArgs {
+    pub listen: Vec<Listen>,
+    pub token_file: Option<PathBuf>,
+    pub builds: Option<usize>,
+    pub openapi: bool,
+}
+
+pub fn run(open: impl FnOnce() -> Result<Store>, args: ServeArgs) -> Result<()> {
+    if args.openapi {
+        println!("{}", vmimg_serve::openapi().to_pretty_json()?);
+        return Ok(());
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    let listen = if args.listen.is_empty() {
+        match vmimg_serve::default_socket() {
+            Some(path) => vec![Listen::Unix(path)],
+            None => bail!("XDG_RUNTIME_DIR is unset: give --listen unix:PATH or --listen tcp:HOST:PORT"),
+        }
+    } else {
+        args.listen
+    };
+    let token = match &args.token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(Token::from_file_text(&text).map_err(anyhow::Error::msg).with_context(|| path.display().to_string())?)
+        }
+        None => None,
+    };
+    let mut limits = Limits::default();
+    if let Some(builds) = args.builds {
+        limits.builds = builds;
+    }
+    let store = open()?;
+    crate::runtime()?.block_on(async move {
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let daemon = Daemon::start(store, Config { listen, token, limits }).await?;
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        daemon.stop().await;
+        Ok(())
+    })
+}
