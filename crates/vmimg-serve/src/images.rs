@@ -80,7 +80,7 @@ pub async fn create(State(app): State<Arc<App>>, Json(request): Json<CreateImage
     if let Some(record) = app.store.lookup(&key)? {
         return Ok((StatusCode::OK, Json(Image::ready(&record))).into_response());
     }
-    let job = app.jobs.start(plan, &request.source);
+    let job = app.jobs.start(plan, &request.source, &options).await?;
     let mut response = (StatusCode::ACCEPTED, Json(Image::of_job(&key, &job))).into_response();
     let location = HeaderValue::from_str(&format!("/v1/images/{key}")).expect("keys are ASCII");
     response.headers_mut().insert(header::LOCATION, location);

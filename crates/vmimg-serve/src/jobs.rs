@@ -6,14 +6,16 @@
 //! that the image endpoints read and the event stream follows. A job that
 //! ends ready leaves the table (the store has the image); one that fails
 //! stays, so clients see why, until the image is asked for again or
-//! deleted.
+//! deleted. Each request is kept in the store from before the client's 202
+//! until its job ends ([`Store::accept`]), and [`Jobs::resume`] starts again
+//! those a killed daemon left.
 
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use utoipa::ToSchema;
-use vmimg_store::{ErrorKind, GetOptions, Manager, Observer, Plan, Stage, Store};
+use vmimg_store::{Accepted, ErrorKind, GetOptions, Manager, Observer, Plan, Result, Stage, Store};
 
 /// Where an image is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -132,35 +134,82 @@ impl Jobs {
     }
 
     /// The job making `plan`'s image: the one running, or a new one (in
-    /// place of one that failed).
-    pub fn start(self: &Arc<Self>, plan: Plan, source: &str) -> Arc<Job> {
+    /// place of one that failed), its request kept in the store until it
+    /// ends so that a restarted daemon carries it on.
+    pub async fn start(self: &Arc<Self>, plan: Plan, source: &str, options: &GetOptions) -> Result<Arc<Job>> {
         let key = plan.key().to_owned();
-        let mut table = self.table.lock().expect("job table");
-        if let Some(job) = table.get(&key).filter(|job| job.state().status != ImageStatus::Failed) {
-            return job.clone();
-        }
-        let initial = JobState {
-            status: if plan.is_build() { ImageStatus::Pending } else { ImageStatus::Pulling },
-            queue_position: None,
-            bytes_done: 0,
-            bytes_total: None,
-            error: None,
+        let job = {
+            let mut table = self.table.lock().expect("job table");
+            if let Some(job) = table.get(&key).filter(|job| job.state().status != ImageStatus::Failed) {
+                return Ok(job.clone());
+            }
+            let initial = JobState {
+                status: if plan.is_build() { ImageStatus::Pending } else { ImageStatus::Pulling },
+                queue_position: None,
+                bytes_done: 0,
+                bytes_total: None,
+                error: None,
+            };
+            let job = Arc::new(Job { source: source.to_owned(), state: watch::Sender::new(initial) });
+            table.insert(key.clone(), job.clone());
+            job
         };
-        let job = Arc::new(Job { source: source.to_owned(), state: watch::Sender::new(initial) });
-        table.insert(key.clone(), job.clone());
+        if let Err(e) = self.store.accept(&Accepted::new(&key, source, options)).await {
+            self.table.lock().expect("job table").remove(&key);
+            return Err(e);
+        }
         let jobs = self.clone();
-        let running = job.clone();
-        tokio::spawn(async move { jobs.run(key, plan, running).await });
-        job
+        let (running, options) = (job.clone(), options.clone());
+        tokio::spawn(async move { jobs.run(key, plan, options, running).await });
+        Ok(job)
     }
 
-    async fn run(&self, key: String, plan: Plan, job: Arc<Job>) {
+    /// Starts again the requests a killed daemon had accepted and not
+    /// finished (their partial downloads resume).
+    pub async fn resume(self: &Arc<Self>) {
+        let accepted = match self.store.accepted().await {
+            Ok(accepted) => accepted,
+            Err(e) => return tracing::error!(error = %e, "cannot list the requests a previous daemon accepted"),
+        };
+        for request in accepted {
+            let request = match request {
+                Ok(request) => request,
+                Err(e) => {
+                    tracing::error!(error = %e, "an accepted request does not read: it is left as it is");
+                    continue;
+                }
+            };
+            let options = request.options();
+            let started = match self.store.plan(&request.source, &options).await {
+                Ok(plan) if plan.key() != request.key => {
+                    tracing::warn!(source = %request.source, was = %request.key, now = %plan.key(), "the source names another image now");
+                    let _ = self.store.settle(&request.key).await;
+                    self.start(plan, &request.source, &options).await
+                }
+                Ok(plan) => self.start(plan, &request.source, &options).await,
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok(_) => tracing::info!(image = %request.key, source = %request.source, "resumed an accepted request"),
+                Err(e) => {
+                    tracing::error!(image = %request.key, source = %request.source, error = %e, "an accepted request cannot resume");
+                    let _ = self.store.settle(&request.key).await;
+                }
+            }
+        }
+    }
+
+    async fn run(&self, key: String, plan: Plan, options: GetOptions, job: Arc<Job>) {
         let options = GetOptions {
             observer: Some(Arc::new(JobObserver(job.clone()))),
             builds: Some(self.builds.clone()),
-            ..GetOptions::default()
+            ..options
         };
-        match self.store.get_planned(&plan, &options).await {
+        let result = self.store.get_planned(&plan, &options).await;
+        if let Err(e) = self.store.settle(&key).await {
+            tracing::warn!(image = %key, error = %e, "cannot forget a finished request: a restart will find it ready");
+        }
+        match result {
             Ok(_) => {
                 job.update(|s| {
                     s.status = ImageStatus::Ready;

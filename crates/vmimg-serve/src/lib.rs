@@ -138,6 +138,8 @@ impl Daemon {
             body_timeout: limits.body_timeout,
             answer_timeout: limits.answer_timeout,
         };
+        let jobs = app.jobs.clone();
+        tokio::spawn(async move { jobs.resume().await });
         let router = app::router(app, config.token, route_limits);
         let mut bound = Vec::new();
         for listen in &config.listen {

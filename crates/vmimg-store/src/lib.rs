@@ -75,6 +75,7 @@
 //!
 //! The store never prints and never parses command lines: the CLI does.
 
+mod accepted;
 mod builds;
 mod bundle;
 mod catalog;
@@ -100,6 +101,7 @@ mod store;
 mod unpack;
 mod usage;
 
+pub use accepted::Accepted;
 pub use builds::{Build, BuildStatus, Manager, ManagerOptions, Totals, build_id};
 pub use bundle::ExportedBundle;
 pub use catalog::{Arch, Artifact, Catalog, EMBEDDED, Entry, MAX_CATALOG_BYTES, Mirrors};
