@@ -162,6 +162,7 @@ pub fn router(app: Arc<App>, token: Option<Token>, limits: RouteLimits) -> Route
         .layer(RequestBodyTimeoutLayer::new(limits.body_timeout))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, limits.answer_timeout))
         .fallback(|| async { Problem::new(ErrorKind::NotFound, "no such endpoint: see /openapi.json") })
+        .layer(axum::middleware::from_fn(crate::problem::problems_only))
         .with_state(app)
 }
 
