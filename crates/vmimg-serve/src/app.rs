@@ -17,6 +17,7 @@ use std::sync::Arc;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use utoipa::OpenApi;
+use utoipa::openapi::{Content, RefOr};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use vmimg_store::{ErrorKind, Manager, Store};
@@ -71,7 +72,7 @@ struct ApiDoc;
 
 /// The API's routes and their OpenAPI document.
 fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(images::list, images::create))
         .routes(routes!(images::get, images::delete))
         .routes(routes!(images::events))
@@ -82,7 +83,63 @@ fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::get_build, admin::delete_build))
         .routes(routes!(admin::usage))
         .routes(routes!(admin::gc))
-        .split_for_parts()
+        .split_for_parts();
+    complete(&mut doc);
+    (router, doc)
+}
+
+/// Completes what the annotations leave out and OpenAPI 3.1 requires or
+/// clients rely on: every response has a description (its status's reason
+/// phrase where the annotation gives none), problems are listed under the
+/// media type they are sent as, and a HEAD operation's id differs from its
+/// GET's (one handler serves both).
+fn complete(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        let get_id = item.get.as_ref().and_then(|get| get.operation_id.clone());
+        if let Some(head) = &mut item.head
+            && head.operation_id.is_some()
+            && head.operation_id == get_id
+        {
+            head.operation_id = get_id.map(|id| format!("{id}_head"));
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            for (status, response) in &mut operation.responses.responses {
+                let RefOr::T(response) = response else { continue };
+                if response.description.is_empty() {
+                    response.description = describe(status).to_owned();
+                }
+                let json = response.content.get("application/json");
+                if json.is_some_and(is_problem)
+                    && let Some(content) = response.content.shift_remove("application/json")
+                {
+                    response.content.insert("application/problem+json".to_owned(), content);
+                }
+            }
+        }
+    }
+}
+
+/// The description of a response of `status` (a code, or `default`).
+fn describe(status: &str) -> &'static str {
+    if status == "default" {
+        return "What went wrong (RFC 9457)";
+    }
+    StatusCode::from_bytes(status.as_bytes()).ok().and_then(|s| s.canonical_reason()).unwrap_or("The answer")
+}
+
+fn is_problem(content: &RefOr<Content>) -> bool {
+    let RefOr::T(content) = content else { return false };
+    matches!(&content.schema, Some(RefOr::Ref(r)) if r.ref_location == "#/components/schemas/Problem")
 }
 
 /// The OpenAPI 3.1 document of the daemon's API.
@@ -105,6 +162,7 @@ pub fn router(app: Arc<App>, token: Option<Token>, limits: RouteLimits) -> Route
         .layer(RequestBodyTimeoutLayer::new(limits.body_timeout))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, limits.answer_timeout))
         .fallback(|| async { Problem::new(ErrorKind::NotFound, "no such endpoint: see /openapi.json") })
+        .layer(axum::middleware::from_fn(crate::problem::problems_only))
         .with_state(app)
 }
 

@@ -31,8 +31,9 @@ impl Token {
     /// token, compared in constant time.
     fn admits(&self, request: &Request) -> bool {
         let Some(value) = request.headers().get(header::AUTHORIZATION) else { return false };
-        let Some(sent) = value.as_bytes().strip_prefix(b"Bearer ") else { return false };
-        sent.ct_eq(&self.0).into()
+        // The scheme's name is case-insensitive (RFC 9110 §11.1).
+        let Some((scheme, sent)) = value.as_bytes().split_at_checked(7) else { return false };
+        scheme.eq_ignore_ascii_case(b"Bearer ") && sent.ct_eq(&self.0).into()
     }
 }
 

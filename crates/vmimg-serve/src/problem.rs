@@ -2,6 +2,8 @@
 //! status taken from the library error's [`ErrorKind`].
 
 use axum::Json;
+use axum::extract::Request;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
@@ -89,3 +91,43 @@ impl IntoResponse for Problem {
 
 /// What a handler returns: its answer, or a problem.
 pub type Answer<T> = Result<T, Problem>;
+
+/// Makes every error answer a problem: the handlers' are already, and this
+/// turns the framework's own into problems of the same status (a body
+/// refused: 400, 413, 415, 422; a method not routed: 405; time-outs: 408,
+/// 503), their text as the detail. A 416 stays as the range code made it.
+pub async fn problems_only(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"application/problem+json");
+    if !(status.is_client_error() || status.is_server_error())
+        || is_problem
+        || status == StatusCode::RANGE_NOT_SATISFIABLE
+    {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4 << 10).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let detail = match (text.is_empty(), parts.headers.get(header::ALLOW)) {
+        (false, _) => text,
+        (true, Some(allow)) => format!("this endpoint takes {}", allow.to_str().unwrap_or("other methods")),
+        (true, None) => status.canonical_reason().unwrap_or("failed").to_owned(),
+    };
+    let kind = match status {
+        StatusCode::NOT_FOUND => ErrorKind::NotFound,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
+            ErrorKind::Unavailable
+        }
+        status if status.is_client_error() => ErrorKind::InvalidInput,
+        _ => ErrorKind::Internal,
+    };
+    let mut answer = Problem::with_status(status, kind, detail).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(value) = parts.headers.get(&name) {
+            answer.headers_mut().insert(name, value.clone());
+        }
+    }
+    answer
+}
