@@ -16,6 +16,7 @@ use http::{HeaderValue, StatusCode, header};
 use std::sync::Arc;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::{Content, RefOr};
 use utoipa_axum::router::OpenApiRouter;
@@ -163,6 +164,7 @@ pub fn router(app: Arc<App>, token: Option<Token>, limits: RouteLimits) -> Route
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, limits.answer_timeout))
         .fallback(|| async { Problem::new(ErrorKind::NotFound, "no such endpoint: see /openapi.json") })
         .layer(axum::middleware::from_fn(crate::problem::problems_only))
+        .layer(TraceLayer::new_for_http())
         .with_state(app)
 }
 

@@ -70,8 +70,11 @@
 //!   names), `convert` and `unpack` (a disk from a source's bytes), `pull`,
 //!   `oci` (cloud images, push), `container` and `builds` (container images
 //!   to disks, the build queue), `instance`, `bundle`, `manage` (list,
-//!   remove, gc), `refresh` (catalog updates);
-//! - `get`: the front door over the features.
+//!   remove, gc), `refresh` (catalog updates), `accepted` (the gets a
+//!   daemon answered 202 for, kept until done so a restart carries them on);
+//! - `get`: the front door over the features ([`Store::plan`] decides and
+//!   pins what a get will make, for a caller that answers before the work
+//!   is done; [`Store::get_planned`] does it).
 //!
 //! The store never prints and never parses command lines: the CLI does.
 
