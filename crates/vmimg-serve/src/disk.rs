@@ -5,13 +5,13 @@ use crate::app::App;
 use crate::guard::{StreamSlot, check_name};
 use crate::listen::Client;
 use crate::problem::{Answer, Problem};
-use crate::ranges::{self, Part};
+use crate::ranges;
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, Method};
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
@@ -49,18 +49,8 @@ pub async fn disk(
     let len = meta.len();
     // The file changes only when a mutable image is written in place: its time and length say so.
     let etag = format!("\"{}-{}.{}-{len}\"", record.name, meta.mtime(), meta.mtime_nsec());
-    let mut response = Response::new(Body::empty());
-    let head = response.headers_mut();
-    head.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ASCII"));
-    head.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        return Ok(response);
-    }
-    let part = ranges::asked(&headers, len, Some(&etag));
-    let (status, range) = ranges::head(&part, len, response.headers_mut());
-    *response.status_mut() = status;
-    if let (Some(range), false) = (range, method == Method::HEAD || part == Part::Unsatisfiable) {
+    let (mut response, range) = ranges::answer(&method, &headers, len, &etag);
+    if let Some(range) = range {
         let slot = app.streams.open(client.map(|c| c.0))?;
         *response.body_mut() = file_body(file, range, !record.mutable, slot);
     }

@@ -13,13 +13,13 @@ use crate::app::App;
 use crate::guard::StreamSlot;
 use crate::listen::Client;
 use crate::problem::{Answer, Problem};
-use crate::ranges::{self, Part};
+use crate::ranges;
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, header};
+use http::{HeaderMap, HeaderValue, Method};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -49,15 +49,10 @@ pub async fn download(
     let (pinned, image) = app.store.registry()?.cloud_image(&reference, app.store.arch().name()).await?;
     let len = image.size();
     let etag = format!("\"{}\"", pinned.digest());
-    let mut response = Response::new(Body::empty());
-    let head = response.headers_mut();
-    head.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ASCII"));
-    head.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    head.insert("docker-content-digest", HeaderValue::from_str(&pinned.digest().to_string()).expect("ASCII"));
-    let part = ranges::asked(&headers, len, Some(&etag));
-    let (status, range) = ranges::head(&part, len, response.headers_mut());
-    *response.status_mut() = status;
-    if let (Some(range), false) = (range, method == Method::HEAD || part == Part::Unsatisfiable) {
+    let (mut response, range) = ranges::answer(&method, &headers, len, &etag);
+    let digest = HeaderValue::from_str(&pinned.digest().to_string()).expect("a digest is ASCII");
+    response.headers_mut().insert("docker-content-digest", digest);
+    if let Some(range) = range {
         let slot = app.streams.open(client.map(|c| c.0))?;
         *response.body_mut() = stream(app.clone(), pinned.into_reference(), image, range, slot);
     }

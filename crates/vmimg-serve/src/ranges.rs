@@ -1,8 +1,29 @@
 //! Byte ranges (RFC 9110 §14): one `Range: bytes=…` asked of a resource
 //! of known length, and the head of the answer that serves it.
 
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use std::ops::Range;
+
+/// The answer to `method` with `headers` for an octet stream of `len` bytes
+/// whose strong ETag is `etag`, with an empty body, and the bytes its body
+/// must carry: None for a HEAD, a 304 (`If-None-Match` names the ETag) or
+/// a 416.
+pub fn answer(method: &Method, headers: &HeaderMap, len: u64, etag: &str) -> (Response, Option<Range<u64>>) {
+    let mut response = Response::new(Body::empty());
+    let head = response.headers_mut();
+    head.insert(header::ETAG, HeaderValue::from_str(etag).expect("an ETag is ASCII"));
+    head.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        return (response, None);
+    }
+    let part = asked(headers, len, Some(etag));
+    let (status, range) = self::head(&part, len, response.headers_mut());
+    *response.status_mut() = status;
+    (response, range.filter(|_| method != Method::HEAD))
+}
 
 /// What to send of a resource of `len` bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +39,7 @@ pub enum Part {
 /// The part `headers` ask of a resource of `len` bytes whose strong ETag is
 /// `etag`: a `Range` is honoured only when an `If-Range` (if any) names
 /// that ETag; several ranges are answered whole, as RFC 9110 allows.
-pub fn asked(headers: &HeaderMap, len: u64, etag: Option<&str>) -> Part {
+fn asked(headers: &HeaderMap, len: u64, etag: Option<&str>) -> Part {
     let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else { return Part::Whole };
     if let Some(if_range) = headers.get(header::IF_RANGE)
         && etag.is_none_or(|etag| if_range.as_bytes() != etag.as_bytes())
@@ -51,7 +72,7 @@ pub fn asked(headers: &HeaderMap, len: u64, etag: Option<&str>) -> Part {
 
 /// The status, length and headers of the answer serving `part` of `len`
 /// bytes; the body's range (None for a 416, which has no body).
-pub fn head(part: &Part, len: u64, headers: &mut HeaderMap) -> (StatusCode, Option<Range<u64>>) {
+fn head(part: &Part, len: u64, headers: &mut HeaderMap) -> (StatusCode, Option<Range<u64>>) {
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let (status, range) = match part {
         Part::Whole => (StatusCode::OK, 0..len),
