@@ -84,7 +84,13 @@ pub async fn list_builds(State(app): State<Arc<App>>) -> Answer<Json<Vec<Build>>
     responses((status = 200, body = Build), (status = "default", body = Problem)))]
 pub async fn get_build(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer<Json<Build>> {
     check_name("build", &id)?;
-    app.builds.get(&id)?.map(Json).ok_or_else(|| Problem::not_found("build", &id))
+    build(&app, &id).await?.map(Json).ok_or_else(|| Problem::not_found("build", &id))
+}
+
+/// The build `id`'s record, read on a blocking thread.
+async fn build(app: &App, id: &str) -> Answer<Option<Build>> {
+    let (builds, id) = (app.builds.clone(), id.to_owned());
+    app.blocking(move |_| builds.get(&id)).await
 }
 
 /// Cancels a queued or running build (200 with it, cancelled), or removes
@@ -93,7 +99,7 @@ pub async fn get_build(State(app): State<Arc<App>>, Path(id): Path<String>) -> A
     responses((status = 200, body = Build), (status = 204), (status = "default", body = Problem)))]
 pub async fn delete_build(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer<Response> {
     check_name("build", &id)?;
-    let build = app.builds.get(&id)?.ok_or_else(|| Problem::not_found("build", &id))?;
+    let build = build(&app, &id).await?.ok_or_else(|| Problem::not_found("build", &id))?;
     if build.status.is_done() {
         app.builds.delete(&id, false).await?;
         return Ok(StatusCode::NO_CONTENT.into_response());

@@ -29,6 +29,8 @@ pub struct App {
     pub builds: Manager,
     pub jobs: Arc<Jobs>,
     pub streams: Streams,
+    /// The canonical directories clients may name local sources in.
+    pub local_roots: Vec<std::path::PathBuf>,
 }
 
 impl App {

@@ -1,6 +1,7 @@
 //! What the daemon asks of a client before it serves it: the bearer token
-//! (TCP clients), safe names in paths, and a bounded number of streams at
-//! once per client.
+//! (TCP clients), safe names in paths, local sources only from the
+//! directories it was given, and a bounded number of streams at once per
+//! client.
 
 use crate::listen::Client;
 use crate::problem::{Answer, Problem};
@@ -9,9 +10,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use subtle::ConstantTimeEq;
-use vmimg_store::ErrorKind;
+use vmimg_store::{Catalog, ErrorKind, Source};
 
 /// The bearer token TCP clients must send.
 #[derive(Clone)]
@@ -69,6 +71,31 @@ pub fn check_name(what: &str, name: &str) -> Answer<()> {
             "{what} name \"{shown}\" is not 1 to 128 of [A-Za-z0-9._-] starting with no dot"
         )))
     }
+}
+
+/// Refuses a local source (a file, an OCI layout or archive) outside
+/// `roots` (canonical directories): a client must not read the daemon's own
+/// files through it. A path that does not resolve is refused alike, so the
+/// answer says nothing of what exists outside.
+pub fn check_local(source: &str, catalog: &Catalog, roots: &[PathBuf]) -> Answer<()> {
+    let path = match Source::parse(source, catalog) {
+        Ok(Source::File(path)) => path,
+        Ok(Source::Layout(layout)) => layout.path().to_owned(),
+        // Not local, or not a source at all: the store says which.
+        _ => return Ok(()),
+    };
+    let inside = std::fs::canonicalize(&path).is_ok_and(|real| roots.iter().any(|root| real.starts_with(root)));
+    if inside {
+        return Ok(());
+    }
+    Err(Problem::with_status(
+        StatusCode::FORBIDDEN,
+        ErrorKind::Denied,
+        format!(
+            "{} is not inside a directory this daemon takes local sources from: start it with --allow-local DIR",
+            path.display()
+        ),
+    ))
 }
 
 /// Counts the streams each client has open.

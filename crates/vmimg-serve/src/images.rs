@@ -75,9 +75,11 @@ pub async fn list(State(app): State<Arc<App>>) -> Answer<Json<Vec<Image>>> {
         (status = "default", body = Problem)))]
 pub async fn create(State(app): State<Arc<App>>, Json(request): Json<CreateImage>) -> Answer<Response> {
     let options = request.options()?;
+    crate::guard::check_local(&request.source, app.store.catalog(), &app.local_roots)?;
     let plan = app.store.plan(&request.source, &options).await?;
     let key = plan.key().to_owned();
-    if let Some(record) = app.store.lookup(&key)? {
+    let lookup = key.clone();
+    if let Some(record) = app.blocking(move |store| store.lookup(&lookup)).await? {
         return Ok((StatusCode::OK, Json(Image::ready(&record))).into_response());
     }
     let job = app.jobs.start(plan, &request.source, &options).await?;
@@ -92,7 +94,7 @@ pub async fn create(State(app): State<Arc<App>>, Json(request): Json<CreateImage
     responses((status = 200, body = Image), (status = "default", body = Problem)))]
 pub async fn get(State(app): State<Arc<App>>, Path(name): Path<String>) -> Answer<Json<Image>> {
     check_name("image", &name)?;
-    Ok(Json(find(&app, &name)?))
+    Ok(Json(find(&app, &name).await?))
 }
 
 /// Removes an image (409 while instances use it or it is being made), or
@@ -104,7 +106,7 @@ pub async fn delete(State(app): State<Arc<App>>, Path(name): Path<String>) -> An
     if app.jobs.is_running(&name) {
         return Err(Problem::new(vmimg_store::ErrorKind::InUse, format!("{name} is being made: wait for it to end")));
     }
-    if let Some(record) = app.store.find_image(&name)? {
+    if let Some(record) = in_store(&app, &name).await? {
         app.store.remove_image(&record.name, false).await?;
         return Ok(StatusCode::NO_CONTENT);
     }
@@ -121,14 +123,20 @@ pub async fn events(State(app): State<Arc<App>>, Path(name): Path<String>) -> An
     if let Some(job) = app.jobs.get(&name) {
         return Ok(Sse::new(follow(name, job)).keep_alive(KeepAlive::default()).into_response());
     }
-    let image = find(&app, &name)?;
+    let image = find(&app, &name).await?;
     let once = futures_util::stream::once(async move { Ok::<_, Infallible>(event(&image)) });
     Ok(Sse::new(once).into_response())
 }
 
+/// The image `name` names in the store.
+async fn in_store(app: &App, name: &str) -> Answer<Option<vmimg_store::ImageRecord>> {
+    let name = name.to_owned();
+    app.blocking(move |store| store.find_image(&name)).await
+}
+
 /// The image `name` names: in the store, or being made.
-fn find(app: &App, name: &str) -> Answer<Image> {
-    if let Some(record) = app.store.find_image(name)? {
+async fn find(app: &App, name: &str) -> Answer<Image> {
+    if let Some(record) = in_store(app, name).await? {
         return Ok(Image::ready(&record));
     }
     match app.jobs.get(name) {

@@ -44,6 +44,7 @@ use app::{App, RouteLimits};
 use hyper_util::server::graceful::GracefulShutdown;
 use jobs::Jobs;
 use listen::{Bound, ConnectionLimits};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -55,6 +56,9 @@ pub struct Config {
     pub listen: Vec<Listen>,
     /// Required when listening on TCP.
     pub token: Option<Token>,
+    /// Directories whose files and OCI layouts clients may name as sources
+    /// (none by default: the daemon's clients must not read its files).
+    pub local_sources: Vec<PathBuf>,
     pub limits: Limits,
 }
 
@@ -98,6 +102,8 @@ pub enum ServeError {
     Bind { listen: Listen, source: std::io::Error },
     #[error("listening on TCP needs a token file: clients must authenticate there")]
     TcpWithoutToken,
+    #[error("cannot take local sources from {path}: {source}")]
+    LocalSources { path: PathBuf, source: std::io::Error },
     #[error("nothing to listen on")]
     NoListener,
 }
@@ -121,6 +127,13 @@ impl Daemon {
         if config.token.is_none() && config.listen.iter().any(|l| matches!(l, Listen::Tcp(_))) {
             return Err(ServeError::TcpWithoutToken);
         }
+        let local_roots = config
+            .local_sources
+            .iter()
+            .map(|path| {
+                std::fs::canonicalize(path).map_err(|source| ServeError::LocalSources { path: path.clone(), source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let claim = store.claim_service()?;
         let builds = Manager::new(Arc::new(store.clone()), ManagerOptions { concurrency: config.limits.builds })?;
         let recovered = builds.recover_interrupted()?;
@@ -132,6 +145,7 @@ impl Daemon {
             store,
             builds,
             streams: guard::Streams::new(limits.streams_per_client),
+            local_roots,
         });
         let route_limits = RouteLimits {
             body_bytes: limits.body_bytes,

@@ -104,6 +104,7 @@ async fn serve_with(limits: Limits) -> Served {
     let config = Config {
         listen: vec![Listen::Unix(socket.clone()), Listen::Tcp("127.0.0.1:0".parse().unwrap())],
         token: Some(Token::from_file_text(TOKEN).unwrap()),
+        local_sources: vec![std::env::temp_dir()],
         limits,
     };
     let daemon = Daemon::start(store.clone(), config).await.unwrap();
@@ -733,8 +734,12 @@ async fn tcp_wants_the_token_and_the_unix_socket_does_not() {
     assert!(Token::from_file_text("  0123456789abcdef  \n").is_ok());
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreOptions { root: Some(dir.path().to_owned()), ..StoreOptions::default() }).unwrap();
-    let tcp_only =
-        Config { listen: vec![Listen::Tcp("127.0.0.1:0".parse().unwrap())], token: None, limits: Limits::default() };
+    let tcp_only = Config {
+        listen: vec![Listen::Tcp("127.0.0.1:0".parse().unwrap())],
+        token: None,
+        local_sources: Vec::new(),
+        limits: Limits::default(),
+    };
     assert!(matches!(Daemon::start(store, tcp_only).await, Err(ServeError::TcpWithoutToken)));
 
     let s = serve().await;
@@ -791,6 +796,16 @@ async fn hostile_names_and_bodies_are_refused() {
         (Method::GET, "/v1/builds/{}"),
         (Method::DELETE, "/v1/builds/{}"),
     ];
+    // Local sources only from the directories the daemon was given (here the temp dir): not its own files,
+    // not through `..` or a symlink, and a missing path answers as an existing one does.
+    let link = s.dir.path().join("passwd-link");
+    std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+    let outside = std::env::temp_dir().join("../etc/passwd");
+    for source in ["/etc/passwd", "/etc/nonexistent", "oci:/etc", outside.to_str().unwrap(), link.to_str().unwrap()] {
+        let post = s.unix.post("/v1/images", json!({ "source": source })).await;
+        problem(post, StatusCode::FORBIDDEN, "denied").await;
+    }
+    assert_eq!(s.unix.json("/v1/images").await, json!([]), "nothing refused was started");
     for name in names {
         for (method, route) in &routes {
             let path = route.replace("{}", name);

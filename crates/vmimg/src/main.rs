@@ -256,6 +256,10 @@ enum Command {
         /// Container image builds run at once.
         #[arg(long, value_name = "N")]
         builds: Option<usize>,
+        /// A directory whose files and OCI layouts clients may name as
+        /// sources (repeatable); without it, local paths are refused (403).
+        #[arg(long, value_name = "DIR")]
+        allow_local: Vec<PathBuf>,
         /// Print the API's OpenAPI document and exit.
         #[arg(long)]
         openapi: bool,
@@ -617,8 +621,8 @@ fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(manage::remove_image(&cli.store.open()?, &image, force, cli.quiet))
         }
         Command::Du { json } => manage::du(&cli.store.open()?, json),
-        Command::Serve { listen, token_file, builds, openapi } => {
-            serve::run(|| cli.store.open(), serve::ServeArgs { listen, token_file, builds, openapi })
+        Command::Serve { listen, token_file, builds, allow_local, openapi } => {
+            serve::run(|| cli.store.open(), serve::ServeArgs { listen, token_file, builds, allow_local, openapi })
         }
         Command::Gc { keep_under, dry_run } => {
             runtime()?.block_on(manage::gc(&cli.store.open()?, keep_under, dry_run, cli.quiet))

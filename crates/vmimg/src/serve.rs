@@ -12,6 +12,7 @@ pub struct ServeArgs {
     pub listen: Vec<Listen>,
     pub token_file: Option<PathBuf>,
     pub builds: Option<usize>,
+    pub allow_local: Vec<PathBuf>,
     pub openapi: bool,
 }
 
@@ -46,7 +47,7 @@ pub fn run(open: impl FnOnce() -> Result<Store>, args: ServeArgs) -> Result<()> 
     crate::runtime()?.block_on(async move {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
-        let daemon = Daemon::start(store, Config { listen, token, limits }).await?;
+        let daemon = Daemon::start(store, Config { listen, token, local_sources: args.allow_local, limits }).await?;
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
             _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
