@@ -1000,3 +1000,39 @@ async fn the_openapi_document_lists_every_route_and_validates() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_image_is_built_through_the_daemons_queue() {
+    let registry = RegistryServer::start();
+    let s = serve().await;
+    let rootfs = s.dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::write(rootfs.join("etc/motd"), "built by the daemon\n").unwrap();
+    let spec = vmimg_testserver::oci_image::ImageSpec::new().dir_layer(&rootfs).cmd(&["/bin/sh"]).env("LANG=C.UTF-8");
+    let host = registry.host();
+    tokio::task::spawn_blocking(move || spec.push(&host, "test/app", "1").unwrap()).await.unwrap();
+    let source = format!("oci://{}/test/app:1", registry.host());
+
+    let created = s.tcp.post("/v1/images", json!({ "source": source, "format": "ext4" })).await;
+    assert_eq!(created.status(), StatusCode::ACCEPTED);
+    let image: Value = created.json().await.unwrap();
+    assert!(["pending", "pulling", "converting"].contains(&image["status"].as_str().unwrap()), "{image}");
+    let ready = wait_ready(&s.unix, image["name"].as_str().unwrap()).await;
+    assert_eq!(ready["format"], "ext4");
+    assert_eq!(ready["config"]["cmd"], json!(["/bin/sh"]), "{ready}");
+    assert_eq!(ready["config"]["env"], json!(["LANG=C.UTF-8"]), "{ready}");
+    let builds = s.unix.json("/v1/builds").await;
+    assert_eq!(builds.as_array().unwrap().len(), 1, "{builds}");
+    assert_eq!((&builds[0]["status"], &builds[0]["image"]), (&json!("ready"), &ready["name"]));
+    let id = builds[0]["id"].as_str().unwrap();
+    assert_eq!(s.unix.json(&format!("/v1/builds/{id}")).await["status"], "ready");
+
+    let disk = s.dir.path().join("served.ext4");
+    let path = format!("/v1/images/{}/disk", ready["name"].as_str().unwrap());
+    let bytes = s.unix.get(&path).send().await.unwrap().bytes().await.unwrap();
+    std::fs::write(&disk, &bytes).unwrap();
+    run(Command::new("e2fsck").arg("-fn").arg(&disk));
+    let usage = s.unix.json("/v1/store/usage").await;
+    assert!(usage["total_oci_cache_bytes"].as_u64().unwrap() > 0, "the layer is cached: {usage}");
+    s.stop().await;
+}
