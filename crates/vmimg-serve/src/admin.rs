@@ -3,7 +3,7 @@
 
 use crate::app::App;
 use crate::guard::check_name;
-use crate::problem::{Answer, Problem};
+use crate::problem::{Answer, JsonBody, Problem};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +32,10 @@ pub struct CreateInstance {
 
 #[utoipa::path(post, path = "/v1/instances", tag = "instances", request_body = CreateInstance,
     responses((status = 201, body = Instance), (status = "default", body = Problem)))]
-pub async fn create_instance(State(app): State<Arc<App>>, Json(request): Json<CreateInstance>) -> Answer<Response> {
+pub async fn create_instance(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<CreateInstance>,
+) -> Answer<Response> {
     check_name("image", &request.image)?;
     if let Some(name) = &request.name {
         check_name("instance", name)?;
@@ -146,7 +149,7 @@ pub struct Gc {
 /// Removes what nothing needs (see `vmimg gc`).
 #[utoipa::path(post, path = "/v1/store/gc", tag = "store", request_body = Gc,
     responses((status = 200, body = GcReport), (status = "default", body = Problem)))]
-pub async fn gc(State(app): State<Arc<App>>, body: Option<Json<Gc>>) -> Answer<Json<GcReport>> {
+pub async fn gc(State(app): State<Arc<App>>, body: Option<JsonBody<Gc>>) -> Answer<Json<GcReport>> {
     let Gc { keep_under, dry_run } = body.map(|b| b.0).unwrap_or_default();
     Ok(Json(app.store.gc(keep_under, dry_run).await?))
 }

@@ -4,7 +4,7 @@
 use crate::app::App;
 use crate::guard::check_name;
 use crate::jobs::Job;
-use crate::problem::{Answer, Problem};
+use crate::problem::{Answer, JsonBody, Problem};
 use crate::view::Image;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -73,7 +73,7 @@ pub async fn list(State(app): State<Arc<App>>) -> Answer<Json<Vec<Image>>> {
         (status = 200, description = "Ready already", body = Image),
         (status = 202, description = "Being made", body = Image),
         (status = "default", body = Problem)))]
-pub async fn create(State(app): State<Arc<App>>, Json(request): Json<CreateImage>) -> Answer<Response> {
+pub async fn create(State(app): State<Arc<App>>, JsonBody(request): JsonBody<CreateImage>) -> Answer<Response> {
     let options = request.options()?;
     crate::guard::check_local(&request.source, app.store.catalog(), &app.local_roots)?;
     let plan = app.store.plan(&request.source, &options).await?;

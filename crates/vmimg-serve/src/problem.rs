@@ -2,11 +2,13 @@
 //! status taken from the library error's [`ErrorKind`].
 
 use axum::Json;
-use axum::extract::Request;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, OptionalFromRequest, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use utoipa::ToSchema;
 use vmimg_store::ErrorKind;
 
@@ -87,6 +89,43 @@ impl IntoResponse for Problem {
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         response
     }
+}
+
+/// A JSON request body; a body that is refused is a problem, and one that
+/// did not arrive within the body timeout is 408.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = Problem;
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        match <Json<T> as FromRequest<S>>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(refused_body(rejection)),
+        }
+    }
+}
+
+/// An absent body (no content type) is None.
+impl<S: Send + Sync, T: DeserializeOwned> OptionalFromRequest<S> for JsonBody<T> {
+    type Rejection = Problem;
+    async fn from_request(request: Request, state: &S) -> Result<Option<Self>, Problem> {
+        match <Json<T> as OptionalFromRequest<S>>::from_request(request, state).await {
+            Ok(value) => Ok(value.map(|Json(value)| JsonBody(value))),
+            Err(rejection) => Err(refused_body(rejection)),
+        }
+    }
+}
+
+fn refused_body(rejection: JsonRejection) -> Problem {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            let detail = "the request's body did not arrive in time: send it whole, at once";
+            return Problem::with_status(StatusCode::REQUEST_TIMEOUT, ErrorKind::Unavailable, detail);
+        }
+        cause = error.source();
+    }
+    Problem::with_status(rejection.status(), ErrorKind::InvalidInput, rejection.body_text())
 }
 
 /// What a handler returns: its answer, or a problem.

@@ -1036,3 +1036,33 @@ async fn a_container_image_is_built_through_the_daemons_queue() {
     assert!(usage["total_oci_cache_bytes"].as_u64().unwrap() > 0, "the layer is cached: {usage}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_finish_its_request_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let quick = Duration::from_millis(300);
+    let s = serve_with(Limits { header_timeout: quick, body_timeout: quick, ..Limits::default() }).await;
+
+    // Headers never finished: the connection is closed once the header timeout passes.
+    let mut stream = tokio::net::TcpStream::connect(s.address).await.unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: vmimg\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(closed.is_ok(), "the connection was not cut");
+    assert!(started.elapsed() >= Duration::from_millis(250), "cut before the timeout: {:?}", started.elapsed());
+
+    // A body that never arrives whole: 408, as problem+json.
+    let mut stream = tokio::net::TcpStream::connect(s.address).await.unwrap();
+    let head = format!(
+        "POST /v1/images HTTP/1.1\r\nHost: vmimg\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert_eq!(s.unix.json("/v1/images").await, json!([]));
+    s.stop().await;
+}
