@@ -109,6 +109,7 @@ impl Store {
     /// options' observer and build queue are used; the plan's source, digest,
     /// arch and format were fixed when it was made.
     pub async fn get_planned(&self, plan: &Plan, options: &GetOptions) -> Result<Pulled> {
+        tracing::debug!(image = %plan.key, work = ?plan.work, "planned");
         match &plan.work {
             Work::Named => {
                 self.found(&plan.key)?.ok_or_else(|| Error::NotFound { what: "image", name: plan.key.clone() })

@@ -36,13 +36,17 @@ impl Store {
 
     async fn pull_uncounted(&self, source: &Resolved, progress: Option<Arc<dyn Progress>>) -> Result<Pulled> {
         if let Some(found) = self.found(&source.key)? {
+            tracing::info!(source = %source.display_name(), image = %source.key, "in the store already");
             return Ok(found);
         }
         let _lease = self.lease().await?;
+        tracing::debug!(image = %source.key, "waiting for the image's lock");
         let _lock = self.lock(&source.key).await?;
         if let Some(found) = self.found(&source.key)? {
+            tracing::info!(source = %source.display_name(), image = %source.key, "made by another pull meanwhile");
             return Ok(found);
         }
+        tracing::info!(source = %source.display_name(), image = %source.key, verified = source.expected.is_some(), "pulling");
         self.remove_abandoned_work(&source.key)?;
         let work = self.work_dir(&source.key)?;
         let job = Job { source, work: work.path() };
@@ -52,8 +56,12 @@ impl Store {
             Location::Oci(pinned) => self.make_from_oci(job, pinned, progress).await,
         };
         match made {
-            Ok(made) => self.publish_made(source, work, made).await,
+            Ok(made) => {
+                tracing::info!(image = %source.key, "made; publishing");
+                self.publish_made(source, work, made).await
+            }
             Err(error) => {
+                tracing::info!(image = %source.key, %error, "failed; its work is discarded");
                 discard(work).await;
                 Err(error)
             }

@@ -1,9 +1,11 @@
 //! The `vmimg` command line: argument parsing, human and JSON output, exit
 //! codes. Everything a library user would need lives in the library crates.
 
+mod args;
 mod build;
 mod bundle;
 mod catalog;
+mod docs;
 mod files;
 mod info;
 mod manage;
@@ -14,6 +16,7 @@ mod serve;
 mod units;
 
 use anyhow::Result;
+use args::{DownloadArgs, GetArgs, Opening, RegistryArgs, SourceArgs};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,92 +30,21 @@ struct Cli {
     /// Print nothing but results and errors.
     #[arg(short, long, global = true)]
     quiet: bool,
-    #[command(flatten)]
-    store: StoreArgs,
+    /// Log what vmimg does on stderr: -v for steps, -vv for details, -vvv
+    /// for everything (RUST_LOG=target=level filters finer).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// The store directory [default: $XDG_CACHE_HOME/vmimg, else ~/.cache/vmimg].
+    #[arg(long, global = true, env = "VMIMG_STORE", value_name = "DIR")]
+    store: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Where the store is and what it resolves aliases against.
-#[derive(clap::Args)]
-struct StoreArgs {
-    /// The store directory [default: $XDG_CACHE_HOME/vmimg, else ~/.cache/vmimg].
-    #[arg(long, global = true, env = "VMIMG_STORE", value_name = "DIR")]
-    store: Option<PathBuf>,
-    /// A catalog file whose aliases add to or override the embedded ones
-    /// (same schema; a catalog.json in the store root is read too).
-    #[arg(long, global = true, value_name = "FILE")]
-    catalog: Option<PathBuf>,
-    /// Rewrite URLs starting with FROM to start with TO (a mirror), e.g.
-    /// https://cloud.debian.org/images/cloud/=http://mirror.lan/debian/.
-    /// Repeatable; config.json in the store root may hold {"mirrors": {FROM: TO}}.
-    #[arg(long, global = true, value_name = "FROM=TO")]
-    mirror: Vec<String>,
-    /// The architecture catalog aliases resolve to [default: this host's].
-    #[arg(long, global = true, value_parser = ["amd64", "arm64"])]
-    arch: Option<String>,
-    /// Attempts in a row without progress before a download gives up.
-    #[arg(long, global = true, default_value_t = 8)]
-    retries: usize,
-    /// First delay between attempts, in milliseconds (doubles up to 30 s).
-    #[arg(long, global = true, default_value_t = 500, value_name = "MS")]
-    retry_delay: u64,
-    /// Cut and resume a download that sends nothing for this many seconds.
-    #[arg(long, global = true, default_value_t = 60, value_name = "SECS")]
-    read_timeout: u64,
-    /// Cut and resume a download slower than BYTES a second, averaged over
-    /// --speed-time seconds (0: never).
-    #[arg(long, global = true, default_value_t = vmimg_fetch::FetchOptions::default().min_speed, value_name = "BYTES")]
-    speed_limit: u64,
-    /// The window over which --speed-limit averages, in seconds (0: no limit).
-    #[arg(long, global = true, default_value_t = vmimg_fetch::FetchOptions::default().speed_window.as_secs(), value_name = "SECS")]
-    speed_time: u64,
-    /// Conversion threads (default: one per core, at most 8).
-    #[arg(long, global = true, default_value_t = 0)]
-    threads: usize,
-    /// A registry host (host or host:port) to speak plain HTTP to;
-    /// repeatable. Loopback hosts always are.
-    #[arg(long, global = true, value_name = "HOST")]
-    insecure_registry: Vec<String>,
-    /// Registry user name (else ~/.docker/config.json; else anonymous).
-    #[arg(long, global = true, env = "VMIMG_REGISTRY_USERNAME", requires = "password")]
-    username: Option<String>,
-    /// Registry password or token.
-    #[arg(long, global = true, env = "VMIMG_REGISTRY_PASSWORD", hide_env_values = true, requires = "username")]
-    password: Option<String>,
-}
-
-impl StoreArgs {
-    fn open(&self) -> Result<vmimg_store::Store> {
-        let mut mirrors = vmimg_store::Mirrors::default();
-        for rule in &self.mirror {
-            mirrors.add_rule(rule)?;
-        }
-        let fetch = vmimg_fetch::FetchOptions {
-            attempts: self.retries.max(1),
-            min_delay: std::time::Duration::from_millis(self.retry_delay),
-            read_timeout: std::time::Duration::from_secs(self.read_timeout.max(1)),
-            min_speed: self.speed_limit,
-            speed_window: std::time::Duration::from_secs(self.speed_time),
-            ..Default::default()
-        };
-        Ok(vmimg_store::Store::open(vmimg_store::StoreOptions {
-            root: self.store.clone(),
-            catalog: self.catalog.clone(),
-            mirrors,
-            arch: self.arch.as_deref().map(str::parse).transpose()?,
-            fetch,
-            registry: vmimg_oci::RegistryOptions {
-                insecure: self.insecure_registry.clone(),
-                credentials: self
-                    .username
-                    .clone()
-                    .zip(self.password.clone())
-                    .map(|(username, password)| vmimg_oci::Credentials { username, password }),
-                ..Default::default()
-            },
-            threads: self.threads,
-        })?)
+impl Cli {
+    /// The store, opened with what the command gives it.
+    fn open(&self, opening: Opening) -> Result<vmimg_store::Store> {
+        opening.open(self.store.as_deref())
     }
 }
 
@@ -137,9 +69,12 @@ enum Command {
         /// Print the image record as JSON instead of the path.
         #[arg(long)]
         json: bool,
-        /// For a container image: the disk to build (see `vmimg build`).
-        #[arg(long)]
+        /// For a container image: the disk to build, ext4, erofs or cpio
+        /// (see `vmimg build`) [default: ext4].
+        #[arg(long, value_name = "FORMAT")]
         format: Option<vmimg_store::RootfsFormat>,
+        #[command(flatten)]
+        get: GetArgs,
     },
     /// Build a disk from a container image: ext4 (default), erofs or cpio.
     ///
@@ -155,12 +90,17 @@ enum Command {
     /// reference asked twice is built once; a build killed midway is run
     /// again by `vmimg builds recover`.
     Build {
-        /// oci://REGISTRY/REPO[:TAG|@DIGEST] (docker:// too; docker.io/library is the default).
+        /// oci://REGISTRY/REPO[:TAG|@DIGEST] (docker:// too; docker.io/library
+        /// is the default), oci:DIR[:NAME] or oci-archive:FILE[:NAME].
         source: String,
-        #[arg(long, default_value = "ext4")]
-        format: vmimg_store::RootfsFormat,
+        /// The disk to make: ext4, erofs or cpio.
+        #[arg(long, default_value = "ext4", value_parser = ["ext4", "erofs", "cpio"])]
+        format: String,
+        /// Print the image record as JSON instead of the path.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        get: GetArgs,
     },
     /// Container image builds: their status, recovery, removal.
     #[command(subcommand)]
@@ -176,6 +116,13 @@ enum Command {
     Cat {
         /// oci://REGISTRY/REPO[:TAG|@DIGEST]
         source: String,
+        /// The architecture an image index resolves to [default: this host's].
+        #[arg(long, value_parser = ["amd64", "arm64"])]
+        arch: Option<String>,
+        #[command(flatten)]
+        download: DownloadArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Push a store image to a registry as a cloud-image artifact.
     ///
@@ -185,6 +132,7 @@ enum Command {
     /// that vmimg and cocoonstack's tools read. Prints the pushed reference,
     /// pinned to its digest (oci://…@sha256:…, as `vmimg pull` takes it).
     Push {
+        /// The store image to push: its name, or the source it was pulled from.
         image: String,
         /// oci://REGISTRY/REPO[:TAG]
         target: String,
@@ -199,9 +147,15 @@ enum Command {
         /// Parts hashed and uploaded at once.
         #[arg(long, default_value_t = 4)]
         jobs: usize,
+        #[command(flatten)]
+        download: DownloadArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
-    /// List the images in the store: name, format, sizes, instances, source.
+    /// List the images in the store, least recently used first: name,
+    /// format, sizes, instances, source.
     Images {
+        /// Print the images as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -219,6 +173,7 @@ enum Command {
     },
     /// Bytes on disk: images, downloaded blobs, partial downloads, instances.
     Du {
+        /// Print the bytes by part as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -245,6 +200,8 @@ enum Command {
     /// SIGTERM: images, disks, /dl/ streams, instances, builds, metrics.
     /// The API is described at /openapi.json (or by --openapi).
     Serve {
+        #[command(flatten)]
+        get: GetArgs,
         /// unix:PATH or tcp:HOST:PORT; repeatable [default:
         /// unix:/run/vmimg/vmimg.sock as root, else unix:$XDG_RUNTIME_DIR/vmimg.sock].
         #[arg(long, value_name = "ADDRESS")]
@@ -273,6 +230,20 @@ enum Command {
     /// The embedded catalog of aliases, with any overrides.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Print the shell completion script: bash, zsh, fish, elvish or powershell.
+    ///
+    /// bash: `vmimg completions bash > /etc/bash_completion.d/vmimg`; zsh:
+    /// into a directory of $fpath as _vmimg; fish: into
+    /// ~/.config/fish/completions/vmimg.fish.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write one per command into DIR.
+    Man {
+        /// Write vmimg.1, vmimg-pull.1, … here instead of printing vmimg.1.
+        dir: Option<PathBuf>,
+    },
     /// Show what a disk image is: format, sizes, qcow2 features, references.
     ///
     /// Reads only the header, so it also describes images that `convert`
@@ -307,9 +278,9 @@ enum Command {
         /// Output format (only raw for now).
         #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = ["raw"])]
         output_format: String,
-        /// Worker threads (default: one per core, at most 8).
-        #[arg(long, default_value_t = 0)]
-        threads: usize,
+        /// Worker threads [default: one per core, at most 8].
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
         /// Do not flush the output to disk before publishing it.
         #[arg(long)]
         no_sync: bool,
@@ -346,6 +317,7 @@ enum Command {
 enum BuildsCommand {
     /// List the builds: id, status, format, bytes pulled, reference, error.
     List {
+        /// Print the builds as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -354,9 +326,12 @@ enum BuildsCommand {
         /// Builds run at once.
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
+        #[command(flatten)]
+        get: GetArgs,
     },
     /// Remove a finished build's record and the image it made.
     Rm {
+        /// The build's id (`vmimg builds list`).
         id: String,
         /// Remove the image's instances too.
         #[arg(long)]
@@ -369,6 +344,7 @@ enum DiskCommand {
     /// Make an empty sparse ext4 disk at PATH (a volume, an overlay's upper
     /// layer); PATH must not exist.
     NewExt4 {
+        /// Where to make the disk.
         path: PathBuf,
         /// The disk's size: 1G, 512M, bytes.
         #[arg(long, value_parser = vmimg_disk::parse_size)]
@@ -377,6 +353,7 @@ enum DiskCommand {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum InstanceCommand {
     /// Make a writable disk from IMAGE and print its path.
     ///
@@ -385,6 +362,7 @@ enum InstanceCommand {
     /// reflink where the filesystem allows, else sparse). IMAGE is an image
     /// name or a source, pulled first if needed.
     Create {
+        /// An image name, or a source (pulled first if needed).
         image: String,
         /// The instance's name [default: <image>-<n>].
         #[arg(long)]
@@ -392,16 +370,23 @@ enum InstanceCommand {
         /// A virtual size at least the image's: 20G, 512M, bytes.
         #[arg(long, value_parser = vmimg_disk::parse_size)]
         size: Option<u64>,
-        #[arg(long, default_value = "qcow2")]
-        format: vmimg_store::InstanceFormat,
+        /// qcow2 (an overlay backed by the image) or raw (a copy).
+        #[arg(long, default_value = "qcow2", value_parser = ["qcow2", "raw"])]
+        format: String,
+        #[command(flatten)]
+        get: GetArgs,
     },
     /// List the instances.
     List {
+        /// Print the instances as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove an instance and its disk.
-    Rm { name: String },
+    Rm {
+        /// The instance's name (`vmimg instance list`).
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -416,14 +401,16 @@ enum BundleCommand {
     /// complete; its sha256 (computed while writing) is printed on stderr,
     /// or as `digest` with --json. A mutable image with instances is refused.
     Export {
+        /// The store image to pack: its name, or the source it was pulled from.
         image: String,
+        /// The bundle to write (image.tar.zst).
         file: PathBuf,
         /// zstd level, 1 (fastest) to 19 (smallest).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
         level: i32,
         /// Compression threads [default: one per core].
-        #[arg(long, default_value_t = 0)]
-        compress_threads: u32,
+        #[arg(long, value_name = "N")]
+        compress_threads: Option<u32>,
         /// Print path, digest, size and data_bytes as JSON instead of FILE.
         #[arg(long)]
         json: bool,
@@ -443,6 +430,7 @@ enum BundleCommand {
     /// default); with --digest, FILE's digest must match instead and frames
     /// without a checksum are accepted.
     Import {
+        /// The bundle to import (image.tar.zst).
         file: PathBuf,
         /// The image's name [default: FILE's name without .tar.zst].
         #[arg(long)]
@@ -451,11 +439,12 @@ enum BundleCommand {
         #[arg(long)]
         digest: Option<vmimg_fetch::Digest>,
         /// Refuse a compressed bundle larger than this (20G, 512M, bytes).
-        #[arg(long, default_value = "50G", value_parser = vmimg_disk::parse_size)]
+        #[arg(long, default_value = "50G", value_parser = vmimg_disk::parse_size, value_name = "SIZE")]
         max_archive_size: u64,
         /// Refuse a file in the bundle larger than this, holes included.
-        #[arg(long, default_value = "50G", value_parser = vmimg_disk::parse_size)]
+        #[arg(long, default_value = "50G", value_parser = vmimg_disk::parse_size, value_name = "SIZE")]
         max_file_size: u64,
+        /// Print the image record as JSON instead of the disk's path.
         #[arg(long)]
         json: bool,
     },
@@ -469,6 +458,7 @@ enum ImageCommand {
     /// QEMU, say), then pack it with `vmimg bundle export`. While it has
     /// instances it can be neither exported nor removed.
     New {
+        /// The image's name.
         name: String,
         /// The disk's size: 20G, 512M, bytes.
         #[arg(long, value_parser = vmimg_disk::parse_size)]
@@ -476,6 +466,7 @@ enum ImageCommand {
         /// The machine definition to use [default: a new one, random MAC].
         #[arg(long, value_name = "FILE")]
         machine: Option<PathBuf>,
+        /// Print the image record as JSON instead of the disk's path.
         #[arg(long)]
         json: bool,
     },
@@ -488,9 +479,18 @@ enum CatalogCommand {
         /// Print the catalog itself (JSON).
         #[arg(long)]
         json: bool,
+        /// A catalog file whose aliases add to or override the embedded ones.
+        #[arg(long, value_name = "FILE")]
+        catalog: Option<PathBuf>,
     },
     /// Show one alias: its snapshot and, per architecture, URL and digest.
-    Show { alias: String },
+    Show {
+        /// The alias (`vmimg catalog list`).
+        alias: String,
+        /// A catalog file whose aliases add to or override the embedded ones.
+        #[arg(long, value_name = "FILE")]
+        catalog: Option<PathBuf>,
+    },
     /// Move aliases to their publisher's newest snapshot, in a catalog file.
     ///
     /// Reads each distribution's published directory listing for the newest
@@ -505,6 +505,10 @@ enum CatalogCommand {
         file: PathBuf,
         /// The aliases to refresh [default: every alias in FILE].
         aliases: Vec<String>,
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        download: DownloadArgs,
     },
 }
 
@@ -514,6 +518,7 @@ fn parse_format(s: &str) -> Result<Format, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logs(cli.verbose, matches!(cli.command, Command::Serve { .. }));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -521,6 +526,20 @@ fn main() -> ExitCode {
             ExitCode::from(exit_code(e.chain().find_map(ErrorKind::of)))
         }
     }
+}
+
+/// Logs to stderr: `RUST_LOG` if set, else warnings (a daemon's steps
+/// too), -v steps, -vv details, -vvv everything.
+fn init_logs(verbose: u8, daemon: bool) {
+    let level = match (verbose, daemon) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
+        (2, _) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }
 
 /// The exit code of an error of `kind` (README lists them): 2 is also
@@ -580,89 +599,131 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Pull { source, digest, json, format } => {
-            let store = cli.store.open()?;
-            runtime()?.block_on(pull::run(&store, &source, digest, format, json, cli.quiet))
+    let plain = Opening::default();
+    match &cli.command {
+        Command::Pull { source, digest, json, format, get } => {
+            let store = cli.open(get.opening())?;
+            runtime()?.block_on(pull::run(&store, source, digest.clone(), *format, *json, cli.quiet))
         }
-        Command::Build { source, format, json } => {
-            let store = cli.store.open()?;
-            if !matches!(vmimg_store::Source::parse(&source, store.catalog())?, Source::Registry(_) | Source::Layout(_))
+        Command::Build { source, format, json, get } => {
+            let store = cli.open(get.opening())?;
+            if !matches!(vmimg_store::Source::parse(source, store.catalog())?, Source::Registry(_) | Source::Layout(_))
             {
                 anyhow::bail!(
                     "{source:?} is not a container image: write oci://REGISTRY/REPOSITORY[:TAG], oci:DIR[:NAME] or oci-archive:FILE[:NAME]"
                 );
             }
-            runtime()?.block_on(pull::run(&store, &source, None, Some(format), json, cli.quiet))
+            runtime()?.block_on(pull::run(&store, source, None, Some(format.parse()?), *json, cli.quiet))
         }
-        Command::Builds(BuildsCommand::List { json }) => build::list(cli.store.open()?, json),
-        Command::Builds(BuildsCommand::Recover { concurrency }) => {
-            runtime()?.block_on(build::recover(cli.store.open()?, concurrency, cli.quiet))
+        Command::Builds(BuildsCommand::List { json }) => build::list(cli.open(plain)?, *json),
+        Command::Builds(BuildsCommand::Recover { concurrency, get }) => {
+            runtime()?.block_on(build::recover(cli.open(get.opening())?, *concurrency, cli.quiet))
         }
         Command::Builds(BuildsCommand::Rm { id, force }) => {
-            runtime()?.block_on(build::remove(cli.store.open()?, &id, force))
+            runtime()?.block_on(build::remove(cli.open(plain)?, id, *force))
         }
         Command::Disk(DiskCommand::NewExt4 { path, size }) => {
-            vmimg_rootfs::ext4::new_empty(&path, size, &Default::default())?;
+            vmimg_rootfs::ext4::new_empty(path, *size, &Default::default())?;
             println!("{}", path.display());
             Ok(())
         }
-        Command::Cat { source } => runtime()?.block_on(oci::cat(&cli.store.open()?, &source, cli.quiet)),
-        Command::Push { image, target, part_size, format, jobs } => {
+        Command::Cat { source, arch, download, registry } => {
+            let source_args = SourceArgs { arch: arch.clone(), ..SourceArgs::default() };
+            let opening = Opening {
+                source: Some(&source_args),
+                download: Some(download),
+                registry: Some(registry),
+                threads: None,
+            };
+            runtime()?.block_on(oci::cat(&cli.open(opening)?, source, cli.quiet))
+        }
+        Command::Push { image, target, part_size, format, jobs, download, registry } => {
             let format = match format.as_str() {
                 "raw" => vmimg_oci::artifact::DiskFormat::Raw,
                 _ => vmimg_oci::artifact::DiskFormat::Qcow2,
             };
-            let options = vmimg_store::PushOptions { format, part_size, jobs };
-            runtime()?.block_on(oci::push(&cli.store.open()?, &image, &target, options, cli.quiet))
+            let options = vmimg_store::PushOptions { format, part_size: *part_size, jobs: *jobs };
+            let opening = Opening { download: Some(download), registry: Some(registry), ..plain };
+            runtime()?.block_on(oci::push(&cli.open(opening)?, image, target, options, cli.quiet))
         }
-        Command::Images { json } => manage::images(&cli.store.open()?, json),
+        Command::Images { json } => manage::images(&cli.open(plain)?, *json),
         Command::Rm { image, force } => {
-            runtime()?.block_on(manage::remove_image(&cli.store.open()?, &image, force, cli.quiet))
+            runtime()?.block_on(manage::remove_image(&cli.open(plain)?, image, *force, cli.quiet))
         }
-        Command::Du { json } => manage::du(&cli.store.open()?, json),
-        Command::Serve { listen, token_file, builds, allow_local, openapi } => {
-            serve::run(|| cli.store.open(), serve::ServeArgs { listen, token_file, builds, allow_local, openapi })
+        Command::Du { json } => manage::du(&cli.open(plain)?, *json),
+        Command::Serve { get, listen, token_file, builds, allow_local, openapi } => {
+            let args = serve::ServeArgs {
+                listen: listen.clone(),
+                token_file: token_file.clone(),
+                builds: *builds,
+                allow_local: allow_local.clone(),
+                openapi: *openapi,
+            };
+            serve::run(|| cli.open(get.opening()), args)
         }
         Command::Gc { keep_under, dry_run } => {
-            runtime()?.block_on(manage::gc(&cli.store.open()?, keep_under, dry_run, cli.quiet))
+            runtime()?.block_on(manage::gc(&cli.open(plain)?, *keep_under, *dry_run, cli.quiet))
         }
-        Command::Instance(InstanceCommand::Create { image, name, size, format }) => {
-            let store = cli.store.open()?;
-            runtime()?.block_on(manage::create_instance(&store, &image, name, size, format, cli.quiet))
+        Command::Instance(InstanceCommand::Create { image, name, size, format, get }) => {
+            let store = cli.open(get.opening())?;
+            let format = format.parse()?;
+            runtime()?.block_on(manage::create_instance(&store, image, name.clone(), *size, format, cli.quiet))
         }
         Command::Bundle(BundleCommand::Export { image, file, level, compress_threads, json }) => {
-            let options = vmimg_store::ExportOptions { level, threads: compress_threads };
-            runtime()?.block_on(bundle::export(&cli.store.open()?, &image, &file, options, json, cli.quiet))
+            let options = vmimg_store::ExportOptions { level: *level, threads: compress_threads.unwrap_or(0) };
+            runtime()?.block_on(bundle::export(&cli.open(plain)?, image, file, options, *json, cli.quiet))
         }
         Command::Bundle(BundleCommand::Import { file, name, digest, max_archive_size, max_file_size, json }) => {
-            let limits = vmimg_store::BundleLimits { max_archive: max_archive_size, max_file: max_file_size };
-            let store = cli.store.open()?;
-            runtime()?.block_on(bundle::import(&store, &file, name.as_deref(), limits, digest, json, cli.quiet))
+            let limits = vmimg_store::BundleLimits { max_archive: *max_archive_size, max_file: *max_file_size };
+            let store = cli.open(plain)?;
+            runtime()?.block_on(bundle::import(&store, file, name.as_deref(), limits, digest.clone(), *json, cli.quiet))
         }
         Command::Image(ImageCommand::New { name, size, machine, json }) => {
-            let store = cli.store.open()?;
-            runtime()?.block_on(bundle::new_image(&store, &name, size, machine.as_deref(), json, cli.quiet))
+            let store = cli.open(plain)?;
+            runtime()?.block_on(bundle::new_image(&store, name, *size, machine.as_deref(), *json, cli.quiet))
         }
-        Command::Instance(InstanceCommand::List { json }) => manage::list_instances(&cli.store.open()?, json),
+        Command::Instance(InstanceCommand::List { json }) => manage::list_instances(&cli.open(plain)?, *json),
         Command::Instance(InstanceCommand::Rm { name }) => {
-            runtime()?.block_on(async { Ok(cli.store.open()?.remove_instance(&name).await?) })
+            runtime()?.block_on(async { Ok(cli.open(plain)?.remove_instance(name).await?) })
         }
-        Command::Catalog(CatalogCommand::List { json }) => catalog::list(&cli.store.open()?, json),
-        Command::Catalog(CatalogCommand::Show { alias }) => catalog::show(&cli.store.open()?, &alias),
-        Command::Catalog(CatalogCommand::Refresh { file, aliases }) => {
-            let store = cli.store.open()?;
-            runtime()?.block_on(catalog::refresh(&store, &file, &aliases))
+        Command::Catalog(CatalogCommand::List { json, catalog }) => {
+            catalog::list(&cli.open(catalog_only(catalog).opening())?, *json)
         }
-        Command::Info { file, json, format } => info::run(&file, format, json),
+        Command::Catalog(CatalogCommand::Show { alias, catalog }) => {
+            catalog::show(&cli.open(catalog_only(catalog).opening())?, alias)
+        }
+        Command::Catalog(CatalogCommand::Refresh { file, aliases, source, download }) => {
+            let store = cli.open(Opening { source: Some(source), download: Some(download), ..plain })?;
+            runtime()?.block_on(catalog::refresh(&store, file, aliases))
+        }
+        Command::Info { file, json, format } => info::run(file, *format, *json),
+        Command::Completions { shell } => {
+            docs::completions::<Cli>(*shell);
+            Ok(())
+        }
+        Command::Man { dir } => docs::man::<Cli>(dir.as_deref()),
         Command::Convert { src, dst, format, output_format: _, threads, no_sync } => {
-            files::convert(&src, &dst, format, &ConvertOptions { threads, sync: !no_sync }, cli.quiet)
+            let options = ConvertOptions { threads: threads.unwrap_or(0), sync: !no_sync };
+            files::convert(src, dst, *format, &options, cli.quiet)
         }
         Command::Copy { src, dst, size, no_sync } => {
-            let options = vmimg_disk::CopyOptions { size, sync: !no_sync, ..Default::default() };
-            files::copy(&src, &dst, &options, cli.quiet)
+            let options = vmimg_disk::CopyOptions { size: *size, sync: !no_sync, ..Default::default() };
+            files::copy(src, dst, &options, cli.quiet)
         }
     }
+}
+
+/// Source options that name a catalog file and nothing else.
+struct CatalogOnly(SourceArgs);
+
+impl CatalogOnly {
+    fn opening(&self) -> Opening<'_> {
+        Opening { source: Some(&self.0), ..Opening::default() }
+    }
+}
+
+fn catalog_only(catalog: &Option<PathBuf>) -> CatalogOnly {
+    CatalogOnly(SourceArgs { catalog: catalog.clone(), ..SourceArgs::default() })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

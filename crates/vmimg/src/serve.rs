@@ -1,5 +1,6 @@
 //! `vmimg serve`: runs the daemon (vmimg-serve) in the foreground until
-//! SIGTERM or SIGINT, logging to stderr (`RUST_LOG` filters).
+//! SIGTERM or SIGINT, logging to stderr (at info unless -v or `RUST_LOG`
+//! says otherwise).
 
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -21,9 +22,6 @@ pub fn run(open: impl FnOnce() -> Result<Store>, args: ServeArgs) -> Result<()> 
         println!("{}", vmimg_serve::openapi().to_pretty_json()?);
         return Ok(());
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     let listen = if args.listen.is_empty() {
         match vmimg_serve::default_socket() {
             Some(path) => vec![Listen::Unix(path)],

@@ -9,7 +9,7 @@ use vmimg_testserver::TestServer;
 
 fn vmimg(store: &Path, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_vmimg"));
-    command.arg("--store").arg(store).args(["--retry-delay", "10"]).args(args);
+    command.arg("--store").arg(store).env("VMIMG_RETRY_DELAY", "10").args(args);
     command.output().expect("run vmimg")
 }
 
@@ -52,13 +52,13 @@ fn refresh_through_a_mirror_then_use_the_file() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "debian-12: 20260923-2610 -> 20261101-2700\n");
 
-    let out = vmimg(&store, &["--catalog", file_arg, "catalog", "list"]);
+    let out = vmimg(&store, &["catalog", "list", "--catalog", file_arg]);
     let list = text(&out.stdout);
     let row = list.lines().find(|l| l.starts_with("debian-12 ")).unwrap();
     assert!(row.contains(" 20261101-2700 ") && row.ends_with("amd64,arm64"), "{list}");
     assert!(list.lines().any(|l| l.starts_with("debian-13 ")), "the other aliases are still there: {list}");
 
-    let out = vmimg(&store, &["--catalog", file_arg, "catalog", "show", "debian-12"]);
+    let out = vmimg(&store, &["catalog", "show", "debian-12", "--catalog", file_arg]);
     let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let name = "debian-12-genericcloud-arm64-20261101-2700.qcow2";
     assert_eq!(entry["snapshot"], "20261101-2700");

@@ -227,6 +227,68 @@ fn help_documents_each_command() {
     assert!(convert.contains("qemu-img convert -O raw") && convert.contains("--threads"));
 }
 
+/// Every command's `-h`, by its words after `vmimg`.
+const COMMANDS: &[&[&str]] = &[
+    &["pull"],
+    &["build"],
+    &["builds", "list"],
+    &["builds", "recover"],
+    &["builds", "rm"],
+    &["disk", "new-ext4"],
+    &["cat"],
+    &["push"],
+    &["images"],
+    &["rm"],
+    &["du"],
+    &["gc"],
+    &["instance", "create"],
+    &["instance", "list"],
+    &["instance", "rm"],
+    &["serve"],
+    &["bundle", "export"],
+    &["bundle", "import"],
+    &["image", "new"],
+    &["catalog", "list"],
+    &["catalog", "show"],
+    &["catalog", "refresh"],
+    &["info"],
+    &["convert"],
+    &["copy"],
+];
+
+#[test]
+fn each_command_shows_its_own_options_each_described() {
+    for command in COMMANDS {
+        let out = vmimg(&[&command[..], &["-h"]].concat());
+        assert!(out.status.success(), "{command:?}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        let indent = |line: &str| line.len() - line.trim_start().len();
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in
+            lines.iter().enumerate().filter(|(_, l)| indent(l) <= 6 && l.trim_start().starts_with(['-', '<']))
+        {
+            // "  --flag <VALUE>  What it does", or the description on the next, deeper line.
+            let same_line = line.trim().split_once("  ").is_some_and(|(_, text)| !text.trim().is_empty());
+            let next_line = lines.get(i + 1).is_some_and(|next| indent(next) > indent(line) && !next.trim().is_empty());
+            assert!(same_line || next_line, "{command:?}: an option without a description: {line:?}\n{help}");
+        }
+        assert!(!help.contains("[default: 0]"), "{command:?} shows a default of 0 where it means \"automatic\"");
+        let network = ["pull", "build", "recover", "cat", "push", "create", "serve", "refresh"];
+        if !command.iter().any(|word| network.contains(word)) {
+            for foreign in ["--retries", "--mirror", "--password", "--insecure-registry", "--speed-limit"] {
+                assert!(!help.contains(foreign), "{command:?} shows {foreign}, which does not apply to it:\n{help}");
+            }
+        }
+    }
+    let help = |words: &[&str]| String::from_utf8(vmimg(&[words, &["--help"]].concat()).stdout).unwrap();
+    assert!(help(&["build"]).contains("[possible values: ext4, erofs, cpio]"));
+    assert!(help(&["instance", "create"]).contains("[possible values: qcow2, raw]"));
+    let pull = help(&["pull"]);
+    for group in ["Sources:", "Downloads:", "Registries:", "--retries", "--mirror", "--username", "VMIMG_RETRIES"] {
+        assert!(pull.contains(group), "pull --help lacks {group}:\n{pull}");
+    }
+}
+
 #[test]
 fn copy_extends_the_disk_and_reports() {
     let dir = tempfile::tempdir().unwrap();
@@ -269,4 +331,56 @@ fn copy_refusals_are_one_line_and_leave_nothing() {
     assert!(stderr(&bad).contains("invalid size \"20X\": unknown unit"), "{}", stderr(&bad));
     let help = String::from_utf8(vmimg(&["copy", "--help"]).stdout).unwrap();
     assert!(help.contains("--size") && help.contains("reflink") && help.contains("1K = 1024"), "{help}");
+}
+
+#[test]
+fn verbose_logs_the_steps_and_rust_log_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.qcow2");
+    qemu_img(&["create", "-f", "qcow2", disk.to_str().unwrap(), "8M"]);
+    let store = dir.path().join("store");
+    let pull = |flags: &[&str], rust_log: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vmimg"));
+        command.env_remove("RUST_LOG").arg("--store").arg(&store).arg("pull").arg(&disk).args(flags);
+        if let Some(filter) = rust_log {
+            command.env("RUST_LOG", filter);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let quiet = pull(&[], None);
+    assert!(!quiet.contains("INFO"), "no log without -v: {quiet}");
+    let second = pull(&["-v"], None);
+    assert!(second.contains("INFO") && second.contains("in the store already"), "{second}");
+    assert!(!second.contains("DEBUG"), "{second}");
+    let debug = pull(&["-vv"], None);
+    assert!(debug.contains("DEBUG") && debug.contains("planned"), "{debug}");
+    let filtered = pull(&["-vv"], Some("vmimg_store::pull=info"));
+    assert!(filtered.contains("in the store already") && !filtered.contains("planned"), "{filtered}");
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_commands() {
+    let bash = vmimg(&["completions", "bash"]);
+    assert!(bash.status.success());
+    let bash = String::from_utf8(bash.stdout).unwrap();
+    assert!(bash.contains("complete") && bash.contains("instance") && bash.contains("--keep-under"), "{bash}");
+    let checked = Command::new("bash").arg("-n").arg("-c").arg(&bash).status().unwrap();
+    assert!(checked.success(), "bash cannot parse the completion script");
+    for shell in ["zsh", "fish"] {
+        let out = vmimg(&["completions", shell]);
+        assert!(out.status.success() && out.stdout.len() > 1000, "{shell}");
+    }
+    let page = String::from_utf8(vmimg(&["man"]).stdout).unwrap();
+    assert!(page.starts_with(".ie") || page.contains(".TH vmimg"), "{page}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = vmimg(&["man", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in ["vmimg.1", "vmimg-pull.1", "vmimg-instance-create.1", "vmimg-serve.1"] {
+        let text = fs::read_to_string(dir.path().join(name)).unwrap();
+        assert!(text.contains(".TH"), "{name}");
+    }
+    let pull = fs::read_to_string(dir.path().join("vmimg-pull.1")).unwrap();
+    assert!(pull.contains("retries") && pull.contains("mirror"), "the pull page documents its options");
 }

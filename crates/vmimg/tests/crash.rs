@@ -27,7 +27,7 @@ const SIGKILL: i32 = 9;
 
 fn vmimg(store: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_vmimg"));
-    command.arg("--store").arg(store).args(["-q", "--retry-delay", "10"]).args(args);
+    command.arg("--store").arg(store).env("VMIMG_RETRY_DELAY", "10").arg("-q").args(args);
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     command
 }

@@ -342,12 +342,12 @@ fn an_index_resolves_to_the_platform_asked_for() {
     let store = dir.path().join("store");
     let source = format!("oci://{at}");
     for arch in ["amd64", "arm64"] {
-        let out = vmimg(&store, &["--arch", arch, "cat", &source]);
+        let out = vmimg(&store, &["cat", "--arch", arch, &source]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(out.stdout, format!("the {arch} disk\n").repeat(64).into_bytes());
     }
-    let amd = ok(&store, &["--arch", "amd64", "pull", &source]);
-    let arm = ok(&store, &["--arch", "arm64", "pull", &source]);
+    let amd = ok(&store, &["pull", "--arch", "amd64", &source]);
+    let arm = ok(&store, &["pull", "--arch", "arm64", &source]);
     assert_ne!(amd, arm, "two architectures of one index are two images");
     assert_eq!(std::fs::read(arm).unwrap(), "the arm64 disk\n".repeat(64).into_bytes());
 }

@@ -10,7 +10,7 @@ use vmimg_testserver::{Fault, TestServer};
 
 fn vmimg(store: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_vmimg"));
-    command.arg("--store").arg(store).args(["--retry-delay", "10"]).args(args);
+    command.arg("--store").arg(store).env("VMIMG_RETRY_DELAY", "10").args(args);
     command
 }
 
@@ -229,7 +229,7 @@ fn the_speed_limit_options_cut_a_dripping_download() {
     let store = dir.path().join("store");
     let started = std::time::Instant::now();
     let limits = ["--speed-limit", "262144", "--speed-time", "1", "--retries", "2"];
-    let out = run(vmimg(&store, &[&limits[..], &["pull", &server.url("/os.img")]].concat()));
+    let out = run(vmimg(&store, &[&["pull", &server.url("/os.img")], &limits[..]].concat()));
     let stderr = text(&out.stderr);
     assert!(!out.status.success() && started.elapsed() < std::time::Duration::from_secs(10), "{stderr}");
     let too_slow = "too slow: ";

@@ -1,0 +1,141 @@
+//! The option groups commands share, each flattened into the commands it
+//! applies to (so that a command's `--help` shows its own options only),
+//! and opening the store with them.
+
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use vmimg_store::Store;
+
+/// How sources resolve: the catalog, mirrors, the architecture.
+#[derive(clap::Args, Clone, Default)]
+#[command(next_help_heading = "Sources")]
+pub struct SourceArgs {
+    /// A catalog file whose aliases add to or override the embedded ones
+    /// (same schema; a catalog.json in the store root is read too).
+    #[arg(long, value_name = "FILE")]
+    pub catalog: Option<PathBuf>,
+    /// Fetch URLs starting with FROM from TO instead (a mirror), e.g.
+    /// https://cloud.debian.org/images/cloud/=http://mirror.lan/debian/.
+    /// Repeatable; config.json in the store root may hold {"mirrors": {FROM: TO}}.
+    #[arg(long, value_name = "FROM=TO")]
+    pub mirror: Vec<String>,
+    /// The architecture to resolve catalog aliases and image indexes to
+    /// [default: this host's].
+    #[arg(long, value_parser = ["amd64", "arm64"])]
+    pub arch: Option<String>,
+}
+
+/// How downloads behave when the network does not.
+#[derive(clap::Args, Clone)]
+#[command(next_help_heading = "Downloads")]
+pub struct DownloadArgs {
+    /// Attempts in a row without progress before a download gives up.
+    #[arg(long, env = "VMIMG_RETRIES", default_value_t = 8, value_name = "N")]
+    pub retries: usize,
+    /// First delay between attempts, in milliseconds (doubles up to 30 s).
+    #[arg(long, env = "VMIMG_RETRY_DELAY", default_value_t = 500, value_name = "MS")]
+    pub retry_delay: u64,
+    /// Cut and resume a download that sends nothing for this many seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub read_timeout: u64,
+    /// Cut and resume a download slower than BYTES a second, averaged over
+    /// --speed-time seconds (0: never).
+    #[arg(long, default_value_t = vmimg_fetch::FetchOptions::default().min_speed, value_name = "BYTES")]
+    pub speed_limit: u64,
+    /// The window over which --speed-limit averages, in seconds (0: no limit).
+    #[arg(long, default_value_t = vmimg_fetch::FetchOptions::default().speed_window.as_secs(), value_name = "SECS")]
+    pub speed_time: u64,
+}
+
+/// How registries are reached.
+#[derive(clap::Args, Clone, Default)]
+#[command(next_help_heading = "Registries")]
+pub struct RegistryArgs {
+    /// A registry host (host or host:port) to speak plain HTTP to;
+    /// repeatable. Loopback hosts always are.
+    #[arg(long, value_name = "HOST")]
+    pub insecure_registry: Vec<String>,
+    /// Registry user name [default: ~/.docker/config.json's, else anonymous].
+    #[arg(long, env = "VMIMG_REGISTRY_USERNAME", requires = "password")]
+    pub username: Option<String>,
+    /// Registry password or token.
+    #[arg(long, env = "VMIMG_REGISTRY_PASSWORD", hide_env_values = true, requires = "username")]
+    pub password: Option<String>,
+}
+
+/// Everything getting a source into the store takes.
+#[derive(clap::Args, Clone)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub download: DownloadArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Conversion threads [default: one per core, at most 8].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+impl GetArgs {
+    pub fn opening(&self) -> Opening<'_> {
+        Opening {
+            source: Some(&self.source),
+            download: Some(&self.download),
+            registry: Some(&self.registry),
+            threads: self.threads,
+        }
+    }
+}
+
+/// What a command gives the store beyond its directory; what it does not
+/// give is the store's default.
+#[derive(Default, Clone, Copy)]
+pub struct Opening<'a> {
+    pub source: Option<&'a SourceArgs>,
+    pub download: Option<&'a DownloadArgs>,
+    pub registry: Option<&'a RegistryArgs>,
+    pub threads: Option<usize>,
+}
+
+impl Opening<'_> {
+    /// Opens the store at `root` (the default store when None).
+    pub fn open(self, root: Option<&Path>) -> Result<Store> {
+        let default_source = SourceArgs::default();
+        let source = self.source.unwrap_or(&default_source);
+        let mut mirrors = vmimg_store::Mirrors::default();
+        for rule in &source.mirror {
+            mirrors.add_rule(rule)?;
+        }
+        let fetch = match self.download {
+            Some(download) => vmimg_fetch::FetchOptions {
+                attempts: download.retries.max(1),
+                min_delay: Duration::from_millis(download.retry_delay),
+                read_timeout: Duration::from_secs(download.read_timeout.max(1)),
+                min_speed: download.speed_limit,
+                speed_window: Duration::from_secs(download.speed_time),
+                ..Default::default()
+            },
+            None => Default::default(),
+        };
+        let registry = self.registry.map_or_else(Default::default, |r| vmimg_oci::RegistryOptions {
+            insecure: r.insecure_registry.clone(),
+            credentials: r
+                .username
+                .clone()
+                .zip(r.password.clone())
+                .map(|(username, password)| vmimg_oci::Credentials { username, password }),
+            ..Default::default()
+        });
+        Ok(Store::open(vmimg_store::StoreOptions {
+            root: root.map(Path::to_owned),
+            catalog: source.catalog.clone(),
+            mirrors,
+            arch: source.arch.as_deref().map(str::parse).transpose()?,
+            fetch,
+            registry,
+            threads: self.threads.unwrap_or(0),
+        })?)
+    }
+}
