@@ -130,6 +130,11 @@ impl Catalog {
         self.entries.get(alias)
     }
 
+    /// The alias closest to a mistyped one, if one is close.
+    pub fn closest_alias(&self, typed: &str) -> crate::suggest::Suggestion {
+        crate::suggest::Suggestion::closest(typed, self.entries().map(|(alias, _)| alias))
+    }
+
     pub fn entries(&self) -> impl Iterator<Item = (&str, &Entry)> {
         self.entries.iter().map(|(k, v)| (k.as_str(), v))
     }

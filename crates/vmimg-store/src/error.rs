@@ -32,8 +32,10 @@ pub enum Error {
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
     #[error("catalog {origin}: {message}")]
     Catalog { origin: String, message: String },
-    #[error("unknown alias {alias:?}: the catalog lists the aliases; a file needs a path with a slash (./{alias})")]
-    UnknownAlias { alias: String },
+    #[error(
+        "unknown alias {alias:?}{suggestion}: the catalog lists the aliases; a file needs a path with a slash (./{alias})"
+    )]
+    UnknownAlias { alias: String, suggestion: crate::suggest::Suggestion },
     #[error("alias {alias:?} has no {arch} image (it has: {available})")]
     NoArch { alias: String, arch: String, available: String },
     #[error(
@@ -45,6 +47,8 @@ pub enum Error {
     InUse { image: String, instances: String },
     #[error("no {what} named {name:?} in the store")]
     NotFound { what: &'static str, name: String },
+    #[error("no image named {name:?} in the store{suggestion}, and no source pulled before names one")]
+    UnknownImage { name: String, suggestion: crate::suggest::Suggestion },
     #[error("{}: {source}", path.display())]
     Qcow2 { path: PathBuf, source: vmimg_qcow2::Error },
     #[error("image record {}: {message}", path.display())]

@@ -17,6 +17,7 @@ use crate::oci::OciSource;
 use crate::record::{ImageRecord, Pulled, RootfsFormat};
 use crate::source::{OciOrigin, Resolved, Source};
 use crate::store::Store;
+use crate::suggest::Suggestion;
 use std::sync::Arc;
 use vmimg_fetch::{Digest, Progress};
 
@@ -123,20 +124,43 @@ impl Store {
     }
 
     /// The image `name` names, without downloading anything: an image's key
-    /// or name as the store lists it, or a source pulled before (a registry
-    /// tag is asked of its registry).
+    /// or name as the store lists it, a source pulled before (a registry
+    /// tag is asked of its registry), or else the start of one image's key
+    /// (three characters at least; the start of several is refused, with
+    /// them). An unknown name is refused with the closest one.
     pub async fn find(&self, name: &str) -> Result<ImageRecord> {
         if let Some(record) = self.find_image(name)? {
             return Ok(record);
         }
-        let not_found = || Error::NotFound { what: "image", name: name.to_owned() };
-        let Ok(source) = Source::parse(name, self.catalog()) else { return Err(not_found()) };
-        let key = match self.resolve_source(&source, &GetOptions::default()).await {
-            Ok(Resolution::Disk(resolved)) => resolved.key,
-            Ok(Resolution::Container(origin)) => self.container_key(origin.digest(), RootfsFormat::default()),
-            Err(_) => return Err(not_found()),
-        };
-        self.lookup(&key)?.ok_or_else(not_found)
+        if let Ok(source) = Source::parse(name, self.catalog()) {
+            let key = match self.resolve_source(&source, &GetOptions::default()).await {
+                Ok(Resolution::Disk(resolved)) => Some(resolved.key),
+                Ok(Resolution::Container(origin)) => Some(self.container_key(origin.digest(), RootfsFormat::default())),
+                Err(_) => None,
+            };
+            if let Some(record) = key.map(|key| self.lookup(&key)).transpose()?.flatten() {
+                return Ok(record);
+            }
+        }
+        self.find_by_prefix(name)
+    }
+
+    /// The one image whose key starts with `prefix`.
+    fn find_by_prefix(&self, prefix: &str) -> Result<ImageRecord> {
+        let records: Vec<ImageRecord> = self.images()?.into_iter().map(|image| image.record).collect();
+        let starting: Vec<&ImageRecord> =
+            records.iter().filter(|r| prefix.len() >= 3 && r.name.starts_with(prefix)).collect();
+        match starting.as_slice() {
+            [record] => Ok((*record).clone()),
+            [] => {
+                let names = records.iter().map(|r| r.name.strip_prefix(crate::source::LOCAL_PREFIX).unwrap_or(&r.name));
+                Err(Error::UnknownImage { name: prefix.to_owned(), suggestion: Suggestion::closest(prefix, names) })
+            }
+            several => {
+                let names: Vec<&str> = several.iter().map(|r| r.name.as_str()).collect();
+                Err(Error::Invalid(format!("{prefix:?} starts several images ({}): give more of it", names.join(", "))))
+            }
+        }
     }
 
     /// Removes the image `name` names (see [`Store::find`]); returns the

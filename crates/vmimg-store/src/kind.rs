@@ -123,7 +123,9 @@ impl Error {
             Error::BuildFailed { kind, .. } => *kind,
             Error::Internal(_) => ErrorKind::Internal,
             Error::Io { source, .. } => of_io(source),
-            Error::UnknownAlias { .. } | Error::NoArch { .. } | Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::UnknownAlias { .. } | Error::NoArch { .. } | Error::NotFound { .. } | Error::UnknownImage { .. } => {
+                ErrorKind::NotFound
+            }
             Error::DigestMismatch { .. } | Error::BundleMismatch { .. } | Error::PartMismatch { .. } => {
                 ErrorKind::Refused
             }
@@ -602,7 +604,8 @@ mod tests {
                 (Error::Internal(text()), Internal),
                 (Error::Io { action: "create", path: path(), source: os(28) }, OutOfSpace),
                 (Error::Catalog { origin: text(), message: text() }, InvalidInput),
-                (Error::UnknownAlias { alias: text() }, NotFound),
+                (Error::UnknownAlias { alias: text(), suggestion: Default::default() }, NotFound),
+                (Error::UnknownImage { name: text(), suggestion: Default::default() }, NotFound),
                 (Error::NoArch { alias: text(), arch: text(), available: text() }, NotFound),
                 (Error::DigestMismatch { source_name: text(), expected: digest('a'), actual: digest('b') }, Refused),
                 (Error::InUse { image: text(), instances: text() }, InUse),

@@ -101,6 +101,7 @@ mod record;
 mod refresh;
 mod source;
 mod store;
+mod suggest;
 mod unpack;
 mod usage;
 
@@ -125,6 +126,7 @@ pub use record::{
 pub use refresh::{Change, MAX_UPSTREAM_TEXT, RefreshError, Refreshed};
 pub use source::{Location, OciOrigin, OciRef, Resolved, Source};
 pub use store::{Store, StoreOptions, default_root};
+pub use suggest::Suggestion;
 pub use usage::Usage;
 pub use vmimg_bundle::bundle::{Error as BundleError, ExportOptions, Limits as BundleLimits};
 pub use vmimg_bundle::machine::Machine;

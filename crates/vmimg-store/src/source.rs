@@ -67,7 +67,7 @@ impl Source {
         if text.contains('/') {
             return Ok(Source::File(path.to_owned()));
         }
-        Err(Error::UnknownAlias { alias: text.to_owned() })
+        Err(Error::UnknownAlias { alias: text.to_owned(), suggestion: catalog.closest_alias(text) })
     }
 }
 
@@ -289,7 +289,10 @@ impl Resolver<'_> {
                         "{alias} is a catalog alias: its digest comes from the catalog"
                     )));
                 }
-                let entry = self.catalog.get(alias).ok_or_else(|| Error::UnknownAlias { alias: alias.clone() })?;
+                let entry = self.catalog.get(alias).ok_or_else(|| Error::UnknownAlias {
+                    alias: alias.clone(),
+                    suggestion: self.catalog.closest_alias(alias),
+                })?;
                 self.alias(alias, entry)
             }
             Source::File(path) => file(path, digest),

@@ -26,7 +26,10 @@ pub fn list(store: &Store, json: bool) -> Result<()> {
 
 pub fn show(store: &Store, alias: &str) -> Result<()> {
     let Some(entry) = store.catalog().get(alias) else {
-        bail!(vmimg_store::Error::UnknownAlias { alias: alias.to_owned() });
+        bail!(vmimg_store::Error::UnknownAlias {
+            alias: alias.to_owned(),
+            suggestion: store.catalog().closest_alias(alias)
+        });
     };
     println!("{}", serde_json::to_string_pretty(entry)?);
     Ok(())

@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vmimg_disk::{ConvertOptions, Format};
-use vmimg_store::{ErrorKind, Source};
+use vmimg_store::{ErrorKind, InstanceRequest, Source};
 
 /// Get VM disk images onto the host, verified, converted and ready to boot.
 #[derive(Parser)]
@@ -147,6 +147,9 @@ enum Command {
         /// Parts hashed and uploaded at once.
         #[arg(long, default_value_t = 4)]
         jobs: usize,
+        /// Print what was pushed as JSON (reference, digest, parts, sent).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         download: DownloadArgs,
         #[command(flatten)]
@@ -192,6 +195,9 @@ enum Command {
         /// List what would be removed and the bytes freed; remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Writable disks made from store images, one per VM.
     #[command(subcommand)]
@@ -373,6 +379,9 @@ enum InstanceCommand {
         /// qcow2 (an overlay backed by the image) or raw (a copy).
         #[arg(long, default_value = "qcow2", value_parser = ["qcow2", "raw"])]
         format: String,
+        /// Print the instance as JSON instead of its disk's path.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         get: GetArgs,
     },
@@ -589,6 +598,7 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
         E::InUse { .. } => Some("`vmimg rm --force` removes them with it"),
         E::NoArch { .. } | E::NoHostArch { .. } => Some("choose one with --arch"),
         E::UnknownAlias { .. } => Some("`vmimg catalog list` shows the aliases"),
+        E::UnknownImage { .. } => Some("`vmimg images` lists them"),
         E::Exists { .. } => Some("`vmimg rm NAME` removes it; --name gives another"),
         E::DigestMismatch { .. } => Some("`vmimg catalog refresh FILE` moves a catalog to its publisher's newest"),
         E::NotADisk { .. } => Some("`vmimg build --format ext4` makes a disk"),
@@ -637,14 +647,14 @@ fn run(cli: Cli) -> Result<()> {
             };
             runtime()?.block_on(oci::cat(&cli.open(opening)?, source, cli.quiet))
         }
-        Command::Push { image, target, part_size, format, jobs, download, registry } => {
+        Command::Push { image, target, part_size, format, jobs, json, download, registry } => {
             let format = match format.as_str() {
                 "raw" => vmimg_oci::artifact::DiskFormat::Raw,
                 _ => vmimg_oci::artifact::DiskFormat::Qcow2,
             };
             let options = vmimg_store::PushOptions { format, part_size: *part_size, jobs: *jobs };
             let opening = Opening { download: Some(download), registry: Some(registry), ..plain };
-            runtime()?.block_on(oci::push(&cli.open(opening)?, image, target, options, cli.quiet))
+            runtime()?.block_on(oci::push(&cli.open(opening)?, image, target, options, *json, cli.quiet))
         }
         Command::Images { json } => manage::images(&cli.open(plain)?, *json),
         Command::Rm { image, force } => {
@@ -661,13 +671,14 @@ fn run(cli: Cli) -> Result<()> {
             };
             serve::run(|| cli.open(get.opening()), args)
         }
-        Command::Gc { keep_under, dry_run } => {
-            runtime()?.block_on(manage::gc(&cli.open(plain)?, *keep_under, *dry_run, cli.quiet))
+        Command::Gc { keep_under, dry_run, json } => {
+            runtime()?.block_on(manage::gc(&cli.open(plain)?, *keep_under, *dry_run, *json, cli.quiet))
         }
-        Command::Instance(InstanceCommand::Create { image, name, size, format, get }) => {
+        Command::Instance(InstanceCommand::Create { image, name, size, format, json, get }) => {
             let store = cli.open(get.opening())?;
-            let format = format.parse()?;
-            runtime()?.block_on(manage::create_instance(&store, image, name.clone(), *size, format, cli.quiet))
+            let request =
+                InstanceRequest { image: image.clone(), name: name.clone(), size: *size, format: format.parse()? };
+            runtime()?.block_on(manage::create_instance(&store, request, *json, cli.quiet))
         }
         Command::Bundle(BundleCommand::Export { image, file, level, compress_threads, json }) => {
             let options = vmimg_store::ExportOptions { level: *level, threads: compress_threads.unwrap_or(0) };

@@ -4,7 +4,7 @@ use crate::progress::Report;
 use crate::units::human;
 use anyhow::Result;
 use std::sync::Arc;
-use vmimg_store::{GetOptions, InstanceFormat, InstanceRequest, Store};
+use vmimg_store::{GetOptions, InstanceRequest, Store};
 
 pub fn images(store: &Store, json: bool) -> Result<()> {
     let images = store.images()?;
@@ -12,21 +12,23 @@ pub fn images(store: &Store, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&images)?);
         return Ok(());
     }
+    // Least recently used first: what `gc --keep-under` evicts first.
+    let name = column_width("NAME", images.iter().map(|i| i.record.name.as_str()));
     println!(
-        "{:<48} {:<7} {:>9} {:>9} {:>9}  {:<20} SOURCE",
-        "NAME", "FORMAT", "SIZE", "ON DISK", "INSTANCES", "CREATED"
+        "{:<name$} {:<7} {:>9} {:>9} {:>9}  {:<20} SOURCE",
+        "NAME", "FORMAT", "SIZE", "ON DISK", "INSTANCES", "LAST USED"
     );
     for image in images {
         let r = &image.record;
         let source = r.source.display_name();
         println!(
-            "{:<48} {:<7} {:>9} {:>9} {:>9}  {:<20} {source}",
+            "{:<name$} {:<7} {:>9} {:>9} {:>9}  {:<20} {source}",
             r.name,
             r.format,
             human(r.virtual_size),
             human(image.bytes_on_disk),
             image.instances,
-            r.created_at
+            image.last_used_at
         );
     }
     Ok(())
@@ -63,9 +65,12 @@ pub fn du(store: &Store, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn gc(store: &Store, keep_under: Option<u64>, dry_run: bool, quiet: bool) -> Result<()> {
+pub async fn gc(store: &Store, keep_under: Option<u64>, dry_run: bool, json: bool, quiet: bool) -> Result<()> {
     let report = store.gc(keep_under, dry_run).await?;
-    if quiet {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if quiet || json {
         return Ok(());
     }
     let (verb, freed) = if dry_run { ("would remove", "would free") } else { ("removed", "freed") };
@@ -86,20 +91,19 @@ pub async fn gc(store: &Store, keep_under: Option<u64>, dry_run: bool, quiet: bo
     Ok(())
 }
 
-pub async fn create_instance(
-    store: &Store,
-    image: &str,
-    name: Option<String>,
-    size: Option<u64>,
-    format: InstanceFormat,
-    quiet: bool,
-) -> Result<()> {
-    let report = Arc::new(Report::new(quiet, image));
+/// Makes an instance of `request.image` (an image name or a source, pulled
+/// first if needed).
+pub async fn create_instance(store: &Store, mut request: InstanceRequest, json: bool, quiet: bool) -> Result<()> {
+    let report = Arc::new(Report::new(quiet, &request.image));
     let options = GetOptions { observer: Some(report.clone()), ..Default::default() };
-    let pulled = store.get(image, &options).await;
+    let pulled = store.get(&request.image, &options).await;
     report.finish();
-    let image = pulled?.record.name;
-    let instance = store.create_instance(&InstanceRequest { image, name, size, format }).await?;
+    request.image = pulled?.record.name;
+    let instance = store.create_instance(&request).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&instance)?);
+        return Ok(());
+    }
     if !quiet {
         eprintln!(
             "instance {} of {} ({})",
@@ -118,11 +122,12 @@ pub fn list_instances(store: &Store, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&instances)?);
         return Ok(());
     }
-    println!("{:<24} {:<6} {:>9}  {:<20} IMAGE", "NAME", "FORMAT", "SIZE", "CREATED");
+    let name = column_width("NAME", instances.iter().map(|i| i.record.name.as_str()));
+    println!("{:<name$} {:<6} {:>9}  {:<20} IMAGE", "NAME", "FORMAT", "SIZE", "CREATED");
     for i in instances {
         let r = &i.record;
         println!(
-            "{:<24} {:<6} {:>9}  {:<20} {}",
+            "{:<name$} {:<6} {:>9}  {:<20} {}",
             r.name,
             r.format.name(),
             human(r.virtual_size),
@@ -131,4 +136,9 @@ pub fn list_instances(store: &Store, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The width of a column headed `title` that holds `cells`.
+fn column_width<'a>(title: &str, cells: impl Iterator<Item = &'a str>) -> usize {
+    cells.map(str::len).chain([title.len()]).max().unwrap_or(0)
 }

@@ -42,7 +42,14 @@ pub async fn cat(store: &Store, source: &str, quiet: bool) -> Result<()> {
 }
 
 /// Pushes a store image and prints the pushed reference, pinned to its digest.
-pub async fn push(store: &Store, image: &str, target: &str, options: PushOptions, quiet: bool) -> Result<()> {
+pub async fn push(
+    store: &Store,
+    image: &str,
+    target: &str,
+    options: PushOptions,
+    json: bool,
+    quiet: bool,
+) -> Result<()> {
     let reference = required_reference(target)?;
     let record = store.find(image).await?;
     let key = record.name.clone();
@@ -58,6 +65,14 @@ pub async fn push(store: &Store, image: &str, target: &str, options: PushOptions
             pushed.parts - pushed.sent
         );
     }
-    println!("oci://{}", reference.at_digest(pushed.digest));
+    let pinned = format!("oci://{}", reference.at_digest(pushed.digest.clone()));
+    if json {
+        let pushed = serde_json::json!({
+            "image": key, "reference": pinned, "digest": pushed.digest, "parts": pushed.parts, "sent": pushed.sent,
+        });
+        println!("{}", serde_json::to_string_pretty(&pushed)?);
+    } else {
+        println!("{pinned}");
+    }
     Ok(())
 }

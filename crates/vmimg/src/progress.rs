@@ -19,6 +19,9 @@ pub struct Report {
 
 const SPINNER: &str = "{spinner} {msg} {bytes} {elapsed}";
 const BAR: &str = "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}";
+/// For a terminal that does not say how wide it is (a bare pseudo-terminal),
+/// where a wide bar would shrink to nothing.
+const FIXED_BAR: &str = "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}";
 
 impl Report {
     /// Labelled `label` (the source as the user wrote it).
@@ -44,7 +47,8 @@ impl Progress for Report {
     fn started(&self, offset: u64, total: Option<u64>) {
         if let Some(bar) = &self.bar {
             if let Some(total) = total {
-                bar.set_style(ProgressStyle::with_template(BAR).expect("a valid template"));
+                let template = if stderr_width().is_some() { BAR } else { FIXED_BAR };
+                bar.set_style(ProgressStyle::with_template(template).expect("a valid template"));
                 bar.set_length(total);
             }
             bar.set_position(offset);
@@ -85,4 +89,9 @@ impl Observer for Report {
             None => {}
         }
     }
+}
+
+/// The width stderr's terminal reports, if it reports one.
+fn stderr_width() -> Option<u16> {
+    rustix::termios::tcgetwinsize(std::io::stderr()).ok().map(|size| size.ws_col).filter(|&columns| columns > 0)
 }

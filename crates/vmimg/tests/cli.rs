@@ -384,3 +384,61 @@ fn completions_and_man_pages_come_from_the_commands() {
     let pull = fs::read_to_string(dir.path().join("vmimg-pull.1")).unwrap();
     assert!(pull.contains("retries") && pull.contains("mirror"), "the pull page documents its options");
 }
+
+#[test]
+fn names_are_suggested_and_images_found_by_an_unambiguous_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let in_store = |args: &[&str]| vmimg(&[&["--store", store.to_str().unwrap()], args].concat());
+    let typo = in_store(&["pull", "debian12"]);
+    assert_eq!(typo.status.code(), Some(3), "{}", stderr(&typo));
+    assert!(stderr(&typo).contains("did you mean debian-12?"), "{}", stderr(&typo));
+
+    let mut keys = Vec::new();
+    for name in ["a.qcow2", "b.qcow2"] {
+        let disk = dir.path().join(name);
+        qemu_img(&["create", "-f", "qcow2", disk.to_str().unwrap(), "1M"]);
+        let pulled = in_store(&["pull", disk.to_str().unwrap()]);
+        assert!(pulled.status.success(), "{}", stderr(&pulled));
+        let path = String::from_utf8(pulled.stdout).unwrap();
+        keys.push(Path::new(path.trim()).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned());
+    }
+    // "file-" starts both: refused with both named, nothing removed.
+    let ambiguous = in_store(&["rm", "file-"]);
+    assert_eq!(ambiguous.status.code(), Some(2), "{}", stderr(&ambiguous));
+    assert!(stderr(&ambiguous).contains(&keys[0]) && stderr(&ambiguous).contains(&keys[1]), "{}", stderr(&ambiguous));
+    // A key with one character changed: not found, and the real one suggested.
+    let mut typo = keys[0].clone();
+    typo.replace_range(6..7, if &keys[0][6..7] == "0" { "1" } else { "0" });
+    let missing = in_store(&["rm", &typo]);
+    assert_eq!(missing.status.code(), Some(3), "{}", stderr(&missing));
+    assert!(stderr(&missing).contains(&format!("did you mean {}?", keys[0])), "{}", stderr(&missing));
+    // The start of one key names that image.
+    let removed = in_store(&["rm", &keys[0][..12]]);
+    assert!(removed.status.success(), "{}", stderr(&removed));
+    assert!(stderr(&removed).contains(&format!("removed image {}", keys[0])), "{}", stderr(&removed));
+    let listed = String::from_utf8(in_store(&["images"]).stdout).unwrap();
+    assert!(!listed.contains(&keys[0]) && listed.contains(&keys[1]) && listed.contains("LAST USED"), "{listed}");
+}
+
+#[test]
+fn json_output_from_gc_and_instance_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let in_store = |args: &[&str]| vmimg(&[&["--store", store.to_str().unwrap()], args].concat());
+    let disk = dir.path().join("a.qcow2");
+    qemu_img(&["create", "-f", "qcow2", disk.to_str().unwrap(), "1M"]);
+    assert!(in_store(&["pull", disk.to_str().unwrap()]).status.success());
+    let created = in_store(&["instance", "create", disk.to_str().unwrap(), "--name", "vm1", "--json"]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let instance: Value = serde_json::from_slice(&created.stdout).unwrap();
+    assert_eq!(instance["name"], "vm1");
+    assert_eq!(instance["format"], "qcow2");
+    assert!(Path::new(instance["path"].as_str().unwrap()).is_file(), "{instance}");
+    let gc = in_store(&["gc", "--dry-run", "--json"]);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    let report: Value = serde_json::from_slice(&gc.stdout).unwrap();
+    assert_eq!(report["dry_run"], true);
+    assert!(report["bytes_freed"].is_u64() && report["images"].is_array(), "{report}");
+    assert!(stderr(&gc).is_empty(), "--json says it all on stdout: {}", stderr(&gc));
+}

@@ -217,6 +217,22 @@ fn a_terminal_gets_a_progress_bar() {
     let screen = text(&out.stdout);
     assert!(out.status.success(), "{screen}");
     assert!(screen.contains("ETA") && screen.contains("MiB"), "no bar: {screen}");
+    // script's terminal has no width: the bar keeps a fixed one rather than shrinking to nothing.
+    assert!(screen.contains("] ") && screen.contains(" ["), "no fixed-width bar: {screen}");
+
+    // stdout captured by the shell, stderr still the terminal: the bar is drawn, the path captured.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    server.add("/other.qcow2", image(&other).0);
+    let captured = format!(
+        "D=$({} --store {} pull {}); echo \"path=$D\"",
+        env!("CARGO_BIN_EXE_vmimg"),
+        dir.path().join("store").display(),
+        server.url("/other.qcow2")
+    );
+    let out = Command::new("script").args(["-qec", &captured, "/dev/null"]).output().unwrap();
+    let screen = text(&out.stdout);
+    assert!(screen.contains("ETA") && screen.contains("path=/"), "{screen}");
 }
 
 #[test]
