@@ -29,16 +29,19 @@
 //! Connection errors, timeouts (including a body that stalls for
 //! `read_timeout`), cut bodies, bodies slower than `min_speed` over
 //! `speed_window` (the `speed` module), 408, 429 (honouring Retry-After)
-//! and 5xx are retried with exponential backoff and jitter from `backon`;
-//! an attempt that made progress resets the budget, unless it was cut for
-//! slowness. Other answers fail at once. Why not `reqwest-retry`: it cannot
-//! retry a streaming body and never resumes one.
+//! and 5xx are retried with exponential backoff and jitter from `backon`,
+//! each retry told to the [`Progress`] (the `retry` module); an attempt
+//! that made progress resets the budget, unless it was cut for slowness. A
+//! host name that does not resolve is tried once more only. Other answers
+//! fail at once. Why not `reqwest-retry`: it cannot retry a streaming body
+//! and never resumes one.
 //!
 //! This module does not decide whether the digest is right: the caller
 //! compares [`Fetched::digest`] with what it expected, and owns the partial.
 
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::{Error, Result};
+use crate::retry::Retries;
 use crate::speed::PacedBody;
 use backon::BackoffBuilder;
 use reqwest::StatusCode;
@@ -105,8 +108,11 @@ pub trait Progress: Send + Sync {
     fn started(&self, _offset: u64, _total: Option<u64>) {}
     /// The first `written` bytes of the partial file are final.
     fn advanced(&self, _written: u64) {}
-    /// An attempt failed; the next starts after `delay`.
-    fn retrying(&self, _error: &Error, _delay: Duration) {}
+    /// An attempt failed with `error`; the next starts after `delay`. Every
+    /// retry loop of vmimg's transports tells this, so `error` is a
+    /// transport's: this crate's [`Error`], or a registry client's (downcast
+    /// to look closer).
+    fn retrying(&self, _error: &(dyn std::error::Error + 'static), _delay: Duration) {}
 }
 
 /// Progress that nobody watches.
@@ -140,16 +146,7 @@ const WRITE_BLOCK: usize = 1 << 20;
 
 impl Fetcher {
     pub fn new(options: FetchOptions) -> Result<Fetcher> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("vmimg/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(options.connect_timeout)
-            .read_timeout(options.read_timeout)
-            .build()
-            .map_err(|e| Error::Transfer {
-                url: String::new(),
-                message: format!("cannot start an HTTP client: {e}"),
-            })?;
-        Ok(Fetcher { client, options })
+        Ok(Fetcher { client: crate::dns::http_client(&options)?, options })
     }
 
     /// Downloads `url` into `partial`, resuming what an earlier attempt left
@@ -178,10 +175,8 @@ impl Fetcher {
         let max_size = request.size.unwrap_or(self.options.max_size).min(self.options.max_size);
         let mut transfer = Transfer::resume(url, algorithm, partial, progress, max_size).await?;
         transfer.headers = request.headers.clone();
-        let mut delays = self.backoff();
-        let mut attempts = 0;
+        let mut retries = Retries::new(&self.options, progress);
         loop {
-            attempts += 1;
             let before = transfer.written;
             let error = match transfer.attempt(self).await {
                 Ok(()) => break,
@@ -190,36 +185,30 @@ impl Fetcher {
             };
             // A body cut for slowness brought too little to count.
             if transfer.written > before && !matches!(error, Error::TooSlow { .. }) {
-                (delays, attempts) = (self.backoff(), 1);
+                retries.progressed();
             }
-            let Some(delay) = delays.next() else {
-                return Err(Error::GaveUp { attempts, last: Box::new(error) });
-            };
-            let delay = self.honour_retry_after(&error, delay);
-            progress.retrying(&error, delay);
-            tokio::time::sleep(delay).await;
+            if !retries.wait(&error).await {
+                return Err(Error::GaveUp { attempts: retries.attempts(), last: Box::new(error) });
+            }
         }
         transfer.on_file("cannot flush", |file| file.sync_all()).await?;
         Ok(Fetched { digest: transfer.hasher.finish(), size: transfer.written })
     }
 
     /// A small document (a checksum list, a directory index), at most `limit`
-    /// bytes, with the same retries.
-    pub async fn get_text(&self, url: &str, limit: usize) -> Result<String> {
+    /// bytes, with the same retries, told to `progress`.
+    pub async fn get_text(&self, url: &str, limit: usize, progress: &dyn Progress) -> Result<String> {
         check_url(url)?;
-        let mut delays = self.backoff();
-        let mut attempts = 0;
+        let mut retries = Retries::new(&self.options, progress);
         loop {
-            attempts += 1;
             let error = match self.get_text_once(url, limit).await {
                 Ok(text) => return Ok(text),
                 Err(e) if e.is_transient() => e,
                 Err(e) => return Err(e),
             };
-            let Some(delay) = delays.next() else {
-                return Err(Error::GaveUp { attempts, last: Box::new(error) });
-            };
-            tokio::time::sleep(self.honour_retry_after(&error, delay)).await;
+            if !retries.wait(&error).await {
+                return Err(Error::GaveUp { attempts: retries.attempts(), last: Box::new(error) });
+            }
         }
     }
 
@@ -237,19 +226,6 @@ impl Fetcher {
             }
         }
         String::from_utf8(body).map_err(|_| Error::Transfer { url: url.to_owned(), message: "not UTF-8 text".into() })
-    }
-
-    fn backoff(&self) -> backon::ExponentialBackoff {
-        self.options.backoff()
-    }
-
-    fn honour_retry_after(&self, error: &Error, delay: Duration) -> Duration {
-        match error {
-            Error::Status { retry_after: Some(secs), .. } => {
-                delay.max(Duration::from_secs(*secs)).min(self.options.max_delay)
-            }
-            _ => delay,
-        }
     }
 }
 

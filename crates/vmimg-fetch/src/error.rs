@@ -14,6 +14,13 @@ pub enum Error {
     Status { url: String, status: u16, retry_after: Option<u64> },
     #[error("GET {url}: {message}")]
     Transfer { url: String, message: String },
+    /// The URL's host name did not resolve: no network, no DNS, or no such
+    /// host. Tried once more only (see [`Retries`](crate::Retries)).
+    #[error(
+        "GET {url}: cannot resolve {host}: {reason} (no network, no DNS, or no such host); fetch it from a mirror \
+         you can reach, or use a local copy"
+    )]
+    Unresolved { url: String, host: String, reason: String },
     #[error("GET {url}: the body is larger than the limit of {limit} bytes")]
     TooLarge { url: String, limit: u64 },
     #[error(
@@ -32,7 +39,10 @@ impl Error {
     }
 
     pub(crate) fn transfer(url: &str, error: reqwest::Error) -> Error {
-        // reqwest's Display hides the cause (timeout, reset, DNS): append it.
+        if let Some(failed) = crate::dns::unresolved(&error) {
+            return Error::Unresolved { url: url.to_owned(), host: failed.host.clone(), reason: failed.reason.clone() };
+        }
+        // reqwest's Display hides the cause (timeout, reset): append it.
         let error = error.without_url();
         let mut message = error.to_string();
         let mut cause = std::error::Error::source(&error);
@@ -43,13 +53,37 @@ impl Error {
         Error::Transfer { url: url.to_owned(), message }
     }
 
-    /// Whether trying again may succeed: connection trouble, timeouts, cut
-    /// bodies (also for slowness), 408, 429 and 5xx answers.
+    /// Whether trying again may succeed: connection trouble (a name that
+    /// did not resolve too, once), timeouts, cut bodies (also for
+    /// slowness), 408, 429 and 5xx answers.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Transfer { .. } | Error::TooSlow { .. } => true,
+            Error::Transfer { .. } | Error::TooSlow { .. } | Error::Unresolved { .. } => true,
             Error::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
             _ => false,
+        }
+    }
+
+    /// The host whose name did not resolve, if that is why this failed
+    /// (also when it gave up after retrying).
+    pub fn unresolved_host(&self) -> Option<&str> {
+        match self {
+            Error::Unresolved { host, .. } => Some(host),
+            Error::GaveUp { last, .. } => last.unresolved_host(),
+            _ => None,
+        }
+    }
+}
+
+impl crate::Retryable for Error {
+    fn unresolved_host(&self) -> Option<&str> {
+        Error::unresolved_host(self)
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Status { retry_after: Some(secs), .. } => Some(std::time::Duration::from_secs(*secs)),
+            _ => None,
         }
     }
 }

@@ -5,17 +5,26 @@
 //! - [`Fetcher`]: HTTP(S) downloads into a partial file with the digest
 //!   computed on the way, resumed with `Range`/`If-Range` after a cut,
 //!   retried with backoff, cut when slower than a floor, reported through
-//!   [`Progress`].
+//!   [`Progress`];
+//! - [`Retries`]: the retry budget every transport's loop spends, which
+//!   tells each retry to a [`Progress`] and gives a host name that does not
+//!   resolve one retry only;
+//! - [`http_client`]: an HTTP client as the transports use one, whose
+//!   failures to resolve a name are found by [`unresolved`].
 //!
 //! This crate knows nothing of images or of the store: it moves bytes and
 //! says what their digest was.
 
 mod digest;
+mod dns;
 mod download;
 mod error;
+mod retry;
 mod speed;
 
 pub use digest::{Algorithm, Digest, DigestParseError, Hasher, digest_reader};
+pub use dns::{ResolveFailed, SystemResolver, http_client, unresolved};
 pub use download::{FetchOptions, Fetched, Fetcher, NoProgress, Progress, Request, meta_path, remove_partial};
 pub use error::{Error, Result};
 pub use reqwest::header::{HeaderMap, HeaderValue};
+pub use retry::{Retries, Retryable};

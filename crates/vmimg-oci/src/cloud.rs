@@ -5,6 +5,7 @@
 //! longer than its descriptor says is cut off at once, a shorter one or a
 //! wrong digest is an error naming the part. A part cut midway is asked for
 //! again from where it stopped (`Range`), with backoff, as a pull would be.
+//! Every call that retries takes the `Progress` that hears each retry.
 
 use crate::artifact::{self, ArtifactError, CloudImage, DiskFormat};
 use crate::container::{self, ContainerImage, MAX_CONFIG_BYTES, RunConfig};
@@ -17,7 +18,7 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use vmimg_fetch::{Digest, Hasher};
+use vmimg_fetch::{Digest, Hasher, Progress, Retries};
 
 /// What an OCI reference names.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,12 +57,18 @@ where
 impl Registry {
     /// The image `reference` names (through an index, the entry for
     /// linux/`architecture`), and the reference pinned to its manifest's
-    /// digest: a cloud image, or else a container image.
-    pub async fn image(&self, reference: &Reference, architecture: &str) -> Result<(Pinned, OciImage)> {
-        let manifest = self.retry(|| self.manifest(reference)).await?;
+    /// digest: a cloud image, or else a container image. `progress` hears
+    /// every retry.
+    pub async fn image(
+        &self,
+        reference: &Reference,
+        architecture: &str,
+        progress: &dyn Progress,
+    ) -> Result<(Pinned, OciImage)> {
+        let manifest = self.retry(progress, || self.manifest(reference)).await?;
         let child = |digest: Digest| async move {
             let at = reference.at_digest(digest);
-            self.retry(|| self.manifest(&at)).await
+            self.retry(progress, || self.manifest(&at)).await
         };
         let (digest, image) = classify(manifest, &reference.to_string(), architecture, child).await?;
         Ok((Pinned::new(reference, digest), image))
@@ -69,28 +76,41 @@ impl Registry {
 
     /// The cloud image `reference` names, and the reference pinned to its
     /// manifest's digest; a container image is an error.
-    pub async fn cloud_image(&self, reference: &Reference, architecture: &str) -> Result<(Pinned, CloudImage)> {
-        match self.image(reference, architecture).await? {
+    pub async fn cloud_image(
+        &self,
+        reference: &Reference,
+        architecture: &str,
+        progress: &dyn Progress,
+    ) -> Result<(Pinned, CloudImage)> {
+        match self.image(reference, architecture, progress).await? {
             (pinned, OciImage::Cloud(image)) => Ok((pinned, image)),
             (_, OciImage::Container(_)) => Err(ArtifactError::ContainerImage(reference.to_string()).into()),
         }
     }
 
     /// A container image's run settings, from its config blob (bounded and checked).
-    pub async fn run_config(&self, reference: &Reference, image: &ContainerImage) -> Result<RunConfig> {
+    pub async fn run_config(
+        &self,
+        reference: &Reference,
+        image: &ContainerImage,
+        progress: &dyn Progress,
+    ) -> Result<RunConfig> {
         let config = &image.config;
-        let bytes = self.retry(|| self.small_blob(reference, &config.digest, config.size, MAX_CONFIG_BYTES)).await?;
+        let small_blob = || self.small_blob(reference, &config.digest, config.size, MAX_CONFIG_BYTES);
+        let bytes = self.retry(progress, small_blob).await?;
         Ok(container::parse_config(&bytes)?)
     }
 
     /// Writes the disk (its parts in order) to `out`; returns its size.
+    /// `progress` hears every retry.
     pub async fn stream_disk(
         &self,
         reference: &Reference,
         image: &CloudImage,
         out: &mut (dyn AsyncWrite + Unpin + Send),
+        progress: &dyn Progress,
     ) -> Result<u64> {
-        self.stream_disk_range(reference, image, 0..image.size(), out).await?;
+        self.stream_disk_range(reference, image, 0..image.size(), out, progress).await?;
         Ok(image.size())
     }
 
@@ -104,6 +124,7 @@ impl Registry {
         image: &CloudImage,
         range: Range<u64>,
         out: &mut (dyn AsyncWrite + Unpin + Send),
+        progress: &dyn Progress,
     ) -> Result<()> {
         if range.start > range.end || range.end > image.size() {
             return Err(Error::Output(format!(
@@ -119,7 +140,7 @@ impl Registry {
             if part_start < range.end && range.start < part_end {
                 let window = range.start.saturating_sub(part_start)..(range.end.min(part_end) - part_start);
                 let mut windowed = Window { inner: &mut *out, at: 0, window };
-                self.stream_blob(reference, &part.digest, part.size, &mut windowed).await?;
+                self.stream_blob(reference, &part.digest, part.size, &mut windowed, progress).await?;
             }
             part_start = part_end;
         }
@@ -135,10 +156,11 @@ impl Registry {
         digest: &Digest,
         size: u64,
         out: &mut (dyn AsyncWrite + Unpin + Send),
+        progress: &dyn Progress,
     ) -> Result<()> {
         let mut hasher = Hasher::new(digest.algorithm());
         let mut written = 0u64;
-        let mut delays = self.backoff();
+        let mut retries = Retries::new(&self.options().fetch, progress);
         loop {
             let before = written;
             match self.stream_attempt(reference, digest, size, &mut hasher, &mut written, out).await {
@@ -149,10 +171,11 @@ impl Registry {
                 }
                 Err(e) if e.is_transient() => {
                     if written > before {
-                        delays = self.backoff();
+                        retries.progressed();
                     }
-                    let Some(delay) = delays.next() else { return Err(e) };
-                    tokio::time::sleep(delay).await;
+                    if !retries.wait(&e).await {
+                        return Err(e);
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -180,7 +203,7 @@ impl Registry {
         let url = response.url().to_string();
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| Error::Http { url: url.clone(), message: e.to_string() })?;
+            let chunk = chunk.map_err(|e| Error::http(&url, e))?;
             if *written + chunk.len() as u64 > size {
                 return Err(Error::BlobSize {
                     digest: digest.clone(),
@@ -202,8 +225,15 @@ impl Registry {
     /// of `part_size` bytes, `jobs` parts at a time; blobs the repository
     /// has are not sent again. A part size of 0, one that makes more than
     /// [`MAX_LAYERS`](artifact::MAX_LAYERS) parts (which no reader would
-    /// take), or 0 jobs is refused before anything is read.
-    pub async fn push_disk(&self, reference: &Reference, file: &File, push: &Push) -> Result<Pushed> {
+    /// take), or 0 jobs is refused before anything is read. `progress`
+    /// hears every retry.
+    pub async fn push_disk(
+        &self,
+        reference: &Reference,
+        file: &File,
+        push: &Push,
+        progress: &dyn Progress,
+    ) -> Result<Pushed> {
         let len = file.metadata().map_err(|e| Error::Output(e.to_string()))?.len();
         push.check(len)?;
         let ranges: Vec<(u64, u64)> = (0..len.div_ceil(push.part_size).max(1))
@@ -211,7 +241,7 @@ impl Registry {
             .collect();
         let digests = hash_ranges(file, &ranges, push.jobs).await?;
         let uploads = ranges.iter().zip(&digests).map(|(&(offset, len), digest)| {
-            self.retry(move || async move {
+            self.retry(progress, move || async move {
                 if self.has_blob(reference, digest).await? {
                     return Ok(false);
                 }
@@ -222,7 +252,7 @@ impl Registry {
             futures_util::stream::iter(uploads).buffer_unordered(push.jobs).collect().await;
         let uploaded = results.into_iter().collect::<Result<Vec<bool>>>()?;
         let config = artifact::empty_config();
-        self.retry(|| async {
+        self.retry(progress, || async {
             if !self.has_blob(reference, &config.digest).await? {
                 self.upload_bytes(reference, &config.digest, b"{}").await?;
             }
@@ -232,32 +262,9 @@ impl Registry {
         let parts: Vec<(Digest, u64)> = digests.into_iter().zip(ranges.iter().map(|r| r.1)).collect();
         let manifest = artifact::manifest(push.format, &parts, &push.name, push.annotations.clone());
         let bytes = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
-        let digest = self.retry(|| self.put_manifest(reference, &bytes, artifact::OCI_MANIFEST)).await?;
+        let digest = self.retry(progress, || self.put_manifest(reference, &bytes, artifact::OCI_MANIFEST)).await?;
         let sent = uploaded.iter().filter(|&&u| u).count();
         Ok(Pushed { digest, parts: uploaded.len(), sent })
-    }
-
-    /// Runs `attempt` until it succeeds or fails for good, with backoff
-    /// between transient failures.
-    async fn retry<T, F, Fut>(&self, mut attempt: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T>>,
-    {
-        let mut delays = self.backoff();
-        loop {
-            match attempt().await {
-                Err(e) if e.is_transient() => match delays.next() {
-                    Some(delay) => tokio::time::sleep(delay).await,
-                    None => return Err(e),
-                },
-                outcome => return outcome,
-            }
-        }
-    }
-
-    fn backoff(&self) -> backon::ExponentialBackoff {
-        self.options().fetch.backoff()
     }
 }
 

@@ -19,6 +19,11 @@
 //! - Uploads are monolithic (`POST` then `PUT ?digest=` with the body
 //!   streamed from a file range), after a `HEAD` shows the registry lacks
 //!   the blob; transient failures retry the whole blob.
+//! - Retries: the calls that retry (everything but the single requests
+//!   below, which their callers retry) take a `Progress` that hears every
+//!   retry before its wait, with the error that caused it; backoff and
+//!   budget are `vmimg_fetch::Retries`'s, so a host name that does not
+//!   resolve ([`Error::Unresolved`]) is tried once more only.
 
 use crate::auth::{Challenge, Credentials, DockerConfig};
 use crate::reference::Reference;
@@ -28,7 +33,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use vmimg_fetch::{Algorithm, Digest, FetchOptions, Fetched, Fetcher, Hasher, Progress, Request};
+use vmimg_fetch::{Algorithm, Digest, FetchOptions, Fetched, Fetcher, Hasher, Progress, Request, Retries};
 
 /// A manifest larger than this is refused.
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
@@ -45,6 +50,13 @@ pub const MANIFEST_TYPES: &[&str] = &[
 pub enum Error {
     #[error("{url}: {message}")]
     Http { url: String, message: String },
+    /// The registry's host name (or its token realm's) did not resolve: no
+    /// network, no DNS, or no such host. Tried once more only.
+    #[error(
+        "{url}: cannot resolve {host}: {reason} (no network, no DNS, or no such host); use a registry you can \
+         reach, or a local copy of the image (an OCI layout or archive)"
+    )]
+    Unresolved { url: String, host: String, reason: String },
     #[error("{url}: the registry answered {status}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
     Status { url: String, status: u16, detail: Option<String> },
     #[error(
@@ -82,14 +94,49 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Worth another try: the network failed, or the registry said so
-    /// (408, 429, 5xx).
+    /// A request to `url` that failed: [`Error::Unresolved`] when its host
+    /// name did not resolve, else [`Error::Http`] with every cause.
+    pub(crate) fn http(url: &str, error: reqwest::Error) -> Error {
+        match vmimg_fetch::unresolved(&error) {
+            Some(failed) => {
+                Error::Unresolved { url: url.to_owned(), host: failed.host.clone(), reason: failed.reason.clone() }
+            }
+            // The message names the URL already.
+            None => Error::Http { url: url.to_owned(), message: error_chain(&error.without_url()) },
+        }
+    }
+
+    /// Worth another try: the network failed (a name that did not resolve
+    /// too, once), or the registry said so (408, 429, 5xx).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Http { .. } => true,
+            Error::Http { .. } | Error::Unresolved { .. } => true,
             Error::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
             Error::Fetch(e) => e.is_transient(),
             _ => false,
+        }
+    }
+
+    /// The host whose name did not resolve, if that is why this failed (a
+    /// blob's download included).
+    pub fn unresolved_host(&self) -> Option<&str> {
+        match self {
+            Error::Unresolved { host, .. } => Some(host),
+            Error::Fetch(e) => e.unresolved_host(),
+            _ => None,
+        }
+    }
+}
+
+impl vmimg_fetch::Retryable for Error {
+    fn unresolved_host(&self) -> Option<&str> {
+        Error::unresolved_host(self)
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Fetch(e) => vmimg_fetch::Retryable::retry_after(e),
+            _ => None,
         }
     }
 }
@@ -147,12 +194,7 @@ impl Registry {
             Some(path) => DockerConfig::load(&path).map_err(Error::Config)?,
             None => DockerConfig::default(),
         };
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("vmimg/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(options.fetch.connect_timeout)
-            .read_timeout(options.fetch.read_timeout)
-            .build()
-            .map_err(|e| Error::Http { url: String::new(), message: format!("cannot start an HTTP client: {e}") })?;
+        let http = vmimg_fetch::http_client(&options.fetch)?;
         let fetcher = Fetcher::new(options.fetch.clone())?;
         Ok(Registry { http, fetcher, options, docker, auth: Mutex::default() })
     }
@@ -195,6 +237,7 @@ impl Registry {
 
     /// Downloads blob `digest` of `size` bytes into `partial` (resuming
     /// what is there), hashing it on the way; the caller checks the digest.
+    /// `progress` hears the bytes and every retry.
     pub async fn fetch_blob(
         &self,
         reference: &Reference,
@@ -205,7 +248,7 @@ impl Registry {
     ) -> Result<Fetched> {
         let url = self.url(reference, &format!("blobs/{digest}"));
         let mut headers = HeaderMap::new();
-        if let Some(auth) = self.authorization(reference, Access::Pull).await? {
+        if let Some(auth) = self.retry(progress, || self.authorization(reference, Access::Pull)).await? {
             headers.insert(header::AUTHORIZATION, auth);
         }
         let request = Request { url: &url, headers, size: Some(size) };
@@ -321,6 +364,27 @@ impl Registry {
         Ok(sha256(bytes))
     }
 
+    /// Runs `attempt` until it succeeds or fails for good, with backoff
+    /// between transient failures, each told to `progress`; a name that
+    /// does not resolve is tried once more only (see [`Retries`]).
+    pub(crate) async fn retry<T, F, Fut>(&self, progress: &dyn Progress, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut retries = Retries::new(&self.options.fetch, progress);
+        loop {
+            match attempt().await {
+                Err(e) if e.is_transient() => {
+                    if !retries.wait(&e).await {
+                        return Err(e);
+                    }
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
     /// Sends the request `build` makes with the cached authorization; after
     /// a `401`, authorizes as the challenge asks and sends it once more.
     async fn send(
@@ -353,7 +417,7 @@ impl Registry {
         }
         let request = request.build().map_err(|e| Error::Http { url: String::new(), message: e.to_string() })?;
         let url = request.url().to_string();
-        self.http.execute(request).await.map_err(|e| Error::Http { url, message: error_chain(&e) })
+        self.http.execute(request).await.map_err(|e| Error::http(&url, e))
     }
 
     /// The authorization for a blob download (fetched by another client):
@@ -420,8 +484,7 @@ impl Registry {
         if let Some(c) = credentials {
             request = request.basic_auth(&c.username, Some(&c.password));
         }
-        let response =
-            request.send().await.map_err(|e| Error::Http { url: realm.to_owned(), message: error_chain(&e) })?;
+        let response = request.send().await.map_err(|e| Error::http(realm, e))?;
         match response.status() {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(self.unauthorized(reference)),
@@ -494,7 +557,7 @@ async fn read_bounded(response: reqwest::Response, url: &str, limit: usize, what
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        body.extend_from_slice(&chunk.map_err(|e| Error::Http { url: url.to_owned(), message: error_chain(&e) })?);
+        body.extend_from_slice(&chunk.map_err(|e| Error::http(url, e))?);
         if body.len() > limit {
             return Err(Error::TooLarge { what, url: url.to_owned(), limit });
         }

@@ -29,20 +29,22 @@ impl ImageSource<'_> {
     /// The image and its manifest's digest (through an index, the manifest
     /// for linux/`architecture`): [`Registry::image`] or [`Layout::image`].
     /// A registry's image is then at [`Pinned::new`](crate::Pinned::new)`(reference, digest)`.
-    pub async fn image(&self, architecture: &str) -> Result<(Digest, OciImage)> {
+    /// `progress` hears a registry's retries.
+    pub async fn image(&self, architecture: &str, progress: &dyn Progress) -> Result<(Digest, OciImage)> {
         match self {
             ImageSource::Registry { registry, reference } => {
-                let (pinned, image) = registry.image(reference, architecture).await?;
+                let (pinned, image) = registry.image(reference, architecture, progress).await?;
                 Ok((pinned.digest().clone(), image))
             }
             ImageSource::Layout { layout, reference } => layout.image(reference.tag(), architecture).await,
         }
     }
 
-    /// A container image's run settings, from its config blob.
-    pub async fn run_config(&self, image: &ContainerImage) -> Result<RunConfig> {
+    /// A container image's run settings, from its config blob; `progress`
+    /// hears a registry's retries.
+    pub async fn run_config(&self, image: &ContainerImage, progress: &dyn Progress) -> Result<RunConfig> {
         match self {
-            ImageSource::Registry { registry, reference } => registry.run_config(reference, image).await,
+            ImageSource::Registry { registry, reference } => registry.run_config(reference, image, progress).await,
             ImageSource::Layout { layout, .. } => layout.run_config(image).await,
         }
     }

@@ -2,7 +2,7 @@
 //! manifests, manifests that are not what their digest says, blobs longer
 //! or shorter than their descriptors.
 
-use vmimg_fetch::{Algorithm, Digest, Hasher};
+use vmimg_fetch::{Algorithm, Digest, Hasher, NoProgress};
 use vmimg_oci::artifact;
 use vmimg_oci::{Error, Reference, Registry, RegistryOptions};
 use vmimg_testserver::TestServer;
@@ -72,9 +72,9 @@ fn blobs_longer_or_shorter_or_other_than_described_are_refused() {
         let reference = Reference::parse(&format!("{host}/x:{tag}")).unwrap();
         let registry = registry();
         let result = runtime().block_on(async {
-            let (pinned, image) = registry.cloud_image(&reference, "amd64").await?;
+            let (pinned, image) = registry.cloud_image(&reference, "amd64", &NoProgress).await?;
             let mut out = Vec::new();
-            registry.stream_disk(pinned.reference(), &image, &mut out).await
+            registry.stream_disk(pinned.reference(), &image, &mut out, &NoProgress).await
         });
         let error = result.unwrap_err().to_string();
         assert!(error.contains(expected), "{tag}: {error}");
@@ -95,9 +95,9 @@ fn a_blob_cut_midway_is_resumed_where_it_stopped() {
     let registry = registry_with_retries(4);
     let out = runtime()
         .block_on(async {
-            let (pinned, image) = registry.cloud_image(&reference, "amd64").await?;
+            let (pinned, image) = registry.cloud_image(&reference, "amd64", &NoProgress).await?;
             let mut out = Vec::new();
-            registry.stream_disk(pinned.reference(), &image, &mut out).await.map(|_| out)
+            registry.stream_disk(pinned.reference(), &image, &mut out, &NoProgress).await.map(|_| out)
         })
         .unwrap();
     assert!(out == disk);
@@ -147,9 +147,9 @@ fn container_configs_that_lie_or_are_huge_are_refused() {
         let reference = Reference::parse(&format!("{host}/c:{tag}")).unwrap();
         let outcome = runtime().block_on(async {
             let registry = registry();
-            let (pinned, image) = registry.image(&reference, "amd64").await?;
+            let (pinned, image) = registry.image(&reference, "amd64", &NoProgress).await?;
             let vmimg_oci::OciImage::Container(image) = image else { panic!("{tag}: not a container image") };
-            registry.run_config(pinned.reference(), &image).await
+            registry.run_config(pinned.reference(), &image, &NoProgress).await
         });
         match expected {
             None => assert_eq!(outcome.unwrap().cmd, ["/bin/sh"]),
@@ -183,7 +183,7 @@ fn pushes_and_uploads_that_cannot_work_are_refused_before_any_request() {
         (push(4096, 0), "job count", "0"),
     ];
     for (push, expected, reason) in cases {
-        let error = runtime().block_on(registry.push_disk(&reference, &file, &push)).unwrap_err();
+        let error = runtime().block_on(registry.push_disk(&reference, &file, &push, &NoProgress)).unwrap_err();
         assert!(matches!(&error, Error::InvalidInput { what, .. } if *what == expected), "{error}");
         assert!(error.to_string().contains(reason), "{error}");
     }

@@ -46,7 +46,8 @@ pub async fn download(
     headers: HeaderMap,
 ) -> Answer<Response> {
     let reference = Reference::parse(&reference).map_err(|e| Problem::bad_request(e.to_string()))?;
-    let (pinned, image) = app.store.registry()?.cloud_image(&reference, app.store.arch().name()).await?;
+    let retries = LogRetries(reference.to_string());
+    let (pinned, image) = app.store.registry()?.cloud_image(&reference, app.store.arch().name(), &retries).await?;
     let len = image.size();
     let etag = format!("\"{}\"", pinned.digest());
     let (mut response, range) = ranges::answer(&method, &headers, len, &etag);
@@ -73,7 +74,9 @@ fn stream(
         let mut out = HeldBack { sender: PollSender::new(sender.clone()), held: None };
         let streamed = match app.store.registry() {
             Ok(registry) => {
-                registry.stream_disk_range(&reference, &image, range, &mut out).await.map_err(|e| e.to_string())
+                let retries = LogRetries(reference.to_string());
+                let streamed = registry.stream_disk_range(&reference, &image, range, &mut out, &retries).await;
+                streamed.map_err(|e| e.to_string())
             }
             Err(e) => Err(e.to_string()),
         };
@@ -122,4 +125,14 @@ impl AsyncWrite for HeldBack {
 /// The client went away: the stream stops.
 fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "the client went away")
+}
+
+/// Logs the registry's retries for a `/dl/` of the reference it holds: its
+/// client sees only a slow answer.
+struct LogRetries(String);
+
+impl vmimg_fetch::Progress for LogRetries {
+    fn retrying(&self, error: &(dyn std::error::Error + 'static), delay: std::time::Duration) {
+        tracing::warn!(reference = %self.0, %error, ?delay, "retrying a registry request");
+    }
 }

@@ -89,6 +89,10 @@ impl vmimg_fetch::Progress for JobObserver {
     fn advanced(&self, written: u64) {
         self.0.update(|s| s.bytes_done = written);
     }
+
+    fn retrying(&self, error: &(dyn std::error::Error + 'static), delay: std::time::Duration) {
+        tracing::warn!(source = %self.0.source, %error, ?delay, "retrying");
+    }
 }
 
 impl Observer for JobObserver {

@@ -261,8 +261,8 @@ impl Manager {
     }
 
     /// [`Manager::create`], with `observer` hearing the build's progress as
-    /// it happens (layer bytes as they arrive, the start of the
-    /// conversion). It is called from the build's task, as part of the
+    /// it happens (layer bytes as they arrive, the registry's retries, the
+    /// start of the conversion). It is called from the build's task, as part of the
     /// build: a panic in it fails the build. A build already under way in
     /// this process gets `observer` too; one another process runs is
     /// followed through its record, and `observer` hears nothing of it.
@@ -527,7 +527,8 @@ impl Inner {
         self.update(&id, |b| b.status = BuildStatus::Pulling);
         let build = self.build_of(&id);
         let reference = build.reference.clone();
-        let resolved = self.store.resolve_oci_source(&reference.clone().into(), self.store.arch()).await?;
+        let progress = crate::container::BuildProgress(observer.clone());
+        let resolved = self.store.resolve_oci_source(&reference.clone().into(), self.store.arch(), &progress).await?;
         let OciSource::Container { origin, image } = resolved else {
             return Err(Error::Invalid(format!(
                 "{reference} is a cloud image, not a container image: pull it to get its disk"
@@ -730,6 +731,12 @@ impl BuildObserver for Observer {
         self.inner.update(&self.id, |b| b.status = BuildStatus::Converting);
         for observer in self.inner.observers(&self.id) {
             observer.converting();
+        }
+    }
+
+    fn retrying(&self, error: &(dyn std::error::Error + 'static), delay: Duration) {
+        for observer in self.inner.observers(&self.id) {
+            observer.retrying(error, delay);
         }
     }
 

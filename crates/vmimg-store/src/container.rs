@@ -39,7 +39,7 @@ use crate::source::OciOrigin;
 use crate::store::Store;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vmimg_fetch::{Digest, remove_partial};
+use vmimg_fetch::{Digest, Progress, remove_partial};
 use vmimg_oci::container::{Compression, ContainerImage, Layer};
 use vmimg_rootfs::apply::{self, ApplyOptions, LayerSummary, Rootfs};
 
@@ -57,6 +57,19 @@ pub trait BuildObserver: Send + Sync {
     fn converting(&self) {}
     /// `bytes` more layer bytes arrived from the registry.
     fn pulled(&self, _bytes: u64) {}
+    /// A request to the registry (a manifest, the config, a layer) failed
+    /// with `error` and is tried again after `delay`.
+    fn retrying(&self, _error: &(dyn std::error::Error + 'static), _delay: std::time::Duration) {}
+}
+
+/// A build's observer as the [`Progress`] of its requests, which hears
+/// their retries (bytes are counted apart: [`BuildObserver::pulled`]).
+pub(crate) struct BuildProgress(pub(crate) Arc<dyn BuildObserver>);
+
+impl Progress for BuildProgress {
+    fn retrying(&self, error: &(dyn std::error::Error + 'static), delay: std::time::Duration) {
+        self.0.retrying(error, delay);
+    }
 }
 
 impl Store {
@@ -84,7 +97,7 @@ impl Store {
         if let Some(found) = self.found(&key)? {
             return Ok(found);
         }
-        let run = origin.image_source(self)?.run_config(image).await?;
+        let run = origin.image_source(self)?.run_config(image, &BuildProgress(observer.clone())).await?;
         let work = {
             let (store, key, observer) = (self.clone(), key.clone(), observer.clone());
             let held = Held { dir: None, _lock: lock, _lease: lease, _observer: observer };
@@ -177,7 +190,8 @@ impl Store {
             return Ok(relative);
         }
         let partial = self.tmp().join(format!("layer-{}.part", digest.hex()));
-        let progress = crate::metrics::Received::new(None, move |bytes| observer.pulled(bytes));
+        let retries: Arc<dyn Progress> = Arc::new(BuildProgress(observer.clone()));
+        let progress = crate::metrics::Received::new(Some(retries), move |bytes| observer.pulled(bytes));
         let dropped_midway = RemoveOnDrop(Some(partial.clone()));
         let fetched = origin.image_source(self)?.fetch_blob(digest, layer.descriptor.size, &partial, &progress).await;
         dropped_midway.disarm();

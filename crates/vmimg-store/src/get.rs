@@ -19,7 +19,7 @@ use crate::source::{OciOrigin, Resolved, Source};
 use crate::store::Store;
 use crate::suggest::Suggestion;
 use std::sync::Arc;
-use vmimg_fetch::{Digest, Progress};
+use vmimg_fetch::{Digest, NoProgress, Progress};
 
 /// How to get a source.
 #[derive(Clone, Default)]
@@ -42,8 +42,10 @@ pub struct GetOptions {
     pub builds: Option<Manager>,
 }
 
-/// Hears how a [`Store::get`] goes: the bytes downloaded (as a download's
-/// [`Progress`]) and the stages of the work.
+/// Hears how a [`Store::get`] goes: the bytes downloaded and every retry
+/// of the transports (as a download's [`Progress`]: asking a registry what
+/// a reference names, the download, a build's requests), and the stages of
+/// the work.
 pub trait Observer: Progress {
     fn stage(&self, _stage: Stage) {}
 }
@@ -179,7 +181,11 @@ impl Store {
                         "{source} is verified by its manifest: pin it as REF@sha256:… instead of giving a digest"
                     )));
                 }
-                match self.resolve_oci_source(source, arch).await? {
+                let progress: &dyn Progress = match &options.observer {
+                    Some(observer) => observer.as_ref(),
+                    None => &NoProgress,
+                };
+                match self.resolve_oci_source(source, arch, progress).await? {
                     OciSource::Cloud(resolved) => resolved,
                     OciSource::Container { origin, .. } => return Ok(Resolution::Container(origin)),
                 }
@@ -237,7 +243,13 @@ impl Store {
             None => Manager::new(Arc::new(self.clone()), Default::default())?,
         };
         let observer = &options.observer;
-        let build = manager.create(origin.pinned_ref(), format)?;
+        let build = match observer {
+            // Stages and bytes come from the build's record (below); retries only as they happen.
+            Some(observer) => {
+                manager.create_observed(origin.pinned_ref(), format, Arc::new(Retries(observer.clone())))?
+            }
+            None => manager.create(origin.pinned_ref(), format)?,
+        };
         let build = manager
             .follow(&build.id, |build| {
                 if let Some(observer) = &observer {
@@ -256,6 +268,15 @@ impl Store {
                 message: build.error.unwrap_or_else(|| "no error recorded".to_owned()),
             }),
         }
+    }
+}
+
+/// Passes a build's retries on to the observer of a get.
+struct Retries(Arc<dyn Observer>);
+
+impl crate::container::BuildObserver for Retries {
+    fn retrying(&self, error: &(dyn std::error::Error + 'static), delay: std::time::Duration) {
+        self.0.retrying(error, delay);
     }
 }
 

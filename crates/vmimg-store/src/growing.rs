@@ -85,7 +85,7 @@ impl Progress for Watermark {
         }
     }
 
-    fn retrying(&self, error: &vmimg_fetch::Error, delay: Duration) {
+    fn retrying(&self, error: &(dyn std::error::Error + 'static), delay: Duration) {
         if let Some(next) = &self.next {
             next.retrying(error, delay);
         }

@@ -191,7 +191,9 @@ pub(crate) fn of_fetch(error: &FetchError) -> ErrorKind {
         FetchError::Io { source, .. } => of_io(source),
         FetchError::Url { .. } => ErrorKind::InvalidInput,
         FetchError::Status { status, .. } => of_status(*status),
-        FetchError::Transfer { .. } | FetchError::TooSlow { .. } => ErrorKind::Unavailable,
+        FetchError::Transfer { .. } | FetchError::TooSlow { .. } | FetchError::Unresolved { .. } => {
+            ErrorKind::Unavailable
+        }
         FetchError::TooLarge { .. } => ErrorKind::Refused,
         FetchError::GaveUp { last, .. } => of_fetch(last),
     }
@@ -199,7 +201,7 @@ pub(crate) fn of_fetch(error: &FetchError) -> ErrorKind {
 
 pub(crate) fn of_oci(error: &OciError) -> ErrorKind {
     match error {
-        OciError::Http { .. } => ErrorKind::Unavailable,
+        OciError::Http { .. } | OciError::Unresolved { .. } => ErrorKind::Unavailable,
         OciError::Status { status, .. } => of_status(*status),
         OciError::Unauthorized { .. } => ErrorKind::Denied,
         OciError::NotFound { .. } => ErrorKind::NotFound,
@@ -414,6 +416,7 @@ mod tests {
                 (status(416), InvalidInput),
                 (status(304), Unavailable),
                 (FetchError::Transfer { url: url(), message: "reset".into() }, Unavailable),
+                (FetchError::Unresolved { url: url(), host: "h".into(), reason: "no".into() }, Unavailable),
                 (FetchError::TooLarge { url: url(), limit: 1 }, Refused),
                 (too_slow(), Unavailable),
                 (FetchError::GaveUp { attempts: 8, last: Box::new(status(502)) }, Unavailable),
@@ -431,6 +434,7 @@ mod tests {
             of_oci,
             vec![
                 (OciError::Http { url: url(), message: "reset".into() }, Unavailable),
+                (OciError::Unresolved { url: url(), host: "r".into(), reason: "no".into() }, Unavailable),
                 (status(404), NotFound),
                 (status(403), Denied),
                 (status(429), Unavailable),

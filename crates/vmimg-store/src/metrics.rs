@@ -249,7 +249,7 @@ impl<F: Fn(u64) + Send + Sync> Progress for Received<F> {
         }
     }
 
-    fn retrying(&self, error: &vmimg_fetch::Error, delay: std::time::Duration) {
+    fn retrying(&self, error: &(dyn std::error::Error + 'static), delay: std::time::Duration) {
         if let Some(next) = &self.next {
             next.retrying(error, delay);
         }

@@ -29,7 +29,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmimg_disk::{ConvertStats, DiskImage, Format};
-use vmimg_fetch::Progress;
+use vmimg_fetch::{NoProgress, Progress};
 use vmimg_oci::artifact::{CloudImage, DiskFormat};
 use vmimg_oci::container::ContainerImage;
 use vmimg_oci::{ImageSource, Layout, OciImage, Push, Pushed, Reference};
@@ -54,11 +54,12 @@ impl Store {
     /// now (asking the registry what its tag names, reading the layout's
     /// index; through an index, its entry for `arch`): a cloud image,
     /// resolved to the source of a pull keyed by its manifest's digest and
-    /// the architecture; or a container image, to build.
-    pub async fn resolve_oci_source(&self, source: &Source, arch: Arch) -> Result<OciSource> {
+    /// the architecture; or a container image, to build. `progress` hears
+    /// the registry's retries.
+    pub async fn resolve_oci_source(&self, source: &Source, arch: Arch, progress: &dyn Progress) -> Result<OciSource> {
         let (origin, image) = match source {
             Source::Registry(reference) => {
-                let (pinned, image) = self.registry()?.image(reference, arch.name()).await?;
+                let (pinned, image) = self.registry()?.image(reference, arch.name(), progress).await?;
                 (OciOrigin::Registry(pinned), image)
             }
             Source::Layout(reference) => {
@@ -86,7 +87,7 @@ impl Store {
     ) -> Result<Made> {
         let Job { source, work } = job;
         let images = origin.image_source(self)?;
-        let image = &cloud_image(&images, origin, self.arch()).await?;
+        let image = &cloud_image(&images, origin, self.arch(), progress.as_deref().unwrap_or(&NoProgress)).await?;
         let disk = work.join("disk.raw");
         let partials: Vec<_> =
             (0..image.parts.len()).map(|i| self.tmp().join(format!("{}.part{i}", source.key))).collect();
@@ -155,8 +156,14 @@ impl Store {
     /// version. For qcow2 the disk is first written as a zstd-compressed
     /// qcow2 into a work directory under `tmp/` (removed after, or by `gc`
     /// if the push is killed), held under a lock of its own so the image
-    /// stays usable meanwhile.
-    pub async fn push(&self, key: &str, reference: &Reference, options: &PushOptions) -> Result<Pushed> {
+    /// stays usable meanwhile. `progress` hears the registry's retries.
+    pub async fn push(
+        &self,
+        key: &str,
+        reference: &Reference,
+        options: &PushOptions,
+        progress: &dyn Progress,
+    ) -> Result<Pushed> {
         if options.part_size == 0 || options.jobs == 0 {
             return Err(Error::Invalid("a push needs parts of at least one byte and at least one job".into()));
         }
@@ -171,12 +178,12 @@ impl Store {
         let disk_path = self.raw_disk(&record)?;
         if push.format == DiskFormat::Raw {
             let disk = File::open(&disk_path).map_err(Error::io("open", &disk_path))?;
-            return Ok(self.registry()?.push_disk(reference, &disk, push).await?);
+            return Ok(self.registry()?.push_disk(reference, &disk, push, progress).await?);
         }
         let push_key = format!("push-{key}");
         let _lock = self.lock(&push_key).await?;
         let work = self.work_dir(&push_key)?;
-        let pushed = self.push_as_qcow2(disk_path, work.path(), reference, push).await;
+        let pushed = self.push_as_qcow2(disk_path, work.path(), reference, push, progress).await;
         discard(work).await;
         pushed
     }
@@ -189,6 +196,7 @@ impl Store {
         work: &Path,
         reference: &Reference,
         push: &Push,
+        progress: &dyn Progress,
     ) -> Result<Pushed> {
         let qcow2 = work.join("disk.qcow2");
         let options = vmimg_disk::Qcow2ConvertOptions {
@@ -202,7 +210,7 @@ impl Store {
         })
         .await?;
         let file = File::open(&qcow2).map_err(Error::io("open", &qcow2))?;
-        Ok(self.registry()?.push_disk(reference, &file, push).await?)
+        Ok(self.registry()?.push_disk(reference, &file, push, progress).await?)
     }
 
     /// The manifest annotations of a pushed image, as cocoonstack's tools read them.
@@ -264,8 +272,13 @@ async fn fetch_parts(
 }
 
 /// The cloud image `origin` names (still the one its digest says).
-async fn cloud_image(images: &ImageSource<'_>, origin: &OciOrigin, arch: Arch) -> Result<CloudImage> {
-    match images.image(arch.name()).await? {
+async fn cloud_image(
+    images: &ImageSource<'_>,
+    origin: &OciOrigin,
+    arch: Arch,
+    progress: &dyn Progress,
+) -> Result<CloudImage> {
+    match images.image(arch.name(), progress).await? {
         (digest, _) if digest != *origin.digest() => Err(Error::Conflict(format!(
             "{origin}: the image changed (its manifest is now {digest}) while it was being pulled; pull it again"
         ))),
@@ -375,7 +388,7 @@ impl Progress for Tee {
         self.progress.advanced_part(self.index, written);
     }
 
-    fn retrying(&self, error: &vmimg_fetch::Error, delay: std::time::Duration) {
+    fn retrying(&self, error: &(dyn std::error::Error + 'static), delay: std::time::Duration) {
         if let Some(next) = &self.progress.next {
             next.retrying(error, delay);
         }

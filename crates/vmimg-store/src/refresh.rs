@@ -44,7 +44,7 @@ use crate::error::{Error, Result};
 use crate::store::Store;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use vmimg_fetch::{Algorithm, Digest, Fetcher};
+use vmimg_fetch::{Algorithm, Digest, Fetcher, Progress};
 
 /// Listings and checksum files larger than this are refused.
 pub const MAX_UPSTREAM_TEXT: usize = 4 << 20;
@@ -92,8 +92,14 @@ impl Store {
     /// snapshots, and rewrites the file atomically with every alias that
     /// refreshed (an absent file is written once any alias refreshed, even
     /// unchanged). Fails only when `file` cannot be read or written; each
-    /// alias's own failure is in its [`Refreshed`].
-    pub async fn refresh_catalog(&self, file: &Path, aliases: &[String]) -> Result<Vec<Refreshed>> {
+    /// alias's own failure is in its [`Refreshed`]. `progress` hears every
+    /// retry of a request upstream.
+    pub async fn refresh_catalog(
+        &self,
+        file: &Path,
+        aliases: &[String],
+        progress: &dyn Progress,
+    ) -> Result<Vec<Refreshed>> {
         let file = std::path::absolute(file).map_err(Error::io("resolve", file))?;
         let existed = file.try_exists().map_err(Error::io("stat", &file))?;
         let mut catalog = if existed { Catalog::load(&file)? } else { Catalog::embedded() };
@@ -101,7 +107,8 @@ impl Store {
             [] => catalog.entries().map(|(alias, _)| alias.to_owned()).collect(),
             named => named.to_vec(),
         };
-        let mut upstream = Upstream { fetcher: self.fetcher()?, mirrors: self.mirrors(), texts: HashMap::new() };
+        let mut upstream =
+            Upstream { fetcher: self.fetcher()?, mirrors: self.mirrors(), progress, texts: HashMap::new() };
         let mut report = Vec::new();
         let mut changed = false;
         for alias in aliases {
@@ -127,6 +134,8 @@ impl Store {
 struct Upstream<'a> {
     fetcher: &'a Fetcher,
     mirrors: &'a Mirrors,
+    /// Hears every retry.
+    progress: &'a dyn Progress,
     /// By upstream URL.
     texts: HashMap<String, String>,
 }
@@ -223,7 +232,7 @@ impl Upstream<'_> {
     /// The text at upstream `url`, read (through the mirrors) once.
     async fn text(&mut self, url: &str) -> Refreshing<&str> {
         if !self.texts.contains_key(url) {
-            let text = self.fetcher.get_text(&self.mirrors.rewrite(url), MAX_UPSTREAM_TEXT).await?;
+            let text = self.fetcher.get_text(&self.mirrors.rewrite(url), MAX_UPSTREAM_TEXT, self.progress).await?;
             self.texts.insert(url.to_owned(), text);
         }
         Ok(&self.texts[url])

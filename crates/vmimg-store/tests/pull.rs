@@ -465,7 +465,7 @@ async fn a_resume_without_validators_rereads_an_overlap_and_keeps_what_it_proves
 struct Retries(Mutex<Vec<String>>);
 
 impl Progress for Retries {
-    fn retrying(&self, error: &vmimg_fetch::Error, _delay: Duration) {
+    fn retrying(&self, error: &(dyn std::error::Error + 'static), _delay: Duration) {
         self.0.lock().unwrap().push(error.to_string());
     }
 }

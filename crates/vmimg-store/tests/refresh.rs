@@ -191,7 +191,7 @@ fn publish_all(up: &Upstream) {
 fn refresh(store: &Store, file: &Path, aliases: &[&str]) -> BTreeMap<String, Result<Change, RefreshError>> {
     let aliases: Vec<String> = aliases.iter().map(|a| a.to_string()).collect();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let report = runtime.block_on(store.refresh_catalog(file, &aliases)).unwrap();
+    let report = runtime.block_on(store.refresh_catalog(file, &aliases, &vmimg_fetch::NoProgress)).unwrap();
     report.into_iter().map(|r| (r.alias, r.outcome)).collect()
 }
 

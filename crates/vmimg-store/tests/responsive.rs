@@ -234,7 +234,7 @@ fn an_oci_pull_of_raw_parts_leaves_the_async_thread_free() {
     let push = vmimg_store::PushOptions { format: vmimg_oci::artifact::DiskFormat::Raw, part_size: 64 << 20, jobs: 2 };
     set_up(async {
         let key = pull(&pusher, &source).await.record.name;
-        pusher.push(&key, &reference, &push).await.unwrap()
+        pusher.push(&key, &reference, &push, &vmimg_fetch::NoProgress).await.unwrap()
     });
     let store = open_store(&dir.path().join("store"));
     let pulled = measure("an OCI pull of raw parts", async move {

@@ -39,7 +39,8 @@ pub fn show(store: &Store, alias: &str) -> Result<()> {
 /// stdout, one error line per alias that failed, then a failure if any did
 /// (`file` keeps the others' updates).
 pub async fn refresh(store: &Store, file: &Path, aliases: &[String]) -> Result<()> {
-    let report = store.refresh_catalog(file, aliases).await?;
+    // Retries are noted as the errors are: this command prints them even when quiet.
+    let report = store.refresh_catalog(file, aliases, &crate::progress::Notes { quiet: false }).await?;
     let total = report.len();
     let mut failed = Vec::new();
     for refreshed in report {

@@ -594,11 +594,17 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
     if let Some(vmimg_oci::Error::Unauthorized { .. }) = oci {
         return Some("credentials: --username and --password");
     }
+    if oci.and_then(vmimg_oci::Error::unresolved_host).is_some() {
+        return Some("oci:DIR[:NAME] or oci-archive:FILE[:NAME] pulls a local copy");
+    }
     match store? {
         E::InUse { .. } => Some("`vmimg rm --force` removes them with it"),
         E::NoArch { .. } | E::NoHostArch { .. } => Some("choose one with --arch"),
         E::UnknownAlias { .. } => Some("`vmimg catalog list` shows the aliases"),
         E::UnknownImage { .. } => Some("`vmimg images` lists them"),
+        E::Fetch(fetch) if fetch.unresolved_host().is_some() => {
+            Some("--mirror FROM=TO fetches from a host you can reach; ./FILE pulls a local file")
+        }
         E::Exists { .. } => Some("`vmimg rm NAME` removes it; --name gives another"),
         E::DigestMismatch { .. } => Some("`vmimg catalog refresh FILE` moves a catalog to its publisher's newest"),
         E::NotADisk { .. } => Some("`vmimg build --format ext4` makes a disk"),

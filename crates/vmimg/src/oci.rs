@@ -1,6 +1,8 @@
 //! `vmimg cat oci://…` and `vmimg push IMAGE oci://…`; `pull oci://…` goes
-//! through `vmimg pull`.
+//! through `vmimg pull`. Every retry of the registry client is noted on
+//! stderr (unless quiet).
 
+use crate::progress::Notes;
 use crate::units::human;
 use anyhow::{Result, bail};
 use vmimg_oci::Reference;
@@ -26,7 +28,8 @@ pub async fn cat(store: &Store, source: &str, quiet: bool) -> Result<()> {
         bail!("refusing to write a disk image to a terminal: redirect stdout (vmimg cat {source} > disk)");
     }
     let registry = store.registry()?;
-    let (pinned, image) = registry.cloud_image(&reference, store.arch().name()).await?;
+    let notes = Notes { quiet };
+    let (pinned, image) = registry.cloud_image(&reference, store.arch().name(), &notes).await?;
     if !quiet {
         eprintln!(
             "{pinned}: {} disk, {} in {} part{}",
@@ -37,7 +40,7 @@ pub async fn cat(store: &Store, source: &str, quiet: bool) -> Result<()> {
         );
     }
     let mut stdout = tokio::io::stdout();
-    registry.stream_disk(pinned.reference(), &image, &mut stdout).await?;
+    registry.stream_disk(pinned.reference(), &image, &mut stdout, &notes).await?;
     Ok(())
 }
 
@@ -54,7 +57,7 @@ pub async fn push(
     let record = store.find(image).await?;
     let key = record.name.clone();
     let started = std::time::Instant::now();
-    let pushed = store.push(&key, &reference, &options).await?;
+    let pushed = store.push(&key, &reference, &options, &Notes { quiet }).await?;
     if !quiet {
         eprintln!(
             "pushed {key} ({}) to {reference} in {:.1?}: {} parts, {} sent, {} already there",

@@ -1,12 +1,14 @@
 //! What a `get` is doing, on stderr: a bar (bytes, rate, ETA) or a spinner
 //! with the stage while stderr is a terminal; otherwise a line per stage
-//! and retry notes. Nothing when quiet.
+//! and retry notes. Nothing when quiet. Work without a bar (`cat`, `push`,
+//! a catalog refresh) prints the retry notes alone ([`Notes`]): no retry of
+//! any transport waits silently.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Duration;
-use vmimg_fetch::{Error, Progress};
+use vmimg_fetch::Progress;
 use vmimg_store::{Observer, Stage};
 
 /// Reports a download or build to the user.
@@ -61,8 +63,8 @@ impl Progress for Report {
         }
     }
 
-    fn retrying(&self, error: &Error, delay: Duration) {
-        let note = format!("vmimg: retrying in {:.1}s: {error}", delay.as_secs_f64());
+    fn retrying(&self, error: &(dyn std::error::Error + 'static), delay: Duration) {
+        let note = retry_note(error, delay);
         match &self.bar {
             Some(bar) => bar.println(note),
             None if !self.quiet => eprintln!("{note}"),
@@ -94,4 +96,22 @@ impl Observer for Report {
 /// The width stderr's terminal reports, if it reports one.
 fn stderr_width() -> Option<u16> {
     rustix::termios::tcgetwinsize(std::io::stderr()).ok().map(|size| size.ws_col).filter(|&columns| columns > 0)
+}
+
+/// What a retry says: `vmimg: retrying in 2.0s: <why>`.
+fn retry_note(error: &dyn std::error::Error, delay: Duration) -> String {
+    format!("vmimg: retrying in {:.1}s: {error}", delay.as_secs_f64())
+}
+
+/// Retry notes on stderr, and nothing else; nothing when quiet.
+pub struct Notes {
+    pub quiet: bool,
+}
+
+impl Progress for Notes {
+    fn retrying(&self, error: &(dyn std::error::Error + 'static), delay: Duration) {
+        if !self.quiet {
+            eprintln!("{}", retry_note(error, delay));
+        }
+    }
 }
