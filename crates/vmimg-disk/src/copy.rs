@@ -110,10 +110,13 @@ pub fn copy_raw(src: &Path, dst: &Path, options: &CopyOptions) -> Result<CopySta
 
 fn open_raw(path: &Path) -> Result<File> {
     let file = File::open(path).map_err(Error::io("cannot open", path))?;
-    // A disk's own copy may be shorter than a sector: only headers and
-    // files that are no disk are refused.
+    // A copy keeps the bytes it is given, as cp would: a file shorter than
+    // a sector, not a whole number of them, or text is copied; headers and
+    // files that are another format are refused.
     match crate::probe::probe_file(&file).map_err(Error::io("cannot read", path))? {
-        Content::Raw | Content::NotADisk(NotADisk::TooSmall(_)) => Ok(file),
+        Content::Raw | Content::NotADisk(NotADisk::TooSmall(_) | NotADisk::PartialSector(_) | NotADisk::Text) => {
+            Ok(file)
+        }
         Content::Qcow2 => Err(Error::CopyOfQcow2 { path: path.to_owned() }),
         content => Err(Error::Unsupported { path: path.to_owned(), content }),
     }

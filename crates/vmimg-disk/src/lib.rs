@@ -48,8 +48,8 @@ pub use error::{Error, Result};
 pub use image::{DiskImage, Format, Qcow2Source};
 pub use info::{EncryptFacts, FormatSpecific, ImageInfo, Qcow2Facts};
 pub use probe::{
-    Content, Foreign, MIN_DISK_BYTES, NotADisk, PROBE_BYTES, Stream, TAIL_BYTES, ensure_plain_raw, probe, probe_file,
-    probe_tail,
+    Content, Foreign, MIN_DISK_BYTES, NotADisk, PROBE_BYTES, SECTOR, Stream, TAIL_BYTES, ensure_plain_raw,
+    looks_like_text, probe, probe_file, probe_tail,
 };
 pub use publish::{Replace, publish, publish_path};
 pub use raw::raw_extents;
