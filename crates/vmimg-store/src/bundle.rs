@@ -109,6 +109,7 @@ impl Store {
 
     /// Packs image `key` into a bundle at `dst`.
     pub async fn export_bundle(&self, key: &str, dst: &Path, options: ExportOptions) -> Result<ExportedBundle> {
+        vmimg_disk::check_destination(dst, Some(&format!("{key}.tar.zst")))?;
         let lock = self.lock(key).await?;
         let record = self.lookup(key)?.ok_or_else(|| Error::NotFound { what: "image", name: key.to_owned() })?;
         let instances = self.instances_of(key)?;

@@ -262,6 +262,11 @@ pub(crate) fn of_disk(error: &vmimg_disk::Error) -> ErrorKind {
         // The backing files it names.
         D::BackingLoop { .. } | D::ChainTooDeep { .. } | D::ChainToQcow2 { .. } => ErrorKind::Refused,
         D::UnknownFormat(_) | D::Shrink { .. } | D::SameFile { .. } | D::InvalidSize { .. } => ErrorKind::InvalidInput,
+        // Where the output was to go.
+        D::DestinationIsDirectory { .. } | D::DestinationNotAFile { .. } | D::DestinationDirNotADir { .. } => {
+            ErrorKind::InvalidInput
+        }
+        D::DestinationDirMissing { .. } => ErrorKind::NotFound,
     }
 }
 
@@ -494,7 +499,11 @@ mod tests {
                 (Disk::UnknownFormat("vdi".into()), InvalidInput),
                 (Disk::CopyOfQcow2 { path: path() }, Refused),
                 (Disk::Shrink { path: path(), size: 2, requested: 1 }, InvalidInput),
-                (Disk::SameFile { src: path(), dst: path() }, InvalidInput),
+                (Disk::SameFile { verb: "copying", src: path(), dst: path() }, InvalidInput),
+                (Disk::DestinationIsDirectory { path: path(), example: None }, InvalidInput),
+                (Disk::DestinationNotAFile { path: path(), what: "a FIFO" }, InvalidInput),
+                (Disk::DestinationDirNotADir { path: path(), dir: path() }, InvalidInput),
+                (Disk::DestinationDirMissing { path: path(), dir: path() }, NotFound),
                 (Disk::InvalidSize { input: "1X".into(), problem: "unit" }, InvalidInput),
                 (Disk::BackingLoop { path: path(), backing: path() }, Refused),
                 (Disk::ChainTooDeep { path: path(), max: 16 }, Refused),

@@ -1,14 +1,20 @@
 //! The `vmimg` binary as a user meets it: `info` against `qemu-img info`,
-//! `convert` results and refusals, one-line errors and exit codes, help.
+//! `convert` results and refusals, one-line errors and exit codes,
+//! destinations checked before any work, help.
 
+mod common;
+
+use common::error_line;
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// `vmimg ARGS` for commands that need no store (through the common
+/// helper, with a store that is never made).
 fn vmimg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmimg")).args(args).output().expect("run vmimg")
+    common::vmimg(Path::new("/nonexistent/vmimg-cli-test-store"), args)
 }
 
 fn qemu_img(args: &[&str]) -> String {
@@ -269,4 +275,67 @@ fn copy_refusals_are_one_line_and_leave_nothing() {
     assert!(stderr(&bad).contains("invalid size \"20X\": unknown unit"), "{}", stderr(&bad));
     let help = String::from_utf8(vmimg(&["copy", "--help"]).stdout).unwrap();
     assert!(help.contains("--size") && help.contains("reflink") && help.contains("1K = 1024"), "{help}");
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// A destination that cannot be written is refused before any work, in
+/// one line with the exit code of its kind, and nothing is written. The
+/// source given to `convert` is corrupt past its header: a check made after
+/// the work would report the corrupt cluster instead.
+#[test]
+fn convert_and_copy_refuse_a_bad_destination_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).to_str().unwrap().to_owned();
+    fs::write(p("in.raw"), (0..4 << 20).map(|i: u32| (i / 3 % 256) as u8).collect::<Vec<_>>()).unwrap();
+    qemu_img(&["convert", "-c", "-O", "qcow2", &p("in.raw"), &p("in.qcow2")]);
+    let len = fs::metadata(p("in.qcow2")).unwrap().len();
+    fs::OpenOptions::new().write(true).open(p("in.qcow2")).unwrap().write_all_at(&[0xff; 4096], len - 8192).unwrap();
+    fs::create_dir(p("out")).unwrap();
+    fs::write(p("file"), b"a file").unwrap();
+    let status = Command::new("mkfifo").arg(p("fifo")).status().unwrap();
+    assert!(status.success());
+    fs::hard_link(p("in.qcow2"), p("link.qcow2")).unwrap();
+    let source = fs::read(p("in.qcow2")).unwrap();
+    let before = names(d);
+    let cases: &[(&str, &str, &str, i32, &[&str])] = &[
+        (
+            "convert",
+            "in.qcow2",
+            "out",
+            2,
+            &["out is a directory: give the path of the file to write, e.g. ", "out/in.raw"],
+        ),
+        ("copy", "in.raw", "out", 2, &["out is a directory", "e.g. ", "out/in.raw"]),
+        ("convert", "in.qcow2", "missing/x.raw", 3, &["missing/x.raw: its directory ", "missing does not exist"]),
+        ("copy", "in.raw", "missing/deeper/x.raw", 3, &["missing/deeper does not exist: create it first"]),
+        ("convert", "in.qcow2", "file/x.raw", 2, &["cannot write ", "file is not a directory"]),
+        ("copy", "in.raw", "file/x.raw", 2, &["file is not a directory"]),
+        ("convert", "in.qcow2", "in.qcow2", 2, &["converting a file onto itself is refused", "same file"]),
+        ("convert", "in.qcow2", "link.qcow2", 2, &["converting a file onto itself", "link.qcow2 are the same file"]),
+        ("convert", "in.qcow2", "fifo", 2, &["fifo is a FIFO", "give the path of a regular file"]),
+        ("copy", "in.raw", "fifo", 2, &["fifo is a FIFO"]),
+    ];
+    for (command, src, dst, code, expected) in cases {
+        let out = vmimg(&[command, &p(src), &p(dst)]);
+        let (exit, line) = error_line(&out);
+        assert_eq!(exit, *code, "{command} {src} {dst}: {line}");
+        for e in *expected {
+            assert!(line.contains(e), "{command} {src} {dst}: {line:?} lacks {e:?}");
+        }
+        assert!(!line.contains("corrupt"), "the work was done before the check: {line}");
+        assert_eq!(names(d), before, "{command} {src} {dst} left something");
+        assert!(names(&d.join("out")).is_empty(), "{command} {src} {dst} wrote into the directory");
+    }
+    assert_eq!(fs::read(p("in.qcow2")).unwrap(), source, "the source is untouched");
+    assert_eq!(fs::read(p("file")).unwrap(), b"a file");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(p("fifo")).unwrap().file_type().is_fifo(), "the FIFO is still one");
 }
