@@ -173,6 +173,10 @@ fn import_into(source: &Path, dir: &Path, limits: &Limits, expected: Option<Dige
     };
     let (disk, scratch) = (dir.join("disk.raw"), dir.join("layer.qcow2"));
     let file = File::open(source).map_err(Error::io("open", source))?;
+    if file.metadata().is_ok_and(|meta| meta.is_dir()) {
+        let path = source.display();
+        return Err(Error::Invalid(format!("{path} is a directory: give the bundle's file (an image.tar.zst)")));
+    }
     let mut hashing = Hashing::new(file, algorithm);
     // The import reads the file to its end: the digest covers it all.
     let imported = bundle::import(&mut hashing, &disk, &scratch, limits, integrity)

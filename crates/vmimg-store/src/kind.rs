@@ -289,7 +289,10 @@ pub(crate) fn of_qcow2(error: &vmimg_qcow2::Error) -> ErrorKind {
 
 pub(crate) fn of_bundle(error: &BundleError) -> ErrorKind {
     match error {
-        BundleError::Refused(_) | BundleError::OverLimit { .. } | BundleError::UncheckedFrame(_) => ErrorKind::Refused,
+        BundleError::Refused(_)
+        | BundleError::NotABundle { .. }
+        | BundleError::OverLimit { .. }
+        | BundleError::UncheckedFrame(_) => ErrorKind::Refused,
         BundleError::Layer(e) => of_qcow2(e),
         BundleError::Machine(e) => of_machine(e),
         BundleError::Io { source, .. } => of_io(source),
@@ -541,6 +544,7 @@ mod tests {
             of_bundle,
             vec![
                 (BundleError::Refused("a link".into()), Refused),
+                (BundleError::NotABundle { problem: "text".into() }, Refused),
                 (BundleError::OverLimit { what: "disk.img".into(), size: 2, limit: 1 }, Refused),
                 (BundleError::UncheckedFrame(UncheckedFrame { frame: 1 }), Refused),
                 (BundleError::Layer(vmimg_qcow2::Error::BackingFileRefused { path: "x".into() }), Refused),
