@@ -513,7 +513,10 @@ fn parse_format(s: &str) -> Result<Format, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -521,6 +524,42 @@ fn main() -> ExitCode {
             ExitCode::from(exit_code(e.chain().find_map(ErrorKind::of)))
         }
     }
+}
+
+/// The command line, or the exit code once clap's help or version is
+/// printed as clap prints it (0; the help for a missing command, 2), or a
+/// usage error as one `vmimg: error:` line (2): clap's message, its tips,
+/// the usage and where the help is.
+fn parse_command_line() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind as Clap;
+    let error = match Cli::try_parse() {
+        Ok(cli) => return Ok(cli),
+        Err(error) => error,
+    };
+    if matches!(error.kind(), Clap::DisplayHelp | Clap::DisplayVersion | Clap::DisplayHelpOnMissingArgumentOrSubcommand)
+    {
+        let _ = error.print();
+        return Err(ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2)));
+    }
+    // clap renders paragraphs: the error (its details indented below it),
+    // tips, `Usage: …`, `For more information, try '--help'.`
+    let rendered = error.render().to_string();
+    let (mut message, mut notes, mut command) = (String::new(), Vec::new(), "vmimg".to_owned());
+    for paragraph in rendered.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
+        let joined = paragraph.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+        if let Some(usage) = joined.strip_prefix("Usage: ") {
+            let words = usage.split(' ').take_while(|w| !w.starts_with(['[', '<', '-']));
+            command = words.collect::<Vec<_>>().join(" ");
+            notes.push(format!("usage: {usage}"));
+        } else if joined.starts_with("tip: ") {
+            notes.push(joined);
+        } else if message.is_empty() {
+            message = joined.strip_prefix("error: ").unwrap_or(&joined).to_owned();
+        }
+    }
+    notes.push(format!("`{command} --help` says more"));
+    eprintln!("vmimg: error: {message} ({})", notes.join("; "));
+    Err(ExitCode::from(2))
 }
 
 /// The exit code of an error of `kind` (README lists them): 2 is also

@@ -1,6 +1,7 @@
 //! The `vmimg` binary as a user meets it: `info` against `qemu-img info`,
-//! `convert` results and refusals, one-line errors and exit codes,
-//! destinations checked before any work, help.
+//! `convert` results and refusals, one-line errors and exit codes (usage
+//! errors and tool failures too), destinations checked before any work,
+//! help.
 
 mod common;
 
@@ -338,4 +339,69 @@ fn convert_and_copy_refuse_a_bad_destination_before_any_work() {
     assert_eq!(fs::read(p("file")).unwrap(), b"a file");
     use std::os::unix::fs::FileTypeExt;
     assert!(fs::symlink_metadata(p("fifo")).unwrap().file_type().is_fifo(), "the FIFO is still one");
+}
+
+/// Usage errors are one `vmimg: error:` line (exit 2) that keeps clap's
+/// message and tips, with the usage and where the help is; help and
+/// version print as clap prints them (exit 0).
+#[test]
+fn usage_errors_are_one_line_and_help_is_clap_s() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["frob"],
+            &["unrecognized subcommand 'frob'", "usage: vmimg [OPTIONS] <COMMAND>", "`vmimg --help` says more"],
+        ),
+        (&["pul", "x"], &["unrecognized subcommand 'pul'", "tip: some similar subcommands exist", "'pull'"]),
+        (
+            &["convert", "in.qcow2"],
+            &[
+                "the following required arguments were not provided: <DST>",
+                "usage: vmimg convert <SRC> <DST>",
+                "`vmimg convert --help` says more",
+            ],
+        ),
+        (&["convert", "--bogus", "a", "b"], &["unexpected argument '--bogus' found", "tip: to pass '--bogus'"]),
+        (
+            &["--arch", "sparc", "pull", "x"],
+            &["invalid value 'sparc' for '--arch <ARCH>' [possible values: amd64, arm64]"],
+        ),
+        (&["copy", "a", "b", "--size"], &["a value is required for '--size <SIZE>'"]),
+        (&["info", "-f", "vmdk", "x"], &["unknown image format \"vmdk\": vmimg reads raw and qcow2"]),
+    ];
+    for (args, expected) in cases {
+        let (code, line) = error_line(&vmimg(args));
+        assert_eq!(code, 2, "{args:?}: {line}");
+        for e in *expected {
+            assert!(line.contains(e), "{args:?}: {line:?} lacks {e:?}");
+        }
+    }
+    for args in [&["--help"][..], &["convert", "--help"], &["--version"]] {
+        let out = vmimg(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(out.stderr.is_empty(), "{args:?}: {}", stderr(&out));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(stdout.starts_with("vmimg ") || stdout.contains("Usage: vmimg"), "{args:?}: {stdout}");
+    }
+    // Options but no command: the commands are named.
+    let (code, line) = error_line(&vmimg(&[]));
+    assert_eq!(code, 2);
+    assert!(line.contains("requires a subcommand") && line.contains("pull, build"), "{line}");
+}
+
+/// A mke2fs that fails says so in one line, the line of its output that
+/// tells what went wrong, with what to do and the exit code of its kind
+/// (9: out of space); the disk is not left behind. Needs root (a tmpfs too
+/// small for the disk's metadata).
+#[test]
+fn a_failing_mke2fs_is_one_line() {
+    let mount = match vmimg_testserver::mounts::Mount::tmpfs_of(32 << 10) {
+        Ok(mount) => mount,
+        Err(why) => return vmimg_testserver::mounts::skip_missing(why),
+    };
+    let disk = mount.path().join("volume.ext4");
+    let (code, line) = error_line(&vmimg(&["disk", "new-ext4", disk.to_str().unwrap(), "--size", "64M"]));
+    assert_eq!(code, 9, "{line}");
+    let expected = format!("mke2fs failed on {} (exit status: 1): mke2fs: No space left on device", disk.display());
+    assert!(line.contains(&expected) && line.contains("free space"), "{line}");
+    assert!(names(mount.path()).is_empty(), "left behind: {:?}", names(mount.path()));
 }
