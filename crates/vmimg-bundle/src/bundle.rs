@@ -36,6 +36,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use vmimg_qcow2::{Allocation, OpenOptions, Qcow2};
 use vmimg_tar::{self as tar, Kind, Segment};
 
@@ -81,6 +82,13 @@ impl Default for ExportOptions {
 pub enum Error {
     #[error("{0}")]
     Refused(String),
+    /// The input is no bundle at all: not zstd-compressed, or not a tar
+    /// archive inside. `problem` says what it is instead.
+    #[error(
+        "{problem}; a bundle is an image.tar.zst as vmimg's bundle export writes it: a zstd-compressed tar of \
+         disk.img, layer.qcow2 and machine.json"
+    )]
+    NotABundle { problem: String },
     /// A file of the bundle (or the disk its layer makes) is over
     /// [`Limits::max_file`].
     #[error(
@@ -206,24 +214,124 @@ pub struct Imported {
 /// Reads the bundle from `src`, to its end, into the raw disk `disk`
 /// (created; the layer is committed onto it). `scratch` names a file for
 /// the layer, removed when done. On error the caller removes `disk`.
-pub fn import(src: impl Read, disk: &Path, scratch: &Path, limits: &Limits, integrity: Integrity) -> Result<Imported> {
+pub fn import(
+    mut src: impl Read,
+    disk: &Path,
+    scratch: &Path,
+    limits: &Limits,
+    integrity: Integrity,
+) -> Result<Imported> {
+    // What is no zstd stream is said to be what it is, not a frame error.
+    let head = vmimg_disk::read_head(&mut src, vmimg_disk::PROBE_BYTES).map_err(Error::Read)?;
+    if !head.is_empty() && !crate::frames::starts_like_a_frame(&head) {
+        let problem = format!("it does not start with a zstd frame (found {})", describe(&head));
+        return Err(Error::NotABundle { problem });
+    }
+    let src = io::Cursor::new(head).chain(src);
     let compressed = Frames::new(Bounded::new(src, limits.max_archive, "compressed bundle"), integrity);
     let mut decoder = zstd::Decoder::new(compressed).map_err(read_error)?;
     decoder.window_log_max(27).map_err(read_error)?;
     // The tar stream holds at most three files plus headers.
     let expanded = Bounded::new(decoder, limits.max_file.saturating_mul(3).saturating_add(64 << 20), "bundle");
+    let (expanded, seen) = Watched::new(expanded);
     let mut reader = tar::Reader::new(expanded, tar::Limits { max_meta_bytes: 64 << 10, ..tar::Limits::default() });
     let result = read_entries(&mut reader, disk, scratch, limits)
+        .map_err(|e| if_not_a_tar(e, &seen))
         .and_then(|found| read_past_archive(reader.into_inner()).map(|()| found))
         .and_then(|(machine, disk_size)| {
-            let layer = File::open(scratch).map_err(io_error("cannot open", scratch))?;
-            let out = File::options().write(true).open(disk).map_err(io_error("cannot open", disk))?;
+            let layer = File::open(scratch).map_err(io_error("open", scratch))?;
+            let out = File::options().write(true).open(disk).map_err(io_error("open", disk))?;
             let (virtual_size, layer_bytes) = commit_layer(&layer, &out, disk_size, limits.max_file)?;
-            out.sync_all().map_err(io_error("cannot flush", disk))?;
+            out.sync_all().map_err(io_error("flush", disk))?;
             Ok(Imported { machine, virtual_size, layer_bytes })
         });
     let _ = std::fs::remove_file(scratch);
     result
+}
+
+/// What `head`, the first bytes of what should have been a bundle or the
+/// tar inside one, is: a format probing names, text (with its first line),
+/// or its first bytes.
+fn describe(head: &[u8]) -> String {
+    use vmimg_disk::{Content, NotADisk};
+    if head.is_empty() {
+        return "nothing (it is empty)".to_owned();
+    }
+    match vmimg_disk::probe(head, None) {
+        Content::Raw | Content::NotADisk(NotADisk::TooSmall(_) | NotADisk::PartialSector(_) | NotADisk::Text) => {
+            if vmimg_disk::looks_like_text(head) {
+                let text = String::from_utf8_lossy(head);
+                let line: String = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").chars().take(60).collect();
+                format!("text: {:?}", line.trim())
+            } else {
+                let bytes: Vec<String> = head.iter().take(8).map(|b| format!("{b:02x}")).collect();
+                format!("bytes {} in no format vmimg knows", bytes.join(" "))
+            }
+        }
+        content => content.noun(),
+    }
+}
+
+/// An error reading the entries, made [`Error::NotABundle`] when the
+/// decompressed stream, read without error, starts with no tar header
+/// (`ustar` at 257, what GNU tar and vmimg write): what zstd unpacked is
+/// something else (a compressed disk, say). Past a tar header, or on an
+/// error of the stream below (zstd's, the frames'), it stays as it is.
+fn if_not_a_tar(error: Error, seen: &Mutex<Seen>) -> Error {
+    let seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let no_tar_header = seen.head.len() < 512 || &seen.head[257..262] != b"ustar";
+    match error {
+        Error::Read(_) if !seen.failed && no_tar_header => {
+            let advice = match vmimg_disk::probe(&seen.head, None) {
+                vmimg_disk::Content::Raw | vmimg_disk::Content::Qcow2 => " (a compressed disk is pulled, not imported)",
+                _ => "",
+            };
+            let found = describe(&seen.head);
+            Error::NotABundle {
+                problem: format!("it is zstd-compressed, but holds {found}, not a tar archive{advice}"),
+            }
+        }
+        error => error,
+    }
+}
+
+/// What [`Watched`] saw of the decompressed stream.
+#[derive(Default)]
+struct Seen {
+    /// Its first bytes, up to [`vmimg_disk::PROBE_BYTES`].
+    head: Vec<u8>,
+    /// Whether reading it failed (a zstd or frame error, not a tar one).
+    failed: bool,
+}
+
+/// The decompressed stream on its way to the tar reader, watched so that a
+/// failure to read the first entry can tell a tar header that is no tar
+/// header from an error below.
+struct Watched<R> {
+    inner: R,
+    seen: std::sync::Arc<Mutex<Seen>>,
+}
+
+impl<R> Watched<R> {
+    fn new(inner: R) -> (Self, std::sync::Arc<Mutex<Seen>>) {
+        let seen = std::sync::Arc::new(Mutex::new(Seen::default()));
+        (Watched { inner, seen: seen.clone() }, seen)
+    }
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf);
+        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &read {
+            Ok(n) => {
+                let room = vmimg_disk::PROBE_BYTES.saturating_sub(seen.head.len()).min(*n);
+                seen.head.extend_from_slice(&buf[..room]);
+            }
+            Err(_) => seen.failed = true,
+        }
+        read
+    }
 }
 
 /// Reads every entry; returns the machine and the disk's size.
@@ -309,8 +417,8 @@ fn entry_name(entry: &tar::Entry) -> Result<Option<&'static str>> {
 
 /// Writes the entry's data into a new file at `path`, sparse; returns its size.
 fn extract<R: Read>(reader: &mut tar::Reader<R>, entry: &tar::Entry, path: &Path, raw: bool) -> Result<u64> {
-    let file = File::options().write(true).create_new(true).open(path).map_err(io_error("cannot create", path))?;
-    file.set_len(entry.size).map_err(io_error("cannot size", path))?;
+    let file = File::options().write(true).create_new(true).open(path).map_err(io_error("create", path))?;
+    file.set_len(entry.size).map_err(io_error("size", path))?;
     let mut is_qcow2 = false;
     let read = reader.read_data(&mut |offset, piece| {
         if raw && offset == 0 && piece.starts_with(&vmimg_qcow2::MAGIC) {

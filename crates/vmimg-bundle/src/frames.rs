@@ -49,6 +49,15 @@ const ZSTD_MAGIC: u32 = 0xFD2F_B528;
 const SKIPPABLE_MAGIC: u32 = 0x184D_2A50;
 const SKIPPABLE_MASK: u32 = 0xFFFF_FFF0;
 
+/// Whether `head`, a file's first bytes, starts a zstd or skippable frame,
+/// or could (a head shorter than a magic number that begins one).
+pub(crate) fn starts_like_a_frame(head: &[u8]) -> bool {
+    let n = head.len().min(4);
+    let (zstd, skippable) = (ZSTD_MAGIC.to_le_bytes(), SKIPPABLE_MAGIC.to_le_bytes());
+    let skippable_start = n > 0 && head[0] & 0xF0 == skippable[0] && head[1..n] == skippable[1..n];
+    head[..n] == zstd[..n] || skippable_start
+}
+
 /// The next field of the frame structure to read whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
@@ -157,6 +166,8 @@ impl<R> Frames<R> {
         }
     }
 
+    // A stream that starts with no frame is refused before it gets here
+    // (`bundle::import` looks at its head first); this says so all the same.
     fn not_a_frame(&self) -> io::Error {
         invalid(match self.frames {
             0 => "it is not zstd-compressed (no zstd frame magic at its start)".to_owned(),

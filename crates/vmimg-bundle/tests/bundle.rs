@@ -342,7 +342,7 @@ fn size_limits_and_decompression_bombs() {
     // Not zstd at all, and a truncated bundle.
     std::fs::write(dir.path().join("plain.tar"), b"plain text").unwrap();
     let error = import(&dir.path().join("plain.tar"), &out).unwrap_err();
-    assert!(error.contains("Unknown frame descriptor") || error.contains("bundle"), "{error}");
+    assert!(error.contains("does not start with a zstd frame (found text: \"plain text\")"), "{error}");
     let whole = std::fs::read(&bundle).unwrap();
     std::fs::write(dir.path().join("cut.tar.zst"), &whole[..whole.len() / 2]).unwrap();
     import(&dir.path().join("cut.tar.zst"), &out).unwrap_err();
@@ -473,4 +473,46 @@ fn header_bytes_that_no_checksum_covers_cannot_change_what_is_imported() {
         let flipped = write_flipped(&dir.path().join("b.tar.zst"), &bytes, 5, mask);
         import(&flipped, &out).expect_err(&format!("byte 5 ^ {mask:#x} was imported"));
     }
+}
+
+/// What is no bundle is named for what it is, before anything is written:
+/// not zstd (a tar, a gzip stream, text), or zstd around no tar (a disk,
+/// text). The file the import cannot create is named once ("cannot
+/// create", never "cannot cannot create").
+#[test]
+fn what_is_no_bundle_says_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = parts(dir.path());
+    let file = |name: &str| dir.path().join(name);
+    let out = file("out");
+    std::fs::create_dir(&out).unwrap();
+    run(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && tar -cf b.tar disk.img layer.qcow2 && gzip -k b.tar && printf 'not found\\n' > notes.txt \
+         && zstd -q notes.txt && zstd -q disk.img && zstd -q layer.qcow2",
+        dir.path().display()
+    )));
+    let cases = [
+        ("b.tar", "it does not start with a zstd frame (found a tar archive)"),
+        ("b.tar.gz", "it does not start with a zstd frame (found a gzip-compressed stream)"),
+        ("notes.txt", "it does not start with a zstd frame (found text: \"not found\")"),
+        ("notes.txt.zst", "it is zstd-compressed, but holds text: \"not found\", not a tar archive"),
+        ("disk.img.zst", "it is zstd-compressed, but holds bytes 01 01 01 01 01 01 01 01 in no format vmimg knows"),
+        (
+            "layer.qcow2.zst",
+            "it is zstd-compressed, but holds a qcow2 image, not a tar archive (a compressed disk is pulled",
+        ),
+    ];
+    for (name, expected) in cases {
+        let error = import_with(&file(name), &out, FRAMES, Limits::default()).unwrap_err();
+        assert!(matches!(error, bundle::Error::NotABundle { .. }), "{name}: {error:?}");
+        let error = error.to_string();
+        assert!(error.contains(expected) && error.contains("a bundle is an image.tar.zst"), "{name}: {error}");
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "{name}: something was written");
+    }
+    let (d, l, m) = (p.disk.as_slice(), p.layer.as_slice(), p.machine.as_slice());
+    bundle_of(&file("good.tar.zst"), &[("disk.img", d), ("layer.qcow2", l), ("machine.json", m)]);
+    let missing = file("missing/disk.raw");
+    let source = File::open(file("good.tar.zst")).unwrap();
+    let error = bundle::import(source, &missing, &file("l"), &Limits::default(), FRAMES).unwrap_err().to_string();
+    assert!(error.starts_with(&format!("cannot create {}: ", missing.display())), "{error}");
 }

@@ -107,8 +107,26 @@ fn size_output(dst: &File, len: u64) -> std::io::Result<()> {
 /// Converts `src` to a sparse raw file at `dst`, atomically: the data goes to
 /// a temporary file beside `dst`, which is flushed (unless `options.sync` is
 /// off) and renamed over `dst` only when complete. On failure nothing is left.
+/// Refused before any work: a `dst` that [`crate::check_destination`]
+/// refuses (a directory, a device, a missing directory) and `dst` being the
+/// source itself.
 pub fn convert_to_path(src: &DiskImage, dst: &Path, options: &ConvertOptions) -> Result<ConvertStats> {
+    let stem = src.path().file_stem().map(|stem| format!("{}.raw", stem.to_string_lossy()));
+    crate::publish::check_destination(dst, stem.as_deref())?;
+    refuse_same_file("converting", src.path(), dst)?;
     publish(dst, options.sync, |file| convert_to_raw(src, file, options))
+}
+
+/// Refuses `dst` when it is `src` (the same inode: the path, a hard link or
+/// a symbolic link to it): the output would replace its own source.
+pub(crate) fn refuse_same_file(verb: &'static str, src: &Path, dst: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(src), std::fs::metadata(dst)) {
+        (Ok(ours), Ok(theirs)) if (ours.dev(), ours.ino()) == (theirs.dev(), theirs.ino()) => {
+            Err(Error::SameFile { verb, src: src.to_owned(), dst: dst.to_owned() })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A run of contiguous data or compressed extents of one layer, converted as one unit.

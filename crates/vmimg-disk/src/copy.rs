@@ -1,8 +1,9 @@
 //! Copying a raw disk, keeping its holes, optionally extended to a larger size.
 //!
 //! [`copy_raw`] owns the whole copy: it refuses a qcow2 source (probed from
-//! its magic), a size smaller than the source's, and a destination that is
-//! the source itself, all before anything is written. The copy goes to a
+//! its magic), a size smaller than the source's, a destination that is the
+//! source itself, a directory or a device, or whose directory is missing,
+//! all before anything is written. The copy goes to a
 //! temporary file beside the destination and is renamed over it only when
 //! complete (see `publish`), then extended with `set_len`: the new space is
 //! a hole that reads as zeros.
@@ -96,6 +97,8 @@ pub struct CopyStats {
 /// extended to `options.size` when given.
 pub fn copy_raw(src: &Path, dst: &Path, options: &CopyOptions) -> Result<CopyStats> {
     let source = open_raw(src)?;
+    let name = src.file_name().map(|name| name.to_string_lossy().into_owned());
+    crate::publish::check_destination(dst, name.as_deref())?;
     refuse_same_file(&source, src, dst)?;
     // Seeking to the end also sizes a block device, whose metadata says 0.
     let source_size = seek(&source, SeekFrom::End(0)).map_err(|e| Error::io("cannot stat", src)(e.into()))?;
@@ -110,10 +113,13 @@ pub fn copy_raw(src: &Path, dst: &Path, options: &CopyOptions) -> Result<CopySta
 
 fn open_raw(path: &Path) -> Result<File> {
     let file = File::open(path).map_err(Error::io("cannot open", path))?;
-    // A disk's own copy may be shorter than a sector: only headers and
-    // files that are no disk are refused.
+    // A copy keeps the bytes it is given, as cp would: a file shorter than
+    // a sector, not a whole number of them, or text is copied; headers and
+    // files that are another format are refused.
     match crate::probe::probe_file(&file).map_err(Error::io("cannot read", path))? {
-        Content::Raw | Content::NotADisk(NotADisk::TooSmall(_)) => Ok(file),
+        Content::Raw | Content::NotADisk(NotADisk::TooSmall(_) | NotADisk::PartialSector(_) | NotADisk::Text) => {
+            Ok(file)
+        }
         Content::Qcow2 => Err(Error::CopyOfQcow2 { path: path.to_owned() }),
         content => Err(Error::Unsupported { path: path.to_owned(), content }),
     }
@@ -123,7 +129,7 @@ fn refuse_same_file(source: &File, src: &Path, dst: &Path) -> Result<()> {
     let ours = source.metadata().map_err(Error::io("cannot stat", src))?;
     match fs::metadata(dst) {
         Ok(theirs) if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) => {
-            Err(Error::SameFile { src: src.to_owned(), dst: dst.to_owned() })
+            Err(Error::SameFile { verb: "copying", src: src.to_owned(), dst: dst.to_owned() })
         }
         _ => Ok(()),
     }

@@ -1,5 +1,5 @@
 //! Errors of the disk layer: a qcow2 refusal, an I/O failure with its path,
-//! a refused copy, a size that does not parse, a backing chain that loops
+//! a refused copy, a destination that cannot be written, a size that does not parse, a backing chain that loops
 //! or runs too deep, one asked to become a compressed qcow2 image, a file
 //! that is no raw or qcow2 disk, or a raw disk carrying an image header.
 
@@ -40,8 +40,19 @@ pub enum Error {
     CopyOfQcow2 { path: PathBuf },
     #[error("shrinking is refused: {path} is {size} bytes, more than the requested size of {requested} bytes")]
     Shrink { path: PathBuf, size: u64, requested: u64 },
-    #[error("copying a file onto itself is refused: {src} and {dst} are the same file")]
-    SameFile { src: PathBuf, dst: PathBuf },
+    #[error("{verb} a file onto itself is refused: {src} and {dst} are the same file: give another destination")]
+    SameFile { verb: &'static str, src: PathBuf, dst: PathBuf },
+    #[error("{path} is a directory: give the path of the file to write{}", example_in(path, example))]
+    DestinationIsDirectory { path: PathBuf, example: Option<String> },
+    #[error(
+        "{path} is {what}: the output is a new file renamed over the destination, which would replace it, not \
+         write into it: give the path of a regular file (to fill a device, write a file, then copy it with dd)"
+    )]
+    DestinationNotAFile { path: PathBuf, what: &'static str },
+    #[error("cannot write {path}: its directory {dir} does not exist: create it first")]
+    DestinationDirMissing { path: PathBuf, dir: PathBuf },
+    #[error("cannot write {path}: {dir} is not a directory")]
+    DestinationDirNotADir { path: PathBuf, dir: PathBuf },
     #[error("invalid size {input:?}: {problem}")]
     InvalidSize { input: String, problem: &'static str },
     #[error("{path}: the backing chain loops: {backing} is already in it")]
@@ -78,6 +89,11 @@ impl From<Error> for io::Error {
         };
         io::Error::new(kind, err)
     }
+}
+
+/// `, e.g. DIR/NAME` for a destination that is a directory.
+fn example_in(dir: &std::path::Path, example: &Option<String>) -> String {
+    example.as_ref().map_or_else(String::new, |name| format!(", e.g. {}", dir.join(name).display()))
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

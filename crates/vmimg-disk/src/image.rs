@@ -115,9 +115,16 @@ impl DiskImage {
         }
     }
 
+    /// The disk's size. A raw file's is its length rounded up to a whole
+    /// 512-byte sector, as QEMU reads it (the rest of the last sector reads
+    /// as zeros); only a file taken as raw unprobed (`-f raw`) can end
+    /// mid-sector.
     pub fn virtual_size(&self) -> Result<u64> {
         match &self.kind {
-            Kind::Raw(f) => f.size().map_err(Error::io("cannot stat", &self.path)),
+            Kind::Raw(f) => {
+                let len = f.size().map_err(Error::io("cannot stat", &self.path))?;
+                Ok(len.next_multiple_of(crate::probe::SECTOR))
+            }
             Kind::Qcow2(q) => Ok(q.virtual_size()),
         }
     }

@@ -4,11 +4,15 @@
 //! would refuse (a backing file, an external data file, encryption), so users
 //! can see why, and names the image formats vmimg does not read (vmdk, vpc,
 //! vhdx, vdi, ...) as qemu-img does, without a virtual size. A compressed
-//! stream or a file that is no disk is an error that says what it is.
+//! stream or an archive or page that is no disk is an error that says what
+//! it is. A file with no header that `convert` and `pull` refuse as raw
+//! (shorter than a sector, not a whole number of them, text) is described
+//! as qemu-img describes any file, raw, its size rounded up to a whole
+//! sector, and [`ImageInfo::not_a_disk`] says why it is no disk.
 
 use crate::error::{Error, Result};
 use crate::image::Format;
-use crate::probe::{Content, probe_file};
+use crate::probe::{Content, NotADisk, SECTOR, probe_file};
 use serde::Serialize;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -37,6 +41,10 @@ pub struct ImageInfo {
     pub dirty_flag: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format_specific: Option<FormatSpecific>,
+    /// Why a file described as raw is no raw disk to probing (so `convert`
+    /// and `pull` refuse it); not in qemu-img's JSON.
+    #[serde(skip)]
+    pub not_a_disk: Option<NotADisk>,
 }
 
 /// `format-specific`: `{"type": "qcow2", "data": {...}}`.
@@ -86,13 +94,19 @@ impl ImageInfo {
             Some(Format::Qcow2) => Content::Qcow2,
             None => probe_file(&file).map_err(Error::io("cannot read", path))?,
         };
+        let (content, not_a_disk) = match content {
+            Content::NotADisk(why @ (NotADisk::TooSmall(_) | NotADisk::PartialSector(_) | NotADisk::Text)) => {
+                (Content::Raw, Some(why))
+            }
+            content => (content, None),
+        };
         let Some(format_name) = content.qemu_name() else {
             return Err(Error::Unsupported { path: path.to_owned(), content });
         };
         let mut info = ImageInfo {
             filename: path.display().to_string(),
             format: format_name,
-            virtual_size: (content == Content::Raw).then_some(meta.len()),
+            virtual_size: (content == Content::Raw).then_some(meta.len().next_multiple_of(SECTOR)),
             actual_size: meta.blocks() * 512,
             cluster_size: None,
             backing_filename: None,
@@ -100,6 +114,7 @@ impl ImageInfo {
             encrypted: None,
             dirty_flag: false,
             format_specific: None,
+            not_a_disk,
         };
         if content == Content::Qcow2 {
             let header = Header::parse(&file, file.size().map_err(Error::io("cannot stat", path))?)

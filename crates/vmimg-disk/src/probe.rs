@@ -15,6 +15,14 @@
 //! qcow2 header naming `/etc/passwd` as its backing file would hand the
 //! guest a host file (the format-probing advisories of QEMU and OpenStack).
 //!
+//! Where no header is found the file is raw only if it could be a disk: a
+//! whole number of 512-byte sectors (a file's length, when known), and not
+//! text (a disk starts with a boot sector, a partition table or a
+//! filesystem's superblock, all binary; a text file pulled by mistake, a
+//! README or a server's plain-text error, would become a tiny "disk").
+//! Callers that were told the format (`-f raw`) do not probe, and take such
+//! a file as raw, as qemu-img does.
+//!
 //! Probing needs no library: each check is a fixed byte string at a fixed
 //! offset, a few lines each.
 
@@ -31,6 +39,8 @@ pub const PROBE_BYTES: usize = 4096;
 pub const TAIL_BYTES: usize = 512;
 /// The smallest file taken for a disk: one sector.
 pub const MIN_DISK_BYTES: u64 = 512;
+/// The sector size: a raw disk's length is a whole number of them.
+pub const SECTOR: u64 = 512;
 
 /// What a file's bytes say it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +90,12 @@ pub enum NotADisk {
     SevenZip,
     Lz4,
     Html,
-    /// Shorter than one sector.
+    /// Shorter than one sector: its length.
     TooSmall(u64),
+    /// Not a whole number of sectors: its length.
+    PartialSector(u64),
+    /// Text: UTF-8 without control characters but white space.
+    Text,
 }
 
 /// Probes a file from `head`, its first [`PROBE_BYTES`] (or all of it when
@@ -112,6 +126,10 @@ pub fn probe(head: &[u8], len: Option<u64>) -> Content {
         Some(NotADisk::Html)
     } else if len < MIN_DISK_BYTES {
         Some(NotADisk::TooSmall(len))
+    } else if looks_like_text(head) {
+        Some(NotADisk::Text)
+    } else if len != u64::MAX && !len.is_multiple_of(SECTOR) {
+        Some(NotADisk::PartialSector(len))
     } else {
         None
     };
@@ -204,6 +222,19 @@ fn looks_like_html(head: &[u8]) -> bool {
     [&b"<!doctype html"[..], b"<html", b"<head"].iter().any(|tag| text.starts_with(tag))
 }
 
+/// Whether `head`, a file's first bytes, reads as text: UTF-8 (a character
+/// cut by the head's end aside) holding no control character but tab, line
+/// feed, form feed, carriage return and escape. No disk starts so: sector 0
+/// holds boot code and a partition table or a superblock, with zeros in it.
+pub fn looks_like_text(head: &[u8]) -> bool {
+    let text = match std::str::from_utf8(head) {
+        Ok(text) => text,
+        Err(e) if e.error_len().is_none() => std::str::from_utf8(&head[..e.valid_up_to()]).unwrap_or_default(),
+        Err(_) => return false,
+    };
+    !text.is_empty() && text.chars().all(|c| !c.is_control() || matches!(c, '\t' | '\n' | '\x0c' | '\r' | '\x1b'))
+}
+
 /// Refuses `head`, the first bytes of what was declared a raw disk, when they
 /// carry an image header: published as raw, a VMM that probes formats would
 /// open it as that image (a qcow2 one reading its backing file from the host).
@@ -244,6 +275,22 @@ impl Content {
         }
     }
 
+    /// What the file is, in a few words and nothing more: `a qcow2 image`,
+    /// `a gzip-compressed stream`, `a tar archive`, `text`, `19 bytes`.
+    pub fn noun(self) -> String {
+        match self {
+            Content::NotADisk(NotADisk::Tar) => "a tar archive".to_owned(),
+            Content::NotADisk(NotADisk::Zip) => "a zip archive".to_owned(),
+            Content::NotADisk(NotADisk::SevenZip) => "a 7-Zip archive".to_owned(),
+            Content::NotADisk(NotADisk::Lz4) => "an lz4-compressed stream".to_owned(),
+            Content::NotADisk(NotADisk::Html) => "an HTML page".to_owned(),
+            Content::NotADisk(NotADisk::Text) => "text".to_owned(),
+            Content::NotADisk(NotADisk::TooSmall(0)) => "nothing (it is empty)".to_owned(),
+            Content::NotADisk(NotADisk::TooSmall(len) | NotADisk::PartialSector(len)) => format!("{len} bytes"),
+            other => other.to_string(),
+        }
+    }
+
     /// What to do with such a file instead.
     pub fn advice(self) -> String {
         match self {
@@ -259,8 +306,13 @@ impl Content {
             Content::NotADisk(NotADisk::Html) => {
                 "check the URL: servers send such pages for errors and logins".to_owned()
             }
-            Content::NotADisk(NotADisk::TooSmall(_)) => {
-                "check that the file is whole, and that it is a disk".to_owned()
+            Content::NotADisk(NotADisk::TooSmall(_) | NotADisk::PartialSector(_)) => {
+                "check that the file is whole (not a download cut short) and that it is a disk".to_owned()
+            }
+            Content::NotADisk(NotADisk::Text) => {
+                "a disk starts with a boot sector, a partition table or a filesystem: check that the path or URL \
+                 names the disk image"
+                    .to_owned()
             }
             Content::NotADisk(_) => "unpack the disk image from it first".to_owned(),
         }
@@ -274,8 +326,12 @@ impl fmt::Display for Content {
             Content::Qcow2 => f.write_str("a qcow2 image"),
             Content::Compressed(stream) => write!(f, "a {}-compressed stream", stream.name()),
             Content::Foreign(foreign) => write!(f, "{} image", foreign.description()),
+            Content::NotADisk(NotADisk::TooSmall(0)) => f.write_str("empty: not a raw disk image"),
             Content::NotADisk(NotADisk::TooSmall(len)) => {
-                write!(f, "{len} bytes long, shorter than one 512-byte sector: no disk")
+                write!(f, "{len} bytes, shorter than one 512-byte sector: not a raw disk image")
+            }
+            Content::NotADisk(NotADisk::PartialSector(len)) => {
+                write!(f, "{len} bytes, not a whole number of 512-byte sectors: not a raw disk image")
             }
             Content::NotADisk(other) => f.write_str(other.description()),
         }
@@ -344,6 +400,8 @@ impl NotADisk {
             NotADisk::Lz4 => "an lz4-compressed stream (vmimg decompresses gzip, xz, zstd and bzip2)",
             NotADisk::Html => "an HTML page, not a disk image",
             NotADisk::TooSmall(_) => "too small to be a disk",
+            NotADisk::PartialSector(_) => "not a whole number of sectors",
+            NotADisk::Text => "text, not a disk image",
         }
     }
 }
@@ -353,7 +411,7 @@ mod tests {
     use super::*;
 
     fn padded(prefix: &[u8], offset: usize) -> Vec<u8> {
-        let mut head = vec![0x55u8; PROBE_BYTES];
+        let mut head = vec![0xaau8; PROBE_BYTES];
         head[offset..offset + prefix.len()].copy_from_slice(prefix);
         head
     }
@@ -392,6 +450,28 @@ mod tests {
         assert_eq!(probe(&[0; 511], None), Content::NotADisk(NotADisk::TooSmall(511)));
         assert_eq!(probe(&[0; 512], None), Content::Raw);
         assert_eq!(probe(&padded(b"BZhx", 0), Some(1 << 20)), Content::Raw);
+    }
+
+    #[test]
+    fn partial_sectors_and_text_are_no_raw_disks() {
+        let binary = padded(b"\xeb\x63\x90", 0);
+        assert_eq!(probe(&binary, Some(1_000_000)), Content::NotADisk(NotADisk::PartialSector(1_000_000)));
+        assert_eq!(probe(&binary, Some(1 << 20)), Content::Raw);
+        // A stream's length is unknown: only a short head tells it.
+        assert_eq!(probe(&binary, None), Content::Raw);
+        assert_eq!(probe(&binary[..1000], None), Content::NotADisk(NotADisk::PartialSector(1000)));
+        let text = "# Notes\n\tlíne ünïcode\r\n".repeat(300);
+        assert_eq!(probe(&text.as_bytes()[..PROBE_BYTES], Some(1 << 20)), Content::NotADisk(NotADisk::Text));
+        assert_eq!(probe(text.as_bytes(), None), Content::NotADisk(NotADisk::Text));
+        // A multi-byte character cut by the head's end is still text.
+        let cut = "é".repeat(PROBE_BYTES);
+        assert!(looks_like_text(&cut.as_bytes()[..PROBE_BYTES - 1]));
+        // One NUL, or bytes that are not UTF-8, make it binary.
+        let mut nul = text.clone().into_bytes();
+        nul[100] = 0;
+        assert!(!looks_like_text(&nul) && !looks_like_text(&[0xaa; 600]) && !looks_like_text(b""));
+        let described = Content::NotADisk(NotADisk::PartialSector(1000)).to_string();
+        assert!(described.contains("not a whole number of 512-byte sectors"), "{described}");
     }
 
     #[test]

@@ -23,7 +23,10 @@
 //! is named `.<destination's name>.vmimg-<pid>-<n>.tmp`; a name already
 //! taken (left by a crashed process with the same pid) is skipped.
 //!
-//! Refused: a destination with no file name (`/`, `..`).
+//! Refused before anything is written ([`check_destination`]): a
+//! destination with no file name (`/`, `..`), a directory, anything else
+//! that is not a regular file (the rename would replace a device node, not
+//! fill it), and one whose directory is missing or not a directory.
 
 use crate::error::{Error, Result};
 use rustix::fs::{AtFlags, CWD, Mode, OFlags, RenameFlags};
@@ -189,9 +192,61 @@ fn name_unnamed(file: &File, path: &Path) -> io::Result<()> {
 }
 
 fn check_dst(dst: &Path) -> Result<()> {
-    match dst.file_name() {
-        Some(_) => Ok(()),
-        None => Err(Error::io("cannot publish to", dst)(io::Error::new(io::ErrorKind::InvalidInput, "no file name"))),
+    check_destination(dst, None)
+}
+
+/// Refuses a destination that publishing could only refuse after the work,
+/// or would wrongly replace: one with no file name, a directory (`example`
+/// is a file name to suggest in it), anything but a regular file (a device,
+/// a FIFO, a socket: the rename would replace the node itself), and one
+/// whose directory is missing or is not a directory. [`publish`] and
+/// [`publish_path`] check this first; a caller with work to do before it
+/// publishes checks it before that work, with a better `example`.
+pub fn check_destination(dst: &Path, example: Option<&str>) -> Result<()> {
+    if dst.file_name().is_none() {
+        return Err(Error::io("cannot publish to", dst)(io::Error::new(io::ErrorKind::InvalidInput, "no file name")));
+    }
+    let path = dst.to_owned();
+    match fs::metadata(dst) {
+        Ok(meta) if meta.is_dir() => Err(Error::DestinationIsDirectory { path, example: example.map(str::to_owned) }),
+        Ok(meta) if !meta.is_file() => Err(Error::DestinationNotAFile { path, what: file_kind(&meta.file_type()) }),
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => check_directory(dst),
+        Err(e) => Err(Error::io("cannot look at", dst)(e)),
+    }
+}
+
+/// Refuses a destination whose directory is missing (naming it) or is not
+/// a directory (naming the nearest ancestor that is something else).
+fn check_directory(dst: &Path) -> Result<()> {
+    let dir = parent(dst);
+    for ancestor in dir.ancestors() {
+        let ancestor = if ancestor.as_os_str().is_empty() { Path::new(".") } else { ancestor };
+        match fs::metadata(ancestor) {
+            Ok(meta) if meta.is_dir() && ancestor == dir => return Ok(()),
+            Ok(meta) if meta.is_dir() => {
+                return Err(Error::DestinationDirMissing { path: dst.to_owned(), dir: dir.to_owned() });
+            }
+            Ok(_) => return Err(Error::DestinationDirNotADir { path: dst.to_owned(), dir: ancestor.to_owned() }),
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => continue,
+            Err(e) => return Err(Error::io("cannot look at", ancestor)(e)),
+        }
+    }
+    Ok(())
+}
+
+fn file_kind(kind: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
     }
 }
 

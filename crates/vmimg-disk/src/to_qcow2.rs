@@ -129,6 +129,8 @@ mod tests {
     }
 
     /// A 20 MiB raw disk: text, noise and zeros at odd offsets, holes between.
+    /// Its length (20 MiB + 4900 bytes) ends mid-sector, so it is opened as
+    /// declared raw (probing refuses it) and read to a whole sector.
     fn raw_disk(path: &Path) {
         let file = File::create(path).unwrap();
         file.set_len(20 * MIB + 512).unwrap();
@@ -173,7 +175,7 @@ mod tests {
         let raw = dir.path().join("disk.raw");
         raw_disk(&raw);
         let out = dir.path().join("from-raw.qcow2");
-        let stats = convert_to_qcow2(&DiskImage::open(&raw, None).unwrap(), &out, &options()).unwrap();
+        let stats = convert_to_qcow2(&DiskImage::open(&raw, Some(Format::Raw)).unwrap(), &out, &options()).unwrap();
         assert_same_disk(&out, &raw, "raw");
         assert!(stats.clusters_zero >= 16, "{stats:?}");
         assert!(stats.file_len < 3 * MIB, "{stats:?}");
@@ -207,7 +209,7 @@ mod tests {
 
         let mut bad = options();
         bad.compress.cluster_bits = 22;
-        let err = convert_to_qcow2(&DiskImage::open(&raw, None).unwrap(), &out, &bad).unwrap_err();
+        let err = convert_to_qcow2(&DiskImage::open(&raw, Some(Format::Raw)).unwrap(), &out, &bad).unwrap_err();
         assert!(err.to_string().contains("out.qcow2") && err.to_string().contains("cluster_bits is 22"), "{err}");
         let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();

@@ -191,7 +191,7 @@ impl Fetcher {
                 return Err(Error::GaveUp { attempts: retries.attempts(), last: Box::new(error) });
             }
         }
-        transfer.on_file("cannot flush", |file| file.sync_all()).await?;
+        transfer.on_file("flush", |file| file.sync_all()).await?;
         Ok(Fetched { digest: transfer.hasher.finish(), size: transfer.written })
     }
 
@@ -426,7 +426,7 @@ impl<'a> Transfer<'a> {
 
     /// Forgets every byte held: empty file, fresh hash.
     async fn restart(&mut self) -> Result<()> {
-        self.on_file("cannot truncate", |file| file.set_len(0)).await?;
+        self.on_file("truncate", |file| file.set_len(0)).await?;
         self.hasher = Hasher::new(self.algorithm);
         self.written = 0;
         self.buffer.clear();
@@ -507,7 +507,7 @@ impl<'a> Transfer<'a> {
     async fn overlap(&self) -> Result<Vec<u8>> {
         let start = self.resume_at();
         let mut bytes = vec![0; (self.written - start) as usize];
-        self.on_file("cannot read", move |file| file.read_exact_at(&mut bytes, start).map(|()| bytes)).await
+        self.on_file("read", move |file| file.read_exact_at(&mut bytes, start).map(|()| bytes)).await
     }
 
     /// A 206 must start exactly where asked.
@@ -581,7 +581,7 @@ impl<'a> Transfer<'a> {
             return Ok(());
         }
         let (block, at) = (std::mem::take(&mut self.buffer), self.written);
-        let mut block = self.on_file("cannot write", move |file| file.write_all_at(&block, at).map(|()| block)).await?;
+        let mut block = self.on_file("write", move |file| file.write_all_at(&block, at).map(|()| block)).await?;
         self.written += block.len() as u64;
         block.clear();
         self.buffer = block;

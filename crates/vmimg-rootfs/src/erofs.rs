@@ -177,8 +177,9 @@ fn check_with(image: &Path, fsck: &Path) -> io::Result<()> {
     let with_image = |e: io::Error| io::Error::new(e.kind(), format!("{e} (checking {})", image.display()));
     let stderr = run(command, fsck).map_err(with_image)?;
     if stderr.lines().any(|l| l.starts_with("<E>")) {
-        let name = fsck.display();
-        return Err(with_image(io::Error::other(format!("erofs: {name} reported errors: {}", stderr.trim()))));
+        let (name, said) = (fsck.display(), crate::tool::summary(&stderr));
+        let message = format!("erofs: {name} reported errors: {said}: the image is damaged");
+        return Err(with_image(io::Error::new(io::ErrorKind::InvalidData, message)));
     }
     Ok(())
 }
@@ -247,7 +248,7 @@ fn uuid(bytes: &[u8; 16]) -> String {
 }
 
 /// Runs a tool to completion, with [`TOOL_STACK`]; returns the tail of its
-/// stderr, or an error quoting it.
+/// stderr, or an error quoting its telling line.
 fn run(mut command: Command, program: &Path) -> io::Result<String> {
     // SAFETY: the closure runs in the child between fork and exec, where
     // only async-signal-safe calls may be made: it makes two system calls
@@ -262,10 +263,21 @@ fn run(mut command: Command, program: &Path) -> io::Result<String> {
     let stderr = tail(child.stderr.take().expect("piped"))?;
     let status = child.wait()?;
     if !status.success() {
-        let name = program.display();
-        return Err(io::Error::other(format!("erofs: {name} failed ({status}): {}", stderr.trim())));
+        return Err(tool_failed(program, &status.to_string(), &stderr));
     }
     Ok(stderr)
+}
+
+/// A tool's failure in one line: the line of its stderr that tells what
+/// went wrong (see `tool.rs`), and what to do.
+fn tool_failed(program: &Path, status: &str, stderr: &str) -> io::Error {
+    let (name, said) = (program.display(), crate::tool::summary(stderr));
+    let (kind, advice) = if stderr.contains("No space left on device") {
+        (io::ErrorKind::StorageFull, "free space on the filesystem that holds the image")
+    } else {
+        (io::ErrorKind::Other, "vmimg is tested with erofs-utils 1.5 (`fsck.erofs -V` shows this host's)")
+    };
+    io::Error::new(kind, format!("erofs: {name} failed ({status}): {said}: {advice}"))
 }
 
 /// Raises the soft stack limit to [`TOOL_STACK`] when it is lower, as far

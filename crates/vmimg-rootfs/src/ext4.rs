@@ -195,22 +195,40 @@ pub struct EmptyOptions {
 }
 
 /// Why an e2fsprogs step failed. It travels inside the `io::Error` the
-/// functions return (`err.get_ref()` downcasts to it).
+/// functions return (`err.get_ref()` downcasts to it). Its message is one
+/// line, quoting the line of the tool's output that tells what went wrong
+/// (see `tool.rs`); `output` keeps all of it.
 #[derive(Debug, thiserror::Error)]
 pub enum Ext4Error {
     #[error("{tool} not found in PATH, /usr/sbin or /sbin: install the Debian package e2fsprogs")]
     MissingTool { tool: &'static str },
-    #[error("{tool} failed on {image} ({status}):\n{output}")]
+    #[error("{tool} failed on {image} ({status}): {}: {}", crate::tool::summary(output), tool_advice(tool, output))]
     Tool { tool: &'static str, image: PathBuf, status: String, output: String },
-    #[error("{image} is not a clean ext4 filesystem: e2fsck -fn exited with {status}:\n{output}")]
+    #[error(
+        "{image} is not a clean ext4 filesystem: e2fsck -fn exited with {status}: {}: `e2fsck -fn` lists every \
+         problem, `e2fsck -f` repairs what it can",
+        crate::tool::summary(output)
+    )]
     NotClean { image: PathBuf, status: String, output: String },
+}
+
+/// What to do when `tool` failed saying `output`.
+fn tool_advice(tool: &str, output: &str) -> String {
+    if output.contains("No space left on device") {
+        "free space on the filesystem that holds the image".to_owned()
+    } else if ["Could not allocate", "No free space", "too small"].iter().any(|s| output.contains(s)) {
+        "the image was sized too small for the tree: that is a bug in vmimg's estimate, please report it".to_owned()
+    } else {
+        format!("vmimg is tested with e2fsprogs 1.47 (`{tool} -V` shows this host's)")
+    }
 }
 
 impl From<Ext4Error> for io::Error {
     fn from(err: Ext4Error) -> Self {
-        let kind = match err {
+        let kind = match &err {
             Ext4Error::MissingTool { .. } => io::ErrorKind::NotFound,
             Ext4Error::NotClean { .. } => io::ErrorKind::InvalidData,
+            Ext4Error::Tool { output, .. } if output.contains("No space left on device") => io::ErrorKind::StorageFull,
             Ext4Error::Tool { .. } => io::ErrorKind::Other,
         };
         io::Error::new(kind, err)
@@ -226,7 +244,7 @@ pub fn build(root: &Path, out: &Path, options: &Ext4Options) -> io::Result<Ext4S
     let tree = survey(root)?;
     refuse_output_inside(root, out)?;
     let plan = Plan::new(&tree, options);
-    let sb = vmimg_disk::publish_path(out, Replace::Yes, true, |image| {
+    let make = |image: &Path| {
         set_size(image, plan.blocks * BLOCK_SIZE)?;
         let inodes = OsString::from(plan.inodes.to_string());
         let extra = [OsStr::new("-N"), &inodes, OsStr::new("-d"), root.as_os_str()];
@@ -235,7 +253,8 @@ pub fn build(root: &Path, out: &Path, options: &Ext4Options) -> io::Result<Ext4S
         e2fsck_optimize(image, &options.identity)?;
         check(image)?;
         Superblock::read(image)
-    })?;
+    };
+    let sb = vmimg_disk::publish_path(out, Replace::Yes, true, |image| make(image).map_err(told_of(out)))?;
     Ok(Ext4Summary {
         size: sb.blocks * BLOCK_SIZE,
         inodes: sb.inodes,
@@ -265,12 +284,31 @@ pub fn new_empty(path: &Path, size: u64, options: &EmptyOptions) -> io::Result<(
     }
     let blocks = size / BLOCK_SIZE;
     let replace = if options.replace { Replace::Yes } else { Replace::No };
-    vmimg_disk::publish_path(path, replace, true, |image| {
+    let make = |image: &Path| {
         set_size(image, size)?;
         let ratio = OsString::from(EMPTY_BYTES_PER_INODE.to_string());
         mke2fs(image, blocks, journal_blocks(blocks), &options.identity, &[OsStr::new("-i"), &ratio])?;
         check(image)
-    })
+    };
+    vmimg_disk::publish_path(path, replace, true, |image| make(image).map_err(told_of(path)))
+}
+
+/// A tool's error about the temporary image, told of `out`, the path the
+/// caller asked for (the temporary is gone once the error is seen).
+fn told_of(out: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
+    move |error| {
+        if error.get_ref().and_then(|inner| inner.downcast_ref::<Ext4Error>()).is_none() {
+            return error;
+        }
+        let kind = error.kind();
+        let inner = error.into_inner().expect("checked above").downcast::<Ext4Error>().expect("checked above");
+        let renamed = match *inner {
+            Ext4Error::Tool { tool, status, output, .. } => Ext4Error::Tool { tool, image: out.into(), status, output },
+            Ext4Error::NotClean { status, output, .. } => Ext4Error::NotClean { image: out.into(), status, output },
+            other => other,
+        };
+        io::Error::new(kind, renamed)
+    }
 }
 
 /// Checks the ext4 image at `image` with `e2fsck -fn` (read-only, forced):

@@ -19,3 +19,4 @@ pub mod cpio;
 pub mod depth;
 pub mod erofs;
 pub mod ext4;
+mod tool;

@@ -404,6 +404,33 @@ fn an_image_that_fails_its_check_never_replaces_the_old_one() {
     only(work.path(), &["rootfs.erofs"]);
 }
 
+/// A tool that fails is one line: the error line of its output that tells
+/// what went wrong (the first `<E>`), how many it leaves out, what to do.
+#[test]
+fn a_failing_tool_is_one_line() {
+    let work = TempDir::new().unwrap();
+    let notes = work.path().join("notes.txt");
+    fs::write(&notes, "not an erofs image\n").unwrap();
+    let err = check(&notes).unwrap_err().to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("fsck.erofs failed (exit status: 1): erofs_io: Failed to read data"), "{err}");
+    assert!(err.contains("more lines)") && err.contains("erofs-utils 1.5") && err.contains("notes.txt"), "{err}");
+
+    // The real mkfs.erofs, made to fail on a missing source ("$@"/missing
+    // appends to the last argument, the source directory).
+    let tools = TempDir::new().unwrap();
+    let script = "#!/bin/sh\nexec /usr/bin/mkfs.erofs \"$@\"/missing\n";
+    fs::write(tools.path().join("mkfs.erofs"), script).unwrap();
+    chmod(&tools.path().join("mkfs.erofs"), 0o755);
+    symlink("/usr/bin/fsck.erofs", tools.path().join("fsck.erofs")).unwrap();
+    let src = TempDir::new().unwrap();
+    let options = ErofsOptions { tool_dir: Some(tools.path().to_path_buf()), ..ErofsOptions::default() };
+    let err = build(src.path(), &work.path().join("rootfs.erofs"), &options).unwrap_err().to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("mkfs.erofs failed (exit status: 1): erofs: failed to parse source directory"), "{err}");
+    only(work.path(), &["notes.txt"]);
+}
+
 #[test]
 fn check_refuses_a_damaged_superblock() {
     let src = TempDir::new().unwrap();

@@ -416,6 +416,21 @@ fn bad_root_leaves_nothing() {
     assert!(missing_tool.contains("e2fsprogs"), "{missing_tool}");
 }
 
+/// e2fsck's many lines about a file that is no ext4 make one line: the one
+/// that says what is wrong, and how many more there were.
+#[test]
+fn a_failed_check_is_one_line() {
+    let dir = scratch();
+    let notes = dir.path().join("notes.txt");
+    fs::write(&notes, "not an ext4 image\n").unwrap();
+    let err = ext4::check(&notes).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    let err = err.to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with(&format!("{} is not a clean ext4 filesystem: e2fsck -fn exited with", notes.display())));
+    assert!(err.contains("short read while trying to open") && err.contains("more lines)"), "{err}");
+}
+
 /// A mid-size tree of mixed file sizes: the image holds the headroom asked
 /// and not much more: the estimate is close, not merely generous.
 #[test]

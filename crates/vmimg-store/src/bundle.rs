@@ -109,6 +109,7 @@ impl Store {
 
     /// Packs image `key` into a bundle at `dst`.
     pub async fn export_bundle(&self, key: &str, dst: &Path, options: ExportOptions) -> Result<ExportedBundle> {
+        vmimg_disk::check_destination(dst, Some(&format!("{key}.tar.zst")))?;
         let lock = self.lock(key).await?;
         let record = self.lookup(key)?.ok_or_else(|| Error::NotFound { what: "image", name: key.to_owned() })?;
         let instances = self.instances_of(key)?;
@@ -172,6 +173,10 @@ fn import_into(source: &Path, dir: &Path, limits: &Limits, expected: Option<Dige
     };
     let (disk, scratch) = (dir.join("disk.raw"), dir.join("layer.qcow2"));
     let file = File::open(source).map_err(Error::io("open", source))?;
+    if file.metadata().is_ok_and(|meta| meta.is_dir()) {
+        let path = source.display();
+        return Err(Error::Invalid(format!("{path} is a directory: give the bundle's file (an image.tar.zst)")));
+    }
     let mut hashing = Hashing::new(file, algorithm);
     // The import reads the file to its end: the digest covers it all.
     let imported = bundle::import(&mut hashing, &disk, &scratch, limits, integrity)

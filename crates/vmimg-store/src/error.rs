@@ -53,7 +53,7 @@ pub enum Error {
     Qcow2 { path: PathBuf, source: vmimg_qcow2::Error },
     #[error("image record {}: {message}", path.display())]
     Record { path: PathBuf, message: String },
-    #[error("bundle {}: {source}", path.display())]
+    #[error("{}", bundle_message(path, source))]
     Bundle { path: PathBuf, source: vmimg_bundle::bundle::Error },
     #[error("bundle {}: its digest is {actual}, not the expected {expected}; nothing was kept", path.display())]
     BundleMismatch { path: PathBuf, expected: Digest, actual: Digest },
@@ -76,6 +76,15 @@ pub enum Error {
     Fetch(#[from] vmimg_fetch::Error),
     #[error(transparent)]
     Disk(#[from] vmimg_disk::Error),
+}
+
+/// `FILE is not a bundle: …`, or `bundle FILE: …` for what went wrong
+/// inside one.
+fn bundle_message(path: &Path, source: &vmimg_bundle::bundle::Error) -> String {
+    match source {
+        vmimg_bundle::bundle::Error::NotABundle { .. } => format!("{} is not a bundle: {source}", path.display()),
+        _ => format!("bundle {}: {source}", path.display()),
+    }
 }
 
 impl Error {

@@ -266,6 +266,11 @@ pub(crate) fn of_disk(error: &vmimg_disk::Error) -> ErrorKind {
         // The backing files it names.
         D::BackingLoop { .. } | D::ChainTooDeep { .. } | D::ChainToQcow2 { .. } => ErrorKind::Refused,
         D::UnknownFormat(_) | D::Shrink { .. } | D::SameFile { .. } | D::InvalidSize { .. } => ErrorKind::InvalidInput,
+        // Where the output was to go.
+        D::DestinationIsDirectory { .. } | D::DestinationNotAFile { .. } | D::DestinationDirNotADir { .. } => {
+            ErrorKind::InvalidInput
+        }
+        D::DestinationDirMissing { .. } => ErrorKind::NotFound,
     }
 }
 
@@ -288,7 +293,10 @@ pub(crate) fn of_qcow2(error: &vmimg_qcow2::Error) -> ErrorKind {
 
 pub(crate) fn of_bundle(error: &BundleError) -> ErrorKind {
     match error {
-        BundleError::Refused(_) | BundleError::OverLimit { .. } | BundleError::UncheckedFrame(_) => ErrorKind::Refused,
+        BundleError::Refused(_)
+        | BundleError::NotABundle { .. }
+        | BundleError::OverLimit { .. }
+        | BundleError::UncheckedFrame(_) => ErrorKind::Refused,
         BundleError::Layer(e) => of_qcow2(e),
         BundleError::Machine(e) => of_machine(e),
         BundleError::Io { source, .. } => of_io(source),
@@ -500,7 +508,11 @@ mod tests {
                 (Disk::UnknownFormat("vdi".into()), InvalidInput),
                 (Disk::CopyOfQcow2 { path: path() }, Refused),
                 (Disk::Shrink { path: path(), size: 2, requested: 1 }, InvalidInput),
-                (Disk::SameFile { src: path(), dst: path() }, InvalidInput),
+                (Disk::SameFile { verb: "copying", src: path(), dst: path() }, InvalidInput),
+                (Disk::DestinationIsDirectory { path: path(), example: None }, InvalidInput),
+                (Disk::DestinationNotAFile { path: path(), what: "a FIFO" }, InvalidInput),
+                (Disk::DestinationDirNotADir { path: path(), dir: path() }, InvalidInput),
+                (Disk::DestinationDirMissing { path: path(), dir: path() }, NotFound),
                 (Disk::InvalidSize { input: "1X".into(), problem: "unit" }, InvalidInput),
                 (Disk::BackingLoop { path: path(), backing: path() }, Refused),
                 (Disk::ChainTooDeep { path: path(), max: 16 }, Refused),
@@ -538,6 +550,7 @@ mod tests {
             of_bundle,
             vec![
                 (BundleError::Refused("a link".into()), Refused),
+                (BundleError::NotABundle { problem: "text".into() }, Refused),
                 (BundleError::OverLimit { what: "disk.img".into(), size: 2, limit: 1 }, Refused),
                 (BundleError::UncheckedFrame(UncheckedFrame { frame: 1 }), Refused),
                 (BundleError::Layer(vmimg_qcow2::Error::BackingFileRefused { path: "x".into() }), Refused),

@@ -321,13 +321,16 @@ async fn check_raw_parts(partials: &[PathBuf], image: &CloudImage, origin: &OciO
 /// Refuses raw parts that do not make a plain raw disk of `size` bytes: the
 /// disk they start (at the head of `first`, a part of `first_len` bytes)
 /// is probed (an image header would be misread by a probing VMM; a
-/// compressed stream or a page is no disk).
+/// compressed stream or a page is no disk). The layers' media type says
+/// raw, as `-f raw` does: text and a length that is not a whole number of
+/// sectors, which probing alone would refuse, are taken as declared.
 fn check_raw_head(first: &Path, first_len: u64, size: u64, label: PathBuf) -> Result<()> {
+    use vmimg_disk::NotADisk::{PartialSector, Text};
     let file = File::open(first).map_err(Error::io("open", first))?;
     let mut head = vec![0u8; (vmimg_disk::PROBE_BYTES as u64).min(first_len) as usize];
     file.read_exact_at(&mut head, 0).map_err(Error::io("read", first))?;
     match vmimg_disk::probe(&head, Some(size)) {
-        vmimg_disk::Content::Raw => Ok(()),
+        vmimg_disk::Content::Raw | vmimg_disk::Content::NotADisk(Text | PartialSector(_)) => Ok(()),
         vmimg_disk::Content::Qcow2 | vmimg_disk::Content::Foreign(_) => {
             Ok(vmimg_disk::ensure_plain_raw(&head, &label)?)
         }

@@ -7,7 +7,8 @@
 //! file is removed before the image is published: the qcow2 reader bounds
 //! every table by the file's length, which a stream tells only at its end.
 //! Anything else inside (an image format vmimg does not read, a stream
-//! compressed twice, no disk) is refused by name. The digest is the
+//! compressed twice, no disk: text, or a raw disk that turns out at the
+//! stream's end not to be a whole number of sectors) is refused by name. The digest is the
 //! caller's business: it is taken on the bytes as published, before
 //! decoding.
 
@@ -33,6 +34,11 @@ pub(crate) fn unpack_to_disk(
     match vmimg_disk::probe(&head, None) {
         Content::Raw => {
             let (out, (virtual_size, bytes_written)) = write_out(&head, &mut decoded, &disk, &inner)?;
+            // A stream's length is known only at its end.
+            if !virtual_size.is_multiple_of(vmimg_disk::SECTOR) {
+                let content = Content::NotADisk(vmimg_disk::NotADisk::PartialSector(virtual_size));
+                return Err(vmimg_disk::Error::Unsupported { path: inner, content }.into());
+            }
             out.sync_all().map_err(Error::io("flush", &disk))?;
             Ok((Format::Raw, ConvertStats { virtual_size, bytes_written }))
         }

@@ -2,7 +2,7 @@
 //! when the host lacks something.
 //!
 //! - [`Mount`]: a tmpfs (a second filesystem, for copies across
-//!   filesystems), an XFS made with `reflink=1` on a loop device (for
+//!   filesystems; a small one, for a full disk), an XFS made with `reflink=1` on a loop device (for
 //!   FICLONE, which ext4 refuses), or a read-only loop mount of an image the
 //!   test built (erofs). Each is unmounted, and its files removed, on drop.
 //!   Mounting needs root (CI runs as root) and, for images, a free loop
@@ -42,8 +42,14 @@ pub struct Mount {
 impl Mount {
     /// A fresh tmpfs: a filesystem other than the one `/tmp` is on.
     pub fn tmpfs() -> Result<Mount, String> {
+        Mount::tmpfs_of(256 << 20)
+    }
+
+    /// A fresh tmpfs of `bytes` (rounded up to pages): a small one makes a
+    /// full disk.
+    pub fn tmpfs_of(bytes: u64) -> Result<Mount, String> {
         let point = TempDir::new().map_err(|e| e.to_string())?;
-        mount(&["-t", "tmpfs", "-o", "size=256m", "tmpfs"], point.path())?;
+        mount(&["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"], point.path())?;
         Ok(Mount { point, _backing: None })
     }
 

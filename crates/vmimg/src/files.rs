@@ -1,13 +1,13 @@
 //! `vmimg convert` and `vmimg copy`: disk files in, disk files out, no store.
 
 use crate::units::human;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
 use vmimg_disk::{ConvertOptions, CopyMethod, CopyOptions, DiskImage, Format};
 
 pub fn convert(src: &Path, dst: &Path, format: Option<Format>, options: &ConvertOptions, quiet: bool) -> Result<()> {
-    let image = DiskImage::open(src, format)?;
+    let image = DiskImage::open(src, format).map_err(with_raw_hint)?;
     let started = Instant::now();
     let stats = vmimg_disk::convert_to_path(&image, dst, options)?;
     if !quiet {
@@ -43,4 +43,22 @@ pub fn copy(src: &Path, dst: &Path, options: &CopyOptions, quiet: bool) -> Resul
         );
     }
     Ok(())
+}
+
+/// A file probing refuses as a raw disk only for its size or its text can
+/// still be read as raw when the user says so, as qemu-img would.
+fn with_raw_hint(error: vmimg_disk::Error) -> anyhow::Error {
+    use vmimg_disk::{Content, NotADisk};
+    let hint = match &error {
+        vmimg_disk::Error::Unsupported {
+            content: Content::NotADisk(NotADisk::TooSmall(_) | NotADisk::PartialSector(_)),
+            ..
+        } => "if it is a disk all the same, `-f raw` reads it as raw, padded with zeros to a whole sector",
+        vmimg_disk::Error::Unsupported { content: Content::NotADisk(NotADisk::Text), .. } => {
+            "if it is a disk all the same, `-f raw` reads it as raw"
+        }
+        _ => return error.into(),
+    };
+    let line = format!("{error} ({hint})");
+    Err::<(), _>(error).context(line).unwrap_err()
 }

@@ -7,6 +7,16 @@ use vmimg_disk::{Format, FormatSpecific, ImageInfo};
 
 pub fn run(path: &Path, format: Option<Format>, json: bool) -> Result<()> {
     let info = ImageInfo::read(path, format)?;
+    if let Some(why) = info.not_a_disk {
+        // Described as qemu-img describes any file; said so, since pull and
+        // convert refuse it.
+        eprintln!(
+            "vmimg: warning: {} is {}: shown as raw, as qemu-img shows any file, but `vmimg pull` and `vmimg \
+             convert` refuse it (`convert -f raw` reads it as raw)",
+            path.display(),
+            vmimg_disk::Content::NotADisk(why)
+        );
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {

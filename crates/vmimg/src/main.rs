@@ -275,10 +275,12 @@ enum Command {
     Convert {
         /// The source image.
         src: PathBuf,
-        /// The raw disk to write (replaced atomically if it exists).
+        /// The raw disk to write (a file, replaced atomically if it exists;
+        /// a directory or a device is refused before any work).
         dst: PathBuf,
-        /// Read the source as this format instead of probing it. A file
-        /// without the qcow2 magic always probes as raw.
+        /// Read the source as this format instead of probing it. Without
+        /// it, a file with no image header is raw only if it is whole
+        /// 512-byte sectors and not text; -f raw takes any file as raw.
         #[arg(short = 'f', long, value_parser = parse_format)]
         format: Option<Format>,
         /// Output format (only raw for now).
@@ -306,7 +308,8 @@ enum Command {
     Copy {
         /// The raw disk to copy.
         src: PathBuf,
-        /// The copy (replaced atomically if it exists).
+        /// The copy (a file, replaced atomically if it exists; a directory or
+        /// a device is refused before any work).
         dst: PathBuf,
         /// Extend the copy to SIZE bytes: a whole number with an optional K,
         /// M, G, T or P suffix, binary as in qemu-img (1K = 1024; KiB and KB
@@ -526,7 +529,10 @@ fn parse_format(s: &str) -> Result<Format, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     init_logs(cli.verbose, matches!(cli.command, Command::Serve { .. }));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -549,6 +555,42 @@ fn init_logs(verbose: u8, daemon: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+}
+
+/// The command line, or the exit code once clap's help or version is
+/// printed as clap prints it (0; the help for a missing command, 2), or a
+/// usage error as one `vmimg: error:` line (2): clap's message, its tips,
+/// the usage and where the help is.
+fn parse_command_line() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind as Clap;
+    let error = match Cli::try_parse() {
+        Ok(cli) => return Ok(cli),
+        Err(error) => error,
+    };
+    if matches!(error.kind(), Clap::DisplayHelp | Clap::DisplayVersion | Clap::DisplayHelpOnMissingArgumentOrSubcommand)
+    {
+        let _ = error.print();
+        return Err(ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2)));
+    }
+    // clap renders paragraphs: the error (its details indented below it),
+    // tips, `Usage: …`, `For more information, try '--help'.`
+    let rendered = error.render().to_string();
+    let (mut message, mut notes, mut command) = (String::new(), Vec::new(), "vmimg".to_owned());
+    for paragraph in rendered.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
+        let joined = paragraph.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+        if let Some(usage) = joined.strip_prefix("Usage: ") {
+            let words = usage.split(' ').take_while(|w| !w.starts_with(['[', '<', '-']));
+            command = words.collect::<Vec<_>>().join(" ");
+            notes.push(format!("usage: {usage}"));
+        } else if joined.starts_with("tip: ") {
+            notes.push(joined);
+        } else if message.is_empty() {
+            message = joined.strip_prefix("error: ").unwrap_or(&joined).to_owned();
+        }
+    }
+    notes.push(format!("`{command} --help` says more"));
+    eprintln!("vmimg: error: {message} ({})", notes.join("; "));
+    Err(ExitCode::from(2))
 }
 
 /// The exit code of an error of `kind` (README lists them): 2 is also

@@ -1,5 +1,7 @@
 //! `vmimg bundle export|import` and `vmimg image new` as a user meets them.
 
+mod common;
+
 use serde_json::Value;
 use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -7,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn vmimg(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmimg")).arg("--store").arg(store).args(args).output().unwrap()
+    common::vmimg(store, args)
 }
 
 fn ok(store: &Path, args: &[&str]) -> String {
@@ -354,4 +356,53 @@ fn a_bundle_disk_carrying_an_image_header_is_refused() {
     });
     let error = refused(&store, &bundle, &[]);
     assert!(error.contains("starts with a VMDK (VMware) image header"), "{error}");
+}
+
+/// What is not a bundle is refused saying what it is and what a bundle is,
+/// in one line, with nothing kept; an export to a directory is refused
+/// before the work, with a file name to use in it.
+#[test]
+fn what_is_not_a_bundle_is_named_and_a_directory_is_no_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let d = dir.path();
+    std::fs::write(d.join("notes.txt"), "Download failed: 404 Not Found\n").unwrap();
+    noisy_disk(&d.join("disk.img"));
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("cd {} && tar -cf image.tar notes.txt && gzip -k image.tar && zstd -q disk.img", d.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let cases = [
+        ("notes.txt", "it does not start with a zstd frame (found text: \"Download failed: 404 Not Found\")"),
+        ("image.tar", "it does not start with a zstd frame (found a tar archive)"),
+        ("image.tar.gz", "it does not start with a zstd frame (found a gzip-compressed stream)"),
+        ("disk.img.zst", "it is zstd-compressed, but holds bytes "),
+    ];
+    for (name, expected) in cases {
+        let file = d.join(name);
+        let before = contents(&store);
+        let (code, line) = common::fails_in_one_line(&store, &["bundle", "import", file.to_str().unwrap()]);
+        assert_eq!(code, 6, "{line}");
+        let what = format!("{} is not a bundle: {expected}", file.display());
+        assert!(line.contains(&what) && line.contains("a bundle is an image.tar.zst"), "{line}");
+        assert!(!line.contains("Unknown frame descriptor"), "{line}");
+        assert_eq!(contents(&store), before, "{name}: the store changed");
+    }
+    let (code, line) = common::fails_in_one_line(&store, &["bundle", "import", d.to_str().unwrap(), "--name", "x"]);
+    assert_eq!(code, 2, "{line}");
+    assert!(line.contains("is a directory: give the bundle's file"), "{line}");
+
+    ok(&store, &["pull", d.join("disk.img").to_str().unwrap()]);
+    let name = images(&store)[0]["name"].as_str().unwrap().to_owned();
+    let out = d.join("bundles");
+    std::fs::create_dir(&out).unwrap();
+    let (code, line) = common::fails_in_one_line(&store, &["bundle", "export", &name, out.to_str().unwrap()]);
+    assert_eq!(code, 2, "{line}");
+    let example = out.join(format!("{name}.tar.zst"));
+    assert!(line.contains(&format!("is a directory: give the path of the file to write, e.g. {}", example.display())));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "the export wrote into the directory");
+    let beside: Vec<_> = std::fs::read_dir(d).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!beside.iter().any(|n| n.to_string_lossy().ends_with(".tmp")), "a temporary was left: {beside:?}");
 }

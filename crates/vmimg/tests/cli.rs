@@ -1,14 +1,21 @@
 //! The `vmimg` binary as a user meets it: `info` against `qemu-img info`,
-//! `convert` results and refusals, one-line errors and exit codes, help.
+//! `convert` results and refusals, one-line errors and exit codes (usage
+//! errors and tool failures too), destinations checked before any work,
+//! help.
 
+mod common;
+
+use common::error_line;
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// `vmimg ARGS` for commands that need no store (through the common
+/// helper, with a store that is never made).
 fn vmimg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmimg")).args(args).output().expect("run vmimg")
+    common::vmimg(Path::new("/nonexistent/vmimg-cli-test-store"), args)
 }
 
 fn qemu_img(args: &[&str]) -> String {
@@ -389,7 +396,7 @@ fn completions_and_man_pages_come_from_the_commands() {
 fn names_are_suggested_and_images_found_by_an_unambiguous_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let in_store = |args: &[&str]| vmimg(&[&["--store", store.to_str().unwrap()], args].concat());
+    let in_store = |args: &[&str]| common::vmimg(&store, args);
     let typo = in_store(&["pull", "debian12"]);
     assert_eq!(typo.status.code(), Some(3), "{}", stderr(&typo));
     assert!(stderr(&typo).contains("did you mean debian-12?"), "{}", stderr(&typo));
@@ -425,7 +432,7 @@ fn names_are_suggested_and_images_found_by_an_unambiguous_prefix() {
 fn json_output_from_gc_and_instance_create() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let in_store = |args: &[&str]| vmimg(&[&["--store", store.to_str().unwrap()], args].concat());
+    let in_store = |args: &[&str]| common::vmimg(&store, args);
     let disk = dir.path().join("a.qcow2");
     qemu_img(&["create", "-f", "qcow2", disk.to_str().unwrap(), "1M"]);
     assert!(in_store(&["pull", disk.to_str().unwrap()]).status.success());
@@ -441,4 +448,132 @@ fn json_output_from_gc_and_instance_create() {
     assert_eq!(report["dry_run"], true);
     assert!(report["bytes_freed"].is_u64() && report["images"].is_array(), "{report}");
     assert!(stderr(&gc).is_empty(), "--json says it all on stdout: {}", stderr(&gc));
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// A destination that cannot be written is refused before any work, in
+/// one line with the exit code of its kind, and nothing is written. The
+/// source given to `convert` is corrupt past its header: a check made after
+/// the work would report the corrupt cluster instead.
+#[test]
+fn convert_and_copy_refuse_a_bad_destination_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).to_str().unwrap().to_owned();
+    fs::write(p("in.raw"), (0..4 << 20).map(|i: u32| (i / 3 % 256) as u8).collect::<Vec<_>>()).unwrap();
+    qemu_img(&["convert", "-c", "-O", "qcow2", &p("in.raw"), &p("in.qcow2")]);
+    let len = fs::metadata(p("in.qcow2")).unwrap().len();
+    fs::OpenOptions::new().write(true).open(p("in.qcow2")).unwrap().write_all_at(&[0xff; 4096], len - 8192).unwrap();
+    fs::create_dir(p("out")).unwrap();
+    fs::write(p("file"), b"a file").unwrap();
+    let status = Command::new("mkfifo").arg(p("fifo")).status().unwrap();
+    assert!(status.success());
+    fs::hard_link(p("in.qcow2"), p("link.qcow2")).unwrap();
+    let source = fs::read(p("in.qcow2")).unwrap();
+    let before = names(d);
+    let cases: &[(&str, &str, &str, i32, &[&str])] = &[
+        (
+            "convert",
+            "in.qcow2",
+            "out",
+            2,
+            &["out is a directory: give the path of the file to write, e.g. ", "out/in.raw"],
+        ),
+        ("copy", "in.raw", "out", 2, &["out is a directory", "e.g. ", "out/in.raw"]),
+        ("convert", "in.qcow2", "missing/x.raw", 3, &["missing/x.raw: its directory ", "missing does not exist"]),
+        ("copy", "in.raw", "missing/deeper/x.raw", 3, &["missing/deeper does not exist: create it first"]),
+        ("convert", "in.qcow2", "file/x.raw", 2, &["cannot write ", "file is not a directory"]),
+        ("copy", "in.raw", "file/x.raw", 2, &["file is not a directory"]),
+        ("convert", "in.qcow2", "in.qcow2", 2, &["converting a file onto itself is refused", "same file"]),
+        ("convert", "in.qcow2", "link.qcow2", 2, &["converting a file onto itself", "link.qcow2 are the same file"]),
+        ("convert", "in.qcow2", "fifo", 2, &["fifo is a FIFO", "give the path of a regular file"]),
+        ("copy", "in.raw", "fifo", 2, &["fifo is a FIFO"]),
+    ];
+    for (command, src, dst, code, expected) in cases {
+        let out = vmimg(&[command, &p(src), &p(dst)]);
+        let (exit, line) = error_line(&out);
+        assert_eq!(exit, *code, "{command} {src} {dst}: {line}");
+        for e in *expected {
+            assert!(line.contains(e), "{command} {src} {dst}: {line:?} lacks {e:?}");
+        }
+        assert!(!line.contains("corrupt"), "the work was done before the check: {line}");
+        assert_eq!(names(d), before, "{command} {src} {dst} left something");
+        assert!(names(&d.join("out")).is_empty(), "{command} {src} {dst} wrote into the directory");
+    }
+    assert_eq!(fs::read(p("in.qcow2")).unwrap(), source, "the source is untouched");
+    assert_eq!(fs::read(p("file")).unwrap(), b"a file");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(p("fifo")).unwrap().file_type().is_fifo(), "the FIFO is still one");
+}
+
+/// Usage errors are one `vmimg: error:` line (exit 2) that keeps clap's
+/// message and tips, with the usage and where the help is; help and
+/// version print as clap prints them (exit 0).
+#[test]
+fn usage_errors_are_one_line_and_help_is_clap_s() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["frob"],
+            &["unrecognized subcommand 'frob'", "usage: vmimg [OPTIONS] <COMMAND>", "`vmimg --help` says more"],
+        ),
+        (&["pul", "x"], &["unrecognized subcommand 'pul'", "tip: some similar subcommands exist", "'pull'"]),
+        (
+            &["convert", "in.qcow2"],
+            &[
+                "the following required arguments were not provided: <DST>",
+                "usage: vmimg convert <SRC> <DST>",
+                "`vmimg convert --help` says more",
+            ],
+        ),
+        (&["convert", "--bogus", "a", "b"], &["unexpected argument '--bogus' found", "tip: to pass '--bogus'"]),
+        (
+            &["--arch", "sparc", "pull", "x"],
+            &["invalid value 'sparc' for '--arch <ARCH>' [possible values: amd64, arm64]"],
+        ),
+        (&["copy", "a", "b", "--size"], &["a value is required for '--size <SIZE>'"]),
+        (&["info", "-f", "vmdk", "x"], &["unknown image format \"vmdk\": vmimg reads raw and qcow2"]),
+    ];
+    for (args, expected) in cases {
+        let (code, line) = error_line(&vmimg(args));
+        assert_eq!(code, 2, "{args:?}: {line}");
+        for e in *expected {
+            assert!(line.contains(e), "{args:?}: {line:?} lacks {e:?}");
+        }
+    }
+    for args in [&["--help"][..], &["convert", "--help"], &["--version"]] {
+        let out = vmimg(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(out.stderr.is_empty(), "{args:?}: {}", stderr(&out));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(stdout.starts_with("vmimg ") || stdout.contains("Usage: vmimg"), "{args:?}: {stdout}");
+    }
+    // Options but no command: the commands are named.
+    let (code, line) = error_line(&vmimg(&[]));
+    assert_eq!(code, 2);
+    assert!(line.contains("requires a subcommand") && line.contains("pull, build"), "{line}");
+}
+
+/// A mke2fs that fails says so in one line, the line of its output that
+/// tells what went wrong, with what to do and the exit code of its kind
+/// (9: out of space); the disk is not left behind. Needs root (a tmpfs too
+/// small for the disk's metadata).
+#[test]
+fn a_failing_mke2fs_is_one_line() {
+    let mount = match vmimg_testserver::mounts::Mount::tmpfs_of(32 << 10) {
+        Ok(mount) => mount,
+        Err(why) => return vmimg_testserver::mounts::skip_missing(why),
+    };
+    let disk = mount.path().join("volume.ext4");
+    let (code, line) = error_line(&vmimg(&["disk", "new-ext4", disk.to_str().unwrap(), "--size", "64M"]));
+    assert_eq!(code, 9, "{line}");
+    let expected = format!("mke2fs failed on {} (exit status: 1): mke2fs: No space left on device", disk.display());
+    assert!(line.contains(&expected) && line.contains("free space"), "{line}");
+    assert!(names(mount.path()).is_empty(), "left behind: {:?}", names(mount.path()));
 }

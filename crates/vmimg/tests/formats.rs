@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::vmimg;
+use common::{error_line, vmimg};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -185,6 +185,63 @@ fn files_that_are_no_disk_are_refused() {
             assert!(text(&out.stderr).contains(named), "{source}: {}", text(&out.stderr));
             assert_store_empty(&store);
         }
+    }
+}
+
+/// Where probing finds no header, a file is a raw disk only if it could be
+/// one: text (a README, a server's plain-text answer) and a length that is
+/// not a whole number of 512-byte sectors are refused by name, pulled from
+/// a file, a URL or inside a compressed stream, and converted; nothing is
+/// kept. `convert -f raw` takes such a file as raw, padded to a whole
+/// sector as qemu-img pads it, and `info` describes it as qemu-img does,
+/// with a warning.
+#[test]
+fn text_and_partial_sectors_are_no_raw_disks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let server = TestServer::start();
+    let notes = "# Notes\n\nThe disk is at https://example.com/disk.qcow2 (not here).\n".repeat(80);
+    let mut odd = vec![0u8; 1_000_000];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut odd).unwrap();
+    let cases: [(&str, Vec<u8>, &str); 2] = [
+        ("notes.txt", notes.into_bytes(), " is text, not a disk image"),
+        ("odd.img", odd, " is 1000000 bytes, not a whole number of 512-byte sectors: not a raw disk image"),
+    ];
+    for (name, body, named) in cases {
+        let file = dir.path().join(name);
+        std::fs::write(&file, &body).unwrap();
+        server.add(&format!("/{name}"), body);
+        let gz = compress("gzip", "gz", &file);
+        let sources = [file.display().to_string(), server.url(&format!("/{name}")), gz.display().to_string()];
+        for source in sources {
+            let (code, line) = error_line(&vmimg(&store, &["pull", &source]));
+            assert_eq!(code, 6, "{source}: {line}");
+            assert!(line.contains(named) && line.contains(name), "{source}: {line}");
+            assert_store_empty(&store);
+        }
+        let out = dir.path().join(format!("{name}.raw"));
+        let (code, line) = error_line(&vmimg(&store, &["convert", file.to_str().unwrap(), out.to_str().unwrap()]));
+        assert_eq!(code, 6, "{line}");
+        assert!(line.contains(named) && line.contains("`-f raw` reads it as raw"), "{line}");
+        assert!(!out.exists());
+
+        // Declared raw, it is read as qemu-img reads it.
+        let ours = vmimg(&store, &["-q", "convert", "-f", "raw", file.to_str().unwrap(), out.to_str().unwrap()]);
+        assert!(ours.status.success(), "{}", text(&ours.stderr));
+        let theirs = dir.path().join(format!("{name}.qemu.raw"));
+        ok(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw"]).arg(&file).arg(&theirs));
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&theirs).unwrap(), "{name}: as qemu-img pads it");
+        assert_eq!(std::fs::metadata(&out).unwrap().len() % 512, 0);
+
+        let info = vmimg(&store, &["info", "--json", file.to_str().unwrap()]);
+        assert!(info.status.success(), "{}", text(&info.stderr));
+        let ours: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        let qemu = Command::new("qemu-img").args(["info", "--output=json"]).arg(&file).output().unwrap();
+        let qemu: serde_json::Value = serde_json::from_slice(&qemu.stdout).unwrap();
+        assert_eq!((&ours["format"], &ours["virtual-size"]), (&qemu["format"], &qemu["virtual-size"]), "{name}");
+        let warning = text(&info.stderr);
+        assert!(warning.starts_with("vmimg: warning: ") && warning.lines().count() == 1, "{warning}");
+        assert!(warning.contains("`vmimg pull` and `vmimg convert` refuse it"), "{warning}");
     }
 }
 

@@ -8,15 +8,39 @@ use std::process::{Command, Output};
 
 /// `vmimg --store STORE ARGS`, with no credentials but the test's own.
 pub fn vmimg(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmimg"))
+    command(store, args).output().unwrap()
+}
+
+/// The command [`vmimg`] runs, for a test that adds to it (the
+/// environment, a working directory).
+pub fn command(store: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vmimg"));
+    command
         .env("DOCKER_CONFIG", "/nonexistent/vmimg-test")
         .arg("--store")
         .arg(store)
         .env("VMIMG_RETRY_DELAY", "10")
         .env("VMIMG_RETRIES", "2")
-        .args(args)
-        .output()
-        .unwrap()
+        .args(args);
+    command
+}
+
+/// The exit code and the one line on stderr of a run that must fail as
+/// README promises: exactly one line, starting `vmimg: error: `, nothing on
+/// stdout, an exit code of 1 to 9.
+pub fn error_line(out: &Output) -> (i32, String) {
+    let stderr = String::from_utf8(out.stderr.clone()).unwrap();
+    let code = out.status.code().unwrap_or(-1);
+    assert!((1..=9).contains(&code), "should fail with 1 to 9: {:?}: {stderr}", out.status);
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
+    assert!(stderr.starts_with("vmimg: error: "), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout: {}", String::from_utf8_lossy(&out.stdout));
+    (code, stderr.trim_end().to_owned())
+}
+
+/// [`error_line`] of `vmimg --store STORE ARGS`.
+pub fn fails_in_one_line(store: &Path, args: &[&str]) -> (i32, String) {
+    error_line(&vmimg(store, args))
 }
 
 /// The stdout, trimmed, of a run that must succeed.
