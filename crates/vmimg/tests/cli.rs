@@ -534,7 +534,7 @@ fn usage_errors_are_one_line_and_help_is_clap_s() {
         ),
         (&["convert", "--bogus", "a", "b"], &["unexpected argument '--bogus' found", "tip: to pass '--bogus'"]),
         (
-            &["--arch", "sparc", "pull", "x"],
+            &["pull", "--arch", "sparc", "x"],
             &["invalid value 'sparc' for '--arch <ARCH>' [possible values: amd64, arm64]"],
         ),
         (&["copy", "a", "b", "--size"], &["a value is required for '--size <SIZE>'"]),
