@@ -6,11 +6,26 @@ use std::path::Path;
 use std::time::Instant;
 use vmimg_disk::{ConvertOptions, CopyMethod, CopyOptions, DiskImage, Format};
 
-pub fn convert(src: &Path, dst: &Path, format: Option<Format>, options: &ConvertOptions, quiet: bool) -> Result<()> {
+/// How a command reports what it did: a summary on stderr (unless quiet),
+/// or JSON on stdout.
+#[derive(Clone, Copy)]
+pub struct Output {
+    pub json: bool,
+    pub quiet: bool,
+}
+
+pub fn convert(src: &Path, dst: &Path, format: Option<Format>, options: &ConvertOptions, output: Output) -> Result<()> {
     let image = DiskImage::open(src, format).map_err(with_raw_hint)?;
     let started = Instant::now();
     let stats = vmimg_disk::convert_to_path(&image, dst, options)?;
-    if !quiet {
+    if output.json {
+        let done = serde_json::json!({
+            "source": src, "destination": dst, "source_format": image.format().name(),
+            "virtual_size": stats.virtual_size, "bytes_written": stats.bytes_written,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else if !output.quiet {
         eprintln!(
             "converted {} ({}, {}) to {} in {:.2?}: {} written, the rest left as holes",
             src.display(),
@@ -24,10 +39,17 @@ pub fn convert(src: &Path, dst: &Path, format: Option<Format>, options: &Convert
     Ok(())
 }
 
-pub fn copy(src: &Path, dst: &Path, options: &CopyOptions, quiet: bool) -> Result<()> {
+pub fn copy(src: &Path, dst: &Path, options: &CopyOptions, output: Output) -> Result<()> {
     let started = Instant::now();
     let stats = vmimg_disk::copy_raw(src, dst, options)?;
-    if !quiet {
+    if output.json {
+        let done = serde_json::json!({
+            "source": src, "destination": dst, "source_size": stats.source_size,
+            "virtual_size": stats.virtual_size, "bytes_copied": stats.bytes_copied,
+            "method": stats.method.name(), "seconds": started.elapsed().as_secs_f64(),
+        });
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else if !output.quiet {
         let moved = match stats.method {
             CopyMethod::Reflink => "blocks shared with the source".to_string(),
             _ => format!("{} written, the rest left as holes", human(stats.bytes_copied)),

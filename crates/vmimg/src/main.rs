@@ -292,6 +292,9 @@ enum Command {
         /// Do not flush the output to disk before publishing it.
         #[arg(long)]
         no_sync: bool,
+        /// Print what was done as JSON (sizes, bytes written, seconds).
+        #[arg(long)]
+        json: bool,
     },
     /// Copy a raw disk, keeping its holes, optionally growing it.
     ///
@@ -319,6 +322,9 @@ enum Command {
         /// Do not flush the copy to disk before publishing it.
         #[arg(long)]
         no_sync: bool,
+        /// Print what was done as JSON (sizes, bytes copied, method, seconds).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -761,13 +767,13 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Man { dir } => docs::man::<Cli>(dir.as_deref()),
-        Command::Convert { src, dst, format, output_format: _, threads, no_sync } => {
+        Command::Convert { src, dst, format, output_format: _, threads, no_sync, json } => {
             let options = ConvertOptions { threads: threads.unwrap_or(0), sync: !no_sync };
-            files::convert(src, dst, *format, &options, cli.quiet)
+            files::convert(src, dst, *format, &options, files::Output { json: *json, quiet: cli.quiet })
         }
-        Command::Copy { src, dst, size, no_sync } => {
+        Command::Copy { src, dst, size, no_sync, json } => {
             let options = vmimg_disk::CopyOptions { size: *size, sync: !no_sync, ..Default::default() };
-            files::copy(src, dst, &options, cli.quiet)
+            files::copy(src, dst, &options, files::Output { json: *json, quiet: cli.quiet })
         }
     }
 }

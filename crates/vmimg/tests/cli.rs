@@ -577,3 +577,21 @@ fn a_failing_mke2fs_is_one_line() {
     assert!(line.contains(&expected) && line.contains("free space"), "{line}");
     assert!(names(mount.path()).is_empty(), "left behind: {:?}", names(mount.path()));
 }
+
+#[test]
+fn convert_and_copy_report_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, raw, copy) = (dir.path().join("a.qcow2"), dir.path().join("a.raw"), dir.path().join("b.raw"));
+    qemu_img(&["create", "-f", "qcow2", src.to_str().unwrap(), "4M"]);
+    let converted = vmimg(&["convert", src.to_str().unwrap(), raw.to_str().unwrap(), "--json"]);
+    assert!(converted.status.success(), "{}", stderr(&converted));
+    let done: Value = serde_json::from_slice(&converted.stdout).unwrap();
+    assert_eq!((&done["source_format"], &done["virtual_size"]), (&Value::from("qcow2"), &Value::from(4 << 20)));
+    assert_eq!(done["destination"], raw.to_str().unwrap());
+    assert!(stderr(&converted).is_empty(), "{}", stderr(&converted));
+    let copied = vmimg(&["copy", raw.to_str().unwrap(), copy.to_str().unwrap(), "--size", "8M", "--json"]);
+    assert!(copied.status.success(), "{}", stderr(&copied));
+    let done: Value = serde_json::from_slice(&copied.stdout).unwrap();
+    assert_eq!((&done["source_size"], &done["virtual_size"]), (&Value::from(4 << 20), &Value::from(8 << 20)));
+    assert!(done["method"].is_string() && done["bytes_copied"].is_u64(), "{done}");
+}
