@@ -233,9 +233,8 @@ enum Claim {
 }
 
 impl Manager {
+    /// Nothing is written until a build is (listing builds writes nothing).
     pub fn new(store: Arc<Store>, options: ManagerOptions) -> Result<Manager> {
-        let dir = store.root().join("builds");
-        std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
         let inner = Inner {
             store,
             slots: tokio::sync::Semaphore::new(options.concurrency.max(1)),
@@ -322,7 +321,11 @@ impl Manager {
     pub fn list(&self) -> Result<Vec<Build>> {
         let dir = self.inner.dir();
         let mut builds = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(Error::io("list", &dir))? {
+        let entries = match std::fs::read_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(builds),
+            entries => entries.map_err(Error::io("list", &dir))?,
+        };
+        for entry in entries {
             let name = entry.map_err(Error::io("list", &dir))?.file_name().to_string_lossy().into_owned();
             if let Some(id) = name.strip_suffix(".json")
                 && let Some(build) = self.get(id)?
@@ -697,6 +700,8 @@ impl Inner {
 
     fn save(&self, build: &Build) -> Result<()> {
         let build = Build { queue_position: None, ..build.clone() };
+        let dir = self.dir();
+        std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
         crate::record::save_json(&self.record_path(&build.id), &build)
     }
 

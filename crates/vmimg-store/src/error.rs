@@ -47,6 +47,8 @@ pub enum Error {
     InUse { image: String, instances: String },
     #[error("no {what} named {name:?} in the store")]
     NotFound { what: &'static str, name: String },
+    #[error("no store at {}: nothing was ever stored there (a mistyped store directory?)", root.display())]
+    NoStore { root: PathBuf },
     #[error("no image named {name:?} in the store{suggestion}, and no source pulled before names one")]
     UnknownImage { name: String, suggestion: crate::suggest::Suggestion },
     #[error("{}: {source}", path.display())]

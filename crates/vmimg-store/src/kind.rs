@@ -123,9 +123,11 @@ impl Error {
             Error::BuildFailed { kind, .. } => *kind,
             Error::Internal(_) => ErrorKind::Internal,
             Error::Io { source, .. } => of_io(source),
-            Error::UnknownAlias { .. } | Error::NoArch { .. } | Error::NotFound { .. } | Error::UnknownImage { .. } => {
-                ErrorKind::NotFound
-            }
+            Error::UnknownAlias { .. }
+            | Error::NoArch { .. }
+            | Error::NotFound { .. }
+            | Error::UnknownImage { .. }
+            | Error::NoStore { .. } => ErrorKind::NotFound,
             Error::DigestMismatch { .. } | Error::BundleMismatch { .. } | Error::PartMismatch { .. } => {
                 ErrorKind::Refused
             }
@@ -623,6 +625,7 @@ mod tests {
                 (Error::Catalog { origin: text(), message: text() }, InvalidInput),
                 (Error::UnknownAlias { alias: text(), suggestion: Default::default() }, NotFound),
                 (Error::UnknownImage { name: text(), suggestion: Default::default() }, NotFound),
+                (Error::NoStore { root: "/x".into() }, NotFound),
                 (Error::NoArch { alias: text(), arch: text(), available: text() }, NotFound),
                 (Error::DigestMismatch { source_name: text(), expected: digest('a'), actual: digest('b') }, Refused),
                 (Error::InUse { image: text(), instances: text() }, InUse),

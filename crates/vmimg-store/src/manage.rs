@@ -68,8 +68,8 @@ impl Store {
         let dir = self.root().join("images");
         let instances = self.instances()?;
         let mut images = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(Error::io("list", &dir))? {
-            let key = entry.map_err(Error::io("list", &dir))?.file_name().to_string_lossy().into_owned();
+        for path in entries(&dir)? {
+            let key = path.file_name().expect("a named entry").to_string_lossy().into_owned();
             let Some(record) = self.lookup(&key)? else { continue };
             let image_dir = self.image_dir(&key);
             images.push(ImageSummary {

@@ -85,6 +85,7 @@ impl GetArgs {
             download: Some(&self.download),
             registry: Some(&self.registry),
             threads: self.threads,
+            read_only: false,
         }
     }
 }
@@ -97,6 +98,8 @@ pub struct Opening<'a> {
     pub download: Option<&'a DownloadArgs>,
     pub registry: Option<&'a RegistryArgs>,
     pub threads: Option<usize>,
+    /// The command only reads: the store is neither made nor written.
+    pub read_only: bool,
 }
 
 impl Opening<'_> {
@@ -136,6 +139,7 @@ impl Opening<'_> {
             fetch,
             registry,
             threads: self.threads.unwrap_or(0),
+            read_only: self.read_only,
         })?)
     }
 }

@@ -650,6 +650,7 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
         E::NoArch { .. } | E::NoHostArch { .. } => Some("choose one with --arch"),
         E::UnknownAlias { .. } => Some("`vmimg catalog list` shows the aliases"),
         E::UnknownImage { .. } => Some("`vmimg images` lists them"),
+        E::NoStore { .. } => Some("--store DIR or VMIMG_STORE names the store"),
         E::Fetch(fetch) if fetch.unresolved_host().is_some() => {
             Some("--mirror FROM=TO fetches from a host you can reach; ./FILE pulls a local file")
         }
@@ -664,6 +665,7 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
 
 fn run(cli: Cli) -> Result<()> {
     let plain = Opening::default();
+    let reading = Opening { read_only: true, ..plain };
     match &cli.command {
         Command::Pull { source, digest, json, format, get } => {
             let store = cli.open(get.opening())?;
@@ -679,7 +681,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             runtime()?.block_on(pull::run(&store, source, None, Some(format.parse()?), *json, cli.quiet))
         }
-        Command::Builds(BuildsCommand::List { json }) => build::list(cli.open(plain)?, *json),
+        Command::Builds(BuildsCommand::List { json }) => build::list(cli.open(reading)?, *json),
         Command::Builds(BuildsCommand::Recover { concurrency, get }) => {
             runtime()?.block_on(build::recover(cli.open(get.opening())?, *concurrency, cli.quiet))
         }
@@ -693,12 +695,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Cat { source, arch, download, registry } => {
             let source_args = SourceArgs { arch: arch.clone(), ..SourceArgs::default() };
-            let opening = Opening {
-                source: Some(&source_args),
-                download: Some(download),
-                registry: Some(registry),
-                threads: None,
-            };
+            let opening =
+                Opening { source: Some(&source_args), download: Some(download), registry: Some(registry), ..plain };
             runtime()?.block_on(oci::cat(&cli.open(opening)?, source, cli.quiet))
         }
         Command::Push { image, target, part_size, format, jobs, json, download, registry } => {
@@ -710,11 +708,11 @@ fn run(cli: Cli) -> Result<()> {
             let opening = Opening { download: Some(download), registry: Some(registry), ..plain };
             runtime()?.block_on(oci::push(&cli.open(opening)?, image, target, options, *json, cli.quiet))
         }
-        Command::Images { json } => manage::images(&cli.open(plain)?, *json),
+        Command::Images { json } => manage::images(&cli.open(reading)?, *json),
         Command::Rm { image, force } => {
             runtime()?.block_on(manage::remove_image(&cli.open(plain)?, image, *force, cli.quiet))
         }
-        Command::Du { json } => manage::du(&cli.open(plain)?, *json),
+        Command::Du { json } => manage::du(&cli.open(reading)?, *json),
         Command::Serve { get, listen, token_file, builds, allow_local, openapi } => {
             let args = serve::ServeArgs {
                 listen: listen.clone(),
@@ -747,7 +745,7 @@ fn run(cli: Cli) -> Result<()> {
             let store = cli.open(plain)?;
             runtime()?.block_on(bundle::new_image(&store, name, *size, machine.as_deref(), *json, cli.quiet))
         }
-        Command::Instance(InstanceCommand::List { json }) => manage::list_instances(&cli.open(plain)?, *json),
+        Command::Instance(InstanceCommand::List { json }) => manage::list_instances(&cli.open(reading)?, *json),
         Command::Instance(InstanceCommand::Rm { name }) => {
             runtime()?.block_on(async { Ok(cli.open(plain)?.remove_instance(name).await?) })
         }
@@ -783,7 +781,7 @@ struct CatalogOnly(SourceArgs);
 
 impl CatalogOnly {
     fn opening(&self) -> Opening<'_> {
-        Opening { source: Some(&self.0), ..Opening::default() }
+        Opening { source: Some(&self.0), read_only: true, ..Opening::default() }
     }
 }
 

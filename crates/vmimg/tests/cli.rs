@@ -595,3 +595,35 @@ fn convert_and_copy_report_in_json() {
     assert_eq!((&done["source_size"], &done["virtual_size"]), (&Value::from(4 << 20), &Value::from(8 << 20)));
     assert!(done["method"].is_string() && done["bytes_copied"].is_u64(), "{done}");
 }
+
+#[test]
+fn commands_that_only_read_make_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A mistyped --store: refused, and no directory made.
+    let typo = dir.path().join("sotre");
+    for command in [&["images"][..], &["du"], &["instance", "list"], &["builds", "list"], &["catalog", "list"]] {
+        let out = common::vmimg(&typo, command);
+        assert_eq!(out.status.code(), Some(3), "{command:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("no store at"), "{command:?}: {}", stderr(&out));
+        assert!(!typo.exists(), "{command:?} made the mistyped store");
+    }
+    // A store on a read-only filesystem: every listing works.
+    let mount = match vmimg_testserver::mounts::Mount::tmpfs() {
+        Ok(mount) => mount,
+        Err(e) => return vmimg_testserver::mounts::skip_missing(format!("a tmpfs (root): {e}")),
+    };
+    let store = mount.path().join("store");
+    let disk = dir.path().join("a.qcow2");
+    qemu_img(&["create", "-f", "qcow2", disk.to_str().unwrap(), "1M"]);
+    assert!(common::vmimg(&store, &["pull", disk.to_str().unwrap()]).status.success());
+    let remounted = Command::new("mount").args(["-o", "remount,ro"]).arg(mount.path()).status().unwrap();
+    assert!(remounted.success(), "remount read-only");
+    for command in [&["images"][..], &["du"], &["instance", "list"], &["builds", "list"], &["catalog", "list"]] {
+        let out = common::vmimg(&store, command);
+        assert!(out.status.success(), "{command:?} on a read-only store: {}", stderr(&out));
+    }
+    let listed = String::from_utf8(common::vmimg(&store, &["images"]).stdout).unwrap();
+    assert!(listed.lines().count() == 2, "{listed}");
+    let remounted = Command::new("mount").args(["-o", "remount,rw"]).arg(mount.path()).status().unwrap();
+    assert!(remounted.success(), "remount read-write, for the unmount");
+}
