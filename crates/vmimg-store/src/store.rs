@@ -46,8 +46,7 @@ pub struct StoreOptions {
     /// How to reach OCI registries (its `fetch` is replaced by the one above).
     pub registry: vmimg_oci::RegistryOptions,
     /// For commands that only read (listings, usage): the store is not
-    /// made when missing (a named one that is missing is an error), and
-    /// nothing is written.
+    /// made when missing (it reads as empty), and nothing is written.
     pub read_only: bool,
     /// Conversion threads (0: one per core, at most 8).
     pub threads: usize,
@@ -96,15 +95,9 @@ struct Shared {
 impl Store {
     /// Opens (creating if needed) the store and loads its catalog and config.
     pub fn open(options: StoreOptions) -> Result<Store> {
-        let named = options.root.is_some();
         let root = options.root.unwrap_or_else(default_root);
         let root = std::path::absolute(&root).map_err(Error::io("resolve", &root))?;
-        if options.read_only {
-            // A store named but missing is a typo more likely than an empty store.
-            if named && !root.exists() {
-                return Err(Error::NoStore { root });
-            }
-        } else {
+        if !options.read_only {
             for dir in ["blobs", "images", "tmp", "locks"] {
                 let path = root.join(dir);
                 std::fs::create_dir_all(&path).map_err(Error::io("create", &path))?;

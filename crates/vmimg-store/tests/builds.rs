@@ -40,6 +40,7 @@ fn record_pulling(store: &Path, reference: &Reference, format: RootfsFormat) -> 
         "id": id, "reference": reference.to_string(), "format": format.name(), "status": "pulling",
         "bytes_pulled": 12, "created_at": "2026-11-25T00:00:00Z", "updated_at": "2026-11-25T00:00:01Z"
     });
+    fs::create_dir_all(store.join("builds")).unwrap();
     fs::write(store.join("builds").join(format!("{id}.json")), record.to_string()).unwrap();
     id
 }

@@ -86,6 +86,7 @@ impl GetArgs {
             registry: Some(&self.registry),
             threads: self.threads,
             read_only: false,
+            existing: false,
         }
     }
 }
@@ -100,11 +101,17 @@ pub struct Opening<'a> {
     pub threads: Option<usize>,
     /// The command only reads: the store is neither made nor written.
     pub read_only: bool,
+    /// The command lists the store's contents: a store named but missing
+    /// is refused (a typo more likely than an empty store).
+    pub existing: bool,
 }
 
 impl Opening<'_> {
     /// Opens the store at `root` (the default store when None).
     pub fn open(self, root: Option<&Path>) -> Result<Store> {
+        if let Some(root) = root.filter(|root| self.existing && !root.exists()) {
+            return Err(vmimg_store::Error::NoStore { root: std::path::absolute(root)? }.into());
+        }
         let default_source = SourceArgs::default();
         let source = self.source.unwrap_or(&default_source);
         let mut mirrors = vmimg_store::Mirrors::default();

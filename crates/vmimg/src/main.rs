@@ -665,7 +665,7 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
 
 fn run(cli: Cli) -> Result<()> {
     let plain = Opening::default();
-    let reading = Opening { read_only: true, ..plain };
+    let reading = Opening { read_only: true, existing: true, ..plain };
     match &cli.command {
         Command::Pull { source, digest, json, format, get } => {
             let store = cli.open(get.opening())?;
