@@ -56,8 +56,7 @@ impl CreateImage {
 #[utoipa::path(get, path = "/v1/images", tag = "images",
     responses((status = 200, body = Vec<Image>), (status = "default", body = Problem)))]
 pub async fn list(State(app): State<Arc<App>>) -> Answer<Json<Vec<Image>>> {
-    let store = app.store.clone();
-    let summaries = tokio::task::spawn_blocking(move || store.images()).await.map_err(internal)??;
+    let summaries = app.blocking(|store| store.images()).await?;
     let mut images: Vec<Image> = summaries.iter().map(|s| Image::ready(&s.record)).collect();
     let ready: std::collections::HashSet<String> = images.iter().map(|i| i.name.clone()).collect();
     let jobs = app.jobs.all();
@@ -169,8 +168,4 @@ fn follow(key: String, job: Arc<Job>) -> impl Stream<Item = Result<Event, Infall
 fn event(image: &Image) -> Event {
     let name = serde_json::to_value(image.status).expect("a status serializes");
     Event::default().event(name.as_str().unwrap_or("status")).json_data(image).expect("an image serializes")
-}
-
-fn internal(e: tokio::task::JoinError) -> Problem {
-    Problem::new(vmimg_store::ErrorKind::Internal, format!("listing images failed: {e}"))
 }

@@ -149,7 +149,7 @@ impl Store {
 
     /// The one image whose key starts with `prefix`.
     fn find_by_prefix(&self, prefix: &str) -> Result<ImageRecord> {
-        let records: Vec<ImageRecord> = self.images()?.into_iter().map(|image| image.record).collect();
+        let records = self.records()?;
         let starting: Vec<&ImageRecord> =
             records.iter().filter(|r| prefix.len() >= 3 && r.name.starts_with(prefix)).collect();
         match starting.as_slice() {

@@ -65,21 +65,18 @@ const STALE_PARTIAL: Duration = Duration::from_secs(24 * 3600);
 impl Store {
     /// Every image, oldest use first.
     pub fn images(&self) -> Result<Vec<ImageSummary>> {
-        let dir = self.root().join("images");
         let instances = self.instances()?;
-        let mut images = Vec::new();
-        for path in entries(&dir)? {
-            let key = path.file_name().expect("a named entry").to_string_lossy().into_owned();
-            let Some(record) = self.lookup(&key)? else { continue };
-            let image_dir = self.image_dir(&key);
-            images.push(ImageSummary {
+        let summary = |record: ImageRecord| {
+            let image_dir = self.image_dir(&record.name);
+            ImageSummary {
                 path: self.image_file(&record),
                 bytes_on_disk: allocated(&image_dir),
-                instances: instances.iter().filter(|i| i.record.image == key).count(),
+                instances: instances.iter().filter(|i| i.record.image == record.name).count(),
                 last_used_at: last_used(&image_dir).into(),
                 record,
-            });
-        }
+            }
+        };
+        let mut images: Vec<ImageSummary> = self.records()?.into_iter().map(summary).collect();
         images.sort_by(|a, b| (&a.last_used_at, &a.record.name).cmp(&(&b.last_used_at, &b.record.name)));
         Ok(images)
     }
@@ -196,12 +193,23 @@ impl Store {
         }
     }
 
+    /// Every image's record, in no order: what [`Store::images`] lists,
+    /// without measuring each image or counting its instances.
+    pub fn records(&self) -> Result<Vec<ImageRecord>> {
+        let mut records = Vec::new();
+        for path in entries(&self.root().join("images"))? {
+            let key = path.file_name().expect("a named entry").to_string_lossy().into_owned();
+            records.extend(self.lookup(&key)?);
+        }
+        Ok(records)
+    }
+
     fn referenced_blobs(&self) -> Result<HashSet<String>> {
         let referenced = |record: ImageRecord| {
             let layers = record.container.map(|c| c.layers).unwrap_or_default();
             record.blob.into_iter().chain(record.blobs).chain(layers)
         };
-        Ok(self.images()?.into_iter().flat_map(|i| referenced(i.record)).collect())
+        Ok(self.records()?.into_iter().flat_map(referenced).collect())
     }
 
     async fn collect_blobs(&self, report: &mut GcReport) -> Result<()> {
