@@ -133,12 +133,40 @@ pub struct Request<'a> {
 pub struct Fetched {
     pub digest: Digest,
     pub size: u64,
+    /// The version of the file the bytes are, as the server named it.
+    pub validators: Validators,
+}
+
+/// What an HTTP server says names one version of a file: a later
+/// conditional request ([`Fetcher::changed`]) asks whether it still is.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validators {
+    /// The ETag, strong or weak (`W/"…"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+}
+
+impl Validators {
+    /// The validators an answer carries.
+    pub(crate) fn of(headers: &HeaderMap) -> Validators {
+        Validators {
+            etag: header_str(headers, header::ETAG).map(str::to_owned),
+            last_modified: header_str(headers, header::LAST_MODIFIED).map(str::to_owned),
+        }
+    }
+
+    /// Whether there is anything to ask a server about.
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
 }
 
 /// An HTTP client with vmimg's retry and resume rules.
 pub struct Fetcher {
-    client: reqwest::Client,
-    options: FetchOptions,
+    pub(crate) client: reqwest::Client,
+    pub(crate) options: FetchOptions,
 }
 
 /// Bytes are written to the partial file in blocks of this size.
@@ -192,17 +220,29 @@ impl Fetcher {
             }
         }
         transfer.on_file("flush", |file| file.sync_all()).await?;
-        Ok(Fetched { digest: transfer.hasher.finish(), size: transfer.written })
+        // A file complete already (416) was named by the answers that brought it.
+        let validators = transfer.validators.take().unwrap_or_else(|| transfer.meta.version.validators());
+        Ok(Fetched { digest: transfer.hasher.finish(), size: transfer.written, validators })
     }
 
     /// A small document (a checksum list, a directory index), at most `limit`
     /// bytes, with the same retries, told to `progress`.
     pub async fn get_text(&self, url: &str, limit: usize, progress: &dyn Progress) -> Result<String> {
         check_url(url)?;
+        self.retried(progress, || self.get_text_once(url, limit)).await
+    }
+
+    /// Runs `attempt` until it succeeds or fails for good, retrying
+    /// transient failures within the options' budget, told to `progress`.
+    pub(crate) async fn retried<T, A: Future<Output = Result<T>>>(
+        &self,
+        progress: &dyn Progress,
+        mut attempt: impl FnMut() -> A,
+    ) -> Result<T> {
         let mut retries = Retries::new(&self.options, progress);
         loop {
-            let error = match self.get_text_once(url, limit).await {
-                Ok(text) => return Ok(text),
+            let error = match attempt().await {
+                Ok(value) => return Ok(value),
                 Err(e) if e.is_transient() => e,
                 Err(e) => return Err(e),
             };
@@ -229,7 +269,7 @@ impl Fetcher {
     }
 }
 
-fn check_url(url: &str) -> Result<()> {
+pub(crate) fn check_url(url: &str) -> Result<()> {
     let parsed = reqwest::Url::parse(url).map_err(|e| Error::Url { url: url.to_owned(), reason: e.to_string() })?;
     match parsed.scheme() {
         "http" | "https" => Ok(()),
@@ -239,7 +279,7 @@ fn check_url(url: &str) -> Result<()> {
     }
 }
 
-fn status_error(url: &str, response: &reqwest::Response) -> Error {
+pub(crate) fn status_error(url: &str, response: &reqwest::Response) -> Error {
     let retry_after = header_str(response.headers(), header::RETRY_AFTER).and_then(|s| s.trim().parse().ok());
     Error::Status { url: url.to_owned(), status: response.status().as_u16(), retry_after }
 }
@@ -289,6 +329,11 @@ impl Version {
     /// What to send as `If-Range`: the ETag, else Last-Modified.
     fn validator(&self) -> Option<&str> {
         self.etag.as_deref().or(self.last_modified.as_deref())
+    }
+
+    /// What names this version to a later conditional request.
+    fn validators(&self) -> Validators {
+        Validators { etag: self.etag.clone(), last_modified: self.last_modified.clone() }
     }
 
     /// Whether an answer of this version can be trusted to continue the
@@ -379,6 +424,8 @@ struct Transfer<'a> {
     progress: &'a dyn Progress,
     max_size: u64,
     headers: HeaderMap,
+    /// The validators of the last answer whose body was taken.
+    validators: Option<Validators>,
 }
 
 impl<'a> Transfer<'a> {
@@ -410,6 +457,7 @@ impl<'a> Transfer<'a> {
             progress,
             max_size,
             headers: HeaderMap::new(),
+            validators: None,
         })
     }
 
@@ -448,6 +496,7 @@ impl<'a> Transfer<'a> {
                 Fit::Complete => return Ok(()),
             };
             self.remember(&response).await?;
+            self.validators = Some(Validators::of(response.headers()));
             self.progress.started(self.written, self.meta.version.total);
             let body = self.receive(PacedBody::new(self.url, response.bytes_stream(), &fetcher.options), held).await;
             self.flush().await?;

@@ -6,6 +6,8 @@
 //!   computed on the way, resumed with `Range`/`If-Range` after a cut,
 //!   retried with backoff, cut when slower than a floor, reported through
 //!   [`Progress`];
+//! - [`Fetcher::changed`]: whether a file downloaded before is still the
+//!   version the server serves (a conditional request on its [`Validators`]);
 //! - [`Retries`]: the retry budget every transport's loop spends, which
 //!   tells each retry to a [`Progress`] and gives a host name that does not
 //!   resolve one retry only;
@@ -19,12 +21,16 @@ mod digest;
 mod dns;
 mod download;
 mod error;
+mod fresh;
 mod retry;
 mod speed;
 
 pub use digest::{Algorithm, Digest, DigestParseError, Hasher, digest_reader};
 pub use dns::{ResolveFailed, SystemResolver, http_client, unresolved};
-pub use download::{FetchOptions, Fetched, Fetcher, NoProgress, Progress, Request, meta_path, remove_partial};
+pub use download::{
+    FetchOptions, Fetched, Fetcher, NoProgress, Progress, Request, Validators, meta_path, remove_partial,
+};
 pub use error::{Error, Result};
+pub use fresh::Freshness;
 pub use reqwest::header::{HeaderMap, HeaderValue};
 pub use retry::{Retries, Retryable};

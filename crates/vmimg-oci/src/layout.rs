@@ -324,7 +324,7 @@ impl Layout {
             progress.advanced(written);
         }
         blocking(move || copy.out.sync_all().map_err(|e| output_error(&copy.path, e))).await?;
-        Ok(Fetched { digest: digest.clone(), size: written })
+        Ok(Fetched { digest: digest.clone(), size: written, validators: Default::default() })
     }
 
     /// A reader of blob `digest` of `size` bytes that fails (`InvalidData`)

@@ -28,6 +28,8 @@ pub(crate) struct Made {
     pub(crate) blob: Option<String>,
     /// The blobs of a source in parts.
     pub(crate) blobs: Vec<String>,
+    /// The version of the file a URL served.
+    pub(crate) validators: vmimg_fetch::Validators,
 }
 
 /// What the source was, and what making its disk did.

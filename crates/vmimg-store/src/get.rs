@@ -40,6 +40,24 @@ pub struct GetOptions {
     /// its own with the default concurrency when None. Builds of one image
     /// are one build whichever queue asks (their lock says who runs it).
     pub builds: Option<Manager>,
+    /// Ask the server of a URL given without a digest whether the version
+    /// in the store is still the one it serves, and pull the one it serves
+    /// if not (see `versions`); without it the store's version is returned.
+    /// Other sources are pinned (an alias by the catalog, a digest by
+    /// itself) or asked anyway (a registry tag).
+    pub refresh: bool,
+    /// A name to give the image once it is in (see [`Store::tag`]).
+    pub name: Option<String>,
+}
+
+impl GetOptions {
+    /// Who hears the transports' retries: the observer, or nobody.
+    fn progress(&self) -> &dyn Progress {
+        match &self.observer {
+            Some(observer) => observer.as_ref(),
+            None => &NoProgress,
+        }
+    }
 }
 
 /// Hears how a [`Store::get`] goes: the bytes downloaded and every retry
@@ -113,6 +131,18 @@ impl Store {
     /// arch and format were fixed when it was made.
     pub async fn get_planned(&self, plan: &Plan, options: &GetOptions) -> Result<Pulled> {
         tracing::debug!(image = %plan.key, work = ?plan.work, "planned");
+        if let Some(name) = &options.name {
+            self.check_name(name, &plan.key)?;
+        }
+        let mut pulled = self.carry_out(plan, options).await?;
+        if let Some(name) = &options.name {
+            self.tag(&pulled.record.name, name).await?;
+        }
+        pulled.names = self.names_of(&pulled.record.name)?;
+        Ok(pulled)
+    }
+
+    async fn carry_out(&self, plan: &Plan, options: &GetOptions) -> Result<Pulled> {
         match &plan.work {
             Work::Named => {
                 self.found(&plan.key)?.ok_or_else(|| Error::NotFound { what: "image", name: plan.key.clone() })
@@ -134,17 +164,27 @@ impl Store {
         if let Some(record) = self.find_image(name)? {
             return Ok(record);
         }
-        if let Ok(source) = Source::parse(name, self.catalog()) {
-            let key = match self.resolve_source(&source, &GetOptions::default()).await {
-                Ok(Resolution::Disk(resolved)) => Some(resolved.key),
-                Ok(Resolution::Container(origin)) => Some(self.container_key(origin.digest(), RootfsFormat::default())),
-                Err(_) => None,
-            };
-            if let Some(record) = key.map(|key| self.lookup(&key)).transpose()?.flatten() {
-                return Ok(record);
-            }
+        if let Ok(source) = Source::parse(name, self.catalog())
+            && let Some(record) = self.find_pulled(&source).await?
+        {
+            return Ok(record);
         }
         self.find_by_prefix(name)
+    }
+
+    /// The image a get of `source` would find now, without downloading: a
+    /// file's current version, else its newest one (it was edited since).
+    async fn find_pulled(&self, source: &Source) -> Result<Option<ImageRecord>> {
+        match self.resolve_source(source, &GetOptions::default()).await {
+            Ok(Resolution::Disk(resolved)) => match self.lookup(&resolved.key)? {
+                None if matches!(source, Source::File(_)) => self.newest_version(&resolved.info),
+                record => Ok(record),
+            },
+            Ok(Resolution::Container(origin)) => {
+                self.lookup(&self.container_key(origin.digest(), RootfsFormat::default()))
+            }
+            Err(_) => Ok(None),
+        }
     }
 
     /// The one image whose key starts with `prefix`.
@@ -181,16 +221,16 @@ impl Store {
                         "{source} is verified by its manifest: pin it as REF@sha256:… instead of giving a digest"
                     )));
                 }
-                let progress: &dyn Progress = match &options.observer {
-                    Some(observer) => observer.as_ref(),
-                    None => &NoProgress,
-                };
-                match self.resolve_oci_source(source, arch, progress).await? {
+                match self.resolve_oci_source(source, arch, options.progress()).await? {
                     OciSource::Cloud(resolved) => resolved,
                     OciSource::Container { origin, .. } => return Ok(Resolution::Container(origin)),
                 }
             }
-            _ => self.resolver(arch).resolve(source, options.digest.clone())?,
+            _ => {
+                let mut resolved = self.resolver(arch).resolve(source, options.digest.clone())?;
+                self.pick_version(&mut resolved, options.refresh, options.progress()).await?;
+                resolved
+            }
         };
         Ok(Resolution::Disk(resolved))
     }
@@ -260,7 +300,13 @@ impl Store {
         match (build.status, build.image) {
             (crate::builds::BuildStatus::Ready, Some(key)) => {
                 let record = self.lookup(&key)?.ok_or(Error::NotFound { what: "image", name: key })?;
-                Ok(Pulled { path: self.image_file(&record), record, cached: false })
+                Ok(Pulled {
+                    path: self.image_file(&record),
+                    record,
+                    cached: false,
+                    replaced: Vec::new(),
+                    names: Vec::new(),
+                })
             }
             _ => Err(Error::BuildFailed {
                 kind: build.error_kind.unwrap_or(crate::ErrorKind::Internal),

@@ -70,7 +70,8 @@
 //!   names), `convert` and `unpack` (a disk from a source's bytes), `pull`,
 //!   `oci` (cloud images, push), `container` and `builds` (container images
 //!   to disks, the build queue), `instance`, `bundle`, `manage` (list,
-//!   remove, gc), `refresh` (catalog updates), `accepted` (the gets a
+//!   remove, gc), `names` (tags users give images), `versions` (a newer
+//!   version of a file or URL replacing the older), `refresh` (catalog updates), `accepted` (the gets a
 //!   daemon answered 202 for, kept until done so a restart carries them on);
 //! - `get`: the front door over the features ([`Store::plan`] decides and
 //!   pins what a get will make, for a caller that answers before the work
@@ -94,6 +95,7 @@ mod kind;
 mod locks;
 mod manage;
 mod metrics;
+mod names;
 mod oci;
 mod publish;
 mod pull;
@@ -104,6 +106,7 @@ mod store;
 mod suggest;
 mod unpack;
 mod usage;
+mod versions;
 
 pub use accepted::Accepted;
 pub use builds::{Build, BuildStatus, Manager, ManagerOptions, Totals, build_id};

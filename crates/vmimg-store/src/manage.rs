@@ -30,6 +30,8 @@ pub struct ImageSummary {
     /// Bytes the image's directory occupies.
     pub bytes_on_disk: u64,
     pub instances: usize,
+    /// The names users gave it (`tag`), sorted.
+    pub names: Vec<String>,
     /// When a pull or an instance last used it.
     pub last_used_at: Timestamp,
 }
@@ -66,12 +68,14 @@ impl Store {
     /// Every image, oldest use first.
     pub fn images(&self) -> Result<Vec<ImageSummary>> {
         let instances = self.instances()?;
+        let names = self.names()?;
         let summary = |record: ImageRecord| {
             let image_dir = self.image_dir(&record.name);
             ImageSummary {
                 path: self.image_file(&record),
                 bytes_on_disk: allocated(&image_dir),
                 instances: instances.iter().filter(|i| i.record.image == record.name).count(),
+                names: names.iter().filter(|(_, key)| **key == record.name).map(|(name, _)| name.clone()).collect(),
                 last_used_at: last_used(&image_dir).into(),
                 record,
             }
@@ -106,6 +110,7 @@ impl Store {
             remove_dir_atomically(instance.path.parent().expect("instances/<name>").to_owned(), self.tmp()).await?;
         }
         remove_dir_atomically(self.image_dir(key), self.tmp()).await?;
+        self.remove_names_of(key)?;
         let referenced = self.referenced_blobs()?;
         let unused: Vec<_> = record.blob.into_iter().chain(record.blobs).filter(|b| !referenced.contains(b)).collect();
         let blobs: Vec<_> = unused.into_iter().map(|blob| self.root().join(blob)).collect();
@@ -136,8 +141,8 @@ impl Store {
     /// empty partials, partial downloads idle for a day), lock files nobody
     /// holds, blobs and layers no image names, and then, while the store is
     /// over `keep_under` bytes, the least recently used images that can be
-    /// pulled again from their source and have no instances (what the user
-    /// made, bundles and blank images, is never evicted). Blobs and layers
+    /// pulled again from their source and have neither instances nor names
+    /// (what the user made, bundles and blank images, is never evicted). Blobs and layers
     /// are left alone while a pull or build is in flight (it holds the
     /// store's lease). With `dry_run`, nothing is removed: the report says
     /// what would go.
@@ -154,7 +159,7 @@ impl Store {
                 if total <= budget {
                     break;
                 }
-                if image.instances == 0 && image.record.source.can_pull_again() {
+                if image.instances == 0 && image.names.is_empty() && image.record.source.can_pull_again() {
                     if !dry_run {
                         self.remove_image(&image.record.name, false).await?;
                     }

@@ -113,7 +113,13 @@ impl Store {
         let (blobs, stats) = self.finish_parts(image, origin, &partials, converted, disk).await?;
         let source_format = if image.format == DiskFormat::Qcow2 { Format::Qcow2 } else { Format::Raw };
         let digest = source.expected.clone().expect("an OCI source has its manifest digest");
-        Ok(Made { digest, converted: Converted::plain(source_format, stats), blob: None, blobs })
+        Ok(Made {
+            digest,
+            converted: Converted::plain(source_format, stats),
+            blob: None,
+            blobs,
+            validators: Default::default(),
+        })
     }
 
     /// After every part was fetched and verified: refuses parts that make

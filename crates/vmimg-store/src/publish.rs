@@ -28,7 +28,7 @@ impl Store {
     }
 
     fn published(&self, record: ImageRecord) -> Pulled {
-        Pulled { path: self.image_file(&record), record, cached: false }
+        Pulled { path: self.image_file(&record), record, cached: false, replaced: Vec::new(), names: Vec::new() }
     }
 }
 

@@ -31,7 +31,11 @@ impl Store {
     pub async fn pull(&self, source: &Resolved, progress: Option<Arc<dyn Progress>>) -> Result<Pulled> {
         let counted = self.metrics().pulls.start(source_kind(source));
         let progress = counted.progress(progress);
-        counted.finish(self.pull_uncounted(source, progress).await)
+        let mut pulled = counted.finish(self.pull_uncounted(source, progress).await)?;
+        if !pulled.cached {
+            pulled.replaced = self.retire_older_versions(&pulled.record).await?;
+        }
+        Ok(pulled)
     }
 
     async fn pull_uncounted(&self, source: &Resolved, progress: Option<Arc<dyn Progress>>) -> Result<Pulled> {
@@ -69,7 +73,13 @@ impl Store {
     }
 
     pub(crate) fn found(&self, key: &str) -> Result<Option<Pulled>> {
-        let found = self.lookup(key)?.map(|record| Pulled { path: self.image_file(&record), record, cached: true });
+        let found = self.lookup(key)?.map(|record| Pulled {
+            path: self.image_file(&record),
+            record,
+            cached: true,
+            replaced: Vec::new(),
+            names: Vec::new(),
+        });
         if found.is_some() {
             self.touch(key);
         }
@@ -113,8 +123,8 @@ impl Store {
                 }
             },
         };
-        let digest = match fetched {
-            Ok(Fetched { digest, .. }) => digest,
+        let (digest, validators) = match fetched {
+            Ok(Fetched { digest, validators, .. }) => (digest, validators),
             Err(failed) => return Err(keep_partial_if_resumable(&partial, failed.into()).await),
         };
         or_drop_partial(&partial, check_digest(source, &digest)).await?;
@@ -125,7 +135,7 @@ impl Store {
         };
         let converted = or_drop_partial(&partial, converted).await?;
         let blob = self.keep_blob(&partial, &digest).await?;
-        Ok(Made { digest, converted, blob: Some(blob), blobs: Vec::new() })
+        Ok(Made { digest, converted, blob: Some(blob), blobs: Vec::new(), validators })
     }
 
     async fn make_from_file(&self, job: Job<'_>, path: PathBuf) -> Result<Made> {
@@ -142,7 +152,7 @@ impl Store {
         .await?;
         let digest = digest?;
         check_digest(source, &digest)?;
-        Ok(Made { digest, converted: converted?, blob: None, blobs: Vec::new() })
+        Ok(Made { digest, converted: converted?, blob: None, blobs: Vec::new(), validators: Default::default() })
     }
 
     /// The record of a pulled image.
@@ -154,6 +164,9 @@ impl Store {
         record.verified = source.expected.is_some();
         record.blob = made.blob;
         record.blobs = made.blobs;
+        if let SourceInfo::Url { validators, .. } = &mut record.source {
+            *validators = made.validators;
+        }
         self.publish_image(work, record).await
     }
 }

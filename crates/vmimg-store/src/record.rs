@@ -70,6 +70,13 @@ pub struct Pulled {
     pub record: ImageRecord,
     /// Whether the store already had it.
     pub cached: bool,
+    /// The older versions of its source (a file or URL given without a
+    /// digest) it replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<String>,
+    /// The names users gave it (see [`Store::tag`](crate::Store::tag)).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 /// An image record's status: the store only ever writes ready images (an
@@ -91,8 +98,12 @@ pub enum SourceInfo {
         arch: Arch,
         url: String,
     },
+    /// A URL given without the catalog, and the version of the file its
+    /// server named (what `pull --refresh` asks it about).
     Url {
         url: String,
+        #[serde(flatten)]
+        validators: vmimg_fetch::Validators,
     },
     File {
         path: PathBuf,
@@ -137,7 +148,7 @@ impl SourceInfo {
     pub fn display_name(&self) -> String {
         match self {
             SourceInfo::Alias { alias, .. } => alias.clone(),
-            SourceInfo::Url { url } => url.clone(),
+            SourceInfo::Url { url, .. } => url.clone(),
             SourceInfo::File { path } | SourceInfo::Bundle { path } => path.display().to_string(),
             SourceInfo::Blank => "(blank)".to_owned(),
             SourceInfo::Oci { reference, .. } => format!("oci://{reference}"),

@@ -328,7 +328,8 @@ impl Resolver<'_> {
             Some(d) => digest_key(d),
             None => format!("url-{}", short_hash(url.as_bytes())),
         };
-        Resolved { key, info: SourceInfo::Url { url: url.clone() }, location: Location::Url(url), expected: digest }
+        let info = SourceInfo::Url { url: url.clone(), validators: Default::default() };
+        Resolved { key, info, location: Location::Url(url), expected: digest }
     }
 }
 
@@ -359,7 +360,7 @@ fn digest_key(digest: &Digest) -> String {
 }
 
 /// 128 bits of SHA-256, in hex: enough to name a cache entry.
-fn short_hash(bytes: &[u8]) -> String {
+pub(crate) fn short_hash(bytes: &[u8]) -> String {
     let mut hasher = Hasher::new(Algorithm::Sha256);
     hasher.update(bytes);
     hasher.finish().hex()[..32].to_owned()

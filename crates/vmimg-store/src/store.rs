@@ -224,16 +224,25 @@ impl Store {
         }
     }
 
-    /// The record of the image `name` names: a key, or the name of an image
-    /// the user made (`bundle import`, `image new`).
+    /// The record of the image `name` names: a key, the name of an image
+    /// the user made (`bundle import`, `image new`), or a name the user gave
+    /// an image (`tag`).
     pub fn find_image(&self, name: &str) -> Result<Option<ImageRecord>> {
         let is_one_component = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\0']);
         if !is_one_component {
             return Ok(None);
         }
-        match self.lookup(name)? {
-            Some(record) => Ok(Some(record)),
-            None if crate::catalog::is_name_safe(name) => self.lookup(&crate::source::local_key(name)),
+        if let Some(record) = self.lookup(name)? {
+            return Ok(Some(record));
+        }
+        if !crate::catalog::is_name_safe(name) {
+            return Ok(None);
+        }
+        if let Some(record) = self.lookup(&crate::source::local_key(name))? {
+            return Ok(Some(record));
+        }
+        match self.named(name)? {
+            Some(key) => self.lookup(&key),
             None => Ok(None),
         }
     }

@@ -19,6 +19,8 @@ struct Request {
     path: String,
     range: Option<String>,
     if_range: Option<String>,
+    if_none_match: Option<String>,
+    if_modified_since: Option<String>,
     authorization: Option<String>,
 }
 
@@ -26,10 +28,11 @@ struct Request {
 struct Body {
     content: Content,
     etag: String,
+    last_modified: String,
     versioning: Versioning,
 }
 
-/// The Last-Modified every route claims (when its versioning sends one).
+/// The Last-Modified of a served directory's files and listings.
 const LAST_MODIFIED: &str = "Mon, 02 Nov 2026 10:00:00 GMT";
 
 impl Body {
@@ -37,7 +40,25 @@ impl Body {
     /// this version, or the route does not care (as broken servers do).
     fn honours(&self, if_range: Option<&str>) -> bool {
         let v = &self.versioning;
-        if_range.is_none_or(|x| !v.if_range || (v.etag && x == self.etag) || (v.last_modified && x == LAST_MODIFIED))
+        if_range.is_none_or(|x| !v.if_range || self.is_named_by(x, x))
+    }
+
+    /// Whether a conditional request's validators name this version, so
+    /// that it is answered `304 Not Modified` (RFC 9110: If-None-Match
+    /// wins over If-Modified-Since).
+    fn not_modified(&self, request: &Request) -> bool {
+        let (etag, since) = (request.if_none_match.as_deref(), request.if_modified_since.as_deref());
+        self.versioning.conditional
+            && match etag {
+                Some(etag) => self.is_named_by(etag, ""),
+                None => since.is_some_and(|since| self.is_named_by("", since)),
+            }
+    }
+
+    /// Whether `etag` or `last_modified` names this version (as sent).
+    fn is_named_by(&self, etag: &str, last_modified: &str) -> bool {
+        let v = &self.versioning;
+        (v.etag && etag == self.etag) || (v.last_modified && last_modified == self.last_modified)
     }
 
     /// The validator headers, as the route's versioning says.
@@ -47,7 +68,7 @@ impl Body {
             headers.push_str(&format!("ETag: {}\r\n", self.etag));
         }
         if self.versioning.last_modified {
-            headers.push_str(&format!("Last-Modified: {LAST_MODIFIED}\r\n"));
+            headers.push_str(&format!("Last-Modified: {}\r\n", self.last_modified));
         }
         headers
     }
@@ -61,6 +82,7 @@ pub(crate) fn serve_connection(stream: TcpStream, shared: &Shared) {
         path: request.path,
         range: request.range,
         if_range: request.if_range,
+        if_none_match: request.if_none_match,
         authorization: request.authorization,
         status,
     });
@@ -75,7 +97,15 @@ fn read_request(stream: &TcpStream) -> io::Result<Request> {
         return Err(io::Error::other("not HTTP"));
     };
     let path = target.split('?').next().unwrap_or(target).to_owned();
-    let mut request = Request { method: method.to_owned(), path, range: None, if_range: None, authorization: None };
+    let mut request = Request {
+        method: method.to_owned(),
+        path,
+        range: None,
+        if_range: None,
+        if_none_match: None,
+        if_modified_since: None,
+        authorization: None,
+    };
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
@@ -89,6 +119,8 @@ fn read_request(stream: &TcpStream) -> io::Result<Request> {
             match name.trim().to_ascii_lowercase().as_str() {
                 "range" => request.range = Some(value.trim().to_owned()),
                 "if-range" => request.if_range = Some(value.trim().to_owned()),
+                "if-none-match" => request.if_none_match = Some(value.trim().to_owned()),
+                "if-modified-since" => request.if_modified_since = Some(value.trim().to_owned()),
                 "authorization" => request.authorization = Some(value.trim().to_owned()),
                 _ => {}
             }
@@ -110,8 +142,13 @@ fn answer(mut stream: &TcpStream, request: &Request, shared: &Shared) -> io::Res
             return small(stream, 429, "slow down", &[("Retry-After", retry_after_secs.to_string())]);
         }
         (Some(Route::Redirect { to, status }), _) => return small(stream, status, "moved", &[("Location", to)]),
-        (Some(Route::Content { content, etag, versioning }), _) => Body { content, etag, versioning },
+        (Some(Route::Content { content, etag, last_modified, versioning }), _) => {
+            Body { content, etag, last_modified, versioning }
+        }
     };
+    if body.not_modified(request) {
+        return small(stream, 304, "", &[("ETag", body.etag.clone())]);
+    }
     let len = content_len(&body.content)?;
     let honour_range = fault != Some(Fault::IgnoreRange) && body.honours(request.if_range.as_deref());
     let range = match request.range.as_deref().filter(|_| honour_range) {
@@ -162,6 +199,7 @@ fn reason(status: u16) -> &'static str {
         206 => "Partial Content",
         301 => "Moved Permanently",
         302 => "Found",
+        304 => "Not Modified",
         307 => "Temporary Redirect",
         308 => "Permanent Redirect",
         404 => "Not Found",
@@ -268,11 +306,13 @@ pub(crate) fn route_in_dir(prefix: &str, dir: &Path, path: &str) -> Option<Route
         return Some(Route::Content {
             content: Content::Bytes(listing.into_bytes().into()),
             etag: "\"listing\"".into(),
+            last_modified: LAST_MODIFIED.into(),
             versioning: Versioning::default(),
         });
     }
     let etag = format!("\"{:x}-{:x}\"", meta.len(), meta.mtime_nsec() ^ meta.mtime() as i64);
-    Some(Route::Content { content: Content::File(full), etag, versioning: Versioning::default() })
+    let last_modified = LAST_MODIFIED.into();
+    Some(Route::Content { content: Content::File(full), etag, last_modified, versioning: Versioning::default() })
 }
 
 /// An Apache-style index page.

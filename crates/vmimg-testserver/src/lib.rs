@@ -73,11 +73,15 @@ pub struct Versioning {
     /// whole body (RFC 9110); false serves the range of the new version
     /// anyway.
     pub if_range: bool,
+    /// Answer `If-None-Match` or `If-Modified-Since` naming the version
+    /// served with `304 Not Modified`; false ignores them (a 200, as
+    /// servers without caching support answer).
+    pub conditional: bool,
 }
 
 impl Default for Versioning {
     fn default() -> Self {
-        Versioning { etag: true, last_modified: true, if_range: true }
+        Versioning { etag: true, last_modified: true, if_range: true, conditional: true }
     }
 }
 
@@ -88,6 +92,7 @@ pub struct RequestRecord {
     pub path: String,
     pub range: Option<String>,
     pub if_range: Option<String>,
+    pub if_none_match: Option<String>,
     pub authorization: Option<String>,
     pub status: u16,
 }
@@ -100,7 +105,7 @@ pub(crate) enum Content {
 
 #[derive(Clone)]
 pub(crate) enum Route {
-    Content { content: Content, etag: String, versioning: Versioning },
+    Content { content: Content, etag: String, last_modified: String, versioning: Versioning },
     Redirect { to: String, status: u16 },
 }
 
@@ -123,18 +128,19 @@ impl Shared {
         dirs.iter().find_map(|(prefix, dir)| http::route_in_dir(prefix, dir, path))
     }
 
-    /// Serves `content` at `path` with a new ETag, keeping the route's
+    /// Serves `content` at `path` with a new ETag and Last-Modified, keeping the route's
     /// versioning if it had one; returns the new route.
     pub(crate) fn insert(&self, path: &str, content: Content, versioning: Option<Versioning>) -> Route {
         let version = self.versions.fetch_add(1, Ordering::Relaxed);
         let etag = format!("\"v{version}\"");
+        let last_modified = format!("Mon, 02 Nov 2026 10:{:02}:{:02} GMT", version / 60 % 60, version % 60);
         let mut routes = self.routes.lock().unwrap();
         let versioning = match (versioning, routes.get(path)) {
             (Some(versioning), _) => versioning,
             (None, Some(Route::Content { versioning, .. })) => *versioning,
             (None, _) => Versioning::default(),
         };
-        let route = Route::Content { content, etag, versioning };
+        let route = Route::Content { content, etag, last_modified, versioning };
         routes.insert(path.to_owned(), route.clone());
         route
     }

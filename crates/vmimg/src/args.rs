@@ -64,6 +64,15 @@ pub struct RegistryArgs {
     pub password: Option<String>,
 }
 
+/// What to call the image a command gets.
+#[derive(clap::Args, Clone, Default)]
+pub struct NamingArgs {
+    /// Name the image (as `vmimg tag` does): commands then take NAME for
+    /// it, and gc never evicts it.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+}
+
 /// Everything getting a source into the store takes.
 #[derive(clap::Args, Clone)]
 pub struct GetArgs {

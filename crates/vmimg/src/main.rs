@@ -16,7 +16,7 @@ mod serve;
 mod units;
 
 use anyhow::Result;
-use args::{DownloadArgs, GetArgs, Opening, RegistryArgs, SourceArgs};
+use args::{DownloadArgs, GetArgs, NamingArgs, Opening, RegistryArgs, SourceArgs};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,6 +74,15 @@ enum Command {
         #[arg(long, value_name = "FORMAT")]
         format: Option<vmimg_store::RootfsFormat>,
         #[command(flatten)]
+        naming: NamingArgs,
+        /// For a URL given without --digest: ask its server (ETag,
+        /// Last-Modified) whether the image in the store is still the file it
+        /// serves, and pull the new one if not, replacing the old. Without
+        /// it, the store's image is returned. Aliases and digests are pinned;
+        /// registry tags are always asked.
+        #[arg(long)]
+        refresh: bool,
+        #[command(flatten)]
         get: GetArgs,
     },
     /// Build a disk from a container image: ext4 (default), erofs or cpio.
@@ -99,6 +108,8 @@ enum Command {
         /// Print the image record as JSON instead of the path.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        naming: NamingArgs,
         #[command(flatten)]
         get: GetArgs,
     },
@@ -173,6 +184,25 @@ enum Command {
         /// Remove the image's qcow2 instances with it.
         #[arg(long)]
         force: bool,
+    },
+    /// Give an image a name, as a tag: commands then take the name for the
+    /// image, and gc never evicts a named image.
+    ///
+    /// A name already naming another image moves to this one. Names are 1 to
+    /// 64 of [A-Za-z0-9._-]; a catalog alias or an image's key cannot be one.
+    /// When a newer version of a file or URL replaces an image, its names
+    /// move to the new one.
+    Tag {
+        /// An image name (`vmimg images`), the start of its key, or the
+        /// source it was pulled from.
+        image: String,
+        /// The name to give it.
+        name: String,
+    },
+    /// Remove a name from the image it names (the image stays).
+    Untag {
+        /// A name given by `vmimg tag` or `--name`.
+        name: String,
     },
     /// Bytes on disk: images, downloaded blobs, partial downloads, instances.
     Du {
@@ -667,11 +697,19 @@ fn run(cli: Cli) -> Result<()> {
     let plain = Opening::default();
     let reading = Opening { read_only: true, existing: true, ..plain };
     match &cli.command {
-        Command::Pull { source, digest, json, format, get } => {
+        Command::Pull { source, digest, json, format, naming, refresh, get } => {
             let store = cli.open(get.opening())?;
-            runtime()?.block_on(pull::run(&store, source, digest.clone(), *format, *json, cli.quiet))
+            let wanted = pull::Wanted {
+                source,
+                digest: digest.clone(),
+                format: *format,
+                name: naming.name.clone(),
+                refresh: *refresh,
+                json: *json,
+            };
+            runtime()?.block_on(pull::run(&store, wanted, cli.quiet))
         }
-        Command::Build { source, format, json, get } => {
+        Command::Build { source, format, json, naming, get } => {
             let store = cli.open(get.opening())?;
             if !matches!(vmimg_store::Source::parse(source, store.catalog())?, Source::Registry(_) | Source::Layout(_))
             {
@@ -679,7 +717,15 @@ fn run(cli: Cli) -> Result<()> {
                     "{source:?} is not a container image: write oci://REGISTRY/REPOSITORY[:TAG], oci:DIR[:NAME] or oci-archive:FILE[:NAME]"
                 );
             }
-            runtime()?.block_on(pull::run(&store, source, None, Some(format.parse()?), *json, cli.quiet))
+            let wanted = pull::Wanted {
+                source,
+                digest: None,
+                format: Some(format.parse()?),
+                name: naming.name.clone(),
+                refresh: false,
+                json: *json,
+            };
+            runtime()?.block_on(pull::run(&store, wanted, cli.quiet))
         }
         Command::Builds(BuildsCommand::List { json }) => build::list(cli.open(reading)?, *json),
         Command::Builds(BuildsCommand::Recover { concurrency, get }) => {
@@ -712,6 +758,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rm { image, force } => {
             runtime()?.block_on(manage::remove_image(&cli.open(plain)?, image, *force, cli.quiet))
         }
+        Command::Tag { image, name } => runtime()?.block_on(manage::tag(&cli.open(plain)?, image, name, cli.quiet)),
+        Command::Untag { name } => manage::untag(&cli.open(plain)?, name, cli.quiet),
         Command::Du { json } => manage::du(&cli.open(reading)?, *json),
         Command::Serve { get, listen, token_file, builds, allow_local, openapi } => {
             let args = serve::ServeArgs {

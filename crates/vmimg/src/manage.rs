@@ -13,16 +13,19 @@ pub fn images(store: &Store, json: bool) -> Result<()> {
         return Ok(());
     }
     // Least recently used first: what `gc --keep-under` evicts first.
-    let name = column_width("NAME", images.iter().map(|i| i.record.name.as_str()));
+    let name = column_width("IMAGE", images.iter().map(|i| i.record.name.as_str()));
+    let tags: Vec<String> =
+        images.iter().map(|i| if i.names.is_empty() { "-".into() } else { i.names.join(",") }).collect();
+    let tag = column_width("NAMES", tags.iter().map(String::as_str));
     println!(
-        "{:<name$} {:<7} {:>9} {:>9} {:>9}  {:<20} SOURCE",
-        "NAME", "FORMAT", "SIZE", "ON DISK", "INSTANCES", "LAST USED"
+        "{:<name$} {:<tag$} {:<7} {:>9} {:>9} {:>9}  {:<20} SOURCE",
+        "IMAGE", "NAMES", "FORMAT", "SIZE", "ON DISK", "INSTANCES", "LAST USED"
     );
-    for image in images {
+    for (image, tags) in images.iter().zip(&tags) {
         let r = &image.record;
         let source = r.source.display_name();
         println!(
-            "{:<name$} {:<7} {:>9} {:>9} {:>9}  {:<20} {source}",
+            "{:<name$} {tags:<tag$} {:<7} {:>9} {:>9} {:>9}  {:<20} {source}",
             r.name,
             r.format,
             human(r.virtual_size),
@@ -42,6 +45,22 @@ pub async fn remove_image(store: &Store, image: &str, force: bool, quiet: bool) 
             eprintln!("removed instance {instance}");
         }
         eprintln!("removed image {key}");
+    }
+    Ok(())
+}
+
+pub async fn tag(store: &Store, image: &str, name: &str, quiet: bool) -> Result<()> {
+    let key = store.tag(image, name).await?;
+    if !quiet {
+        eprintln!("{name} names image {key}");
+    }
+    Ok(())
+}
+
+pub fn untag(store: &Store, name: &str, quiet: bool) -> Result<()> {
+    let key = store.untag(name)?;
+    if !quiet {
+        eprintln!("{name} no longer names image {key}");
     }
     Ok(())
 }

@@ -9,16 +9,27 @@ use std::time::Instant;
 use vmimg_fetch::Digest;
 use vmimg_store::{GetOptions, Pulled, RootfsFormat, SourceInfo, Store};
 
-pub async fn run(
-    store: &Store,
-    source: &str,
-    digest: Option<Digest>,
-    format: Option<RootfsFormat>,
-    json: bool,
-    quiet: bool,
-) -> Result<()> {
+/// What a `pull` or `build` asks for.
+pub struct Wanted<'a> {
+    pub source: &'a str,
+    pub digest: Option<Digest>,
+    pub format: Option<RootfsFormat>,
+    pub name: Option<String>,
+    pub refresh: bool,
+    pub json: bool,
+}
+
+pub async fn run(store: &Store, wanted: Wanted<'_>, quiet: bool) -> Result<()> {
+    let source = wanted.source;
     let report = Arc::new(Report::new(quiet, source));
-    let options = GetOptions { digest, format, observer: Some(report.clone()), ..Default::default() };
+    let options = GetOptions {
+        digest: wanted.digest,
+        format: wanted.format,
+        observer: Some(report.clone()),
+        refresh: wanted.refresh,
+        name: wanted.name,
+        ..Default::default()
+    };
     let started = Instant::now();
     let pulled = store.get(source, &options).await;
     report.finish();
@@ -26,7 +37,7 @@ pub async fn run(
     if !quiet {
         tell(&pulled, source, started);
     }
-    if json {
+    if wanted.json {
         println!("{}", serde_json::to_string_pretty(&pulled)?);
     } else {
         println!("{}", pulled.path.display());
@@ -40,6 +51,9 @@ fn tell(pulled: &Pulled, source: &str, started: Instant) {
     let unverified = !record.verified && matches!(record.source, SourceInfo::Url { .. } | SourceInfo::File { .. });
     if unverified {
         eprintln!("vmimg: warning: {source} is not verified: pass --digest sha256:<hex> to check it");
+    }
+    if !pulled.replaced.is_empty() {
+        eprintln!("vmimg: {source} changed: its older image ({}) is replaced", pulled.replaced.join(", "));
     }
     if pulled.cached {
         return;

@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use vmimg_testserver::{Fault, TestServer};
 
+mod common;
+
 fn vmimg(store: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_vmimg"));
     command.arg("--store").arg(store).env("VMIMG_RETRY_DELAY", "10").args(args);
@@ -252,4 +254,42 @@ fn the_speed_limit_options_cut_a_dripping_download() {
     assert!(stderr.matches(too_slow).count() == 2 && stderr.contains("retrying in"), "a retry, then the end: {stderr}");
     assert!(stderr.contains("over the last 1s, under the minimum of 262144 bytes/s"), "{stderr}");
     assert!(stderr.contains("gave up after 2 attempts"), "{stderr}");
+}
+
+#[test]
+fn names_tag_images_and_refresh_pulls_a_changed_url() {
+    use common::{fails_in_one_line, ok, ok_with_stderr};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let server = TestServer::start();
+    std::fs::create_dir(dir.path().join("b")).unwrap();
+    let (first, second) = (image(dir.path()), image(&dir.path().join("b")));
+    server.add("/os.qcow2", first.0);
+    let url = server.url("/os.qcow2");
+
+    let path = ok(&store, &["-q", "pull", &url, "--name", "web"]);
+    assert_eq!(std::fs::read(&path).unwrap(), first.2);
+    let listing = ok(&store, &["images"]);
+    assert!(listing.lines().next().unwrap().contains("NAMES") && listing.contains(" web "), "{listing}");
+    let (_, told) = ok_with_stderr(&store, &["tag", "web", "stable"]);
+    assert!(told.starts_with("stable names image url-"), "{told}");
+    let record: serde_json::Value = serde_json::from_str(&ok(&store, &["-q", "pull", "stable", "--json"])).unwrap();
+    assert_eq!(
+        (record["cached"].as_bool(), record["names"].clone()),
+        (Some(true), serde_json::json!(["stable", "web"]))
+    );
+    let (code, line) = fails_in_one_line(&store, &["tag", "web", "debian-12"]);
+    assert!(code > 1 && line.contains("catalog alias"), "{line}");
+    ok(&store, &["untag", "stable"]);
+    let (_, line) = fails_in_one_line(&store, &["untag", "stable"]);
+    assert!(line.contains("no name named \"stable\""), "{line}");
+
+    server.add("/os.qcow2", second.0);
+    assert_eq!(ok(&store, &["-q", "pull", &url]), path, "no refresh: the store's version");
+    let (new_path, told) = ok_with_stderr(&store, &["pull", &url, "--refresh"]);
+    assert_ne!(new_path, path);
+    assert_eq!(std::fs::read(&new_path).unwrap(), second.2);
+    assert!(told.contains("changed: its older image") && told.contains("is replaced"), "{told}");
+    assert_eq!(ok(&store, &["-q", "pull", "web"]), new_path, "the name followed the new version");
+    assert!(!Path::new(&path).exists(), "the old version is gone");
 }
