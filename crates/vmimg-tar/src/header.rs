@@ -85,15 +85,28 @@ impl Header {
     /// A fresh ustar header: `name` must fit 100 bytes, `size` 11 octal
     /// digits (the caller puts larger values in a PAX header).
     pub(crate) fn ustar(name: &[u8], kind: u8, size: u64, mode: u32, mtime: u64) -> Header {
+        Header::of(&Fields { name, kind, size, mode, mtime, ..Fields::default() })
+    }
+
+    /// A fresh ustar header of `fields`; what does not fit its field (a
+    /// name or link over 100 bytes, numbers over 7 or 11 octal digits) is
+    /// cut or capped: the caller puts it in a PAX header.
+    pub(crate) fn of(fields: &Fields) -> Header {
         let mut block = [0u8; BLOCK];
-        let name = &name[..name.len().min(100)];
-        block[..name.len()].copy_from_slice(name);
-        put_octal(&mut block[field::MODE], u64::from(mode & 0o7777));
-        put_octal(&mut block[field::UID], 0);
-        put_octal(&mut block[field::GID], 0);
-        put_octal(&mut block[field::SIZE], size.min(MAX_OCTAL_SIZE));
-        put_octal(&mut block[field::MTIME], mtime.min(MAX_OCTAL_SIZE));
-        block[field::TYPE] = kind;
+        let put_text = |block: &mut [u8; BLOCK], range: std::ops::Range<usize>, text: &[u8]| {
+            let text = &text[..text.len().min(range.len())];
+            block[range.start..range.start + text.len()].copy_from_slice(text);
+        };
+        put_text(&mut block, field::NAME, fields.name);
+        put_text(&mut block, field::LINK_NAME, fields.link_name);
+        put_octal(&mut block[field::MODE], u64::from(fields.mode & 0o7777));
+        put_octal(&mut block[field::UID], fields.uid.min(MAX_OCTAL_ID));
+        put_octal(&mut block[field::GID], fields.gid.min(MAX_OCTAL_ID));
+        put_octal(&mut block[field::SIZE], fields.size.min(MAX_OCTAL_SIZE));
+        put_octal(&mut block[field::MTIME], fields.mtime.min(MAX_OCTAL_SIZE));
+        put_octal(&mut block[field::DEV_MAJOR], u64::from(fields.device.0).min(MAX_OCTAL_ID));
+        put_octal(&mut block[field::DEV_MINOR], u64::from(fields.device.1).min(MAX_OCTAL_ID));
+        block[field::TYPE] = fields.kind;
         block[field::MAGIC].copy_from_slice(USTAR_MAGIC);
         let (sum, _) = checksums(&block);
         put_octal(&mut block[field::CHECKSUM][..7], sum);
@@ -104,6 +117,23 @@ impl Header {
 
 /// The largest value an 11-digit octal field holds (8 GiB - 1).
 pub(crate) const MAX_OCTAL_SIZE: u64 = 0o77777777777;
+
+/// The largest value a 7-digit octal field (ids, device numbers) holds.
+pub(crate) const MAX_OCTAL_ID: u64 = 0o7777777;
+
+/// What a written header says.
+#[derive(Default)]
+pub(crate) struct Fields<'a> {
+    pub(crate) name: &'a [u8],
+    pub(crate) kind: u8,
+    pub(crate) size: u64,
+    pub(crate) mode: u32,
+    pub(crate) uid: u64,
+    pub(crate) gid: u64,
+    pub(crate) mtime: u64,
+    pub(crate) link_name: &'a [u8],
+    pub(crate) device: (u32, u32),
+}
 
 /// The field's bytes up to the first NUL.
 fn text(field: &[u8]) -> &[u8] {

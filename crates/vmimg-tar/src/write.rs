@@ -6,10 +6,10 @@
 //! all), the PAX records carry the real name and size, and the data starts
 //! with the map as decimal lines, padded to a block.
 
-use crate::Segment;
-use crate::header::{BLOCK, Header, MAX_OCTAL_SIZE, padding};
+use crate::header::{BLOCK, Fields, Header, MAX_OCTAL_ID, MAX_OCTAL_SIZE, padding};
+use crate::{Entry, Kind, Segment};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 
 /// Writes entries to a stream; [`Writer::finish`] ends the archive.
@@ -74,6 +74,48 @@ impl<W: Write> Writer<W> {
         self.pad(stored)
     }
 
+    /// Any entry, as `entry` describes it (its segments and sparseness
+    /// aside: a file's `entry.size` bytes are read from `content` and
+    /// stored whole). Owners, device numbers, links and xattrs
+    /// (`SCHILY.xattr.*`) are kept; a hard link's header carries its own
+    /// metadata, as GNU tar writes it.
+    pub fn append(&mut self, entry: &Entry, content: &mut dyn Read) -> io::Result<()> {
+        let size = if entry.kind == Kind::File { entry.size } else { 0 };
+        let fields = Fields {
+            name: &entry.path,
+            kind: kind_flag(entry.kind),
+            size,
+            mode: entry.mode,
+            uid: entry.uid,
+            gid: entry.gid,
+            mtime: entry.mtime,
+            link_name: &entry.link_name,
+            device: entry.device,
+        };
+        let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+        if entry.link_name.len() > 100 {
+            records.push(("linkpath".into(), entry.link_name.clone()));
+        }
+        for (id, value) in [("uid", entry.uid), ("gid", entry.gid)] {
+            if value > MAX_OCTAL_ID {
+                records.push((id.into(), value.to_string().into_bytes()));
+            }
+        }
+        for (name, value) in &entry.xattrs {
+            records.push((format!("SCHILY.xattr.{name}"), value.clone()));
+        }
+        if std::str::from_utf8(&entry.path).is_err() || std::str::from_utf8(&entry.link_name).is_err() {
+            records.push(("hdrcharset".into(), b"BINARY".to_vec()));
+        }
+        self.write_header(&fields, records)?;
+        let copied = io::copy(&mut content.take(size), &mut self.out)?;
+        if copied != size {
+            let message = format!("{}: {copied} of {size} bytes to archive", entry.path_lossy());
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, message));
+        }
+        self.pad(size)
+    }
+
     /// Ends the archive (two zero blocks) and returns the stream.
     pub fn finish(mut self) -> io::Result<W> {
         self.out.write_all(&[0u8; 2 * BLOCK])?;
@@ -92,21 +134,28 @@ impl<W: Write> Writer<W> {
         mtime: u64,
         records: &[(&str, String)],
     ) -> io::Result<()> {
-        let mut pax: Vec<(&str, String)> = records.to_vec();
-        if name.len() > 100 {
-            pax.push(("path", name.to_owned()));
+        let fields = Fields { name: name.as_bytes(), kind, size, mode, mtime, ..Fields::default() };
+        self.write_header(&fields, records.iter().map(|(k, v)| ((*k).to_owned(), v.clone().into_bytes())).collect())
+    }
+
+    /// `fields`' header, behind a PAX header holding `records` and what
+    /// does not fit the header (a long name, a large size).
+    fn write_header(&mut self, fields: &Fields, mut records: Vec<(String, Vec<u8>)>) -> io::Result<()> {
+        if fields.name.len() > 100 {
+            records.push(("path".into(), fields.name.to_vec()));
         }
-        if size > MAX_OCTAL_SIZE {
-            pax.push(("size", size.to_string()));
+        if fields.size > MAX_OCTAL_SIZE {
+            records.push(("size".into(), fields.size.to_string().into_bytes()));
         }
-        if !pax.is_empty() {
-            let body: Vec<u8> = pax.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
-            let pax_name = format!("PaxHeaders/{}", name.rsplit('/').next().unwrap_or(name));
-            self.out.write_all(&Header::ustar(pax_name.as_bytes(), b'x', body.len() as u64, 0o644, mtime).0)?;
+        if !records.is_empty() {
+            let body: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
+            let leaf = fields.name.rsplit(|&b| b == b'/').next().unwrap_or(fields.name);
+            let pax_name = [b"PaxHeaders/".as_slice(), leaf].concat();
+            self.out.write_all(&Header::ustar(&pax_name, b'x', body.len() as u64, 0o644, fields.mtime).0)?;
             self.out.write_all(&body)?;
             self.pad(body.len() as u64)?;
         }
-        self.out.write_all(&Header::ustar(name.as_bytes(), kind, size, mode, mtime).0)
+        self.out.write_all(&Header::of(fields).0)
     }
 
     fn copy_range(&mut self, file: &File, segment: &Segment) -> io::Result<()> {
@@ -143,12 +192,27 @@ fn block_aligned(segments: &[Segment], size: u64) -> Vec<Segment> {
     aligned
 }
 
-/// `LEN key=value\n`, where LEN counts the whole record, its own digits too.
-fn pax_record(key: &str, value: &str) -> Vec<u8> {
+/// `LEN key=value\n`, where LEN counts the whole record, its own digits too
+/// (the value may be any bytes: the length delimits it).
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     let body = key.len() + value.len() + 3; // ' ', '=', '\n'
     let mut len = body + body.to_string().len();
     if len.to_string().len() + body != len {
         len += 1;
     }
-    format!("{len} {key}={value}\n").into_bytes()
+    [format!("{len} {key}=").as_bytes(), value, b"\n"].concat()
+}
+
+/// The type flag of `kind`.
+fn kind_flag(kind: Kind) -> u8 {
+    match kind {
+        Kind::File => b'0',
+        Kind::HardLink => b'1',
+        Kind::Symlink => b'2',
+        Kind::CharDevice => b'3',
+        Kind::BlockDevice => b'4',
+        Kind::Directory => b'5',
+        Kind::Fifo => b'6',
+        Kind::Other(flag) => flag,
+    }
 }

@@ -306,3 +306,79 @@ fn reads_owners_devices_and_xattrs() {
     assert_eq!((null.kind, null.device), (Kind::CharDevice, (1, 3)));
     assert!(reader.next_entry().unwrap().is_none());
 }
+
+#[test]
+fn every_kind_written_reads_back_and_gnu_tar_lists_it() {
+    let long = format!("deep/{}/file", "d".repeat(120));
+    let entry = |path: &[u8], kind: Kind, size: u64, link: &[u8]| vmimg_tar::Entry {
+        path: path.to_vec(),
+        kind,
+        size,
+        mode: 0o4755,
+        uid: 3_000_000,
+        gid: 42,
+        mtime: 1_700_000_000,
+        device: if kind == Kind::CharDevice { (1, 3) } else { (0, 0) },
+        xattrs: vec![("user.bin".into(), vec![0, 1, b'\n', 255]), ("security.capability".into(), vec![1, 0, 0, 2])],
+        link_name: link.to_vec(),
+        segments: Vec::new(),
+        sparse: false,
+    };
+    let entries = [
+        entry(b"dir", Kind::Directory, 0, b""),
+        entry(long.as_bytes(), Kind::File, 5, b""),
+        entry(b"hard", Kind::HardLink, 0, long.as_bytes()),
+        entry(b"sym", Kind::Symlink, 0, "x".repeat(150).as_bytes()),
+        entry(b"null", Kind::CharDevice, 0, b""),
+        entry(b"fifo", Kind::Fifo, 0, b""),
+        entry(b"caf\xe9", Kind::File, 0, b""),
+    ];
+    let mut writer = Writer::new(Vec::new());
+    for e in &entries {
+        writer.append(e, &mut &b"hello"[..]).unwrap();
+    }
+    let archive = writer.finish().unwrap();
+
+    let mut reader = Reader::new(Cursor::new(&archive), Limits::default());
+    for written in &entries {
+        let read = reader.next_entry().unwrap().unwrap();
+        let got = (&read.path, read.kind, read.mode, read.uid, read.gid, read.mtime, read.device, &read.link_name);
+        let want =
+            (&written.path, written.kind, 0o4755, 3_000_000, 42, 1_700_000_000, written.device, &written.link_name);
+        assert_eq!(got, want);
+        assert_eq!(read.xattrs, written.xattrs);
+        let mut content = Vec::new();
+        reader.read_data(&mut |_, piece| Ok(content.extend_from_slice(piece))).unwrap();
+        assert_eq!(content, if written.kind == Kind::File && written.size == 5 { &b"hello"[..] } else { b"" });
+    }
+    assert!(reader.next_entry().unwrap().is_none());
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.tar"), &archive).unwrap();
+    let out = Command::new("tar").args(["--numeric-owner", "-tvf"]).arg(dir.path().join("a.tar")).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(listing.contains("-rwsr-xr-x 3000000/42") && listing.contains(&long), "{listing}");
+    assert!(listing.contains(&format!("hard link to {long}")) && listing.contains("crwsr-xr-x"), "{listing}");
+}
+
+#[test]
+fn a_short_content_is_an_error() {
+    let mut entry_file = Writer::new(Vec::new());
+    let entry = vmimg_tar::Entry {
+        path: b"f".to_vec(),
+        kind: Kind::File,
+        size: 10,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        device: (0, 0),
+        xattrs: Vec::new(),
+        link_name: Vec::new(),
+        segments: Vec::new(),
+        sparse: false,
+    };
+    let error = entry_file.append(&entry, &mut &b"short"[..]).unwrap_err();
+    assert!(error.to_string().contains("5 of 10 bytes"), "{error}");
+}
