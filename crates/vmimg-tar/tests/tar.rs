@@ -348,7 +348,12 @@ fn every_kind_written_reads_back_and_gnu_tar_lists_it() {
         assert_eq!(got, want);
         assert_eq!(read.xattrs, written.xattrs);
         let mut content = Vec::new();
-        reader.read_data(&mut |_, piece| Ok(content.extend_from_slice(piece))).unwrap();
+        reader
+            .read_data(&mut |_, piece| {
+                content.extend_from_slice(piece);
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(content, if written.kind == Kind::File && written.size == 5 { &b"hello"[..] } else { b"" });
     }
     assert!(reader.next_entry().unwrap().is_none());
