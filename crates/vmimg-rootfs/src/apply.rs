@@ -150,7 +150,7 @@ pub enum ApplyError {
     Limit(String),
 }
 
-type Result<T> = std::result::Result<T, ApplyError>;
+pub(crate) type Result<T> = std::result::Result<T, ApplyError>;
 
 /// A root directory that layers are applied to.
 pub struct Rootfs {
@@ -164,7 +164,7 @@ pub struct Rootfs {
 
 /// A cleaned name inside the root: components joined by `/`, none empty,
 /// `.` or `..`; empty for the root itself.
-type RelPath = Vec<u8>;
+pub(crate) type RelPath = Vec<u8>;
 
 /// The state of the layer being applied.
 #[derive(Default)]
@@ -201,7 +201,7 @@ impl Layer {
 }
 
 /// What a whiteout entry asks for.
-enum Whiteout {
+pub(crate) enum Whiteout {
     /// Remove this path of the layers below.
     Remove(RelPath),
     /// Hide the lower content of this directory.
@@ -609,7 +609,7 @@ fn children(dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
 
 /// The cleaned form of an archive name: `./` prefixes, empty components and
 /// `.` dropped; absolute names, `..` and overlong names refused.
-fn clean_name(raw: &[u8]) -> Result<RelPath> {
+pub(crate) fn clean_name(raw: &[u8]) -> Result<RelPath> {
     if raw.starts_with(b"/") {
         return Err(refused(raw, "an absolute name: layer entries must be relative to the root".into()));
     }
@@ -633,7 +633,7 @@ fn clean_name(raw: &[u8]) -> Result<RelPath> {
 }
 
 /// The whiteout an entry's name asks for, if it is one.
-fn whiteout(name: &[u8]) -> std::result::Result<Option<Whiteout>, String> {
+pub(crate) fn whiteout(name: &[u8]) -> std::result::Result<Option<Whiteout>, String> {
     let (dir, leaf) = split_last(name);
     let Some(target) = leaf.strip_prefix(WHITEOUT_PREFIX) else { return Ok(None) };
     if leaf == OPAQUE {
@@ -648,14 +648,14 @@ fn whiteout(name: &[u8]) -> std::result::Result<Option<Whiteout>, String> {
     Ok(Some(Whiteout::Remove(join(dir, target))))
 }
 
-fn split_last(path: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split_last(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
         Some(slash) => (&path[..slash], &path[slash + 1..]),
         None => (&[], path),
     }
 }
 
-fn join(dir: &[u8], leaf: &[u8]) -> RelPath {
+pub(crate) fn join(dir: &[u8], leaf: &[u8]) -> RelPath {
     if dir.is_empty() { leaf.to_vec() } else { [dir, b"/", leaf].concat() }
 }
 
@@ -669,19 +669,19 @@ fn times(mtime: u64) -> Timestamps {
     Timestamps { last_access: time, last_modification: time }
 }
 
-fn refused(path: &[u8], reason: String) -> ApplyError {
+pub(crate) fn refused(path: &[u8], reason: String) -> ApplyError {
     ApplyError::Refused { path: lossy(path), reason }
 }
 
 /// The error of the entry at `path`: too deep when `source` says so.
-fn io_error(path: &[u8], source: io::Error) -> ApplyError {
+pub(crate) fn io_error(path: &[u8], source: io::Error) -> ApplyError {
     match depth::too_deep(&source) {
         Some(deep) => ApplyError::TooDeep(TooDeep { path: lossy(path), depth: deep.depth }),
         None => ApplyError::Io { path: lossy(path), source },
     }
 }
 
-fn lossy(path: &[u8]) -> String {
+pub(crate) fn lossy(path: &[u8]) -> String {
     String::from_utf8_lossy(path).into_owned()
 }
 

@@ -1,6 +1,7 @@
 //! Layers applied to a root: every entry kind with its metadata, OCI
 //! whiteouts across layers, compressed layers, and hostile layers that try
-//! to write, link or remove outside the root.
+//! to write, link or remove outside the root. The same layers merged in
+//! memory (`merge`) extract to the same tree.
 
 use std::fs;
 use std::io::Write;
@@ -9,6 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use vmimg_rootfs::apply::{ApplyError, ApplyOptions, Compression, LayerSummary, Rootfs, decompress};
 use vmimg_rootfs::depth::{MAX_DEPTH, TooDeep};
+use vmimg_rootfs::merge::{MergeOptions, Merged};
+
+mod common;
 
 /// A tar written entry by entry, with every header field the tests need.
 #[derive(Default)]
@@ -124,19 +128,10 @@ fn header(
     block
 }
 
-fn apply(root: &Path, layers: &[Vec<u8>]) -> Result<Vec<LayerSummary>, ApplyError> {
-    let mut rootfs = Rootfs::open(root, ApplyOptions::default())?;
-    layers.iter().map(|layer| rootfs.apply_layer(layer.as_slice())).collect()
-}
-
-fn read(path: &Path) -> String {
-    String::from_utf8(fs::read(path).unwrap()).unwrap()
-}
-
-#[test]
-fn every_entry_kind_with_its_metadata() {
-    let root = tempfile::tempdir().unwrap();
-    let layer = Tar::default()
+/// One layer with an entry of every kind, with owners, modes, a device's
+/// numbers and an xattr.
+fn every_kind_layer() -> Vec<u8> {
+    Tar::default()
         .dir("./")
         .dir("bin")
         .with(Item { mode: 0o4755, owner: (0, 0), data: b"#!/bin/sh\n", ..Item::new("bin/su", b'0') })
@@ -147,30 +142,11 @@ fn every_entry_kind_with_its_metadata() {
         .with(Item { mode: 0o660, device: (7, 0), ..Item::new("dev/loop0", b'4') })
         .with(Item { mode: 0o600, ..Item::new("run/fifo", b'6') })
         .with(Item { mode: 0o1777, ..Item::new("tmp", b'5') })
-        .bytes();
-    let summary = &apply(root.path(), &[layer]).unwrap()[0];
-    assert_eq!((summary.entries, summary.skipped_devices, summary.skipped_xattrs), (10, 0, 0));
-    let r = root.path();
-    let su = fs::metadata(r.join("bin/su")).unwrap();
-    assert_eq!((su.mode() & 0o7777, su.mtime(), su.nlink()), (0o4755, 1_600_000_000, 2));
-    assert_eq!(fs::metadata(r.join("bin/su2")).unwrap().ino(), su.ino());
-    let mine = fs::metadata(r.join("home/u/f")).unwrap();
-    assert_eq!((mine.uid(), mine.gid()), (1000, 100));
-    let note = Command::new("getfattr").args(["--only-values", "-n", "user.note"]).arg(r.join("home/u/f")).output();
-    assert_eq!(note.unwrap().stdout, b"hi");
-    assert_eq!(fs::read_link(r.join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
-    let null = fs::symlink_metadata(r.join("dev/null")).unwrap();
-    assert!(null.file_type().is_char_device());
-    assert_eq!((null.rdev(), null.mode() & 0o7777), (rustix::fs::makedev(1, 3), 0o666));
-    assert!(fs::symlink_metadata(r.join("dev/loop0")).unwrap().file_type().is_block_device());
-    assert!(fs::symlink_metadata(r.join("run/fifo")).unwrap().file_type().is_fifo());
-    assert_eq!(fs::metadata(r.join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
-    assert_eq!(fs::metadata(r.join("home")).unwrap().permissions().mode() & 0o777, 0o755, "implied parents");
+        .bytes()
 }
 
-#[test]
-fn whiteouts_remove_and_hide_only_lower_layers() {
-    let root = tempfile::tempdir().unwrap();
+/// A layer, and one above it whose whiteouts and replacements change it.
+fn whiteout_layers() -> (Vec<u8>, Vec<u8>) {
     let base = Tar::default()
         .file("etc/motd", b"old")
         .file("etc/keep", b"kept")
@@ -195,6 +171,46 @@ fn whiteouts_remove_and_hide_only_lower_layers() {
         .file(".wh.nothing", b"")
         .file(".wh..wh.plnk", b"")
         .bytes();
+    (base, top)
+}
+
+fn apply(root: &Path, layers: &[Vec<u8>]) -> Result<Vec<LayerSummary>, ApplyError> {
+    let mut rootfs = Rootfs::open(root, ApplyOptions::default())?;
+    layers.iter().map(|layer| rootfs.apply_layer(layer.as_slice())).collect()
+}
+
+fn read(path: &Path) -> String {
+    String::from_utf8(fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn every_entry_kind_with_its_metadata() {
+    let root = tempfile::tempdir().unwrap();
+    let layer = every_kind_layer();
+    let summary = &apply(root.path(), &[layer]).unwrap()[0];
+    assert_eq!((summary.entries, summary.skipped_devices, summary.skipped_xattrs), (10, 0, 0));
+    let r = root.path();
+    let su = fs::metadata(r.join("bin/su")).unwrap();
+    assert_eq!((su.mode() & 0o7777, su.mtime(), su.nlink()), (0o4755, 1_600_000_000, 2));
+    assert_eq!(fs::metadata(r.join("bin/su2")).unwrap().ino(), su.ino());
+    let mine = fs::metadata(r.join("home/u/f")).unwrap();
+    assert_eq!((mine.uid(), mine.gid()), (1000, 100));
+    let note = Command::new("getfattr").args(["--only-values", "-n", "user.note"]).arg(r.join("home/u/f")).output();
+    assert_eq!(note.unwrap().stdout, b"hi");
+    assert_eq!(fs::read_link(r.join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
+    let null = fs::symlink_metadata(r.join("dev/null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!((null.rdev(), null.mode() & 0o7777), (rustix::fs::makedev(1, 3), 0o666));
+    assert!(fs::symlink_metadata(r.join("dev/loop0")).unwrap().file_type().is_block_device());
+    assert!(fs::symlink_metadata(r.join("run/fifo")).unwrap().file_type().is_fifo());
+    assert_eq!(fs::metadata(r.join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
+    assert_eq!(fs::metadata(r.join("home")).unwrap().permissions().mode() & 0o777, 0o755, "implied parents");
+}
+
+#[test]
+fn whiteouts_remove_and_hide_only_lower_layers() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, top) = whiteout_layers();
     let summaries = apply(root.path(), &[base, top]).unwrap();
     assert_eq!(summaries[1].whiteouts, 4);
     let r = root.path();
@@ -417,4 +433,111 @@ fn entries_past_the_depth_bound_are_refused_before_they_are_made() {
     assert_too_deep(apply(r, &[Tar::default().file("s/x/y/f", b"").bytes()]), "s/x/y/f", MAX_DEPTH + 1);
     assert_too_deep(apply(r, &[Tar::default().file("s/x/y/z/f", b"").bytes()]), "s/x/y/z/f", MAX_DEPTH + 1);
     assert_eq!(fs::read_dir(r.join(deep_name(MAX_DEPTH - 1, "x/y"))).unwrap().count(), 0);
+}
+
+/// What a tree holds, entry by entry: path, type, mode, owner, size,
+/// content, link target, device, link count, xattrs, and the mtime of what
+/// is not a directory (a directory's changes with the entries made in it).
+fn describe(root: &Path) -> Vec<String> {
+    common::entries(root)
+        .into_iter()
+        .map(|(path, meta)| {
+            let relative = path.strip_prefix(root).unwrap().display().to_string();
+            let content = if meta.is_file() { fs::read(&path).unwrap() } else { Vec::new() };
+            let target = fs::read_link(&path).ok();
+            let mtime = if meta.is_dir() { 0 } else { meta.mtime() };
+            let mut names = vec![0u8; 4096];
+            let len = rustix::fs::llistxattr(&path, &mut names).unwrap_or(0);
+            let mut xattrs: Vec<(String, Vec<u8>)> = names[..len]
+                .split(|&b| b == 0)
+                .filter(|n| !n.is_empty())
+                .map(|name| {
+                    let mut value = vec![0u8; 4096];
+                    let n = rustix::fs::lgetxattr(&path, name, &mut value).unwrap();
+                    (String::from_utf8_lossy(name).into_owned(), value[..n].to_vec())
+                })
+                .collect();
+            xattrs.sort();
+            format!(
+                "{relative} {:o} {}:{} {} {content:?} {target:?} {} {} {mtime} {xattrs:?}",
+                meta.mode(),
+                meta.uid(),
+                meta.gid(),
+                meta.len(),
+                meta.rdev(),
+                meta.nlink(),
+            )
+        })
+        .collect()
+}
+
+/// The tree `layers` make merged in memory, extracted by GNU tar.
+fn merge_and_extract(root: &Path, layers: &[Vec<u8>]) {
+    let mut merged = Merged::new(MergeOptions::default());
+    for layer in layers {
+        merged.add_layer(layer.as_slice()).unwrap();
+    }
+    let open = |layer: usize| Ok(Box::new(std::io::Cursor::new(layers[layer].clone())) as Box<dyn std::io::Read>);
+    let (tar, written) = merged.write_tar(Vec::new(), open).unwrap();
+    assert!(written.entries > 0);
+    let archive = root.with_extension("tar");
+    fs::write(&archive, tar).unwrap();
+    let out = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--same-owner", "--numeric-owner", "-xpf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn merged_layers_extract_to_the_tree_applying_makes() {
+    let (base, top) = whiteout_layers();
+    let links = Tar::default().dir("usr/lib").symlink("lib", "usr/lib").symlink("up", "../..").bytes();
+    let through = Tar::default()
+        .file("lib/libc.so", b"through a symlinked parent")
+        .file("up/etc/through-up", b"climbing stays inside")
+        .with(Item { mode: 0o700, owner: (5, 6), data: b"new su", ..Item::new("bin/su", b'0') })
+        .hard_link("bin/su3", "bin/su")
+        .bytes();
+    let layers = [every_kind_layer(), base, top, links, through];
+    let (applied, merged) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    apply(applied.path(), &layers).unwrap();
+    merge_and_extract(merged.path(), &layers);
+    let (want, got) = (describe(applied.path()), describe(merged.path()));
+    let only = |a: &[String], b: &[String]| a.iter().filter(|x| !b.contains(x)).cloned().collect::<Vec<_>>();
+    assert_eq!(got.len(), want.len(), "merged only: {:#?}\napplied only: {:#?}", only(&got, &want), only(&want, &got));
+    for (got, want) in got.iter().zip(&want) {
+        assert_eq!(
+            got.split(' ').skip(1).collect::<Vec<_>>(),
+            want.split(' ').skip(1).collect::<Vec<_>>(),
+            "{got} / {want}"
+        );
+    }
+    let entry = |path: &str| want.iter().find(|e| e.starts_with(&format!("{path} "))).unwrap().clone();
+    assert!(entry("bin/su3").contains("None 0 2 "), "a hard link to the new su: {want:#?}");
+    assert!(entry("bin/su2").contains("None 0 1 ") && entry("bin/su2").starts_with("bin/su2 104755"), "{want:#?}");
+}
+
+#[test]
+fn merging_refuses_what_applying_refuses() {
+    for name in ["/etc/passwd", "../outside/new", "a/../../outside/new", "./.wh...", "x/.wh.."] {
+        let mut merged = Merged::new(MergeOptions::default());
+        let error = merged.add_layer(Tar::default().file(name, b"evil").bytes().as_slice()).unwrap_err();
+        assert!(matches!(error, ApplyError::Refused { .. }), "{name}: {error}");
+    }
+    let mut merged = Merged::new(MergeOptions { max_bytes: 1000, ..MergeOptions::default() });
+    let bomb = Tar::default().file("a", &[0; 600]).file("b", &[0; 600]).bytes();
+    assert!(matches!(merged.add_layer(bomb.as_slice()).unwrap_err(), ApplyError::Limit(_)));
+    let mut merged = Merged::new(MergeOptions::default());
+    let layer = Tar::default().symlink("dangling", "/nowhere").file("dangling/new", b"x").bytes();
+    assert!(matches!(merged.add_layer(layer.as_slice()).unwrap_err(), ApplyError::Io { .. }));
+    let mut merged = Merged::new(MergeOptions::default());
+    let deep = Tar::default().file(&deep_name(MAX_DEPTH + 1, "f"), b"x").bytes();
+    assert!(matches!(merged.add_layer(deep.as_slice()).unwrap_err(), ApplyError::TooDeep(_)));
+    let mut merged = Merged::new(MergeOptions::default());
+    let looped = Tar::default().symlink("a", "b").symlink("b", "a").file("a/x", b"x").bytes();
+    assert!(matches!(merged.add_layer(looped.as_slice()).unwrap_err(), ApplyError::Io { .. }));
 }

@@ -22,7 +22,7 @@ mod read;
 mod write;
 
 pub use read::{Limits, Reader};
-pub use write::Writer;
+pub use write::{Sink, Writer};
 
 /// A run of a file's data: `len` bytes at `offset`. Between segments the
 /// file is a hole.

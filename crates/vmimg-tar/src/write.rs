@@ -12,6 +12,9 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 
+/// Takes a file's content as pieces at their offsets.
+pub type Sink<'a> = dyn FnMut(u64, &[u8]) -> io::Result<()> + 'a;
+
 /// Writes entries to a stream; [`Writer::finish`] ends the archive.
 pub struct Writer<W: Write> {
     out: W,
@@ -80,6 +83,35 @@ impl<W: Write> Writer<W> {
     /// (`SCHILY.xattr.*`) are kept; a hard link's header carries its own
     /// metadata, as GNU tar writes it.
     pub fn append(&mut self, entry: &Entry, content: &mut dyn Read) -> io::Result<()> {
+        let mut read = 0u64;
+        self.append_pieces(entry, &mut |sink| {
+            let mut buf = vec![0; COPY_CHUNK];
+            let mut reader = content.take(entry.size);
+            loop {
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                sink(read, &buf[..n])?;
+                read += n as u64;
+            }
+        })?;
+        if entry.kind == Kind::File && read != entry.size {
+            let message = format!("{}: {read} of {} bytes to archive", entry.path_lossy(), entry.size);
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, message));
+        }
+        Ok(())
+    }
+
+    /// [`Writer::append`] with a file's content given as pieces at their
+    /// offsets, in order (as [`Reader::read_data`](crate::Reader::read_data)
+    /// gives them): what lies between them and after the last is stored as
+    /// zeros (a hole).
+    pub fn append_pieces(
+        &mut self,
+        entry: &Entry,
+        pieces: &mut dyn FnMut(&mut Sink) -> io::Result<()>,
+    ) -> io::Result<()> {
         let size = if entry.kind == Kind::File { entry.size } else { 0 };
         let fields = Fields {
             name: &entry.path,
@@ -108,11 +140,17 @@ impl<W: Write> Writer<W> {
             records.push(("hdrcharset".into(), b"BINARY".to_vec()));
         }
         self.write_header(&fields, records)?;
-        let copied = io::copy(&mut content.take(size), &mut self.out)?;
-        if copied != size {
-            let message = format!("{}: {copied} of {size} bytes to archive", entry.path_lossy());
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, message));
-        }
+        let mut written = 0u64;
+        let out = &mut self.out;
+        pieces(&mut |offset, piece| {
+            let end = offset.checked_add(piece.len() as u64).filter(|&end| offset >= written && end <= size);
+            let end = end.ok_or_else(|| io::Error::other(format!("{}: a piece out of order", entry.path_lossy())))?;
+            write_zeros(out, offset - written)?;
+            out.write_all(piece)?;
+            written = end;
+            Ok(())
+        })?;
+        write_zeros(&mut self.out, size - written)?;
         self.pad(size)
     }
 
@@ -175,6 +213,17 @@ impl<W: Write> Writer<W> {
     fn pad(&mut self, len: u64) -> io::Result<()> {
         self.out.write_all(&[0u8; BLOCK][..padding(len) as usize])
     }
+}
+
+/// `len` zero bytes.
+fn write_zeros(out: &mut impl Write, mut len: u64) -> io::Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    while len > 0 {
+        let n = len.min(ZEROS.len() as u64) as usize;
+        out.write_all(&ZEROS[..n])?;
+        len -= n as u64;
+    }
+    Ok(())
 }
 
 /// The segments widened to whole 512-byte blocks (the last one may end at
