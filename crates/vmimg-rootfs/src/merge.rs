@@ -469,7 +469,8 @@ impl Merged {
             path: path.to_vec(),
             kind,
             size,
-            mode: meta.mode,
+            // Linux gives every symlink 0777, whatever a layer says.
+            mode: if kind == Kind::Symlink { 0o777 } else { meta.mode },
             uid: meta.uid,
             gid: meta.gid,
             mtime: meta.mtime,
@@ -479,6 +480,42 @@ impl Merged {
             segments: Vec::new(),
             sparse: false,
         }
+    }
+}
+
+/// An inode of the tree, as [`Merged::inodes`] shows it.
+#[derive(Debug)]
+pub struct InodeView<'a> {
+    /// Its names, relative to the root (`.` for the root), the first as
+    /// [`Merged::write_tar`] writes it.
+    pub paths: Vec<RelPath>,
+    pub kind: Kind,
+    /// A regular file's size (holes included).
+    pub size: u64,
+    /// A symlink's target.
+    pub link_name: &'a [u8],
+    pub xattrs: &'a Xattrs,
+    /// A directory's entries' names.
+    pub children: Vec<&'a [u8]>,
+}
+
+impl Merged {
+    /// Every inode reachable from the root, once, parents first: what a
+    /// filesystem made of the tree must hold.
+    pub fn inodes(&self) -> Vec<InodeView<'_>> {
+        self.names()
+            .into_iter()
+            .map(|(ino, paths)| {
+                let inode = &self.inodes[ino];
+                let (kind, size, link_name, children): (Kind, u64, &[u8], Vec<&[u8]>) = match &inode.body {
+                    Body::Dir(children) => (Kind::Directory, 0, &[], children.keys().map(Vec::as_slice).collect()),
+                    Body::File { size, .. } => (Kind::File, *size, &[], Vec::new()),
+                    Body::Symlink(target) => (Kind::Symlink, 0, target, Vec::new()),
+                    Body::Node { kind, .. } => (*kind, 0, &[], Vec::new()),
+                };
+                InodeView { paths, kind, size, link_name, xattrs: &inode.meta.xattrs, children }
+            })
+            .collect()
     }
 }
 

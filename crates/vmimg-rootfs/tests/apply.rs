@@ -471,15 +471,30 @@ fn describe(root: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The tree `layers` make merged in memory, extracted by GNU tar.
-fn merge_and_extract(root: &Path, layers: &[Vec<u8>]) {
+/// The tree `layers` make merged in memory, as one tar.
+fn merged_tar(layers: &[Vec<u8>]) -> (Merged, Vec<u8>) {
+    let merged = merge(layers);
+    let (tar, written) = merged.write_tar(Vec::new(), layer_reader(layers)).unwrap();
+    assert!(written.entries > 0);
+    (merged, tar)
+}
+
+fn merge(layers: &[Vec<u8>]) -> Merged {
     let mut merged = Merged::new(MergeOptions::default());
     for layer in layers {
         merged.add_layer(layer.as_slice()).unwrap();
     }
-    let open = |layer: usize| Ok(Box::new(std::io::Cursor::new(layers[layer].clone())) as Box<dyn std::io::Read>);
-    let (tar, written) = merged.write_tar(Vec::new(), open).unwrap();
-    assert!(written.entries > 0);
+    merged
+}
+
+/// Reads layer `n` of `layers` again.
+fn layer_reader(layers: &[Vec<u8>]) -> impl FnMut(usize) -> std::io::Result<Box<dyn std::io::Read>> + '_ {
+    |layer| Ok(Box::new(std::io::Cursor::new(layers[layer].clone())) as Box<dyn std::io::Read>)
+}
+
+/// The tree `layers` make merged in memory, extracted by GNU tar.
+fn merge_and_extract(root: &Path, layers: &[Vec<u8>]) {
+    let (_, tar) = merged_tar(layers);
     let archive = root.with_extension("tar");
     fs::write(&archive, tar).unwrap();
     let out = Command::new("tar")
@@ -492,8 +507,9 @@ fn merge_and_extract(root: &Path, layers: &[Vec<u8>]) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-#[test]
-fn merged_layers_extract_to_the_tree_applying_makes() {
+/// Layers with every entry kind, whiteouts, symlinked parents and a hard
+/// link to a file replaced later.
+fn layer_stack() -> [Vec<u8>; 5] {
     let (base, top) = whiteout_layers();
     let links = Tar::default().dir("usr/lib").symlink("lib", "usr/lib").symlink("up", "../..").bytes();
     let through = Tar::default()
@@ -502,7 +518,13 @@ fn merged_layers_extract_to_the_tree_applying_makes() {
         .with(Item { mode: 0o700, owner: (5, 6), data: b"new su", ..Item::new("bin/su", b'0') })
         .hard_link("bin/su3", "bin/su")
         .bytes();
-    let layers = [every_kind_layer(), base, top, links, through];
+    [every_kind_layer(), base, top, links, through]
+}
+
+#[test]
+fn merged_layers_extract_to_the_tree_applying_makes() {
+    let layers = layer_stack();
+
     let (applied, merged) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     apply(applied.path(), &layers).unwrap();
     merge_and_extract(merged.path(), &layers);
@@ -540,4 +562,32 @@ fn merging_refuses_what_applying_refuses() {
     let mut merged = Merged::new(MergeOptions::default());
     let looped = Tar::default().symlink("a", "b").symlink("b", "a").file("a/x", b"x").bytes();
     assert!(matches!(merged.add_layer(looped.as_slice()).unwrap_err(), ApplyError::Io { .. }));
+}
+
+#[test]
+fn merged_layers_make_the_ext4_applying_and_mke2fs_make() {
+    use vmimg_testserver::mounts::{Mount, skip_missing};
+    let layers = layer_stack();
+    let dir = tempfile::tempdir().unwrap();
+    let (applied, from_tree, from_layers) =
+        (dir.path().join("tree"), dir.path().join("tree.img"), dir.path().join("layers.img"));
+    fs::create_dir(&applied).unwrap();
+    apply(&applied, &layers).unwrap();
+    let options = vmimg_rootfs::ext4::Ext4Options::default();
+    vmimg_rootfs::ext4::build(&applied, &from_tree, &options).unwrap();
+    let merged = merge(&layers);
+    let summary = match vmimg_rootfs::ext4::build_merged(&merged, layer_reader(&layers), &from_layers, &options) {
+        Err(e) if e.to_string().contains("cannot read a tar") => {
+            return skip_missing(format!("mke2fs 1.47.1 or later, which reads a tar (-d -): {e}"));
+        }
+        built => built.unwrap(),
+    };
+    assert!(summary.free_bytes >= options.min_free_bytes, "{summary:?}");
+    let (tree, layers) =
+        match (Mount::image_read_only(&from_tree, "ext4"), Mount::image_read_only(&from_layers, "ext4")) {
+            (Ok(tree), Ok(layers)) => (tree, layers),
+            (Err(e), _) | (_, Err(e)) => return skip_missing(format!("mounting an ext4 image: {e}")),
+        };
+    let (want, got) = (describe(tree.path()), describe(layers.path()));
+    assert_eq!(got, want);
 }

@@ -8,10 +8,15 @@
 //!    (`layers/<algorithm>/<hex>`, shared by every image that has them;
 //!    each under its own lock, checked for size and digest before it is
 //!    renamed in, so the cache holds only verified blobs) while, in order,
-//!    each is applied to a root directory in the work directory as soon as
-//!    it and the ones below it are in;
-//! 3. the root directory becomes the disk (`vmimg-rootfs`), is checked
-//!    (`e2fsck`, `fsck.erofs`), and the directory is removed;
+//!    each is added to the tree as soon as it and the ones below it are in:
+//!    for ext4, where this host's mke2fs reads a tar (e2fsprogs 1.47.1 and
+//!    later), merged in memory ([`Assembly`]; the same disk for any user,
+//!    no tree on the host); else applied to a root directory in the work
+//!    directory (owners and device nodes only as root);
+//! 3. the tree becomes the disk (`vmimg-rootfs`: a merged tree is streamed
+//!    as one tar into `mke2fs -d -`, its file contents read again from the
+//!    cached layers), is checked (`e2fsck`, `fsck.erofs`), and the
+//!    directory is removed;
 //! 4. the image is published as any other: record written, work directory
 //!    renamed to `images/<key>`.
 //!
@@ -42,6 +47,7 @@ use std::sync::Arc;
 use vmimg_fetch::{Digest, Progress, remove_partial};
 use vmimg_oci::container::{Compression, ContainerImage, Layer};
 use vmimg_rootfs::apply::{self, ApplyOptions, LayerSummary, Rootfs};
+use vmimg_rootfs::merge::{MergeOptions, Merged};
 
 /// Layers downloaded at once.
 const LAYER_JOBS: usize = 3;
@@ -103,15 +109,14 @@ impl Store {
             let held = Held { dir: None, _lock: lock, _lease: lease, _observer: observer };
             blocking("the build", move || Work::start(&store, &key, held)).await?
         };
-        let (layers, warnings) = self.fetch_and_apply(origin, image, &work, observer.clone()).await?;
+        let (layers, warnings, assembly) = self.fetch_and_apply(origin, image, &work, format, observer.clone()).await?;
         observer.converting();
         let (digest, info) = (origin.digest().clone(), origin.info());
         let mut record = {
-            let work = work.clone();
+            let (work, blobs) = (work.clone(), self.layer_blobs(image, &layers));
             blocking("the build", move || {
                 let out = work.dir().join(format.file_name());
-                make_disk(&work.rootfs(), &out, format)?;
-                remove_tree(&work.rootfs())?;
+                assembly.make_disk(&work.rootfs(), &blobs, &out, format)?;
                 ImageRecord::for_file(&key, &out, info, Some(digest), SourceFormat::Container)
             })
             .await?
@@ -125,16 +130,24 @@ impl Store {
         self.publish_work(held.dir.expect("a work directory"), record)
     }
 
+    /// The cached blobs of `image`'s layers (at `relative` paths), and how
+    /// each is compressed.
+    fn layer_blobs(&self, image: &ContainerImage, relative: &[String]) -> Vec<(PathBuf, Compression)> {
+        relative.iter().zip(&image.layers).map(|(path, layer)| (self.root().join(path), layer.compression)).collect()
+    }
+
     /// Gets every layer into the cache, `LAYER_JOBS` at a time, and applies
-    /// them in order as they arrive; returns their store-relative paths and
-    /// what the tree could not keep of them.
+    /// them in order as they arrive (see [`Assembly`]); returns their
+    /// store-relative paths, what the tree could not keep of them, and the
+    /// tree.
     async fn fetch_and_apply(
         &self,
         origin: &OciOrigin,
         image: &ContainerImage,
         work: &Arc<Work>,
+        format: RootfsFormat,
         observer: Arc<dyn BuildObserver>,
-    ) -> Result<(Vec<String>, Vec<String>)> {
+    ) -> Result<(Vec<String>, Vec<String>, Assembly)> {
         use futures_util::StreamExt;
         let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
         let fetching = async move {
@@ -150,24 +163,23 @@ impl Store {
             }
         };
         let applying = async move {
-            let options = ApplyOptions::default();
-            let rootfs = work.rootfs();
-            let mut applier = Rootfs::open(&rootfs, options.clone()).map_err(rootfs_error(&rootfs))?;
+            let mut assembly = Assembly::new(format, &work.rootfs())?;
             let mut paths = Vec::with_capacity(image.layers.len());
             let mut applied = LayerSummary::default();
             for layer in &image.layers {
                 let relative = arrivals.recv().await.expect("a fetch result for every layer until one fails")?;
                 let (path, compression, work) = (self.root().join(&relative), layer.compression, work.clone());
                 let summary;
-                (applier, summary) = blocking("the build", move || {
+                (assembly, summary) = blocking("the build", move || {
                     let _work = work;
-                    apply_one(applier, &path, compression)
+                    assembly.add(&path, compression)
                 })
                 .await?;
                 applied += &summary;
                 paths.push(relative);
             }
-            Ok((paths, applied.warnings(&options)))
+            let warnings = assembly.warnings(&applied);
+            Ok((paths, warnings, assembly))
         };
         tokio::join!(fetching, applying).1
     }
@@ -271,26 +283,85 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn apply_one(mut applier: Rootfs, blob: &Path, compression: Compression) -> Result<(Rootfs, LayerSummary)> {
+/// Where a build puts its layers: merged in memory, for an ext4 disk when
+/// this host's mke2fs reads a tar (`vmimg_rootfs::merge`: exact owners and
+/// devices for any user, no tree on the host); else applied to a directory
+/// in the work directory (owners and devices only as root).
+enum Assembly {
+    Merged(Merged),
+    Tree { rootfs: Rootfs, options: ApplyOptions },
+}
+
+impl Assembly {
+    fn new(format: RootfsFormat, rootfs: &Path) -> Result<Assembly> {
+        let merges = format == RootfsFormat::Ext4 && vmimg_rootfs::ext4::reads_tar().unwrap_or(false);
+        if merges {
+            return Ok(Assembly::Merged(Merged::new(MergeOptions::default())));
+        }
+        let options = ApplyOptions::default();
+        let tree = Rootfs::open(rootfs, options.clone()).map_err(rootfs_error(rootfs))?;
+        Ok(Assembly::Tree { rootfs: tree, options })
+    }
+
+    /// Adds the layer in `blob` (blocking).
+    fn add(mut self, blob: &Path, compression: Compression) -> Result<(Assembly, LayerSummary)> {
+        let tar = layer_tar(blob, compression)?;
+        let layer_error = |source| Error::Layer { path: blob.to_owned(), source };
+        let summary = match &mut self {
+            Assembly::Merged(merged) => merged.add_layer(tar).map_err(layer_error)?,
+            Assembly::Tree { rootfs, .. } => rootfs.apply_layer(tar).map_err(layer_error)?,
+        };
+        Ok((self, summary))
+    }
+
+    /// What the disk lacks of what the layers asked for, in words.
+    fn warnings(&self, applied: &LayerSummary) -> Vec<String> {
+        match self {
+            Assembly::Merged(_) => {
+                applied.warnings(&ApplyOptions { owners: true, devices: true, ..Default::default() })
+            }
+            Assembly::Tree { options, .. } => applied.warnings(options),
+        }
+    }
+
+    /// Makes the disk at `out` (blocking); the layers' `blobs` are read
+    /// again for a merged tree's file contents.
+    fn make_disk(
+        self,
+        rootfs: &Path,
+        blobs: &[(PathBuf, Compression)],
+        out: &Path,
+        format: RootfsFormat,
+    ) -> Result<()> {
+        let made = match self {
+            Assembly::Merged(merged) => {
+                let open_layer = |n: usize| {
+                    let (blob, compression) = &blobs[n];
+                    layer_tar(blob, *compression).map_err(std::io::Error::other)
+                };
+                vmimg_rootfs::ext4::build_merged(&merged, open_layer, out, &Default::default()).map(drop)
+            }
+            Assembly::Tree { .. } => match format {
+                RootfsFormat::Ext4 => vmimg_rootfs::ext4::build(rootfs, out, &Default::default()).map(drop),
+                RootfsFormat::Erofs => vmimg_rootfs::erofs::build(rootfs, out, &Default::default()).map(drop),
+                RootfsFormat::Cpio => write_cpio(rootfs, out),
+            },
+        };
+        made.map_err(Error::io("build the disk", out))?;
+        remove_tree(rootfs)
+    }
+}
+
+/// The tar stream of the layer in `blob`, decompressed.
+fn layer_tar(blob: &Path, compression: Compression) -> Result<Box<dyn std::io::Read>> {
     let file = std::fs::File::open(blob).map_err(Error::io("open", blob))?;
     let compression = match compression {
         Compression::None => apply::Compression::None,
         Compression::Gzip => apply::Compression::Gzip,
         Compression::Zstd => apply::Compression::Zstd,
     };
-    let tar = apply::decompress(std::io::BufReader::with_capacity(1 << 20, file), compression)
-        .map_err(Error::io("decompress", blob))?;
-    let summary = applier.apply_layer(tar).map_err(|source| Error::Layer { path: blob.to_owned(), source })?;
-    Ok((applier, summary))
-}
-
-fn make_disk(rootfs: &Path, out: &Path, format: RootfsFormat) -> Result<()> {
-    let made = match format {
-        RootfsFormat::Ext4 => vmimg_rootfs::ext4::build(rootfs, out, &Default::default()).map(drop),
-        RootfsFormat::Erofs => vmimg_rootfs::erofs::build(rootfs, out, &Default::default()).map(drop),
-        RootfsFormat::Cpio => write_cpio(rootfs, out),
-    };
-    made.map_err(Error::io("build the disk", out))
+    apply::decompress(std::io::BufReader::with_capacity(1 << 20, file), compression)
+        .map_err(Error::io("decompress", blob))
 }
 
 fn write_cpio(rootfs: &Path, out: &Path) -> std::io::Result<()> {

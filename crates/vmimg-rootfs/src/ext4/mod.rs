@@ -8,8 +8,10 @@
 //! to read them all); `e2fsck -fyD` then indexes the big directories the way
 //! the kernel would have (mke2fs 1.47.0 writes every directory linear);
 //! `e2fsck -fn` must find the result clean before it is renamed to its name.
-//! Tested with Debian's e2fsprogs 1.47.0. A missing tool is an error that
-//! names the package.
+//! Tested with Debian's e2fsprogs 1.47.2 (bookworm-backports; 1.47.0 builds
+//! from a directory too). A missing tool is an error that names the
+//! package. [`build_merged`] makes the same image from layers merged in
+//! memory, fed to `mke2fs -d -` as a tar (module `merged`).
 //!
 //! This module owns the sizing and the command lines. The image is made and
 //! checked in a temporary file beside the output, which
@@ -68,7 +70,7 @@
 //! Cost: mke2fs 1.47.0 adds each entry by scanning its whole directory, so a
 //! directory of n entries costs O(n²): 20,000 entries in one directory take
 //! 20 to 35 s (by name length) on this project's machines, 2,000 a fraction
-//! of a second.
+//! of a second. 1.47.1 fixed that.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -90,6 +92,9 @@ use vmimg_disk::Replace;
 pub const BLOCK_SIZE: u64 = 4096;
 /// The smallest empty disk [`new_empty`] makes.
 pub const MIN_EMPTY_SIZE: u64 = 16 << 20;
+
+mod merged;
+pub use merged::{build_merged, reads_tar};
 
 const INODE_SIZE: u64 = 256;
 const BLOCKS_PER_GROUP: u64 = BLOCK_SIZE * 8;
@@ -205,6 +210,12 @@ pub enum Ext4Error {
     #[error("{tool} failed on {image} ({status}): {}: {}", crate::tool::summary(output), tool_advice(tool, output))]
     Tool { tool: &'static str, image: PathBuf, status: String, output: String },
     #[error(
+        "this host's mke2fs is {version}, which cannot read a tar (mke2fs -d -, from 1.47.1): install e2fsprogs \
+         1.47.1 or later and libarchive13 (on Debian bookworm: apt-get install -t bookworm-backports e2fsprogs \
+         libarchive13)"
+    )]
+    CannotReadTar { version: String },
+    #[error(
         "{image} is not a clean ext4 filesystem: e2fsck -fn exited with {status}: {}: `e2fsck -fn` lists every \
          problem, `e2fsck -f` repairs what it can",
         crate::tool::summary(output)
@@ -226,7 +237,7 @@ fn tool_advice(tool: &str, output: &str) -> String {
 impl From<Ext4Error> for io::Error {
     fn from(err: Ext4Error) -> Self {
         let kind = match &err {
-            Ext4Error::MissingTool { .. } => io::ErrorKind::NotFound,
+            Ext4Error::MissingTool { .. } | Ext4Error::CannotReadTar { .. } => io::ErrorKind::NotFound,
             Ext4Error::NotClean { .. } => io::ErrorKind::InvalidData,
             Ext4Error::Tool { output, .. } if output.contains("No space left on device") => io::ErrorKind::StorageFull,
             Ext4Error::Tool { .. } => io::ErrorKind::Other,
@@ -255,15 +266,22 @@ pub fn build(root: &Path, out: &Path, options: &Ext4Options) -> io::Result<Ext4S
         Superblock::read(image)
     };
     let sb = vmimg_disk::publish_path(out, Replace::Yes, true, |image| make(image).map_err(told_of(out)))?;
-    Ok(Ext4Summary {
-        size: sb.blocks * BLOCK_SIZE,
-        inodes: sb.inodes,
-        files: tree.inodes,
-        data_bytes: tree.data_bytes,
-        tree_bytes: tree.blocks * BLOCK_SIZE,
-        free_bytes: sb.free_blocks * BLOCK_SIZE,
-        free_inodes: sb.free_inodes,
-    })
+    Ok(Ext4Summary::of(&tree, &sb))
+}
+
+impl Ext4Summary {
+    /// What an image made for `tree` holds, by its superblock `sb`.
+    fn of(tree: &Tree, sb: &Superblock) -> Ext4Summary {
+        Ext4Summary {
+            size: sb.blocks * BLOCK_SIZE,
+            inodes: sb.inodes,
+            files: tree.inodes,
+            data_bytes: tree.data_bytes,
+            tree_bytes: tree.blocks * BLOCK_SIZE,
+            free_bytes: sb.free_blocks * BLOCK_SIZE,
+            free_inodes: sb.free_inodes,
+        }
+    }
 }
 
 /// Makes `path` an empty sparse ext4 disk of `size` bytes (a multiple of
@@ -429,13 +447,18 @@ fn file_blocks(path: &Path, meta: &Metadata) -> io::Result<u64> {
     // filesystem); SEEK_DATA tells which.
     let (data, runs) =
         if meta.blocks() * 512 >= size { (size.div_ceil(BLOCK_SIZE), 1) } else { data_runs(path, size)? };
+    Ok(data_and_extent_blocks(data, runs))
+}
+
+/// `data` blocks in `runs` runs of data, and the extent tree they need.
+fn data_and_extent_blocks(data: u64, runs: u64) -> u64 {
     // An extent per run, per longest extent, and per metadata area (a
     // group's backup superblock, a flex group's tables, the journal) a run
     // may cross; never more than the blocks. A run of zero blocks inside
     // the data becomes a hole and may add an extent, but it takes a data
     // block less than counted here, which pays for it.
     let extents = (runs + 2 * data.div_ceil(MAX_EXTENT_BLOCKS) + 1).min(data);
-    Ok(data + extent_tree_blocks(extents))
+    data + extent_tree_blocks(extents)
 }
 
 /// Data blocks and runs of a sparse file, by SEEK_DATA and SEEK_HOLE; the
@@ -490,14 +513,22 @@ fn xattr_blocks(path: &Path) -> io::Result<u64> {
     }
     let mut list = vec![0; len];
     let len = rustix::fs::llistxattr(path, &mut list).map_err(|e| at(path)(e.into()))?;
-    // Entries: a 16-byte header, the name less its prefix's index, the
-    // value, each rounded to 4; then a 4-byte end mark.
-    let mut bytes = 4;
+    let mut xattrs = Vec::new();
     for name in list[..len].split(|&b| b == 0).filter(|name| !name.is_empty()) {
         let value = rustix::fs::lgetxattr_query(path, OsStr::from_bytes(name)).map_err(|e| at(path)(e.into()))?;
-        bytes += 16 + round4(xattr_suffix_len(name)) + round4(value as u64);
+        xattrs.push((name, value as u64));
     }
-    Ok(u64::from(bytes > IN_INODE_XATTR_BYTES))
+    Ok(xattr_block(xattrs))
+}
+
+/// A block for xattrs (names and value lengths) if they do not fit in
+/// their inode.
+fn xattr_block<'a>(xattrs: impl IntoIterator<Item = (&'a [u8], u64)>) -> u64 {
+    // Entries: a 16-byte header, the name less its prefix's index, the
+    // value, each rounded to 4; then a 4-byte end mark.
+    let bytes: u64 =
+        4 + xattrs.into_iter().map(|(name, value)| 16 + round4(xattr_suffix_len(name)) + round4(value)).sum::<u64>();
+    u64::from(bytes > IN_INODE_XATTR_BYTES)
 }
 
 /// The length ext4 stores of an xattr name: known prefixes become an index.
@@ -758,6 +789,18 @@ impl Tool {
 /// Runs mke2fs for an image of `blocks` blocks with its journal, the
 /// identity, and `extra` arguments (the inode count, the source tree).
 fn mke2fs(image: &Path, blocks: u64, journal_blocks: u64, identity: &Identity, extra: &[&OsStr]) -> io::Result<()> {
+    let cmd = mke2fs_command(image, blocks, journal_blocks, identity, extra)?;
+    run(Tool::Mke2fs, cmd, image, None).map(drop)
+}
+
+/// The command [`mke2fs`] runs.
+fn mke2fs_command(
+    image: &Path,
+    blocks: u64,
+    journal_blocks: u64,
+    identity: &Identity,
+    extra: &[&OsStr],
+) -> io::Result<Command> {
     let mut cmd = Tool::Mke2fs.command(identity)?;
     let journal_mib = (journal_blocks * BLOCK_SIZE) >> 20;
     let mut extended = "lazy_itable_init=1,lazy_journal_init=1".to_string();
@@ -772,19 +815,41 @@ fn mke2fs(image: &Path, blocks: u64, journal_blocks: u64, identity: &Identity, e
         cmd.arg("-L").arg(label);
     }
     cmd.arg("-E").arg(extended).args(extra).arg(image).arg(blocks.to_string());
-    run(Tool::Mke2fs, cmd, image, None).map(drop)
+    Ok(cmd)
 }
 
 /// Runs a prepared command on `image`, feeding it `stdin`: its stderr, or
 /// an error with its output if it failed (for e2fsck, exit 1 is success:
 /// it changed something, as asked).
-fn run(tool: Tool, mut cmd: Command, image: &Path, stdin: Option<&str>) -> io::Result<String> {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+fn run(tool: Tool, cmd: Command, image: &Path, stdin: Option<&str>) -> io::Result<String> {
+    let mut write = |pipe: &mut dyn io::Write| pipe.write_all(stdin.unwrap_or_default().as_bytes());
+    run_fed(tool, cmd, image, stdin.is_some().then_some(&mut write))
+}
+
+/// Writes a tool's standard input while it runs.
+type Feed<'a> = &'a mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>;
+
+/// [`run`] with standard input written by `feed` while the tool reads it
+/// (none when `None`). A tool that fails is the error, whatever `feed` met
+/// writing to it (a broken pipe, once it stopped reading).
+fn run_fed(tool: Tool, mut cmd: Command, image: &Path, feed: Option<Feed>) -> io::Result<String> {
+    cmd.stdin(if feed.is_some() { Stdio::piped() } else { Stdio::null() });
     let mut child = cmd.spawn().map_err(at(image))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())?;
-    }
-    let output = child.wait_with_output()?;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (stdout, stderr) = (drain(stdout), drain(stderr));
+    let fed = match (feed, child.stdin.take()) {
+        (Some(feed), Some(pipe)) => {
+            let mut pipe = io::BufWriter::with_capacity(1 << 20, pipe);
+            feed(&mut pipe).and_then(|()| pipe.flush())
+        }
+        _ => Ok(()),
+    };
+    let status = child.wait()?;
+    let output = std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
     let ok = match tool {
         Tool::E2fsck => matches!(output.status.code(), Some(0 | 1)),
         _ => output.status.success(),
@@ -798,7 +863,19 @@ fn run(tool: Tool, mut cmd: Command, image: &Path, stdin: Option<&str>) -> io::R
         }
         .into());
     }
+    fed?;
     Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn drain(pipe: Option<impl io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
 }
 
 /// Gives the image's root directory the mode, owner and times of the tree's
@@ -817,8 +894,12 @@ fn set_root_inode(image: &Path, root: &Path, identity: &Identity) -> io::Result<
     let mut cmd = Tool::Debugfs.command(identity)?;
     cmd.args(["-w", "-f", "-"]).arg(image);
     let stderr = run(Tool::Debugfs, cmd, image, Some(&script))?;
-    // debugfs exits 0 whatever its commands did; anything but its banner
-    // on stderr is a failed command.
+    refuse_complaints(image, &stderr)
+}
+
+/// debugfs exits 0 whatever its commands did: anything but its banner on
+/// its stderr is a failed command.
+fn refuse_complaints(image: &Path, stderr: &str) -> io::Result<()> {
     let complaints: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs ")).collect();
     if !complaints.is_empty() {
         return Err(Ext4Error::Tool {
