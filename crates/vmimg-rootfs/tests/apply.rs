@@ -12,8 +12,6 @@ use vmimg_rootfs::apply::{ApplyError, ApplyOptions, Compression, LayerSummary, R
 use vmimg_rootfs::depth::{MAX_DEPTH, TooDeep};
 use vmimg_rootfs::merge::{MergeOptions, Merged};
 
-mod common;
-
 /// A tar written entry by entry, with every header field the tests need.
 #[derive(Default)]
 struct Tar(Vec<u8>);
@@ -435,42 +433,6 @@ fn entries_past_the_depth_bound_are_refused_before_they_are_made() {
     assert_eq!(fs::read_dir(r.join(deep_name(MAX_DEPTH - 1, "x/y"))).unwrap().count(), 0);
 }
 
-/// What a tree holds, entry by entry: path, type, mode, owner, size,
-/// content, link target, device, link count, xattrs, and the mtime of what
-/// is not a directory (a directory's changes with the entries made in it).
-fn describe(root: &Path) -> Vec<String> {
-    common::entries(root)
-        .into_iter()
-        .map(|(path, meta)| {
-            let relative = path.strip_prefix(root).unwrap().display().to_string();
-            let content = if meta.is_file() { fs::read(&path).unwrap() } else { Vec::new() };
-            let target = fs::read_link(&path).ok();
-            let mtime = if meta.is_dir() { 0 } else { meta.mtime() };
-            let mut names = vec![0u8; 4096];
-            let len = rustix::fs::llistxattr(&path, &mut names).unwrap_or(0);
-            let mut xattrs: Vec<(String, Vec<u8>)> = names[..len]
-                .split(|&b| b == 0)
-                .filter(|n| !n.is_empty())
-                .map(|name| {
-                    let mut value = vec![0u8; 4096];
-                    let n = rustix::fs::lgetxattr(&path, name, &mut value).unwrap();
-                    (String::from_utf8_lossy(name).into_owned(), value[..n].to_vec())
-                })
-                .collect();
-            xattrs.sort();
-            format!(
-                "{relative} {:o} {}:{} {} {content:?} {target:?} {} {} {mtime} {xattrs:?}",
-                meta.mode(),
-                meta.uid(),
-                meta.gid(),
-                meta.len(),
-                meta.rdev(),
-                meta.nlink(),
-            )
-        })
-        .collect()
-}
-
 /// The tree `layers` make merged in memory, as one tar.
 fn merged_tar(layers: &[Vec<u8>]) -> (Merged, Vec<u8>) {
     let merged = merge(layers);
@@ -528,7 +490,8 @@ fn merged_layers_extract_to_the_tree_applying_makes() {
     let (applied, merged) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     apply(applied.path(), &layers).unwrap();
     merge_and_extract(merged.path(), &layers);
-    let (want, got) = (describe(applied.path()), describe(merged.path()));
+    let (want, got) =
+        (vmimg_testserver::trees::describe(applied.path()), vmimg_testserver::trees::describe(merged.path()));
     let only = |a: &[String], b: &[String]| a.iter().filter(|x| !b.contains(x)).cloned().collect::<Vec<_>>();
     assert_eq!(got.len(), want.len(), "merged only: {:#?}\napplied only: {:#?}", only(&got, &want), only(&want, &got));
     for (got, want) in got.iter().zip(&want) {
@@ -588,6 +551,7 @@ fn merged_layers_make_the_ext4_applying_and_mke2fs_make() {
             (Ok(tree), Ok(layers)) => (tree, layers),
             (Err(e), _) | (_, Err(e)) => return skip_missing(format!("mounting an ext4 image: {e}")),
         };
-    let (want, got) = (describe(tree.path()), describe(layers.path()));
+    let (want, got) =
+        (vmimg_testserver::trees::describe(tree.path()), vmimg_testserver::trees::describe(layers.path()));
     assert_eq!(got, want);
 }

@@ -5,6 +5,8 @@
 
 mod common;
 
+use vmimg_testserver::trees::entries;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::Read;
@@ -12,7 +14,7 @@ use std::os::unix::fs::{MetadataExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{assert_too_deep, chmod, deep_tree, entries, mknod, nest_dirs, noise, odd_owners_and_modes};
+use common::{assert_too_deep, chmod, deep_tree, mknod, nest_dirs, noise, odd_owners_and_modes};
 use common::{set_mtime, special_files, twin_trees};
 use rustix::fs::FileType;
 use tempfile::TempDir;

@@ -6,6 +6,8 @@
 
 mod common;
 
+use vmimg_testserver::trees::entries;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::Read;
@@ -13,7 +15,7 @@ use std::os::unix::fs::{MetadataExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{CAP_NET_RAW, chmod, entries, nest_dirs, noise, odd_owners_and_modes, set_mtime, setxattr};
+use common::{CAP_NET_RAW, chmod, nest_dirs, noise, odd_owners_and_modes, set_mtime, setxattr};
 use common::{assert_too_deep, deep_tree, killed_by, sorted_names, special_files, twin_trees};
 use tempfile::TempDir;
 use vmimg_rootfs::depth::MAX_DEPTH;

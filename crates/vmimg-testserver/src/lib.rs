@@ -20,13 +20,15 @@
 //! pushes them with skopeo; [`guest`] boots a Debian kernel under QEMU with
 //! a busybox guest, from an initramfs or a root disk, and reads its console;
 //! [`mounts`] mounts the filesystems tests need and fails, under CI, a test
-//! that would otherwise skip.
+//! that would otherwise skip; [`trees`] describes a tree file by file, for
+//! comparing two.
 
 pub mod guest;
 mod http;
 pub mod mounts;
 pub mod oci_image;
 mod registry;
+pub mod trees;
 
 pub use registry::RegistryServer;
 

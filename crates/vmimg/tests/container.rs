@@ -291,3 +291,86 @@ fn a_layer_too_deep_fails_the_build_and_leaves_nothing() {
         assert!(left.is_empty(), "{dir}: {left:?}");
     }
 }
+
+/// A tree with what only root can make or read back: owners, setuid and
+/// sticky modes, device nodes, a FIFO, hard links, symlinks, xattrs
+/// (`user.*` and a file capability), set mtimes.
+fn privileged_tree(root: &Path) {
+    let p = |rel: &str| root.join(rel);
+    for dir in ["bin", "dev", "etc", "home/app", "tmp"] {
+        fs::create_dir_all(p(dir)).unwrap();
+    }
+    fs::write(p("bin/su"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(p("bin/su"), std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    fs::hard_link(p("bin/su"), p("bin/su-again")).unwrap();
+    std::os::unix::fs::symlink("su", p("bin/sh")).unwrap();
+    fs::write(p("bin/ping"), "ping").unwrap();
+    fs::write(p("etc/shadow"), "root:*:19000::::::\n").unwrap();
+    fs::set_permissions(p("etc/shadow"), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(p("etc/shadow"), Some(0), Some(42)).unwrap();
+    fs::write(p("home/app/data"), "the app's").unwrap();
+    std::os::unix::fs::chown(p("home/app/data"), Some(1000), Some(1000)).unwrap();
+    std::os::unix::fs::chown(p("home/app"), Some(1000), Some(1000)).unwrap();
+    fs::set_permissions(p("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    run(Command::new("mknod").args(["-m", "666"]).arg(p("dev/null")).args(["c", "1", "3"]));
+    run(Command::new("mknod").args(["-m", "660"]).arg(p("dev/vda")).args(["b", "254", "0"]));
+    run(Command::new("mkfifo").args(["-m", "600"]).arg(p("dev/initctl")));
+    run(Command::new("setfattr").args(["-n", "user.origin", "-v", "layer"]).arg(p("home/app/data")));
+    // cap_net_raw+ep, as the kernel stores it (VFS_CAP_REVISION_2).
+    let capability = "0x0100000200200000000000000000000000000000";
+    run(Command::new("setfattr").args(["-n", "security.capability", "-v", capability]).arg(p("bin/ping")));
+    run(Command::new("touch").args(["-h", "-d", "2024-01-02 03:04:05"]).arg(p("bin/sh")).arg(p("etc/shadow")));
+}
+
+#[test]
+fn an_unprivileged_build_makes_the_disk_a_root_build_makes() {
+    use vmimg_testserver::mounts::{Mount, skip_missing};
+    let registry = RegistryServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let tree = tmp.path().join("tree");
+    privileged_tree(&tree);
+    ImageSpec::new().dir_layer(&tree).push(&registry.host(), "test/exact", "1").unwrap();
+    let source = format!("oci://{}/test/exact:1", registry.host());
+
+    let as_root = PathBuf::from(ok(&tmp.path().join("root-store"), &["-q", "build", &source]));
+    // The user: uid and gid 65534 (nobody), no groups, a store of its own,
+    // vmimg copied where it may run it.
+    let (user_store, binary) = (tmp.path().join("user-store"), tmp.path().join("vmimg"));
+    fs::create_dir(&user_store).unwrap();
+    std::os::unix::fs::chown(&user_store, Some(65534), Some(65534)).unwrap();
+    fs::copy(env!("CARGO_BIN_EXE_vmimg"), &binary).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&binary)
+        .arg("--store")
+        .arg(&user_store)
+        .args(["build", &source])
+        .env("DOCKER_CONFIG", "/nonexistent/vmimg-test")
+        .env("HOME", &user_store)
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "as uid 65534: {stderr}");
+    assert!(!stderr.contains("warning"), "no warning on the unprivileged path: {stderr}");
+    let as_user = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(fs::metadata(&as_user).unwrap().uid(), 65534);
+    run(Command::new("e2fsck").arg("-fn").arg(&as_user));
+
+    let (want, got) = match (Mount::image_read_only(&as_root, "ext4"), Mount::image_read_only(&as_user, "ext4")) {
+        (Ok(root), Ok(user)) => {
+            (vmimg_testserver::trees::describe(root.path()), vmimg_testserver::trees::describe(user.path()))
+        }
+        (Err(e), _) | (_, Err(e)) => return skip_missing(format!("mounting an ext4 image: {e}")),
+    };
+    assert_eq!(got, want, "the same tree whoever builds it");
+    let entry = |path: &str| want.iter().find(|e| e.starts_with(&format!("{path} "))).unwrap().clone();
+    assert!(entry("bin/su").starts_with("bin/su 104755 0:0") && entry("bin/su").contains(" 2 "), "{want:#?}");
+    assert!(entry("dev/null").starts_with("dev/null 20666 0:0"), "{want:#?}");
+    assert!(entry("etc/shadow").starts_with("etc/shadow 100640 0:42"), "{want:#?}");
+    assert!(
+        entry("home/app/data").contains("1000:1000") && entry("home/app/data").contains("user.origin"),
+        "{want:#?}"
+    );
+    assert!(entry("bin/ping").contains("security.capability"), "{want:#?}");
+}

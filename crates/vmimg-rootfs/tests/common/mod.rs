@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, lchown};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustix::fs::{AtFlags, CWD, FileType, Mode, Timestamps, XattrFlags, makedev};
 use tempfile::TempDir;
@@ -118,25 +118,6 @@ pub fn twin_trees(build: fn(&Path), burn: usize) -> (TempDir, TempDir) {
     build(second.path());
     chmod(second.path(), fs::metadata(first.path()).unwrap().permissions().mode());
     (first, second)
-}
-
-/// Every path under root (root included), parents first, with its lstat.
-pub fn entries(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
-    let mut out = vec![(root.to_path_buf(), fs::symlink_metadata(root).unwrap())];
-    let mut i = 0;
-    while i < out.len() {
-        let (path, meta) = out[i].clone();
-        if meta.is_dir() {
-            let mut children: Vec<_> = fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()).collect();
-            children.sort();
-            for child in children {
-                let meta = fs::symlink_metadata(&child).unwrap();
-                out.push((child, meta));
-            }
-        }
-        i += 1;
-    }
-    out
 }
 
 /// The names in `dir`, sorted.
