@@ -1,5 +1,5 @@
-//! The wire: reading one request head, answering it, sending the body with
-//! whatever fault is queued.
+//! The wire: reading one request head (and a small body, such as a form's),
+//! answering it, sending the body with whatever fault is queued.
 
 use crate::{Content, Fault, RequestRecord, Route, Shared, Versioning};
 use std::fs::File;
@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// A request head larger than this is dropped.
+/// A request head and body larger than this together are dropped.
 const MAX_HEAD: usize = 16 << 10;
 const CHUNK: usize = 1 << 20;
 
@@ -20,6 +20,8 @@ struct Request {
     range: Option<String>,
     if_range: Option<String>,
     authorization: Option<String>,
+    content_length: u64,
+    body: Vec<u8>,
 }
 
 /// What a request resolves to before faults.
@@ -62,6 +64,7 @@ pub(crate) fn serve_connection(stream: TcpStream, shared: &Shared) {
         range: request.range,
         if_range: request.if_range,
         authorization: request.authorization,
+        body: request.body,
         status,
     });
 }
@@ -75,7 +78,15 @@ fn read_request(stream: &TcpStream) -> io::Result<Request> {
         return Err(io::Error::other("not HTTP"));
     };
     let path = target.split('?').next().unwrap_or(target).to_owned();
-    let mut request = Request { method: method.to_owned(), path, range: None, if_range: None, authorization: None };
+    let mut request = Request {
+        method: method.to_owned(),
+        path,
+        range: None,
+        if_range: None,
+        authorization: None,
+        content_length: 0,
+        body: Vec::new(),
+    };
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
@@ -83,6 +94,7 @@ fn read_request(stream: &TcpStream) -> io::Result<Request> {
         }
         let header = line.trim_end();
         if header.is_empty() {
+            (&mut reader).take(request.content_length).read_to_end(&mut request.body)?;
             return Ok(request);
         }
         if let Some((name, value)) = header.split_once(':') {
@@ -90,6 +102,7 @@ fn read_request(stream: &TcpStream) -> io::Result<Request> {
                 "range" => request.range = Some(value.trim().to_owned()),
                 "if-range" => request.if_range = Some(value.trim().to_owned()),
                 "authorization" => request.authorization = Some(value.trim().to_owned()),
+                "content-length" => request.content_length = value.trim().parse().unwrap_or(0),
                 _ => {}
             }
         }
