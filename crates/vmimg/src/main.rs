@@ -640,7 +640,7 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
         _ => cause.downcast_ref::<vmimg_oci::Error>(),
     });
     if let Some(vmimg_oci::Error::Unauthorized { .. }) = oci {
-        return Some("credentials: --username and --password");
+        return Some("credentials: --username with --password or --password-stdin");
     }
     if oci.and_then(vmimg_oci::Error::unresolved_host).is_some() {
         return Some("oci:DIR[:NAME] or oci-archive:FILE[:NAME] pulls a local copy");
