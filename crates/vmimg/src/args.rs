@@ -56,7 +56,8 @@ pub struct RegistryArgs {
     /// repeatable. Loopback hosts always are.
     #[arg(long, value_name = "HOST")]
     pub insecure_registry: Vec<String>,
-    /// Registry user name [default: ~/.docker/config.json's, else anonymous].
+    /// Registry user name [default: ~/.docker/config.json's (its credential
+    /// helpers, then its auths), else anonymous].
     #[arg(long, env = "VMIMG_REGISTRY_USERNAME", requires = "secret")]
     pub username: Option<String>,
     /// Registry password or token.
