@@ -122,6 +122,7 @@ impl Error {
             Error::Conflict(_) | Error::Exists { .. } | Error::NotADisk { .. } => ErrorKind::Conflict,
             Error::BuildFailed { kind, .. } => *kind,
             Error::Internal(_) => ErrorKind::Internal,
+            Error::PartialsKept { source, .. } => source.kind(),
             Error::Io { source, .. } => of_io(source),
             Error::UnknownAlias { .. }
             | Error::NoArch { .. }
