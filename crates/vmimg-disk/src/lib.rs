@@ -23,7 +23,8 @@
 //!   published in, and [`write_sparse`] writes a raw disk from a stream;
 //! - [`publish`] writes a file so that it appears whole or not at all, and
 //!   [`publish_path`] does the same for a tool that writes it by name;
-//! - [`parse_size`] reads sizes such as `20G`.
+//! - [`parse_size`] reads sizes such as `20G`; [`format_size`] writes them
+//!   for people (`1.5 GiB`).
 //!
 //! This crate knows files only: no network, no store.
 
@@ -53,7 +54,7 @@ pub use probe::{
 };
 pub use publish::{Replace, check_destination, publish, publish_path};
 pub use raw::raw_extents;
-pub use size::parse_size;
+pub use size::{format_size, parse_size};
 pub use to_qcow2::{Qcow2ConvertOptions, convert_to_qcow2};
 pub use unpack::{MAX_UNPACKED, decoder, read_head, write_sparse};
 pub use vmimg_qcow2::{CompressOptions, CompressStats, Compression};

@@ -1,6 +1,7 @@
-//! Disk sizes as people write them: `20G`, `512M`, `1TiB`, `4096`.
+//! Disk sizes as people write them: `20G`, `512M`, `1TiB`, `4096`, and as
+//! they read them: `1.5 GiB`.
 //!
-//! A whole number of bytes, optionally followed by K, M, G, T or P, which
+//! Read: a whole number of bytes, optionally followed by K, M, G, T or P, which
 //! may be followed by `iB` or `B`, in any case. The units are binary, as in
 //! qemu-img: `1K`, `1KB` and `1KiB` all mean 1024 bytes. A bare `B` means
 //! bytes. Fractions, signs and inner spaces are refused, and so is anything
@@ -28,6 +29,26 @@ pub fn parse_size(input: &str) -> Result<u64> {
     count.checked_mul(multiplier).ok_or_else(|| invalid(TOO_LARGE))
 }
 
+/// `bytes` for people: binary units, three significant digits, as
+/// qemu-img prints them (`3.26 MiB`, `1.5 GiB`, `200 MiB`).
+pub fn format_size(bytes: u64) -> String {
+    const NAMES: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < NAMES.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let decimals = match value {
+        v if unit == 0 || v >= 100.0 => 0,
+        v if v >= 10.0 => 1,
+        _ => 2,
+    };
+    let number = format!("{value:.decimals$}");
+    let number = if number.contains('.') { number.trim_end_matches('0').trim_end_matches('.') } else { &number };
+    format!("{number} {}", NAMES[unit])
+}
+
 /// The bytes one `suffix` stands for: 1 for none or `B`, 1024 for `K`,
 /// `KB` or `KiB`, and so on; None for anything else.
 fn unit_multiplier(suffix: &str) -> Option<u64> {
@@ -42,7 +63,7 @@ fn unit_multiplier(suffix: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{format_size, parse_size};
 
     const GIB: u64 = 1 << 30;
 
@@ -65,6 +86,16 @@ mod tests {
         assert_eq!(parse_size("2T").unwrap(), 2 << 40);
         assert_eq!(parse_size("1PiB").unwrap(), 1 << 50);
         assert_eq!(parse_size("16383P").unwrap(), 16383 << 50);
+    }
+
+    #[test]
+    fn formats_binary_units_with_three_significant_digits() {
+        assert_eq!(format_size(0), "0 B");
+        assert_eq!(format_size(1023), "1023 B");
+        assert_eq!(format_size(1 << 30), "1 GiB");
+        assert_eq!(format_size(1536 << 20), "1.5 GiB");
+        assert_eq!(format_size(3_416_064), "3.26 MiB");
+        assert_eq!(format_size(200 << 20), "200 MiB");
     }
 
     #[test]

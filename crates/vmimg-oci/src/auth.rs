@@ -1,19 +1,24 @@
 //! Who vmimg is to a registry: credentials and the challenges that ask
 //! for them.
 //!
-//! Credentials come, first found first, from the caller
-//! ([`RegistryOptions::credentials`](crate::RegistryOptions::credentials)),
-//! then from Docker's `config.json` (`$DOCKER_CONFIG/config.json`, else
-//! `~/.docker/config.json`): its `auths` entries, keyed by registry host
-//! (Docker Hub's as `https://index.docker.io/v1/`), with `auth` (base64
-//! `user:password`) or `username` and `password`. Credential helpers
-//! (`credsStore`, `credHelpers`) are not run: vmimg executes nothing a
-//! config file names. Without credentials, requests are anonymous.
+//! Credentials come from the caller
+//! ([`RegistryOptions::credentials`](crate::RegistryOptions::credentials))
+//! when it gives them, else from Docker's `config.json`
+//! (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`) in docker's
+//! order: the credential helper `credHelpers` names for the registry host,
+//! else the default helper `credsStore`, else the `auths` entry, with
+//! `auth` (base64 `user:password`) or `username` and `password`. Keys name
+//! registry hosts (Docker Hub's `https://index.docker.io/v1/`). A helper
+//! (see `helper`) is asked once per registry, only when the registry asks
+//! for credentials; when it has none, requests stay anonymous, as they do
+//! without credentials.
 //!
 //! A `401` carries `WWW-Authenticate`: `Bearer realm=…,service=…` sends
 //! vmimg to the realm for a token scoped to one repository (Distribution's
-//! token auth), with the credentials as Basic when it has them; `Basic`
-//! asks for the credentials on every request.
+//! token auth), with the credentials as Basic when it has them, or, for a
+//! helper's identity token, as an OAuth2 refresh-token grant (a form
+//! `POST`, as docker sends it); `Basic` asks for the credentials on every
+//! request (an identity token cannot answer it).
 
 use base64::Engine;
 use std::collections::HashMap;
@@ -32,10 +37,49 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// Credentials by registry host, from Docker's config.json.
+/// What vmimg proves itself with to a registry.
+#[derive(Clone)]
+pub(crate) enum Login {
+    Password(Credentials),
+    /// An identity token (a credential helper's user `<token>`), which the
+    /// token realm exchanges for access tokens.
+    IdentityToken(String),
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Login::Password(credentials) => credentials.fmt(f),
+            Login::IdentityToken(_) => f.write_str("IdentityToken(<hidden>)"),
+        }
+    }
+}
+
+/// Docker Hub's key in Docker's config.json, and the server URL its
+/// credential helpers are asked for.
+const DOCKER_HUB_SERVER: &str = "https://index.docker.io/v1/";
+
+/// The server URL a credential helper is asked for `registry`'s credentials.
+pub(crate) fn helper_server(registry: &str) -> &str {
+    if registry == crate::DOCKER_HUB { DOCKER_HUB_SERVER } else { registry }
+}
+
+/// Where Docker's config.json says a registry's credentials are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource<'a> {
+    /// The credential helper `docker-credential-NAME` keeps them.
+    Helper(&'a str),
+    /// The `auths` entry, if there is one.
+    File(Option<&'a Credentials>),
+}
+
+/// Credentials and credential helpers by registry host, from Docker's
+/// config.json.
 #[derive(Debug, Default, Clone)]
 pub struct DockerConfig {
     auths: HashMap<String, Credentials>,
+    creds_store: Option<String>,
+    cred_helpers: HashMap<String, String>,
 }
 
 /// Docker's config.json larger than this is refused.
@@ -63,9 +107,13 @@ impl DockerConfig {
 
     pub fn parse(text: &str) -> Result<DockerConfig, String> {
         #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
         struct File {
             #[serde(default)]
             auths: HashMap<String, Entry>,
+            creds_store: Option<String>,
+            #[serde(default)]
+            cred_helpers: HashMap<String, String>,
         }
         #[derive(serde::Deserialize)]
         struct Entry {
@@ -83,12 +131,19 @@ impl DockerConfig {
             };
             auths.insert(registry_host(&key), credentials);
         }
-        Ok(DockerConfig { auths })
+        let cred_helpers = file.cred_helpers.into_iter().map(|(key, name)| (registry_host(&key), name)).collect();
+        Ok(DockerConfig { auths, creds_store: file.creds_store, cred_helpers })
     }
 
-    /// The credentials for `registry` (a host, with its port if any).
-    pub fn get(&self, registry: &str) -> Option<&Credentials> {
-        self.auths.get(registry)
+    /// Where the credentials for `registry` (a host, with its port if any)
+    /// are, as docker decides: `credHelpers`' helper for it, else
+    /// `credsStore`, else `auths`. A helper named `""` is none.
+    pub fn source(&self, registry: &str) -> CredentialSource<'_> {
+        let helper = self.cred_helpers.get(registry).or(self.creds_store.as_ref());
+        match helper.filter(|name| !name.is_empty()) {
+            Some(name) => CredentialSource::Helper(name),
+            None => CredentialSource::File(self.auths.get(registry)),
+        }
     }
 }
 
@@ -100,8 +155,9 @@ fn decode_basic(auth: &str) -> Result<Credentials, String> {
     Ok(Credentials { username: username.to_owned(), password: password.to_owned() })
 }
 
-/// The registry host a config key names: `https://index.docker.io/v1/` is
-/// Docker Hub (`docker.io`); a URL's scheme and path are dropped.
+/// The registry host a config key names: `https://index.docker.io/v1/` (or
+/// `index.docker.io`) is Docker Hub (`docker.io`); a URL's scheme and path
+/// are dropped.
 fn registry_host(key: &str) -> String {
     let host = key.split_once("://").map_or(key, |(_, rest)| rest);
     let host = host.split('/').next().unwrap_or(host);
@@ -187,17 +243,39 @@ mod tests {
                 "https://index.docker.io/v1/": {"auth": "dXNlcjpwYXNzOndvcmQ="},
                 "127.0.0.1:5000": {"username": "u", "password": "p"},
                 "ghcr.io": {}
-            }, "credsStore": "desktop"}"#,
+            }}"#,
         )
         .unwrap();
-        let hub = config.get("docker.io").unwrap();
+        let stored = |registry| match config.source(registry) {
+            CredentialSource::File(found) => found.cloned(),
+            helper => panic!("{registry}: the file, not {helper:?}"),
+        };
+        let hub = stored("docker.io").unwrap();
         assert_eq!((hub.username.as_str(), hub.password.as_str()), ("user", "pass:word"));
-        assert_eq!(config.get("127.0.0.1:5000").unwrap().username, "u");
-        assert!(config.get("ghcr.io").is_none());
+        assert_eq!(stored("127.0.0.1:5000").unwrap().username, "u");
+        assert!(stored("ghcr.io").is_none());
         assert!(DockerConfig::parse(r#"{"auths": {"x": {"auth": "!!!"}}}"#).is_err());
         assert!(
             DockerConfig::parse(r#"{"auths": {"x": {"auth": "bm9jb2xvbg=="}}}"#).unwrap_err().contains("user:password")
         );
         assert!(!format!("{hub:?}").contains("pass:word"), "passwords never reach Debug output");
+    }
+
+    #[test]
+    fn helpers_come_first_as_docker_orders_them() {
+        let config = DockerConfig::parse(
+            r#"{"auths": {"127.0.0.1:5000": {"auth": "dTpw"}, "ghcr.io": {"auth": "dTpw"}},
+                "credsStore": "desktop",
+                "credHelpers": {"127.0.0.1:5000": "pass", "https://index.docker.io/v1/": "hub", "ghcr.io": ""}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.source("127.0.0.1:5000"), CredentialSource::Helper("pass"), "credHelpers first");
+        assert_eq!(config.source("docker.io"), CredentialSource::Helper("hub"), "Docker Hub's key");
+        assert_eq!(config.source("quay.io"), CredentialSource::Helper("desktop"), "then credsStore");
+        assert!(matches!(config.source("ghcr.io"), CredentialSource::File(Some(_))), "an empty helper is none");
+        let plain = DockerConfig::parse(r#"{"auths": {}, "credsStore": ""}"#).unwrap();
+        assert_eq!(plain.source("quay.io"), CredentialSource::File(None));
+        assert_eq!(helper_server("docker.io"), "https://index.docker.io/v1/");
+        assert_eq!(helper_server("127.0.0.1:5000"), "127.0.0.1:5000");
     }
 }

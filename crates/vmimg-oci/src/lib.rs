@@ -4,7 +4,8 @@
 //!   parsed and normalized as Docker does (`docker.io/library/alpine:latest`);
 //! - [`Registry`]: the distribution API (manifests, blobs, uploads) with
 //!   anonymous, Basic and bearer-token auth (`auth`: Docker's config.json,
-//!   explicit credentials, challenges);
+//!   explicit credentials, challenges; `helper`: Docker's credential
+//!   helpers, run bounded);
 //! - cloud images in a registry ([`Registry::cloud_image`],
 //!   [`Registry::stream_disk`], [`Registry::push_disk`]);
 //! - [`container`]: container images' manifests (layers and their
@@ -24,13 +25,15 @@ pub mod artifact;
 mod auth;
 mod cloud;
 pub mod container;
+mod helper;
 pub mod layout;
 mod reference;
 mod registry;
 mod source;
 
-pub use auth::{Challenge, Credentials, DockerConfig};
+pub use auth::{Challenge, CredentialSource, Credentials, DockerConfig};
 pub use cloud::{OciImage, Push, Pushed};
+pub use helper::HelperError;
 pub use layout::{BlobReader, Layout, LayoutError, LayoutKind, LayoutRef};
 pub use reference::{DEFAULT_TAG, DOCKER_HUB, Pinned, Reference, ReferenceError};
 pub use registry::{Access, Error, MANIFEST_TYPES, MAX_MANIFEST_BYTES, Manifest, Registry, RegistryOptions, Result};

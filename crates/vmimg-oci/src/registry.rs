@@ -13,7 +13,8 @@
 //! - Auth: every request carries the authorization cached for its registry,
 //!   repository and access; a `401` is answered once (token from the
 //!   challenge's realm, or Basic credentials), then the request is sent
-//!   again (see `auth`).
+//!   again (see `auth`). A credential helper's answer is kept per registry,
+//!   so it runs once however many requests ask.
 //! - Manifests are read with a 4 MiB limit and hashed: a manifest asked for
 //!   by digest must have that digest.
 //! - Uploads are monolithic (`POST` then `PUT ?digest=` with the body
@@ -25,7 +26,8 @@
 //!   budget are `vmimg_fetch::Retries`'s, so a host name that does not
 //!   resolve ([`Error::Unresolved`]) is tried once more only.
 
-use crate::auth::{Challenge, Credentials, DockerConfig};
+use crate::auth::{Challenge, CredentialSource, Credentials, DockerConfig, Login};
+use crate::helper::HelperError;
 use crate::reference::Reference;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -72,6 +74,13 @@ pub enum Error {
     ManifestDigest { reference: String, expected: Digest, actual: Digest },
     #[error("docker config: {0}")]
     Config(String),
+    #[error(transparent)]
+    Helper(#[from] HelperError),
+    #[error(
+        "{registry} asks for Basic auth, which takes a password, and Docker's credential helper holds an identity \
+         token for it: give a user name and password, or log in with one (`docker login {registry}`)"
+    )]
+    IdentityTokenForBasic { registry: String },
     #[error(transparent)]
     Artifact(#[from] crate::artifact::ArtifactError),
     #[error("blob {digest}: {actual} bytes where its descriptor says {expected}; nothing from it is to be trusted")]
@@ -186,6 +195,8 @@ pub struct Registry {
     docker: DockerConfig,
     /// Authorization by (registry, repository, access).
     auth: Mutex<HashMap<(String, String, Access), HeaderValue>>,
+    /// What credential helpers answered, by registry (held while one runs).
+    helped: tokio::sync::Mutex<HashMap<String, Option<Login>>>,
 }
 
 impl Registry {
@@ -196,7 +207,7 @@ impl Registry {
         };
         let http = vmimg_fetch::http_client(&options.fetch)?;
         let fetcher = Fetcher::new(options.fetch.clone())?;
-        Ok(Registry { http, fetcher, options, docker, auth: Mutex::default() })
+        Ok(Registry { http, fetcher, options, docker, auth: Mutex::default(), helped: Default::default() })
     }
 
     pub fn options(&self) -> &RegistryOptions {
@@ -447,17 +458,41 @@ impl Registry {
         Ok(auth)
     }
 
-    fn credentials(&self, registry: &str) -> Option<&Credentials> {
-        self.options.credentials.as_ref().or_else(|| self.docker.get(registry))
+    /// What vmimg proves itself with to `reference`'s registry: the
+    /// caller's credentials, else what Docker's config.json says (a
+    /// helper's answer, asked once per registry, or an `auths` entry).
+    async fn login(&self, reference: &Reference) -> Result<Option<Login>> {
+        if let Some(credentials) = &self.options.credentials {
+            return Ok(Some(Login::Password(credentials.clone())));
+        }
+        let registry = reference.registry();
+        let helper = match self.docker.source(registry) {
+            CredentialSource::File(found) => return Ok(found.cloned().map(Login::Password)),
+            CredentialSource::Helper(helper) => helper,
+        };
+        let mut helped = self.helped.lock().await;
+        if let Some(login) = helped.get(registry) {
+            return Ok(login.clone());
+        }
+        let login = crate::helper::get(helper, crate::auth::helper_server(registry)).await?;
+        helped.insert(registry.to_owned(), login.clone());
+        Ok(login)
     }
 
     /// The Authorization value that answers `challenge`.
     async fn answer(&self, reference: &Reference, access: Access, challenge: Option<Challenge>) -> Result<HeaderValue> {
-        let credentials = self.credentials(reference.registry());
         match challenge {
-            Some(Challenge::Basic) => credentials.map(basic).ok_or_else(|| self.unauthorized(reference)),
+            Some(Challenge::Basic) => match self.login(reference).await? {
+                Some(Login::Password(credentials)) => Ok(basic(&credentials)),
+                Some(Login::IdentityToken(_)) => {
+                    Err(Error::IdentityTokenForBasic { registry: reference.registry().to_owned() })
+                }
+                None => Err(self.unauthorized(reference)),
+            },
             Some(Challenge::Bearer { realm, service }) => {
-                let token = self.token(reference, &realm, service.as_deref(), access, credentials).await?;
+                let login = self.login(reference).await?;
+                let scope = access.scope(reference.repository());
+                let token = self.token(reference, &realm, service.as_deref(), &scope, login.as_ref()).await?;
                 HeaderValue::from_str(&format!("Bearer {token}"))
                     .map_err(|_| Error::Http { url: realm, message: "the token is not a valid header value".into() })
             }
@@ -465,25 +500,16 @@ impl Registry {
         }
     }
 
-    /// A bearer token from the realm, for `access` to the repository.
+    /// A bearer token from the realm, for `scope`.
     async fn token(
         &self,
         reference: &Reference,
         realm: &str,
         service: Option<&str>,
-        access: Access,
-        credentials: Option<&Credentials>,
+        scope: &str,
+        login: Option<&Login>,
     ) -> Result<String> {
-        let mut url = reqwest::Url::parse(realm)
-            .map_err(|e| Error::Http { url: realm.to_owned(), message: format!("bad token realm: {e}") })?;
-        url.query_pairs_mut().append_pair("scope", &access.scope(reference.repository()));
-        if let Some(service) = service {
-            url.query_pairs_mut().append_pair("service", service);
-        }
-        let mut request = self.http.get(url);
-        if let Some(c) = credentials {
-            request = request.basic_auth(&c.username, Some(&c.password));
-        }
+        let request = self.token_request(realm, service, scope, login)?;
         let response = request.send().await.map_err(|e| Error::http(realm, e))?;
         match response.status() {
             StatusCode::OK => {}
@@ -505,6 +531,34 @@ impl Registry {
             .ok_or_else(|| Error::Http { url: realm.to_owned(), message: "the token response holds no token".into() })
     }
 
+    /// The request for a token: a `GET` with the scope and service, and the
+    /// password as Basic auth if there is one; for an identity token, the
+    /// OAuth2 refresh-token grant docker sends (a form `POST`).
+    fn token_request(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        login: Option<&Login>,
+    ) -> Result<reqwest::RequestBuilder> {
+        let mut url = reqwest::Url::parse(realm)
+            .map_err(|e| Error::Http { url: realm.to_owned(), message: format!("bad token realm: {e}") })?;
+        if let Some(Login::IdentityToken(refresh)) = login {
+            let form = refresh_grant(refresh, service, scope);
+            return Ok(self
+                .http
+                .post(url)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(form));
+        }
+        url.query_pairs_mut().append_pair("scope", scope).extend_pairs(service.map(|service| ("service", service)));
+        let request = self.http.get(url);
+        Ok(match login {
+            Some(Login::Password(c)) => request.basic_auth(&c.username, Some(&c.password)),
+            _ => request,
+        })
+    }
+
     fn unauthorized(&self, reference: &Reference) -> Error {
         Error::Unauthorized { registry: reference.registry().to_owned(), repository: reference.repository().to_owned() }
     }
@@ -513,6 +567,15 @@ impl Registry {
 /// Where the authorization for `access` to the repository is cached.
 fn auth_key(reference: &Reference, access: Access) -> (String, String, Access) {
     (reference.registry().to_owned(), reference.repository().to_owned(), access)
+}
+
+/// The form of an OAuth2 refresh-token grant for `scope`, as docker posts
+/// it to a token realm.
+fn refresh_grant(refresh: &str, service: Option<&str>, scope: &str) -> String {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", "refresh_token").append_pair("refresh_token", refresh);
+    form.extend_pairs(service.map(|service| ("service", service)));
+    form.append_pair("scope", scope).append_pair("client_id", "vmimg").finish()
 }
 
 fn basic(c: &Credentials) -> HeaderValue {

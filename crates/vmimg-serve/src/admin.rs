@@ -11,7 +11,7 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::ToSchema;
-use vmimg_store::{Build, GcReport, Instance, InstanceFormat, InstanceRequest, Usage};
+use vmimg_store::{Build, GcOptions, GcReport, Instance, InstanceFormat, InstanceRequest, Usage};
 
 /// An instance to make: a writable disk from a ready image.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -133,23 +133,10 @@ pub async fn usage(State(app): State<Arc<App>>) -> Answer<Json<StoreUsage>> {
     }))
 }
 
-/// What to collect.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Gc {
-    /// Evict images that can be pulled again, least recently used first,
-    /// until the store takes at most this many bytes.
-    #[serde(default)]
-    pub keep_under: Option<u64>,
-    /// Say what would go; remove nothing.
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
 /// Removes what nothing needs (see `vmimg gc`).
-#[utoipa::path(post, path = "/v1/store/gc", tag = "store", request_body = Gc,
+#[utoipa::path(post, path = "/v1/store/gc", tag = "store", request_body = GcOptions,
     responses((status = 200, body = GcReport), (status = "default", body = Problem)))]
-pub async fn gc(State(app): State<Arc<App>>, body: Option<JsonBody<Gc>>) -> Answer<Json<GcReport>> {
-    let Gc { keep_under, dry_run } = body.map(|b| b.0).unwrap_or_default();
-    Ok(Json(app.store.gc(keep_under, dry_run).await?))
+pub async fn gc(State(app): State<Arc<App>>, body: Option<JsonBody<GcOptions>>) -> Answer<Json<GcReport>> {
+    let options = body.map(|b| b.0).unwrap_or_default();
+    Ok(Json(app.store.gc(&options).await?))
 }

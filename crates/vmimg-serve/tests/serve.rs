@@ -961,7 +961,7 @@ async fn the_openapi_document_lists_every_route_and_validates() {
             assert_eq!(problem, "#/components/schemas/Problem", "{op}");
         }
     }
-    for schema in ["Image", "Problem", "CreateImage", "CreateInstance", "Gc", "StoreUsage"] {
+    for schema in ["Image", "Problem", "CreateImage", "CreateInstance", "GcOptions", "StoreUsage"] {
         assert!(doc["components"]["schemas"][schema].is_object(), "no schema {schema}");
     }
 

@@ -69,6 +69,10 @@ pub enum Error {
     BuildFailed { reference: String, message: String, kind: crate::ErrorKind },
     #[error("layer {}: {source}", path.display())]
     Layer { path: PathBuf, source: vmimg_rootfs::apply::ApplyError },
+    /// A pull ran out of space (or quota) and kept its partial downloads to
+    /// resume from.
+    #[error("{source}: {kept}")]
+    PartialsKept { source: Box<Error>, kept: Kept },
     /// A bug, or a store in a state it should never be in.
     #[error("internal error: {0}")]
     Internal(String),
@@ -78,6 +82,29 @@ pub enum Error {
     Fetch(#[from] vmimg_fetch::Error),
     #[error(transparent)]
     Disk(#[from] vmimg_disk::Error),
+}
+
+/// What a pull that failed for want of space kept: its partial downloads,
+/// `at` one file or a pattern naming them all.
+#[derive(Debug)]
+pub struct Kept {
+    pub at: PathBuf,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+impl std::fmt::Display for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, them) = match self.files {
+            1 => ("the partial download keeps".to_owned(), "it"),
+            n => (format!("the {n} partial downloads keep"), "them"),
+        };
+        let (size, at) = (vmimg_disk::format_size(self.bytes), self.at.display());
+        write!(
+            f,
+            "{what} {size} in {at}; free space and pull again to resume, or drop {them} with `vmimg gc --partials`"
+        )
+    }
 }
 
 /// `FILE is not a bundle: …`, or `bundle FILE: …` for what went wrong

@@ -122,6 +122,7 @@ impl Error {
             Error::Conflict(_) | Error::Exists { .. } | Error::NotADisk { .. } => ErrorKind::Conflict,
             Error::BuildFailed { kind, .. } => *kind,
             Error::Internal(_) => ErrorKind::Internal,
+            Error::PartialsKept { source, .. } => source.kind(),
             Error::Io { source, .. } => of_io(source),
             Error::UnknownAlias { .. }
             | Error::NoArch { .. }
@@ -213,6 +214,8 @@ pub(crate) fn of_oci(error: &OciError) -> ErrorKind {
         | OciError::BlobDigest { .. } => ErrorKind::Refused,
         // Docker's config.json does not parse.
         OciError::Config(_) => ErrorKind::InvalidInput,
+        OciError::Helper(e) => of_helper(e),
+        OciError::IdentityTokenForBasic { .. } => ErrorKind::Denied,
         OciError::Artifact(e) => of_artifact(e),
         // Holds only the text of the I/O error it was.
         OciError::Output(_) => ErrorKind::Internal,
@@ -220,6 +223,17 @@ pub(crate) fn of_oci(error: &OciError) -> ErrorKind {
         OciError::Io { source, .. } => of_io(source),
         OciError::InvalidInput { .. } => ErrorKind::InvalidInput,
         OciError::Layout(e) => of_layout(e),
+    }
+}
+
+/// A helper name that is no plain name is the config's to fix; a helper
+/// not on PATH is missing; a helper that failed gave no credentials.
+fn of_helper(error: &vmimg_oci::HelperError) -> ErrorKind {
+    use vmimg_oci::HelperError as H;
+    match error {
+        H::BadName { .. } => ErrorKind::InvalidInput,
+        H::Missing { .. } => ErrorKind::NotFound,
+        H::Failed { .. } => ErrorKind::Denied,
     }
 }
 
@@ -342,6 +356,7 @@ mod tests {
     use ErrorKind::*;
     use std::path::PathBuf;
     use vmimg_fetch::Digest;
+    use vmimg_oci::HelperError;
 
     /// Each error in `cases` has the kind beside it.
     fn check<E: fmt::Display>(of: impl Fn(&E) -> ErrorKind, cases: Vec<(E, ErrorKind)>) {
@@ -457,6 +472,13 @@ mod tests {
                     Refused,
                 ),
                 (OciError::Config("bad".into()), InvalidInput),
+                (OciError::Helper(HelperError::BadName { name: "../x".into() }), InvalidInput),
+                (OciError::Helper(HelperError::Missing { name: "x".into(), server: "r".into() }), NotFound),
+                (
+                    OciError::Helper(HelperError::Failed { name: "x".into(), server: "r".into(), problem: "?".into() }),
+                    Denied,
+                ),
+                (OciError::IdentityTokenForBasic { registry: "r".into() }, Denied),
                 (artifact(ArtifactError::Json("x".into())), Refused),
                 (
                     artifact(ArtifactError::NoPlatform {

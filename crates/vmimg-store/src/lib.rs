@@ -113,11 +113,11 @@ pub use builds::{Build, BuildStatus, Manager, ManagerOptions, Totals, build_id};
 pub use bundle::ExportedBundle;
 pub use catalog::{Arch, Artifact, Catalog, EMBEDDED, Entry, MAX_CATALOG_BYTES, Mirrors};
 pub use container::BuildObserver;
-pub use error::{Error, Result};
+pub use error::{Error, Kept, Result};
 pub use get::{GetOptions, Observer, Plan, Stage};
 pub use instance::{Instance, InstanceRequest};
 pub use kind::ErrorKind;
-pub use manage::{GcReport, ImageSummary, ServiceClaim};
+pub use manage::{GcOptions, GcReport, ImageSummary, ServiceClaim};
 pub use metrics::Metrics;
 pub use oci::{OciSource, PushOptions};
 /// The metrics library whose registry [`Metrics::registry`] gives, at the version the store uses.

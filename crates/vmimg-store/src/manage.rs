@@ -16,7 +16,7 @@ use crate::publish::remove_dir_atomically;
 use crate::record::{ImageRecord, InstanceFormat, Timestamp};
 use crate::store::Store;
 use crate::usage::{Usage, allocated};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -34,6 +34,25 @@ pub struct ImageSummary {
     pub names: Vec<String>,
     /// When a pull or an instance last used it.
     pub last_used_at: Timestamp,
+}
+
+/// What [`Store::gc`] removes beyond what nothing needs, and whether it
+/// only says so.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcOptions {
+    /// Evict images that can be pulled again, least recently used first,
+    /// until the store takes at most this many bytes.
+    #[serde(default)]
+    pub keep_under: Option<u64>,
+    /// Remove every partial download no pull is resuming, however fresh
+    /// (to free a full disk).
+    #[serde(default)]
+    pub partials: bool,
+    /// Say what would go; remove nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// What `gc` removed (or, in a dry run, would remove).
@@ -138,17 +157,20 @@ impl Store {
     }
 
     /// Removes what nothing needs: leftovers in `tmp/` (abandoned work,
-    /// empty partials, partial downloads idle for a day), lock files nobody
-    /// holds, blobs and layers no image names, and then, while the store is
-    /// over `keep_under` bytes, the least recently used images that can be
-    /// pulled again from their source and have neither instances nor names
-    /// (what the user made, bundles and blank images, is never evicted). Blobs and layers
-    /// are left alone while a pull or build is in flight (it holds the
-    /// store's lease). With `dry_run`, nothing is removed: the report says
-    /// what would go.
-    pub async fn gc(&self, keep_under: Option<u64>, dry_run: bool) -> Result<GcReport> {
+    /// empty partials, partial downloads idle for a day, or every partial
+    /// download with `partials`), lock files nobody holds, blobs and layers
+    /// no image names, and then, while the store is over `keep_under`
+    /// bytes, the least recently used images that can be pulled again from
+    /// their source and have neither instances nor names (what the user
+    /// made, bundles and blank images, is never evicted). A partial download a pull is
+    /// resuming is never removed (its key is locked), nor are blobs and
+    /// layers while a pull or build is in flight (it holds the store's
+    /// lease). With `dry_run`, nothing is removed: the report says what
+    /// would go.
+    pub async fn gc(&self, options: &GcOptions) -> Result<GcReport> {
+        let GcOptions { keep_under, partials, dry_run } = *options;
         let mut report = GcReport { dry_run, ..GcReport::default() };
-        self.collect_tmp(&mut report).await?;
+        self.collect_tmp(&mut report, partials).await?;
         match self.try_exclusive_lease()? {
             Some(_exclusive) => self.collect_blobs(&mut report).await?,
             None => report.in_flight = true,
@@ -181,7 +203,7 @@ impl Store {
     /// kept. A daemon calls it at start.
     pub async fn clean_tmp(&self) -> Result<GcReport> {
         let mut report = GcReport::default();
-        self.collect_tmp(&mut report).await?;
+        self.collect_tmp(&mut report, false).await?;
         Ok(report)
     }
 
@@ -230,14 +252,17 @@ impl Store {
     }
 
     /// Removes entries of `tmp/` whose key nobody holds: work and removal
-    /// directories always, partial downloads once empty or stale.
-    async fn collect_tmp(&self, report: &mut GcReport) -> Result<()> {
+    /// directories always, partial downloads once empty or stale, or all
+    /// of them with `partials`.
+    async fn collect_tmp(&self, report: &mut GcReport, partials: bool) -> Result<()> {
         for path in entries(&self.tmp())? {
             let name = path.file_name().expect("a named entry").to_string_lossy().into_owned();
             let (key, stale) = match name.split_once(".work-").or_else(|| name.split_once(".removing-")) {
                 Some((key, _)) => (key.to_owned(), true),
                 None => match name.split_once(".part") {
-                    Some((key, _)) => (key.to_owned(), allocated(&path) == 0 || idle_for(&path) > STALE_PARTIAL),
+                    Some((key, _)) => {
+                        (key.to_owned(), partials || allocated(&path) == 0 || idle_for(&path) > STALE_PARTIAL)
+                    }
                     None => continue,
                 },
             };

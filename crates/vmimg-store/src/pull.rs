@@ -12,13 +12,15 @@
 
 use crate::content::remove_partials;
 use crate::convert::{Job, Made, convert_source_file, convert_while_downloading, finish_download, is_refusal};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kept, Result};
 use crate::fsutil::blocking;
 use crate::growing::{EndOnDrop, GrowingFile, Watermark};
+use crate::kind::ErrorKind;
 use crate::publish::discard;
 use crate::record::{ImageRecord, Pulled, SourceInfo};
 use crate::source::{Location, Resolved};
 use crate::store::Store;
+use crate::usage::allocated;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,8 +69,30 @@ impl Store {
             Err(error) => {
                 tracing::info!(image = %source.key, %error, "failed; its work is discarded");
                 discard(work).await;
-                Err(error)
+                Err(self.with_partials_kept(&source.key, error))
             }
+        }
+    }
+
+    /// `error`, and, when it is a full disk (or quota), what the partial
+    /// downloads of `key` it leaves keep, and how to resume or drop them.
+    fn with_partials_kept(&self, key: &str, error: Error) -> Error {
+        if error.kind() != ErrorKind::OutOfSpace {
+            return error;
+        }
+        let prefix = format!("{key}.part");
+        let is_partial = |name: &str| name.starts_with(&prefix) && !name.ends_with(".meta");
+        let entries = std::fs::read_dir(self.tmp()).into_iter().flatten().flatten();
+        let kept: Vec<PathBuf> =
+            entries.filter(|e| is_partial(&e.file_name().to_string_lossy())).map(|e| e.path()).collect();
+        let bytes = kept.iter().map(|path| allocated(path)).sum();
+        let at = match &kept[..] {
+            [one] => one.clone(),
+            _ => self.tmp().join(format!("{prefix}*")),
+        };
+        match bytes {
+            0 => error,
+            _ => Error::PartialsKept { source: Box::new(error), kept: Kept { at, files: kept.len(), bytes } },
         }
     }
 

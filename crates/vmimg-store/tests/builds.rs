@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmimg_oci::Reference;
 use vmimg_store::{
-    Build, BuildObserver, BuildStatus, Manager, ManagerOptions, RootfsFormat, Store, StoreOptions, build_id,
+    Build, BuildObserver, BuildStatus, GcOptions, Manager, ManagerOptions, RootfsFormat, Store, StoreOptions, build_id,
 };
 use vmimg_testserver::oci_image::ImageSpec;
 use vmimg_testserver::{Fault, RegistryServer, TestServer};
@@ -225,7 +225,7 @@ async fn builds_a_killed_process_left_run_again() {
     manager.delete(&id, false).await.unwrap();
     assert!(!store.join("images").join(&image).exists());
     assert!(manager.get(&id).unwrap().is_none());
-    manager.store().gc(None, false).await.unwrap();
+    manager.store().gc(&GcOptions::default()).await.unwrap();
     assert!(fs::read_dir(store.join("layers/sha256")).unwrap().next().is_none(), "gc removes unused layers");
 }
 
@@ -330,7 +330,7 @@ async fn gc_in_a_loop_never_takes_the_layers_of_builds_in_flight() {
     let collector = Store::open(StoreOptions { root: Some(root.clone()), ..Default::default() }).unwrap();
     let mut rounds = 0;
     while builds.iter().any(|b| !manager.get(&b.id).unwrap().unwrap().status.is_done()) {
-        collector.gc(None, false).await.unwrap();
+        collector.gc(&GcOptions::default()).await.unwrap();
         rounds += 1;
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
@@ -346,7 +346,7 @@ async fn gc_in_a_loop_never_takes_the_layers_of_builds_in_flight() {
             assert!(root.join(&layer).is_file(), "gc collected {layer}, which {} names", image.record.name);
         }
     }
-    let report = collector.gc(None, false).await.unwrap();
+    let report = collector.gc(&GcOptions::default()).await.unwrap();
     assert_eq!(report.blobs, 0, "every layer is named by a built image: {report:?}");
 }
 

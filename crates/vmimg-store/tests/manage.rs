@@ -1,7 +1,7 @@
 //! Instances, listing, removal, accounting and garbage collection.
 
 use std::path::{Path, PathBuf};
-use vmimg_store::{Error, InstanceFormat, InstanceRequest, Store, StoreOptions};
+use vmimg_store::{Error, GcOptions, InstanceFormat, InstanceRequest, Store, StoreOptions};
 
 fn store(root: &Path) -> Store {
     Store::open(StoreOptions { root: Some(root.to_owned()), ..StoreOptions::default() }).unwrap()
@@ -60,7 +60,10 @@ async fn an_image_with_instances_is_kept_until_they_are_gone() {
     assert_eq!(store.images().unwrap()[0].instances, 1);
     let err = store.remove_image(&image, false).await.unwrap_err();
     assert!(matches!(err, Error::InUse { .. }) && err.to_string().contains("vm"), "{err}");
-    assert!(store.gc(Some(0), false).await.unwrap().images.is_empty(), "gc never takes an image in use");
+    assert!(
+        store.gc(&GcOptions { keep_under: Some(0), ..GcOptions::default() }).await.unwrap().images.is_empty(),
+        "gc never takes an image in use"
+    );
     store.remove_instance("vm").await.unwrap();
     store.remove_image(&image, false).await.unwrap();
     assert!(store.images().unwrap().is_empty());
@@ -100,11 +103,11 @@ async fn gc_never_evicts_what_the_user_made_and_a_dry_run_removes_nothing() {
     let cache = pulled(&store, &raw_disk(src.path(), "a.img", 8, 7)).await;
     let gone = pulled(&store, &raw_disk(src.path(), "gone.img", 8, 8)).await;
     std::fs::remove_file(src.path().join("gone.img")).unwrap();
-    let dry = store.gc(Some(0), true).await.unwrap();
+    let dry = store.gc(&GcOptions { keep_under: Some(0), dry_run: true, ..GcOptions::default() }).await.unwrap();
     assert!(dry.dry_run && dry.images == [cache.clone()], "{dry:?}");
     assert!(dry.bytes_freed >= 1 << 20, "{dry:?}");
     assert_eq!(store.images().unwrap().len(), 3, "a dry run removes nothing");
-    let report = store.gc(Some(0), false).await.unwrap();
+    let report = store.gc(&GcOptions { keep_under: Some(0), ..GcOptions::default() }).await.unwrap();
     assert_eq!(report.images, [cache]);
     let left: Vec<_> = store.images().unwrap().into_iter().map(|i| i.record.name).collect();
     assert!(left.contains(&blank) && left.contains(&gone), "{left:?}");
@@ -150,7 +153,7 @@ async fn removing_a_built_image_forgets_its_build_and_no_lock_file_is_left() {
     assert!(locks.iter().all(|l| l == ".lease.lock"), "{locks:?}");
     // A lock file a killed process left is collected.
     std::fs::write(root.path().join("locks/some-key.lock"), b"").unwrap();
-    assert_eq!(store.gc(None, false).await.unwrap().locks, 1);
+    assert_eq!(store.gc(&GcOptions::default()).await.unwrap().locks, 1);
     assert!(!root.path().join("locks/some-key.lock").exists());
 }
 
@@ -174,7 +177,7 @@ async fn usage_and_gc_within_a_budget_take_the_least_recently_used() {
     std::fs::create_dir_all(root.path().join("blobs/sha256")).unwrap();
     std::fs::write(root.path().join("blobs/sha256").join("0".repeat(64)), b"orphan").unwrap();
     let budget = usage.total - (1 << 20);
-    let report = store.gc(Some(budget), false).await.unwrap();
+    let report = store.gc(&GcOptions { keep_under: Some(budget), ..GcOptions::default() }).await.unwrap();
     assert_eq!(report.images, std::slice::from_ref(&old));
     assert_eq!((report.blobs, report.tmp_entries), (1, 1));
     let left: Vec<_> = store.images().unwrap().into_iter().map(|i| i.record.name).collect();
@@ -188,11 +191,38 @@ async fn a_partial_download_is_kept_while_fresh() {
     let store = store(root.path());
     let partial = root.path().join("tmp/url-abc.part");
     std::fs::write(&partial, b"half").unwrap();
-    store.gc(None, false).await.unwrap();
+    store.gc(&GcOptions::default()).await.unwrap();
     assert!(partial.exists(), "a fresh partial is resumable, not garbage");
     std::fs::File::options().append(true).open(&partial).unwrap().set_modified(std::time::UNIX_EPOCH).unwrap();
-    assert_eq!(store.gc(None, false).await.unwrap().tmp_entries, 1);
+    assert_eq!(store.gc(&GcOptions::default()).await.unwrap().tmp_entries, 1);
     assert!(!partial.exists());
+}
+
+/// `partials` takes every partial download, however fresh, but never one a
+/// pull holds (its key's lock, taken here as another process takes it);
+/// its dry run says what its run frees.
+#[tokio::test]
+async fn gc_partials_takes_fresh_partials_but_never_one_in_use() {
+    let root = tempfile::tempdir().unwrap();
+    let store = store(root.path());
+    let (idle, busy) = (root.path().join("tmp/url-idle.part"), root.path().join("tmp/url-busy.part"));
+    for partial in [&idle, &busy] {
+        std::fs::write(partial, vec![1u8; 300_000]).unwrap();
+    }
+    std::fs::create_dir_all(root.path().join("locks")).unwrap();
+    let pulling = std::fs::File::create(root.path().join("locks/url-busy.lock")).unwrap();
+    pulling.lock().unwrap();
+    let partials = GcOptions { partials: true, ..GcOptions::default() };
+    let dry = store.gc(&GcOptions { dry_run: true, ..partials }).await.unwrap();
+    assert_eq!(dry.tmp_entries, 1, "{dry:?}");
+    assert!(dry.bytes_freed >= 300_000 && idle.exists(), "{dry:?}");
+    let report = store.gc(&partials).await.unwrap();
+    assert_eq!((report.tmp_entries, report.bytes_freed), (dry.tmp_entries, dry.bytes_freed));
+    assert!(!idle.exists(), "a fresh partial nobody holds goes with --partials");
+    assert!(busy.exists(), "a partial a pull holds is never collected");
+    drop(pulling);
+    assert_eq!(store.gc(&partials).await.unwrap().tmp_entries, 1);
+    assert!(!busy.exists());
 }
 
 fn qemu_img(args: &[&str]) -> std::process::Output {
@@ -230,9 +260,10 @@ async fn qcow2_instances_are_overlays_qemu_reads_and_checks() {
     std::fs::rename(&moved, root.path()).unwrap();
 }
 
-/// gc run over and over, from another store handle (as another process
-/// would), while several pulls download and convert: every pull ends with
-/// its image whole, its blob kept, and its disk byte for byte the source.
+/// gc run over and over (with and without `partials`), from another store
+/// handle (as another process would), while several pulls download and
+/// convert: every pull ends with its image whole, its blob kept, and its
+/// disk byte for byte the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_in_a_loop_never_takes_what_pulls_in_flight_will_name() {
     let (src, root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -260,7 +291,8 @@ async fn gc_in_a_loop_never_takes_what_pulls_in_flight_will_name() {
     let collector = self::store(root.path());
     let mut rounds = 0;
     while !pulls.iter().all(|p| p.is_finished()) {
-        collector.gc(None, false).await.unwrap();
+        // Every other round takes every partial download nobody holds.
+        collector.gc(&GcOptions { partials: rounds % 2 == 1, ..GcOptions::default() }).await.unwrap();
         rounds += 1;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
@@ -270,7 +302,7 @@ async fn gc_in_a_loop_never_takes_what_pulls_in_flight_will_name() {
         assert!(std::fs::read(&pulled.path).unwrap() == *bytes);
         assert!(root.path().join(pulled.record.blob.unwrap()).exists(), "the blob was collected");
     }
-    collector.gc(None, false).await.unwrap();
+    collector.gc(&GcOptions::default()).await.unwrap();
     assert_eq!(store.images().unwrap().len(), 4);
 }
 
@@ -289,9 +321,9 @@ async fn du_and_gc_agree_on_what_partials_take() {
     std::fs::create_dir(tmp.join("k.work-1")).unwrap();
     std::fs::write(tmp.join("k.work-1/disk.raw"), vec![2u8; 100_000]).unwrap();
     let before = store.usage().partial;
-    let dry = store.gc(None, true).await.unwrap();
+    let dry = store.gc(&GcOptions { dry_run: true, ..GcOptions::default() }).await.unwrap();
     assert_eq!((dry.tmp_entries, dry.bytes_freed), (3, before - empty_tmp), "{dry:?}");
-    let report = store.gc(None, false).await.unwrap();
+    let report = store.gc(&GcOptions::default()).await.unwrap();
     assert_eq!(report.bytes_freed, dry.bytes_freed, "the dry run said what the run frees");
     assert_eq!(store.usage().partial, empty_tmp);
 }

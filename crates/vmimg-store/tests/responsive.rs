@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vmimg_fetch::Digest;
-use vmimg_store::{InstanceFormat, InstanceRequest, Pulled, Store, StoreOptions};
+use vmimg_store::{GcOptions, InstanceFormat, InstanceRequest, Pulled, Store, StoreOptions};
 use vmimg_testserver::mounts::skip_missing;
 
 /// The worst lateness a ticker may see while the job runs, for the
@@ -218,7 +218,7 @@ fn a_raw_instance_and_removals_leave_the_async_thread_free() {
     let doomed = store.root().join("tmp/second.removing-1");
     std::fs::create_dir(&doomed).unwrap();
     std::fs::rename(second.path.parent().unwrap(), doomed.join("x")).unwrap();
-    let report = measure("a garbage collection", async move { store.gc(None, false).await.unwrap() });
+    let report = measure("a garbage collection", async move { store.gc(&GcOptions::default()).await.unwrap() });
     assert_eq!(report.tmp_entries, 1);
     assert!(!doomed.exists());
 }

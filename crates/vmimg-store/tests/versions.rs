@@ -3,7 +3,7 @@
 //! a conditional request, names follow the newest version.
 
 use std::path::{Path, PathBuf};
-use vmimg_store::{Error, GetOptions, InstanceFormat, InstanceRequest, Pulled, Store, StoreOptions};
+use vmimg_store::{Error, GcOptions, GetOptions, InstanceFormat, InstanceRequest, Pulled, Store, StoreOptions};
 use vmimg_testserver::{TestServer, Versioning};
 
 fn store(root: &Path) -> Store {
@@ -52,7 +52,7 @@ async fn names_are_tags_that_commands_take_and_gc_keeps() {
 
     store.tag(&pulled.record.name, "also").await.unwrap();
     assert_eq!(store.names_of(&pulled.record.name).unwrap(), ["also", "base"]);
-    let report = store.gc(Some(0), false).await.unwrap();
+    let report = store.gc(&GcOptions { keep_under: Some(0), ..GcOptions::default() }).await.unwrap();
     assert!(report.images.is_empty(), "gc never evicts a named image: {report:?}");
 
     for (name, why) in [("debian-12", "an alias"), (pulled.record.name.as_str(), "a key"), ("../x", "no name")] {

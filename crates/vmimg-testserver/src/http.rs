@@ -1,5 +1,5 @@
-//! The wire: reading one request head, answering it, sending the body with
-//! whatever fault is queued.
+//! The wire: reading one request head (and a small body, such as a form's),
+//! answering it, sending the body with whatever fault is queued.
 
 use crate::{Content, Fault, RequestRecord, Route, Shared, Versioning};
 use std::fs::File;
@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// A request head larger than this is dropped.
+/// A request head and body larger than this together are dropped.
 const MAX_HEAD: usize = 16 << 10;
 const CHUNK: usize = 1 << 20;
 
@@ -22,6 +22,8 @@ struct Request {
     if_none_match: Option<String>,
     if_modified_since: Option<String>,
     authorization: Option<String>,
+    content_length: u64,
+    body: Vec<u8>,
 }
 
 /// What a request resolves to before faults.
@@ -84,6 +86,7 @@ pub(crate) fn serve_connection(stream: TcpStream, shared: &Shared) {
         if_range: request.if_range,
         if_none_match: request.if_none_match,
         authorization: request.authorization,
+        body: request.body,
         status,
     });
 }
@@ -105,6 +108,8 @@ fn read_request(stream: &TcpStream) -> io::Result<Request> {
         if_none_match: None,
         if_modified_since: None,
         authorization: None,
+        content_length: 0,
+        body: Vec::new(),
     };
     loop {
         line.clear();
@@ -113,6 +118,7 @@ fn read_request(stream: &TcpStream) -> io::Result<Request> {
         }
         let header = line.trim_end();
         if header.is_empty() {
+            (&mut reader).take(request.content_length).read_to_end(&mut request.body)?;
             return Ok(request);
         }
         if let Some((name, value)) = header.split_once(':') {
@@ -122,6 +128,7 @@ fn read_request(stream: &TcpStream) -> io::Result<Request> {
                 "if-none-match" => request.if_none_match = Some(value.trim().to_owned()),
                 "if-modified-since" => request.if_modified_since = Some(value.trim().to_owned()),
                 "authorization" => request.authorization = Some(value.trim().to_owned()),
+                "content-length" => request.content_length = value.trim().parse().unwrap_or(0),
                 _ => {}
             }
         }

@@ -3,9 +3,9 @@
 //!
 //! It serves bytes held in memory, files, and directory trees (with
 //! Apache-style listings), honours `Range` and `If-Range` with a strong ETag,
-//! follows `HEAD` and redirects, and logs every request. A route added with
-//! [`Versioning`] can hide its ETag or Last-Modified, or ignore `If-Range`
-//! as broken servers do. Per path, a queue of [`Fault`]s is consumed one per
+//! follows `HEAD` and redirects, and logs every request (with its body, if
+//! small). A route added with [`Versioning`] can hide its ETag or
+//! Last-Modified, or ignore `If-Range` as broken servers do. Per path, a queue of [`Fault`]s is consumed one per
 //! request: error statuses, 429 with Retry-After, a body cut midway, a
 //! stall, a flipped byte, a range ignored, a throttled body, the content
 //! replaced by a new version.
@@ -96,6 +96,9 @@ pub struct RequestRecord {
     pub if_range: Option<String>,
     pub if_none_match: Option<String>,
     pub authorization: Option<String>,
+    /// The body the request sent (a form's, say), as far as it fits in
+    /// 16 KiB with the head.
+    pub body: Vec<u8>,
     pub status: u16,
 }
 

@@ -56,12 +56,54 @@ pub struct RegistryArgs {
     /// repeatable. Loopback hosts always are.
     #[arg(long, value_name = "HOST")]
     pub insecure_registry: Vec<String>,
-    /// Registry user name [default: ~/.docker/config.json's, else anonymous].
-    #[arg(long, env = "VMIMG_REGISTRY_USERNAME", requires = "password")]
+    /// Registry user name [default: ~/.docker/config.json's (its credential
+    /// helpers, then its auths), else anonymous].
+    #[arg(long, env = "VMIMG_REGISTRY_USERNAME", requires = "secret")]
     pub username: Option<String>,
     /// Registry password or token.
-    #[arg(long, env = "VMIMG_REGISTRY_PASSWORD", hide_env_values = true, requires = "username")]
+    #[arg(long, env = "VMIMG_REGISTRY_PASSWORD", hide_env_values = true, requires = "username", group = "secret")]
     pub password: Option<String>,
+    /// Read the registry password or token from standard input (one
+    /// trailing newline dropped), as `docker login --password-stdin` does.
+    #[arg(long, requires = "username", group = "secret")]
+    pub password_stdin: bool,
+}
+
+/// A password read from standard input larger than this is refused.
+const MAX_PASSWORD_BYTES: u64 = 64 << 10;
+
+impl RegistryArgs {
+    /// The credentials given: --username with --password, or with the
+    /// password --password-stdin reads.
+    fn credentials(&self) -> Result<Option<vmimg_oci::Credentials>> {
+        let password = match (&self.password, self.password_stdin) {
+            (Some(password), _) => password.clone(),
+            (None, true) => password_from_stdin()?,
+            (None, false) => return Ok(None),
+        };
+        Ok(self.username.clone().map(|username| vmimg_oci::Credentials { username, password }))
+    }
+}
+
+/// All of standard input but a trailing `\n` and then `\r`, as docker reads
+/// `--password-stdin` (from a terminal too); empty is refused.
+fn password_from_stdin() -> Result<String> {
+    use std::io::Read;
+    let invalid = |problem: &str| vmimg_store::Error::Invalid(format!("--password-stdin {problem}"));
+    let mut text = String::new();
+    std::io::stdin()
+        .take(MAX_PASSWORD_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| invalid(&format!("cannot read standard input: {e}")))?;
+    if text.len() as u64 > MAX_PASSWORD_BYTES {
+        return Err(invalid(&format!("read more than {MAX_PASSWORD_BYTES} bytes: give it the password alone")).into());
+    }
+    let password = text.strip_suffix('\n').unwrap_or(&text);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err(invalid("read no password: write it to vmimg's standard input").into());
+    }
+    Ok(password.to_owned())
 }
 
 /// What to call the image a command gets.
@@ -138,15 +180,14 @@ impl Opening<'_> {
             },
             None => Default::default(),
         };
-        let registry = self.registry.map_or_else(Default::default, |r| vmimg_oci::RegistryOptions {
-            insecure: r.insecure_registry.clone(),
-            credentials: r
-                .username
-                .clone()
-                .zip(r.password.clone())
-                .map(|(username, password)| vmimg_oci::Credentials { username, password }),
-            ..Default::default()
-        });
+        let registry = match self.registry {
+            Some(r) => vmimg_oci::RegistryOptions {
+                insecure: r.insecure_registry.clone(),
+                credentials: r.credentials()?,
+                ..Default::default()
+            },
+            None => Default::default(),
+        };
         Ok(Store::open(vmimg_store::StoreOptions {
             root: root.map(Path::to_owned),
             catalog: source.catalog.clone(),

@@ -1,9 +1,9 @@
 //! `vmimg builds`: the container image builds the store's build manager
 //! keeps (`vmimg build` itself goes through `vmimg pull`'s front door).
 
-use crate::units::human;
 use anyhow::{Result, bail};
 use std::sync::Arc;
+use vmimg_disk::format_size;
 use vmimg_store::{BuildStatus, Manager, ManagerOptions, Store};
 
 /// `vmimg builds`: every build with its status.
@@ -21,7 +21,7 @@ pub fn list(store: Store, json: bool) -> Result<()> {
             b.id,
             b.status.name(),
             b.format.name(),
-            human(b.bytes_pulled),
+            format_size(b.bytes_pulled),
             b.updated_at,
             b.reference,
             b.error.map(|e| format!("\n  error: {e}")).unwrap_or_default()

@@ -1,9 +1,9 @@
 //! `vmimg bundle export|import` and `vmimg image new`.
 
-use crate::units::human;
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
+use vmimg_disk::format_size;
 use vmimg_fetch::Digest;
 use vmimg_store::{BundleLimits, ExportOptions, Machine, Pulled, Store};
 
@@ -22,8 +22,8 @@ pub async fn export(
         eprintln!(
             "exported {key} to {} ({}, {} of disk data) in {:.1?}\n{}",
             file.display(),
-            human(exported.size),
-            human(exported.data_bytes),
+            format_size(exported.size),
+            format_size(exported.data_bytes),
             started.elapsed(),
             exported.digest
         );
@@ -63,7 +63,7 @@ pub async fn new_image(
         None => None,
     };
     let made = store.new_image(name, size, machine).await?;
-    report(&made, json, quiet, &format!("made blank image {name} ({})", human(size)))
+    report(&made, json, quiet, &format!("made blank image {name} ({})", format_size(size)))
 }
 
 /// The image's path (or record), and a line for people on stderr.

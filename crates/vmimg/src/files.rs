@@ -1,9 +1,9 @@
 //! `vmimg convert` and `vmimg copy`: disk files in, disk files out, no store.
 
-use crate::units::human;
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
+use vmimg_disk::format_size;
 use vmimg_disk::{ConvertOptions, CopyMethod, CopyOptions, DiskImage, Format};
 
 /// How a command reports what it did: a summary on stderr (unless quiet),
@@ -30,10 +30,10 @@ pub fn convert(src: &Path, dst: &Path, format: Option<Format>, options: &Convert
             "converted {} ({}, {}) to {} in {:.2?}: {} written, the rest left as holes",
             src.display(),
             image.format().name(),
-            human(stats.virtual_size),
+            format_size(stats.virtual_size),
             dst.display(),
             started.elapsed(),
-            human(stats.bytes_written),
+            format_size(stats.bytes_written),
         );
     }
     Ok(())
@@ -52,14 +52,14 @@ pub fn copy(src: &Path, dst: &Path, options: &CopyOptions, output: Output) -> Re
     } else if !output.quiet {
         let moved = match stats.method {
             CopyMethod::Reflink => "blocks shared with the source".to_string(),
-            _ => format!("{} written, the rest left as holes", human(stats.bytes_copied)),
+            _ => format!("{} written, the rest left as holes", format_size(stats.bytes_copied)),
         };
         eprintln!(
             "copied {} ({}) to {} ({}) in {:.2?} by {}: {moved}",
             src.display(),
-            human(stats.source_size),
+            format_size(stats.source_size),
             dst.display(),
-            human(stats.virtual_size),
+            format_size(stats.virtual_size),
             started.elapsed(),
             stats.method.name(),
         );

@@ -1,8 +1,8 @@
 //! `vmimg info`: JSON as `qemu-img info --output=json`, or aligned text.
 
-use crate::units::human;
 use anyhow::Result;
 use std::path::Path;
+use vmimg_disk::format_size;
 use vmimg_disk::{Format, FormatSpecific, ImageInfo};
 
 pub fn run(path: &Path, format: Option<Format>, json: bool) -> Result<()> {
@@ -30,10 +30,10 @@ fn text(info: &ImageInfo) -> String {
         format!("image: {}", info.filename),
         format!("file format: {}", info.format),
         match info.virtual_size {
-            Some(size) => format!("virtual size: {} ({size} bytes)", human(size)),
+            Some(size) => format!("virtual size: {} ({size} bytes)", format_size(size)),
             None => format!("virtual size: unknown (vmimg does not read {} images)", info.format),
         },
-        format!("disk size: {}", human(info.actual_size)),
+        format!("disk size: {}", format_size(info.actual_size)),
     ];
     if let Some(size) = info.cluster_size {
         lines.push(format!("cluster_size: {size}"));

@@ -13,7 +13,6 @@ mod oci;
 mod progress;
 mod pull;
 mod serve;
-mod units;
 
 use anyhow::Result;
 use args::{DownloadArgs, GetArgs, NamingArgs, Opening, RegistryArgs, SourceArgs};
@@ -213,15 +212,20 @@ enum Command {
     /// Remove what nothing needs, and old images beyond a budget.
     ///
     /// Removes abandoned work, empty and day-old partial downloads under
-    /// tmp/, lock files a killed process left, blobs and layers no image
-    /// names (none while a pull or build is in flight), and, with
-    /// --keep-under, the least recently used images without instances that
-    /// can be pulled again (never bundles or blank images) until the store
-    /// fits the budget.
+    /// tmp/ (every one with --partials), lock files a killed process left,
+    /// blobs and layers no image names (none while a pull or build is in
+    /// flight), and, with --keep-under, the least recently used images
+    /// without instances that can be pulled again (never bundles or blank
+    /// images) until the store fits the budget. A partial download a pull
+    /// is resuming is never removed.
     Gc {
         /// Store size to get under: 20G, 512M, bytes.
         #[arg(long, value_parser = vmimg_disk::parse_size)]
         keep_under: Option<u64>,
+        /// Remove every partial download no running pull holds, however
+        /// fresh: what a pull that ran out of space kept to resume.
+        #[arg(long)]
+        partials: bool,
         /// List what would be removed and the bytes freed; remove nothing.
         #[arg(long)]
         dry_run: bool,
@@ -670,7 +674,7 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
         _ => cause.downcast_ref::<vmimg_oci::Error>(),
     });
     if let Some(vmimg_oci::Error::Unauthorized { .. }) = oci {
-        return Some("credentials: --username and --password");
+        return Some("credentials: --username with --password or --password-stdin");
     }
     if oci.and_then(vmimg_oci::Error::unresolved_host).is_some() {
         return Some("oci:DIR[:NAME] or oci-archive:FILE[:NAME] pulls a local copy");
@@ -771,8 +775,9 @@ fn run(cli: Cli) -> Result<()> {
             };
             serve::run(|| cli.open(get.opening()), args)
         }
-        Command::Gc { keep_under, dry_run, json } => {
-            runtime()?.block_on(manage::gc(&cli.open(plain)?, *keep_under, *dry_run, *json, cli.quiet))
+        Command::Gc { keep_under, partials, dry_run, json } => {
+            let options = vmimg_store::GcOptions { keep_under: *keep_under, partials: *partials, dry_run: *dry_run };
+            runtime()?.block_on(manage::gc(&cli.open(plain)?, &options, *json, cli.quiet))
         }
         Command::Instance(InstanceCommand::Create { image, name, size, format, json, get }) => {
             let store = cli.open(get.opening())?;

@@ -1,10 +1,10 @@
 //! `vmimg images|rm|du|gc` and `vmimg instance create|list|rm`.
 
 use crate::progress::Report;
-use crate::units::human;
 use anyhow::Result;
 use std::sync::Arc;
-use vmimg_store::{GetOptions, InstanceRequest, Store};
+use vmimg_disk::format_size;
+use vmimg_store::{GcOptions, GetOptions, InstanceRequest, Store};
 
 pub fn images(store: &Store, json: bool) -> Result<()> {
     let images = store.images()?;
@@ -28,8 +28,8 @@ pub fn images(store: &Store, json: bool) -> Result<()> {
             "{:<name$} {tags:<tag$} {:<7} {:>9} {:>9} {:>9}  {:<20} {source}",
             r.name,
             r.format,
-            human(r.virtual_size),
-            human(image.bytes_on_disk),
+            format_size(r.virtual_size),
+            format_size(image.bytes_on_disk),
             image.instances,
             image.last_used_at
         );
@@ -79,26 +79,26 @@ pub fn du(store: &Store, json: bool) -> Result<()> {
         ("instances", usage.instances),
         ("total", usage.total),
     ] {
-        println!("{:>9}  {what}", human(bytes));
+        println!("{:>9}  {what}", format_size(bytes));
     }
     Ok(())
 }
 
-pub async fn gc(store: &Store, keep_under: Option<u64>, dry_run: bool, json: bool, quiet: bool) -> Result<()> {
-    let report = store.gc(keep_under, dry_run).await?;
+pub async fn gc(store: &Store, options: &GcOptions, json: bool, quiet: bool) -> Result<()> {
+    let report = store.gc(options).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     if quiet || json {
         return Ok(());
     }
-    let (verb, freed) = if dry_run { ("would remove", "would free") } else { ("removed", "freed") };
+    let (verb, freed) = if options.dry_run { ("would remove", "would free") } else { ("removed", "freed") };
     for image in &report.images {
         eprintln!("{verb} image {image}");
     }
     eprintln!(
         "{freed} {} ({} images, {} blobs and layers, {} leftovers in tmp/, {} stale locks)",
-        human(report.bytes_freed),
+        format_size(report.bytes_freed),
         report.images.len(),
         report.blobs,
         report.tmp_entries,
@@ -128,7 +128,7 @@ pub async fn create_instance(store: &Store, mut request: InstanceRequest, json: 
             "instance {} of {} ({})",
             instance.record.name,
             instance.record.image,
-            human(instance.record.virtual_size)
+            format_size(instance.record.virtual_size)
         );
     }
     println!("{}", instance.path.display());
@@ -149,7 +149,7 @@ pub fn list_instances(store: &Store, json: bool) -> Result<()> {
             "{:<name$} {:<6} {:>9}  {:<20} {}",
             r.name,
             r.format.name(),
-            human(r.virtual_size),
+            format_size(r.virtual_size),
             r.created_at,
             r.image
         );

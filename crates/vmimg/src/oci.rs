@@ -3,8 +3,8 @@
 //! stderr (unless quiet).
 
 use crate::progress::Notes;
-use crate::units::human;
 use anyhow::{Result, bail};
+use vmimg_disk::format_size;
 use vmimg_oci::Reference;
 use vmimg_store::{PushOptions, Store};
 
@@ -34,7 +34,7 @@ pub async fn cat(store: &Store, source: &str, quiet: bool) -> Result<()> {
         eprintln!(
             "{pinned}: {} disk, {} in {} part{}",
             image.format.name(),
-            human(image.size()),
+            format_size(image.size()),
             image.parts.len(),
             if image.parts.len() == 1 { "" } else { "s" }
         );
@@ -61,7 +61,7 @@ pub async fn push(
     if !quiet {
         eprintln!(
             "pushed {key} ({}) to {reference} in {:.1?}: {} parts, {} sent, {} already there",
-            human(record.virtual_size),
+            format_size(record.virtual_size),
             started.elapsed(),
             pushed.parts,
             pushed.sent,

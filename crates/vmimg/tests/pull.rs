@@ -1,14 +1,15 @@
 //! `vmimg pull` as a user and a script meet it: the path as the last line,
-//! `--json`, quiet runs, one-line errors, and several processes pulling the
-//! same source at once downloading it once.
+//! `--json`, quiet runs, one-line errors, several processes pulling the
+//! same source at once downloading it once, a full disk, names and
+//! refreshed URLs.
+
+mod common;
 
 use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use vmimg_testserver::{Fault, TestServer};
-
-mod common;
 
 fn vmimg(store: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_vmimg"));
@@ -176,6 +177,51 @@ fn a_killed_pull_is_resumed_by_the_next_one() {
     let resumed_at: u64 = resumed.range.unwrap().trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap();
     assert!(resumed_at >= part, "resumed at {resumed_at}, {part} bytes were held");
     assert!(!part_path(&store).exists(), "the partial became the blob");
+}
+
+/// A pull that fills its disk fails in one line (exit 9) that says what its
+/// partial download keeps, where, and how to resume or drop it; a plain
+/// `gc` keeps the fresh partial, `gc --partials` (its dry run first) frees
+/// it. Needs root (a 16 MiB tmpfs holds the store).
+#[test]
+fn a_full_disk_says_what_the_partial_keeps_and_gc_partials_drops_it() {
+    let mount = match vmimg_testserver::mounts::Mount::tmpfs_of(16 << 20) {
+        Ok(mount) => mount,
+        Err(why) => return vmimg_testserver::mounts::skip_missing(format!("a small tmpfs (root): {why}")),
+    };
+    let mut noise = vec![0u8; 32 << 20];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut noise).unwrap();
+    let server = TestServer::start();
+    server.add("/big.raw", noise);
+    let store = mount.path().join("store");
+
+    let (code, line) = common::error_line(&run(vmimg(&store, &["pull", &server.url("/big.raw")])));
+    assert_eq!(code, 9, "{line}");
+    let partial = part_path(&store);
+    let kept = std::fs::metadata(&partial).unwrap().blocks() * 512;
+    assert!(kept > 12 << 20, "the partial keeps {kept} bytes of a 16 MiB disk");
+    let expected = format!(
+        "No space left on device (os error 28): the partial download keeps {} in {}; free space and pull again to \
+         resume, or drop it with `vmimg gc --partials`",
+        vmimg_disk::format_size(kept),
+        partial.display()
+    );
+    assert!(line.contains(&format!("cannot write {}", partial.display())) && line.contains(&expected), "{line}");
+
+    let gc = |args: &[&str]| -> serde_json::Value {
+        let out = run(vmimg(&store, &[&["gc", "--json"], args].concat()));
+        assert!(out.status.success() && out.stderr.is_empty(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(gc(&[])["tmp_entries"], 0, "a fresh partial is kept to resume");
+    let dry = gc(&["--partials", "--dry-run"]);
+    assert!(dry["dry_run"] == true && dry["tmp_entries"] == 2, "the partial and its sidecar: {dry}");
+    assert!(dry["bytes_freed"].as_u64().unwrap() >= kept && partial.exists(), "{dry}");
+    let done = gc(&["--partials"]);
+    assert_eq!((&done["tmp_entries"], &done["bytes_freed"]), (&dry["tmp_entries"], &dry["bytes_freed"]));
+    assert!(!partial.exists(), "gc --partials dropped it");
+    let left: Vec<_> = std::fs::read_dir(store.join("tmp")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "left in tmp/: {left:?}");
 }
 
 fn part_path(store: &Path) -> std::path::PathBuf {
