@@ -8,11 +8,12 @@
 //! an image already in the store) and returns the ready image; the store
 //! decides how to fetch, verify, convert or build it. The other verbs a
 //! frontend serves are one call each too: [`Store::images`],
-//! [`Store::find`], [`Store::remove`], [`Store::create_instance`],
-//! [`Store::instances`], [`Store::remove_instance`], [`Store::push`],
-//! [`Store::export_bundle`], [`Store::import_bundle`], [`Manager`] for
-//! builds, [`Store::usage`] and [`Store::gc`]. Every error has a kind
-//! ([`Error::kind`]) to map to an exit code or an HTTP status.
+//! [`Store::find`], [`Store::inspect`], [`Store::remove`],
+//! [`Store::create_instance`], [`Store::instances`],
+//! [`Store::remove_instance`], [`Store::push`], [`Store::export_bundle`],
+//! [`Store::import_bundle`], [`Manager`] for builds, [`Store::usage`] and
+//! [`Store::gc`]. Every error has a kind ([`Error::kind`]) to map to an
+//! exit code or an HTTP status.
 //!
 //! ```
 //! use vmimg_store::{GetOptions, InstanceFormat, InstanceRequest, Store, StoreOptions};
@@ -71,8 +72,10 @@
 //!   `oci` (cloud images, push), `container` and `builds` (container images
 //!   to disks, the build queue), `instance`, `bundle`, `manage` (list,
 //!   remove, gc), `names` (tags users give images), `versions` (a newer
-//!   version of a file or URL replacing the older), `refresh` (catalog updates), `accepted` (the gets a
-//!   daemon answered 202 for, kept until done so a restart carries them on);
+//!   version of a file or URL replacing the older), `inspect` (everything
+//!   known of one image), `refresh` (catalog updates), `accepted` (the gets
+//!   a daemon answered 202 for, kept until done so a restart carries them
+//!   on);
 //! - `get`: the front door over the features ([`Store::plan`] decides and
 //!   pins what a get will make, for a caller that answers before the work
 //!   is done; [`Store::get_planned`] does it).
@@ -90,6 +93,7 @@ mod error;
 mod fsutil;
 mod get;
 mod growing;
+mod inspect;
 mod instance;
 mod kind;
 mod locks;
@@ -115,6 +119,7 @@ pub use catalog::{Arch, Artifact, Catalog, EMBEDDED, Entry, MAX_CATALOG_BYTES, M
 pub use container::BuildObserver;
 pub use error::{Error, Kept, Result};
 pub use get::{GetOptions, Observer, Plan, Stage};
+pub use inspect::{DiskFacts, Inspection, Verifier};
 pub use instance::{Instance, InstanceRequest};
 pub use kind::ErrorKind;
 pub use manage::{GcOptions, GcReport, ImageSummary, ServiceClaim};

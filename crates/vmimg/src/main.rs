@@ -8,6 +8,7 @@ mod catalog;
 mod docs;
 mod files;
 mod info;
+mod inspect;
 mod manage;
 mod oci;
 mod progress;
@@ -169,6 +170,20 @@ enum Command {
     /// format, sizes, instances, source.
     Images {
         /// Print the images as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show everything about one store image: its record, where its bytes
+    /// came from and what verified them, its disk, its instances, its build.
+    ///
+    /// IMAGE is taken as `rm` takes it: a key, a name, the source it was
+    /// pulled from, or the start of one key. Nothing is written: inspecting
+    /// an image does not count as using it.
+    Inspect {
+        /// An image name (`vmimg images`), the source it was pulled from,
+        /// or the start of its key.
+        image: String,
+        /// Print one JSON object: the keys of `images --json` and more.
         #[arg(long)]
         json: bool,
     },
@@ -759,6 +774,7 @@ fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(oci::push(&cli.open(opening)?, image, target, options, *json, cli.quiet))
         }
         Command::Images { json } => manage::images(&cli.open(reading)?, *json),
+        Command::Inspect { image, json } => runtime()?.block_on(inspect::run(&cli.open(reading)?, image, *json)),
         Command::Rm { image, force } => {
             runtime()?.block_on(manage::remove_image(&cli.open(plain)?, image, *force, cli.quiet))
         }
