@@ -7,6 +7,7 @@ mod bundle;
 mod catalog;
 mod docs;
 mod files;
+mod format;
 mod info;
 mod inspect;
 mod manage;
@@ -170,8 +171,21 @@ enum Command {
     /// format, sizes, instances, source.
     Images {
         /// Print the images as JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// Print each image through TEMPLATE: {{.FIELD}}, FIELD a key of
+        /// --json's objects ({{.source.kind}} goes inside one); \t and \n
+        /// are a tab and a newline; `table TEMPLATE` adds a header row and
+        /// aligns tab-separated columns; `json` is --json.
+        #[arg(long, value_name = "TEMPLATE", value_parser = format::ListFormat::parse)]
+        format: Option<format::ListFormat>,
+        /// List only images that match: kind=KIND (alias, url, file,
+        /// bundle, blank, oci, layout), source=TEXT (in the source or where
+        /// it came from), format=FORMAT, verified=BOOL, in-use=BOOL (has
+        /// instances), before=IMAGE, since=IMAGE (made before or after it),
+        /// unused-for=DURATION (30d, 12h). Repeatable: all must match.
+        #[arg(long, value_name = "KEY=VALUE")]
+        filter: Vec<vmimg_store::ImageFilter>,
     },
     /// Show everything about one store image: its record, where its bytes
     /// came from and what verified them, its disk, its instances, its build.
@@ -773,7 +787,10 @@ fn run(cli: Cli) -> Result<()> {
             let opening = Opening { download: Some(download), registry: Some(registry), ..plain };
             runtime()?.block_on(oci::push(&cli.open(opening)?, image, target, options, *json, cli.quiet))
         }
-        Command::Images { json } => manage::images(&cli.open(reading)?, *json),
+        Command::Images { json, format, filter } => {
+            let listing = format::ListFormat::chosen(format, *json);
+            runtime()?.block_on(manage::images(&cli.open(reading)?, filter, listing))
+        }
         Command::Inspect { image, json } => runtime()?.block_on(inspect::run(&cli.open(reading)?, image, *json)),
         Command::Rm { image, force } => {
             runtime()?.block_on(manage::remove_image(&cli.open(plain)?, image, *force, cli.quiet))

@@ -1,5 +1,6 @@
 //! The store's images as a user looks at them: `inspect` (a verified pull,
-//! an unverified one, names, instances, misses and ambiguous prefixes).
+//! an unverified one, names, instances, misses and ambiguous prefixes), and
+//! `images --format` and `--filter`, refusals included.
 
 mod common;
 
@@ -7,6 +8,7 @@ use common::{fails_in_one_line, ok};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, SystemTime};
 
 /// A raw disk of 1 MiB filled with `byte`, written into `dir`.
 fn disk(dir: &Path, name: &str, byte: u8) -> PathBuf {
@@ -153,4 +155,108 @@ fn inspect_refuses_a_miss_with_the_closest_name_and_an_ambiguous_prefix_with_bot
     let (code, line) = fails_in_one_line(&store, &["inspect", "file-", "--json"]);
     assert_eq!(code, 2, "{line}");
     assert!(line.contains("starts several images") && line.contains(&keys[0]) && line.contains(&keys[1]), "{line}");
+}
+
+#[test]
+fn images_format_prints_fields_through_a_template() {
+    let (dir, store) = new_store();
+    let file = disk(dir.path(), "a.raw", 7);
+    let key = pull(&store, &[file.to_str().unwrap(), "--digest", &sha256(&file)]);
+
+    let line = ok(&store, &["images", "--format", "{{.name}} {{.source.kind}}\\t{{.virtual_size}} {{.verified}}"]);
+    assert_eq!(line, format!("{key} file\t1048576 true"));
+    // A declared field no listed image has prints as nothing.
+    assert_eq!(ok(&store, &["images", "--format", "[{{.container}}]"]), "[]");
+    let table = ok(&store, &["images", "--format", "table {{.name}}\\t{{.bytes_on_disk}}\\t{{.format}}"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(
+        lines[0].starts_with("NAME ") && lines[0].contains("BYTES ON DISK") && lines[0].ends_with("FORMAT"),
+        "{table}"
+    );
+    // Columns as wide as their widest cell, three spaces apart.
+    let column = key.len() + 3;
+    assert_eq!(lines[0].find("BYTES ON DISK"), Some(column), "{table}");
+    assert!(lines[1].starts_with(&format!("{key}   ")) && lines[1][column..].starts_with(char::is_numeric), "{table}");
+    assert_eq!(lines[0].find("FORMAT"), lines[1].find("raw"), "{table}");
+    assert_eq!(ok(&store, &["images", "--format", "json"]), ok(&store, &["images", "--json"]));
+    assert_eq!(ok(&store, &["images", "--format", "table"]), ok(&store, &["images"]));
+}
+
+#[test]
+fn images_format_refuses_unknown_fields_and_what_is_not_a_field() {
+    let (dir, store) = new_store();
+    pull_disk(dir.path(), &store, "a.raw", 7);
+    let (code, line) = fails_in_one_line(&store, &["images", "--format", "{{.nmae}}"]);
+    assert_eq!(code, 2, "{line}");
+    assert!(line.contains("unknown field \"nmae\" (did you mean name?): the fields are "), "{line}");
+    assert!(line.contains("bytes_on_disk") && line.contains("last_used_at"), "{line}");
+    for (template, says) in [("{{json .}}", "is not a field"), ("{{.name", "without its }}")] {
+        let (code, line) = fails_in_one_line(&store, &["images", "--format", template]);
+        assert_eq!(code, 2, "{line}");
+        assert!(line.contains(says), "{template}: {line}");
+    }
+    let (code, line) = fails_in_one_line(&store, &["images", "--format", "json", "--json"]);
+    assert_eq!(code, 2, "{line}");
+}
+
+#[test]
+fn images_filter_keeps_what_meets_every_condition() {
+    let (dir, store) = new_store();
+    let verified_file = disk(dir.path(), "verified.raw", 1);
+    let first = pull(&store, &[verified_file.to_str().unwrap(), "--digest", &sha256(&verified_file)]);
+    std::thread::sleep(Duration::from_millis(1100)); // creation times are to the second
+    let second = pull_disk(dir.path(), &store, "plain.raw", 2);
+    std::thread::sleep(Duration::from_millis(1100));
+    let third = pull_disk(dir.path(), &store, "other.raw", 3);
+    ok(&store, &["-q", "instance", "create", &third, "--name", "vm"]);
+    let old = SystemTime::now() - Duration::from_secs(3 * 86400);
+    let record = std::fs::File::options().append(true).open(store.join("images").join(&second).join("image.json"));
+    record.unwrap().set_modified(old).unwrap();
+
+    let names = |filters: &[&str]| {
+        let args: Vec<&str> = filters.iter().flat_map(|f| ["--filter", f]).collect();
+        let listed = ok(&store, &[&["images", "--format", "{{.name}}"], &args[..]].concat());
+        let mut names: Vec<String> = listed.lines().map(str::to_owned).collect();
+        names.sort();
+        names
+    };
+    let sorted = |keys: &[&String]| {
+        let mut keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(names(&["kind=file"]), sorted(&[&first, &second, &third]));
+    assert_eq!(names(&["kind=url"]), sorted(&[]));
+    assert_eq!(names(&["verified=true"]), sorted(&[&first]));
+    assert_eq!(names(&["source=plain"]), sorted(&[&second]));
+    assert_eq!(names(&["in-use=true"]), sorted(&[&third]));
+    assert_eq!(names(&["in-use=false", "verified=false"]), sorted(&[&second]));
+    assert_eq!(names(&[&format!("before={second}")]), sorted(&[&first]));
+    assert_eq!(names(&[&format!("since={}", &second[..8])]), sorted(&[&third]));
+    assert_eq!(names(&["unused-for=2d"]), sorted(&[&second]));
+    assert_eq!(names(&["format=raw", "unused-for=1w"]), sorted(&[]));
+}
+
+#[test]
+fn images_filter_refuses_unknown_keys_values_and_images() {
+    let (dir, store) = new_store();
+    pull_disk(dir.path(), &store, "a.raw", 7);
+    for (filter, says) in [
+        (
+            "colour=red",
+            "unknown filter \"colour\": the filters are kind, source, format, verified, in-use, before, since, unused-for",
+        ),
+        ("kind", "is not KEY=VALUE"),
+        ("kind=fiel", "kind takes alias, url, file, bundle, blank, oci, layout"),
+        ("in-use=yes", "in-use takes true or false"),
+        ("unused-for=a-while", "unused-for takes a duration"),
+    ] {
+        let (code, line) = fails_in_one_line(&store, &["images", "--filter", filter]);
+        assert_eq!(code, 2, "{filter}: {line}");
+        assert!(line.contains(says), "{filter}: {line}");
+    }
+    let (code, line) = fails_in_one_line(&store, &["images", "--filter", "before=no-such-image"]);
+    assert_eq!(code, 3, "{line}");
+    assert!(line.contains("no image named \"no-such-image\""), "{line}");
 }
