@@ -14,6 +14,8 @@ mod manage;
 mod oci;
 mod progress;
 mod pull;
+#[cfg(test)]
+mod reference;
 mod serve;
 
 use anyhow::Result;
