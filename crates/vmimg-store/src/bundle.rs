@@ -76,7 +76,7 @@ impl Store {
         };
         let (key, _lock) = self.lock_new_image(&name).await?;
         let work = self.work_dir(&key)?;
-        let (source, dir) = (file.to_owned(), work.path().to_owned());
+        let (source, dir, verified) = (file.to_owned(), work.path().to_owned(), expected.is_some());
         let digest = match blocking("the import", move || import_into(&source, &dir, &limits, expected)).await {
             Ok(digest) => digest,
             Err(error) => {
@@ -85,8 +85,9 @@ impl Store {
             }
         };
         let path = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
-        let record =
+        let mut record =
             ImageRecord::for_work(&key, &work, SourceInfo::Bundle { path }, Some(digest), SourceFormat::Bundle)?;
+        record.verified = verified;
         self.publish_image(work, record).await
     }
 

@@ -7,8 +7,9 @@
 //! `oci://` or `docker://` cloud image or container image, or the name of
 //! an image already in the store) and returns the ready image; the store
 //! decides how to fetch, verify, convert or build it. The other verbs a
-//! frontend serves are one call each too: [`Store::images`],
-//! [`Store::find`], [`Store::remove`], [`Store::create_instance`],
+//! frontend serves are one call each too: [`Store::images`] (and
+//! [`Store::images_matching`], filtered), [`Store::find`],
+//! [`Store::inspect`], [`Store::remove`], [`Store::create_instance`],
 //! [`Store::instances`], [`Store::remove_instance`], [`Store::push`],
 //! [`Store::export_bundle`], [`Store::import_bundle`], [`Manager`] for
 //! builds, [`Store::usage`] and [`Store::gc`]. Every error has a kind
@@ -71,8 +72,10 @@
 //!   `oci` (cloud images, push), `container` and `builds` (container images
 //!   to disks, the build queue), `instance`, `bundle`, `manage` (list,
 //!   remove, gc), `names` (tags users give images), `versions` (a newer
-//!   version of a file or URL replacing the older), `refresh` (catalog updates), `accepted` (the gets a
-//!   daemon answered 202 for, kept until done so a restart carries them on);
+//!   version of a file or URL replacing the older), `filter` (which images
+//!   a listing shows), `inspect` (everything known of one image), `refresh`
+//!   (catalog updates), `accepted` (the gets a daemon answered 202 for,
+//!   kept until done so a restart carries them on);
 //! - `get`: the front door over the features ([`Store::plan`] decides and
 //!   pins what a get will make, for a caller that answers before the work
 //!   is done; [`Store::get_planned`] does it).
@@ -87,9 +90,11 @@ mod container;
 mod content;
 mod convert;
 mod error;
+mod filter;
 mod fsutil;
 mod get;
 mod growing;
+mod inspect;
 mod instance;
 mod kind;
 mod locks;
@@ -114,7 +119,9 @@ pub use bundle::ExportedBundle;
 pub use catalog::{Arch, Artifact, Catalog, EMBEDDED, Entry, MAX_CATALOG_BYTES, Mirrors};
 pub use container::BuildObserver;
 pub use error::{Error, Kept, Result};
+pub use filter::ImageFilter;
 pub use get::{GetOptions, Observer, Plan, Stage};
+pub use inspect::{DiskFacts, Inspection, Verifier};
 pub use instance::{Instance, InstanceRequest};
 pub use kind::ErrorKind;
 pub use manage::{GcOptions, GcReport, ImageSummary, ServiceClaim};

@@ -89,19 +89,27 @@ impl Store {
         let instances = self.instances()?;
         let names = self.names()?;
         let summary = |record: ImageRecord| {
-            let image_dir = self.image_dir(&record.name);
-            ImageSummary {
-                path: self.image_file(&record),
-                bytes_on_disk: allocated(&image_dir),
-                instances: instances.iter().filter(|i| i.record.image == record.name).count(),
-                names: names.iter().filter(|(_, key)| **key == record.name).map(|(name, _)| name.clone()).collect(),
-                last_used_at: last_used(&image_dir).into(),
-                record,
-            }
+            let count = instances.iter().filter(|i| i.record.image == record.name).count();
+            let names = names.iter().filter(|(_, key)| **key == record.name).map(|(name, _)| name.clone()).collect();
+            self.summary(record, count, names)
         };
         let mut images: Vec<ImageSummary> = self.records()?.into_iter().map(summary).collect();
         images.sort_by(|a, b| (&a.last_used_at, &a.record.name).cmp(&(&b.last_used_at, &b.record.name)));
         Ok(images)
+    }
+
+    /// What `images` shows of `record`, which has `instances` instances
+    /// and `names`.
+    pub(crate) fn summary(&self, record: ImageRecord, instances: usize, names: Vec<String>) -> ImageSummary {
+        let image_dir = self.image_dir(&record.name);
+        ImageSummary {
+            path: self.image_file(&record),
+            bytes_on_disk: allocated(&image_dir),
+            instances,
+            names,
+            last_used_at: last_used(&image_dir).into(),
+            record,
+        }
     }
 
     /// Marks image `key` as just used (for least-recently-used collection).

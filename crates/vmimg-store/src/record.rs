@@ -144,6 +144,35 @@ impl SourceInfo {
         }
     }
 
+    /// Every kind of source, as [`SourceInfo::kind`] names them.
+    pub const KINDS: [&'static str; 7] = ["alias", "url", "file", "bundle", "blank", "oci", "layout"];
+
+    /// Its kind, as its JSON's `kind` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceInfo::Alias { .. } => "alias",
+            SourceInfo::Url { .. } => "url",
+            SourceInfo::File { .. } => "file",
+            SourceInfo::Bundle { .. } => "bundle",
+            SourceInfo::Blank => "blank",
+            SourceInfo::Oci { .. } => "oci",
+            SourceInfo::Layout { .. } => "layout",
+        }
+    }
+
+    /// Where its bytes came from: the URL fetched (an alias's after
+    /// mirrors), the file read, or the manifest pinned to the digest it had
+    /// then; None for a blank image.
+    pub fn origin(&self) -> Option<String> {
+        match self {
+            SourceInfo::Alias { url, .. } | SourceInfo::Url { url, .. } => Some(url.clone()),
+            SourceInfo::File { path } | SourceInfo::Bundle { path } => Some(path.display().to_string()),
+            SourceInfo::Blank => None,
+            SourceInfo::Oci { reference, digest } => Some(format!("oci://{}", reference.at_digest(digest.clone()))),
+            SourceInfo::Layout { layout, digest } => Some(format!("{layout}@{digest}")),
+        }
+    }
+
     /// The source as a user would write it again.
     pub fn display_name(&self) -> String {
         match self {
@@ -507,6 +536,29 @@ mod tests {
         assert_eq!(reference.repository(), "vm/a");
         let again: ImageRecord = serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
         assert_eq!(again, record);
+    }
+
+    #[test]
+    fn kinds_are_the_json_tags() {
+        let digest: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        let sources = [
+            SourceInfo::Alias { alias: "a".into(), snapshot: "1".into(), arch: Arch::Amd64, url: "http://h/a".into() },
+            SourceInfo::Url { url: "http://h/a".into(), validators: Default::default() },
+            SourceInfo::File { path: "/a".into() },
+            SourceInfo::Bundle { path: "/a.tar.zst".into() },
+            SourceInfo::Blank,
+            SourceInfo::Oci { reference: "h.io/vm/a:1".parse().unwrap(), digest: digest.clone() },
+            SourceInfo::Layout { layout: "oci:/l:1".parse().unwrap(), digest: digest.clone() },
+        ];
+        let kinds: Vec<&str> = sources.iter().map(SourceInfo::kind).collect();
+        assert_eq!(kinds, SourceInfo::KINDS);
+        for source in &sources {
+            assert_eq!(serde_json::to_value(source).unwrap()["kind"], source.kind());
+        }
+        let pinned = format!("oci://h.io/vm/a:1@{digest}");
+        assert_eq!(sources[5].origin(), Some(pinned));
+        assert_eq!(sources[6].origin(), Some(format!("oci:/l:1@{digest}")));
+        assert_eq!(sources[4].origin(), None);
     }
 
     #[test]

@@ -7,11 +7,15 @@ mod bundle;
 mod catalog;
 mod docs;
 mod files;
+mod format;
 mod info;
+mod inspect;
 mod manage;
 mod oci;
 mod progress;
 mod pull;
+#[cfg(test)]
+mod reference;
 mod serve;
 
 use anyhow::Result;
@@ -169,6 +173,33 @@ enum Command {
     /// format, sizes, instances, source.
     Images {
         /// Print the images as JSON.
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
+        /// Print each image through TEMPLATE: {{.FIELD}}, FIELD a key of
+        /// --json's objects ({{.source.kind}} goes inside one); \t and \n
+        /// are a tab and a newline; `table TEMPLATE` adds a header row and
+        /// aligns tab-separated columns; `json` is --json.
+        #[arg(long, value_name = "TEMPLATE", value_parser = format::ListFormat::parse)]
+        format: Option<format::ListFormat>,
+        /// List only images that match: kind=KIND (alias, url, file,
+        /// bundle, blank, oci, layout), source=TEXT (in the source or where
+        /// it came from), format=FORMAT, verified=BOOL, in-use=BOOL (has
+        /// instances), before=IMAGE, since=IMAGE (made before or after it),
+        /// unused-for=DURATION (30d, 12h). Repeatable: all must match.
+        #[arg(long, value_name = "KEY=VALUE")]
+        filter: Vec<vmimg_store::ImageFilter>,
+    },
+    /// Show everything about one store image: its record, where its bytes
+    /// came from and what verified them, its disk, its instances, its build.
+    ///
+    /// IMAGE is taken as `rm` takes it: a key, a name, the source it was
+    /// pulled from, or the start of one key. Nothing is written: inspecting
+    /// an image does not count as using it.
+    Inspect {
+        /// An image name (`vmimg images`), the source it was pulled from,
+        /// or the start of its key.
+        image: String,
+        /// Print one JSON object: the keys of `images --json` and more.
         #[arg(long)]
         json: bool,
     },
@@ -758,7 +789,11 @@ fn run(cli: Cli) -> Result<()> {
             let opening = Opening { download: Some(download), registry: Some(registry), ..plain };
             runtime()?.block_on(oci::push(&cli.open(opening)?, image, target, options, *json, cli.quiet))
         }
-        Command::Images { json } => manage::images(&cli.open(reading)?, *json),
+        Command::Images { json, format, filter } => {
+            let listing = format::ListFormat::chosen(format, *json);
+            runtime()?.block_on(manage::images(&cli.open(reading)?, filter, listing))
+        }
+        Command::Inspect { image, json } => runtime()?.block_on(inspect::run(&cli.open(reading)?, image, *json)),
         Command::Rm { image, force } => {
             runtime()?.block_on(manage::remove_image(&cli.open(plain)?, image, *force, cli.quiet))
         }

@@ -1,17 +1,26 @@
 //! `vmimg images|rm|du|gc` and `vmimg instance create|list|rm`.
 
+use crate::format::ListFormat;
 use crate::progress::Report;
 use anyhow::Result;
 use std::sync::Arc;
 use vmimg_disk::format_size;
-use vmimg_store::{GcOptions, GetOptions, InstanceRequest, Store};
+use vmimg_store::{GcOptions, GetOptions, ImageFilter, ImageRecord, ImageSummary, InstanceRequest, Store};
 
-pub fn images(store: &Store, json: bool) -> Result<()> {
-    let images = store.images()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&images)?);
-        return Ok(());
+/// The images `filters` let through, as `listing` prints them.
+pub async fn images(store: &Store, filters: &[ImageFilter], listing: ListFormat) -> Result<()> {
+    let images = store.images_matching(filters).await?;
+    match listing {
+        ListFormat::Json => println!("{}", serde_json::to_string_pretty(&images)?),
+        ListFormat::Template(template) => {
+            print!("{}", template.render(&images, crate::format::declared_fields::<ImageRecord>())?)
+        }
+        ListFormat::Table => image_table(&images),
     }
+    Ok(())
+}
+
+fn image_table(images: &[ImageSummary]) {
     // Least recently used first: what `gc --keep-under` evicts first.
     let name = column_width("IMAGE", images.iter().map(|i| i.record.name.as_str()));
     let tags: Vec<String> =
@@ -34,7 +43,6 @@ pub fn images(store: &Store, json: bool) -> Result<()> {
             image.last_used_at
         );
     }
-    Ok(())
 }
 
 pub async fn remove_image(store: &Store, image: &str, force: bool, quiet: bool) -> Result<()> {

@@ -323,6 +323,13 @@ fn digest_checks_the_whole_file_and_lets_in_unchecked_frames() {
     let error = refused(&store, &bundle, &["--digest", &wrong]);
     assert!(error.contains(&wrong) && error.contains(&right) && error.contains("nothing was kept"), "{error}");
     ok(&store, &["bundle", "import", bundle.to_str().unwrap(), "--name", "good", "--digest", &right]);
+    ok(&store, &["bundle", "import", bundle.to_str().unwrap(), "--name", "plain"]);
+    let verified_against = |name: &str| {
+        let inspected: Value = serde_json::from_str(&ok(&store, &["inspect", name, "--json"])).unwrap();
+        (inspected["verified"].clone(), inspected["verified_against"].clone())
+    };
+    assert_eq!(verified_against("good"), (true.into(), "digest".into()), "the digest is recorded as checked");
+    assert_eq!(verified_against("plain"), (false.into(), Value::Null));
 
     // Frames without a checksum: refused unless the digest vouches.
     let unchecked = dir.path().join("unchecked.tar.zst");

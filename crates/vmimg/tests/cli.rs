@@ -245,6 +245,7 @@ const COMMANDS: &[&[&str]] = &[
     &["cat"],
     &["push"],
     &["images"],
+    &["inspect"],
     &["rm"],
     &["du"],
     &["gc"],
