@@ -169,9 +169,7 @@ pub(crate) type RelPath = Vec<u8>;
 /// The state of the layer being applied.
 #[derive(Default)]
 struct Layer {
-    /// Every path the layer has an entry for, and their ancestors: what its
-    /// whiteouts must not remove.
-    touched: HashSet<RelPath>,
+    touched: Touched,
     /// Directories whose mtime is set once the layer's entries are in.
     dir_times: Vec<(RelPath, u64)>,
     /// The mtimes of directories from below that the layer changes without
@@ -191,13 +189,38 @@ impl Layer {
         }
         Ok(())
     }
+}
 
-    fn touch(&mut self, path: &[u8]) {
+/// Every path a layer has an entry for, and their ancestors: what its own
+/// whiteouts must not remove.
+#[derive(Default)]
+pub(crate) struct Touched(HashSet<RelPath>);
+
+impl Touched {
+    pub(crate) fn touch(&mut self, path: &[u8]) {
         let mut end = path.len();
-        while end > 0 && self.touched.insert(path[..end].to_vec()) {
+        while end > 0 && self.0.insert(path[..end].to_vec()) {
             end = path[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
         }
     }
+
+    pub(crate) fn contains(&self, path: &[u8]) -> bool {
+        self.0.contains(path)
+    }
+}
+
+/// How a layer's tar is read: metadata and sparse maps bounded.
+pub(crate) const LAYER_LIMITS: Limits = Limits { max_meta_bytes: 1 << 20, max_segments: 1 << 16 };
+
+/// The name of a layer's `count`th entry, cleaned, and the whiteout it
+/// asks for if it is one; refused past `max_entries` entries.
+pub(crate) fn entry_name(entry: &Entry, count: u64, max_entries: u64) -> Result<(RelPath, Option<Whiteout>)> {
+    if count > max_entries {
+        return Err(ApplyError::Limit(format!("the layer has over {max_entries} entries")));
+    }
+    let name = clean_name(&entry.path)?;
+    let whiteout = whiteout(&name).map_err(|reason| refused(&entry.path, reason))?;
+    Ok((name, whiteout))
 }
 
 /// What a whiteout entry asks for.
@@ -232,18 +255,16 @@ impl Rootfs {
     /// Applies one layer's tar stream (already decompressed), then reads the
     /// stream to its end so a digest over it covers every byte.
     pub fn apply_layer(&mut self, tar: impl Read) -> Result<LayerSummary> {
-        let mut reader = Reader::new(tar, Limits { max_meta_bytes: 1 << 20, max_segments: 1 << 16 });
+        let mut reader = Reader::new(tar, LAYER_LIMITS);
         let mut layer = Layer::default();
         while let Some(entry) = reader.next_entry().map_err(ApplyError::Tar)? {
             layer.summary.entries += 1;
-            if layer.summary.entries > self.options.max_entries {
-                return Err(ApplyError::Limit(format!("the layer has over {} entries", self.options.max_entries)));
-            }
-            let name = clean_name(&entry.path)?;
-            match whiteout(&name).map_err(|reason| refused(&entry.path, reason))? {
-                Some(whiteout) => self.apply_whiteout(whiteout, &mut layer).map_err(|e| io_error(&entry.path, e))?,
-                None => {
-                    layer.touch(&name);
+            match entry_name(&entry, layer.summary.entries, self.options.max_entries)? {
+                (_, Some(whiteout)) => {
+                    self.apply_whiteout(whiteout, &mut layer).map_err(|e| io_error(&entry.path, e))?
+                }
+                (name, None) => {
+                    layer.touched.touch(&name);
                     self.apply_entry(&mut reader, &entry, &name, &mut layer)?;
                     continue;
                 }
@@ -633,7 +654,7 @@ pub(crate) fn clean_name(raw: &[u8]) -> Result<RelPath> {
 }
 
 /// The whiteout an entry's name asks for, if it is one.
-pub(crate) fn whiteout(name: &[u8]) -> std::result::Result<Option<Whiteout>, String> {
+fn whiteout(name: &[u8]) -> std::result::Result<Option<Whiteout>, String> {
     let (dir, leaf) = split_last(name);
     let Some(target) = leaf.strip_prefix(WHITEOUT_PREFIX) else { return Ok(None) };
     if leaf == OPAQUE {
@@ -711,7 +732,7 @@ mod tests {
     #[test]
     fn a_layer_touches_ancestors() {
         let mut layer = Layer::default();
-        layer.touch(b"a/b/c");
+        layer.touched.touch(b"a/b/c");
         assert!(layer.touched.contains(b"a".as_slice()) && layer.touched.contains(b"a/b".as_slice()));
     }
 }

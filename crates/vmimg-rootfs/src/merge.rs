@@ -32,13 +32,13 @@
 //! unpack records owners in xattrs that `mke2fs` does not read.
 
 use crate::apply::{
-    ApplyError, LayerSummary, RelPath, Result, Whiteout, clean_name, io_error, join, lossy, refused, split_last,
-    whiteout,
+    ApplyError, LAYER_LIMITS, LayerSummary, RelPath, Result, Touched, Whiteout, clean_name, entry_name, io_error, join,
+    lossy, refused, split_last,
 };
 use crate::depth::{self, MAX_DEPTH};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
-use vmimg_tar::{Entry, Kind, Limits, Reader, Writer};
+use vmimg_tar::{Entry, Kind, Reader, Writer};
 
 /// What merging may take.
 #[derive(Debug, Clone)]
@@ -70,7 +70,6 @@ type Ino = usize;
 const ROOT: Ino = 0;
 /// Symlinks followed while resolving one name, as Linux's limit.
 const MAX_HOPS: usize = 40;
-const LAYER_LIMITS: Limits = Limits { max_meta_bytes: 1 << 20, max_segments: 1 << 16 };
 
 /// Extended attributes: names and values, in the order the layer gave.
 pub type Xattrs = Vec<(String, Vec<u8>)>;
@@ -157,28 +156,24 @@ impl Merged {
         let layer = self.layers;
         self.layers += 1;
         let mut reader = Reader::new(tar, LAYER_LIMITS);
-        let mut state = LayerState::default();
-        let mut ordinal = 0u64;
+        let (mut touched, mut summary) = (Touched::default(), LayerSummary::default());
         while let Some(entry) = reader.next_entry().map_err(ApplyError::Tar)? {
-            state.summary.entries += 1;
-            if state.summary.entries > self.options.max_entries {
-                return Err(ApplyError::Limit(format!("the layer has over {} entries", self.options.max_entries)));
-            }
-            let name = clean_name(&entry.path)?;
-            match whiteout(&name).map_err(|reason| refused(&entry.path, reason))? {
-                Some(whiteout) => {
-                    self.apply_whiteout(whiteout, &state).map_err(|e| io_error(&entry.path, e))?;
-                    state.summary.whiteouts += 1;
+            // Entries count from 1; a file's ordinal counts them from 0.
+            summary.entries += 1;
+            match entry_name(&entry, summary.entries, self.options.max_entries)? {
+                (_, Some(whiteout)) => {
+                    self.apply_whiteout(whiteout, &touched).map_err(|e| io_error(&entry.path, e))?;
+                    summary.whiteouts += 1;
                 }
-                None => {
-                    state.touch(&name);
-                    self.apply_entry(&entry, &name, Source { layer, ordinal }, &mut state.summary)?;
+                (name, None) => {
+                    touched.touch(&name);
+                    let source = Source { layer, ordinal: summary.entries - 1 };
+                    self.apply_entry(&entry, &name, source, &mut summary)?;
                 }
             }
-            ordinal += 1;
         }
         io::copy(&mut reader.into_inner(), &mut io::sink()).map_err(ApplyError::Tar)?;
-        Ok(state.summary)
+        Ok(summary)
     }
 
     fn apply_entry(&mut self, entry: &Entry, name: &[u8], source: Source, summary: &mut LayerSummary) -> Result<()> {
@@ -240,9 +235,9 @@ impl Merged {
         Ok(())
     }
 
-    fn apply_whiteout(&mut self, whiteout: Whiteout, layer: &LayerState) -> io::Result<()> {
+    fn apply_whiteout(&mut self, whiteout: Whiteout, touched: &Touched) -> io::Result<()> {
         match whiteout {
-            Whiteout::Remove(path) if !layer.touched.contains(&path) => {
+            Whiteout::Remove(path) if !touched.contains(&path) => {
                 let (dir, leaf) = split_last(&path);
                 match self.resolve_dir(dir, false) {
                     Ok((parent, _)) => {
@@ -256,21 +251,21 @@ impl Merged {
             Whiteout::Remove(_) | Whiteout::Ignore => Ok(()),
             Whiteout::Opaque(dir) => {
                 let (ino, _) = self.resolve_dir(&dir, true)?;
-                self.hide_lower(ino, &dir, layer);
+                self.hide_lower(ino, &dir, touched);
                 Ok(())
             }
         }
     }
 
     /// Removes, under an opaque directory, what the layer did not put there.
-    fn hide_lower(&mut self, dir: Ino, path: &[u8], layer: &LayerState) {
+    fn hide_lower(&mut self, dir: Ino, path: &[u8], touched: &Touched) {
         let children: Vec<(Vec<u8>, Ino)> = self.dir(dir).iter().map(|(n, &i)| (n.clone(), i)).collect();
         for (name, ino) in children {
             let child_path = join(path, &name);
-            if !layer.touched.contains(&child_path) {
+            if !touched.contains(&child_path) {
                 self.dir_mut(dir).remove(&name);
             } else if self.is_dir(ino) {
-                self.hide_lower(ino, &child_path, layer);
+                self.hide_lower(ino, &child_path, touched);
             }
         }
     }
@@ -350,23 +345,6 @@ impl Merged {
         match &mut self.inodes[ino].body {
             Body::Dir(children) => children,
             _ => unreachable!("resolved as a directory"),
-        }
-    }
-}
-
-/// The layer being added: what it touched (its entries and their
-/// ancestors), which its own whiteouts must not remove.
-#[derive(Default)]
-struct LayerState {
-    touched: HashSet<RelPath>,
-    summary: LayerSummary,
-}
-
-impl LayerState {
-    fn touch(&mut self, path: &[u8]) {
-        let mut end = path.len();
-        while end > 0 && self.touched.insert(path[..end].to_vec()) {
-            end = path[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
         }
     }
 }
