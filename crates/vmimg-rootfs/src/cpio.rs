@@ -54,6 +54,8 @@ use std::path::Path;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 
 use crate::depth;
+use crate::merge::{Emit, Merged, Node};
+use vmimg_tar::{Kind, Sink};
 
 /// The largest regular file newc can hold: its size field has 32 bits.
 pub const MAX_FILE_SIZE: u64 = u32::MAX as u64;
@@ -82,12 +84,111 @@ pub struct CpioSummary {
 /// `&mut w` to keep using `w` (to finish a compressor, to fsync a file).
 pub fn write_tree(root: &Path, out: impl Write) -> io::Result<CpioSummary> {
     let links = count_links(root)?;
-    let mut writer = Writer::new(out, links);
-    walk(root, &mut |entry| writer.entry(entry))?;
-    writer.inodes.check_all_links_seen()?;
-    writer.trailer()?;
-    writer.out.flush()?;
-    Ok(CpioSummary { entries: writer.entries, bytes: writer.bytes })
+    let mut archive = Archive::new(out, links);
+    walk(root, &mut |entry| archive.entry(entry))?;
+    archive.inodes.check_all_links_seen()?;
+    archive.finish()
+}
+
+/// Writes the tree `merged` stands for to `out` as a newc cpio archive,
+/// with the owners, modes and device numbers the layers give, whoever runs
+/// it: no tree on the host. File contents are read from the layers
+/// `open_layer` gives again ([`Merged::emit`]); entries come in its order
+/// (directories parents first, then symlinks, devices and FIFOs, then
+/// files), inode numbers count from 1 in that order, and a hard-linked
+/// file's earlier names come right before the name that carries its data.
+/// Refused as by [`write_tree`]: files of 4 GiB or more, names over the
+/// kernel's `PATH_MAX`, and owners or device numbers over 32 bits.
+pub fn write_merged(
+    merged: &Merged,
+    open_layer: impl FnMut(usize) -> io::Result<Box<dyn Read>>,
+    out: impl Write,
+) -> io::Result<CpioSummary> {
+    let mut archive = Archive::new(out, HashMap::new());
+    merged.emit(&mut archive, open_layer)?;
+    archive.finish()
+}
+
+impl<W: Write> Archive<W> {
+    /// The header of `node`, numbered afresh, with `nlink` links and
+    /// `filesize` bytes.
+    fn merged_header(&mut self, node: &Node<'_>, nlink: u64, filesize: u64) -> io::Result<Header> {
+        let entry = &node.entry;
+        let fits = |value: u64, what: &str| {
+            u32::try_from(value)
+                .map_err(|_| at_msg(&entry.path, &format!("{what} {value} does not fit newc's 32 bits")))
+        };
+        let (major, minor) = entry.device;
+        Ok(Header {
+            ino: self.inodes.fresh()?,
+            mode: type_bits(entry.kind) | (entry.mode & 0o7777),
+            uid: fits(entry.uid, "the owner")?,
+            gid: fits(entry.gid, "the group")?,
+            nlink: fits(nlink, "the link count")?,
+            mtime: entry.mtime.min(u64::from(u32::MAX)) as u32,
+            filesize: filesize as u32,
+            rdev_major: major,
+            rdev_minor: minor,
+        })
+    }
+}
+
+/// The file type bits of `st_mode` for a tar entry's kind.
+fn type_bits(kind: Kind) -> u32 {
+    match kind {
+        Kind::Directory => 0o040000,
+        Kind::Symlink => 0o120000,
+        Kind::CharDevice => 0o020000,
+        Kind::BlockDevice => 0o060000,
+        Kind::Fifo => 0o010000,
+        _ => 0o100000,
+    }
+}
+
+impl<W: Write> Emit for Archive<W> {
+    fn node(&mut self, node: &Node<'_>) -> io::Result<()> {
+        if node.entry.kind == Kind::Symlink {
+            // Each name its own symlink, as the kernel and GNU cpio make them.
+            let target = &node.entry.link_name;
+            for path in node.paths {
+                let header = self.merged_header(node, 1, target.len() as u64)?;
+                self.head(&header, path)?;
+                self.put(target)?;
+                self.pad(target.len() as u64)?;
+            }
+            return Ok(());
+        }
+        let header = self.merged_header(node, node.nlink, 0)?;
+        node.paths.iter().try_for_each(|path| self.head(&header, path))
+    }
+
+    fn file(&mut self, node: &Node<'_>, content: &mut dyn FnMut(&mut Sink) -> io::Result<()>) -> io::Result<()> {
+        let size = node.entry.size;
+        check_size(size, &node.entry.path)?;
+        let header = self.merged_header(node, node.nlink, 0)?;
+        for path in &node.paths[1..] {
+            self.head(&header, path)?;
+        }
+        self.head(&Header { filesize: size as u32, ..header }, &node.paths[0])?;
+        let mut at = 0u64;
+        content(&mut |offset, bytes| {
+            self.zeros(offset.saturating_sub(at))?;
+            self.put(bytes)?;
+            at = offset + bytes.len() as u64;
+            Ok(())
+        })?;
+        self.zeros(size.saturating_sub(at))?;
+        self.pad(size)
+    }
+}
+
+impl<W: Write> Archive<W> {
+    /// Writes `len` zero bytes: a hole of a sparse file.
+    fn zeros(&mut self, len: u64) -> io::Result<()> {
+        let copied = io::copy(&mut io::repeat(0).take(len), &mut self.out)?;
+        self.bytes += copied;
+        Ok(())
+    }
 }
 
 /// The first walk: how many times each multiply-linked inode appears in the
@@ -356,28 +457,82 @@ fn padding(len: u64) -> usize {
     ((4 - len % 4) % 4) as usize
 }
 
-struct Writer<W: Write> {
+/// The newc stream: headers, names, data and their padding, counted.
+struct Archive<W: Write> {
     out: BufWriter<W>,
     inodes: Inodes,
     entries: u64,
     bytes: u64,
 }
 
-impl<W: Write> Writer<W> {
+impl<W: Write> Archive<W> {
     fn new(out: W, links: HashMap<(u64, u64), u32>) -> Self {
-        Writer { out: BufWriter::with_capacity(COPY_BUFFER, out), inodes: Inodes::new(links), entries: 0, bytes: 0 }
+        Archive { out: BufWriter::with_capacity(COPY_BUFFER, out), inodes: Inodes::new(links), entries: 0, bytes: 0 }
     }
 
+    /// Writes a header and its name (NUL-terminated, padded).
+    fn head(&mut self, header: &Header, name: &[u8]) -> io::Result<()> {
+        check_name(name)?;
+        let namesize = name.len() + 1;
+        self.put(&header.encode(namesize as u32))?;
+        self.put(name)?;
+        self.put(&[0])?;
+        self.pad((HEADER_LEN + namesize) as u64)?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// Ends the archive and flushes it.
+    fn finish(mut self) -> io::Result<CpioSummary> {
+        self.head(&Header { nlink: 1, ..Header::default() }, TRAILER)?;
+        self.entries -= 1;
+        self.out.flush()?;
+        Ok(CpioSummary { entries: self.entries, bytes: self.bytes })
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn pad(&mut self, len: u64) -> io::Result<()> {
+        self.put(&[0; 3][..padding(len)])
+    }
+}
+
+/// Refuses a name the kernel would skip.
+fn check_name(name: &[u8]) -> io::Result<()> {
+    if name.len() + 1 > KERNEL_PATH_MAX {
+        return Err(at_msg(
+            name,
+            &format!(
+                "the name is longer than the kernel's PATH_MAX ({KERNEL_PATH_MAX} bytes with its NUL), \
+                 and the kernel would skip it without a word; shorten the tree's paths"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a file newc's size field cannot hold.
+fn check_size(size: u64, path: &[u8]) -> io::Result<()> {
+    if size > MAX_FILE_SIZE {
+        return Err(at_msg(
+            path,
+            &format!(
+                "{size} bytes do not fit newc's 32-bit size field (at most {MAX_FILE_SIZE}); \
+                 put such a tree on an erofs or ext4 disk instead"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl<W: Write> Archive<W> {
+    /// Archives one entry of [`write_tree`]'s walk.
     fn entry(&mut self, entry: &Entry<'_>) -> io::Result<()> {
-        if entry.path.len() + 1 > KERNEL_PATH_MAX {
-            return Err(at_msg(
-                entry.path,
-                &format!(
-                    "the name is longer than the kernel's PATH_MAX ({KERNEL_PATH_MAX} bytes with its NUL), \
-                     and the kernel would skip it without a word; shorten the tree's paths"
-                ),
-            ));
-        }
+        check_name(entry.path)?;
         match FileType::from_raw_mode(entry.stat.st_mode) {
             FileType::RegularFile => self.regular(entry),
             FileType::Symlink => self.symlink(entry),
@@ -413,15 +568,7 @@ impl<W: Write> Writer<W> {
             rustix::fs::openat(entry.dir, entry.name, flags, Mode::empty()).map_err(|e| at(e, entry.path, "open"))?;
         let stat = rustix::fs::fstat(&fd)?;
         let size = u64::try_from(stat.st_size).unwrap_or(0);
-        if size > MAX_FILE_SIZE {
-            return Err(at_msg(
-                entry.path,
-                &format!(
-                    "{size} bytes do not fit newc's 32-bit size field (at most {MAX_FILE_SIZE}); \
-                     put such a tree on an erofs or ext4 disk instead"
-                ),
-            ));
-        }
+        check_size(size, entry.path)?;
         let assigned = self.inodes.assign(&Entry { stat: &stat, ..*entry })?;
         let data_len = if assigned.with_data { size } else { 0 };
         let header = Header { filesize: data_len as u32, ..self.header(&stat, &assigned) };
@@ -453,33 +600,6 @@ impl<W: Write> Writer<W> {
             mtime: i64::from(stat.st_mtime).clamp(0, i64::from(u32::MAX)) as u32,
             ..Header::default()
         }
-    }
-
-    /// Writes a header and its name (NUL-terminated, padded).
-    fn head(&mut self, header: &Header, name: &[u8]) -> io::Result<()> {
-        let namesize = name.len() + 1;
-        self.put(&header.encode(namesize as u32))?;
-        self.put(name)?;
-        self.put(&[0])?;
-        self.pad((HEADER_LEN + namesize) as u64)?;
-        self.entries += 1;
-        Ok(())
-    }
-
-    fn trailer(&mut self) -> io::Result<()> {
-        self.head(&Header { nlink: 1, ..Header::default() }, TRAILER)?;
-        self.entries -= 1;
-        Ok(())
-    }
-
-    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.out.write_all(bytes)?;
-        self.bytes += bytes.len() as u64;
-        Ok(())
-    }
-
-    fn pad(&mut self, len: u64) -> io::Result<()> {
-        self.put(&[0; 3][..padding(len)])
     }
 }
 

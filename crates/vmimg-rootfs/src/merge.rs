@@ -38,7 +38,7 @@ use crate::apply::{
 use crate::depth::{self, MAX_DEPTH};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
-use vmimg_tar::{Entry, Kind, Reader, Writer};
+use vmimg_tar::{Entry, Kind, Reader, Sink, Writer};
 
 /// What merging may take.
 #[derive(Debug, Clone)]
@@ -354,31 +354,45 @@ fn components(path: &[u8], from_link: bool) -> Vec<Component> {
     path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").map(|c| (c.to_vec(), from_link)).collect()
 }
 
+/// One inode of the tree, as [`Merged::emit`] hands it on.
+#[derive(Debug)]
+pub struct Node<'a> {
+    /// Its entry under its first name, with its metadata.
+    pub entry: Entry,
+    /// All its names, relative to the root (`.` for the root).
+    pub paths: &'a [RelPath],
+    /// Its link count: its names, or for a directory 2 and one for each
+    /// directory in it.
+    pub nlink: u64,
+}
+
+/// What takes the tree from [`Merged::emit`], inode by inode.
+pub trait Emit {
+    /// A directory, symlink, device node or FIFO.
+    fn node(&mut self, node: &Node<'_>) -> io::Result<()>;
+    /// A regular file; `content` writes its bytes to a sink as pieces at
+    /// increasing offsets (holes, and any tail of zeros, left out).
+    fn file(&mut self, node: &Node<'_>, content: &mut dyn FnMut(&mut Sink) -> io::Result<()>) -> io::Result<()>;
+}
+
 impl Merged {
-    /// Writes the tree as one tar to `out` (see the module's doc), reading
-    /// file contents from the layers `open_layer` gives again (decompressed,
-    /// the same bytes [`Merged::add_layer`] read).
-    pub fn write_tar<W: Write>(
+    /// Hands the tree to `out` in the order of the module's doc: every
+    /// directory (parents first), then symlinks, devices and FIFOs, then
+    /// regular files with their content, read from the layers
+    /// `open_layer` gives again (decompressed, the same bytes
+    /// [`Merged::add_layer`] read).
+    pub fn emit(
         &self,
-        out: W,
+        out: &mut dyn Emit,
         mut open_layer: impl FnMut(usize) -> io::Result<Box<dyn Read>>,
-    ) -> io::Result<(W, Written)> {
+    ) -> io::Result<()> {
         let names = self.names();
-        let mut tar = Writer::new(out);
-        let mut written = Written::default();
-        let put = |tar: &mut Writer<W>, entry: &Entry, written: &mut Written| {
-            written.note(entry);
-            tar.append(entry, &mut io::empty())
-        };
-        for (ino, paths) in names.iter().filter(|(ino, _)| self.is_dir(*ino)) {
-            put(&mut tar, &self.entry(*ino, &paths[0]), &mut written)?;
+        for named in names.iter().filter(|(ino, _)| self.is_dir(*ino)) {
+            out.node(&self.node(named))?;
         }
         let is_special = |ino: Ino| matches!(self.inodes[ino].body, Body::Symlink(_) | Body::Node { .. });
-        for &(ino, ref paths) in names.iter().filter(|(ino, _)| is_special(*ino)) {
-            put(&mut tar, &self.entry(ino, &paths[0]), &mut written)?;
-            for path in &paths[1..] {
-                put(&mut tar, &hard_link(&self.entry(ino, path), &paths[0]), &mut written)?;
-            }
+        for named in names.iter().filter(|(ino, _)| is_special(*ino)) {
+            out.node(&self.node(named))?;
         }
         let by_source: HashMap<Source, &(Ino, Vec<RelPath>)> = names
             .iter()
@@ -394,18 +408,37 @@ impl Merged {
             let mut reader = Reader::new(open_layer(layer)?, LAYER_LIMITS);
             let mut ordinal = 0u64;
             while let Some(_header) = reader.next_entry()? {
-                if let Some(&&(ino, ref paths)) = by_source.get(&Source { layer, ordinal }) {
-                    let entry = self.entry(ino, &paths[0]);
-                    written.note(&entry);
-                    tar.append_pieces(&entry, &mut |sink| reader.read_data(sink))?;
-                    for path in &paths[1..] {
-                        put(&mut tar, &hard_link(&self.entry(ino, path), &paths[0]), &mut written)?;
-                    }
+                if let Some(named) = by_source.get(&Source { layer, ordinal }) {
+                    out.file(&self.node(named), &mut |sink| reader.read_data(sink))?;
                 }
                 ordinal += 1;
             }
         }
-        Ok((tar.finish()?, written))
+        Ok(())
+    }
+
+    /// Writes the tree as one tar to `out` (see the module's doc): each
+    /// inode's further names as hard links right after it, with its full
+    /// metadata (a hard link's header sets the inode's metadata in `mke2fs`).
+    pub fn write_tar<W: Write>(
+        &self,
+        out: W,
+        open_layer: impl FnMut(usize) -> io::Result<Box<dyn Read>>,
+    ) -> io::Result<(W, Written)> {
+        let mut tar = TarOut { tar: Writer::new(out), written: Written::default() };
+        self.emit(&mut tar, open_layer)?;
+        Ok((tar.tar.finish()?, tar.written))
+    }
+
+    fn node<'a>(&self, (ino, paths): &'a (Ino, Vec<RelPath>)) -> Node<'a> {
+        Node { entry: self.entry(*ino, &paths[0]), paths, nlink: self.nlink(*ino, paths.len()) }
+    }
+
+    fn nlink(&self, ino: Ino, names: usize) -> u64 {
+        match &self.inodes[ino].body {
+            Body::Dir(children) => 2 + children.values().filter(|&&child| self.is_dir(child)).count() as u64,
+            _ => names as u64,
+        }
     }
 
     /// Every inode reachable from the root and its names, in the order a
@@ -494,6 +527,38 @@ impl Merged {
                 InodeView { paths, kind, size, link_name, xattrs: &inode.meta.xattrs, children }
             })
             .collect()
+    }
+}
+
+/// [`Merged::write_tar`]'s output.
+struct TarOut<W: Write> {
+    tar: Writer<W>,
+    written: Written,
+}
+
+impl<W: Write> TarOut<W> {
+    /// The further names of `node`, as hard links to its first.
+    fn links(&mut self, node: &Node<'_>) -> io::Result<()> {
+        for path in &node.paths[1..] {
+            let link = hard_link(&Entry { path: path.clone(), ..node.entry.clone() }, &node.paths[0]);
+            self.written.note(&link);
+            self.tar.append(&link, &mut io::empty())?;
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Emit for TarOut<W> {
+    fn node(&mut self, node: &Node<'_>) -> io::Result<()> {
+        self.written.note(&node.entry);
+        self.tar.append(&node.entry, &mut io::empty())?;
+        self.links(node)
+    }
+
+    fn file(&mut self, node: &Node<'_>, content: &mut dyn FnMut(&mut Sink) -> io::Result<()>) -> io::Result<()> {
+        self.written.note(&node.entry);
+        self.tar.append_pieces(&node.entry, content)?;
+        self.links(node)
     }
 }
 

@@ -555,3 +555,39 @@ fn merged_layers_make_the_ext4_applying_and_mke2fs_make() {
         (vmimg_testserver::trees::describe(tree.path()), vmimg_testserver::trees::describe(layers.path()));
     assert_eq!(got, want);
 }
+
+/// `archive` extracted by GNU cpio into `dir`, described.
+fn cpio_extracted(archive: &[u8], dir: &Path) -> Vec<String> {
+    let mut child = Command::new("cpio")
+        .args(["-idmu", "--no-absolute-filenames", "--quiet"])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("GNU cpio is needed: apt-get install cpio");
+    child.stdin.take().unwrap().write_all(archive).unwrap();
+    assert!(child.wait().unwrap().success());
+    vmimg_testserver::trees::describe_cpio_extracted(dir)
+}
+
+#[test]
+fn merged_layers_make_the_cpio_applying_makes() {
+    let layers = layer_stack();
+    let dir = tempfile::tempdir().unwrap();
+    let (applied, from_tree, from_layers) = (dir.path().join("tree"), dir.path().join("a"), dir.path().join("b"));
+    for path in [&applied, &from_tree, &from_layers] {
+        fs::create_dir(path).unwrap();
+    }
+    apply(&applied, &layers).unwrap();
+    let mut tree_archive = Vec::new();
+    vmimg_rootfs::cpio::write_tree(&applied, &mut tree_archive).unwrap();
+    let mut merged_archive = Vec::new();
+    let summary =
+        vmimg_rootfs::cpio::write_merged(&merge(&layers), layer_reader(&layers), &mut merged_archive).unwrap();
+    assert_eq!(summary.bytes, merged_archive.len() as u64);
+
+    let (want, got) = (cpio_extracted(&tree_archive, &from_tree), cpio_extracted(&merged_archive, &from_layers));
+    assert_eq!(got, want);
+    let entry = |path: &str| want.iter().find(|e| e.starts_with(&format!("{path} "))).unwrap().clone();
+    assert!(entry("bin/su3").contains("None 0 2 "), "a hard link to the new su: {want:#?}");
+    assert!(entry("dev/null").starts_with("dev/null 20666 0:0 0 [] None 259 "), "{want:#?}");
+}

@@ -283,10 +283,11 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// Where a build puts its layers: merged in memory, for an ext4 disk when
-/// this host's mke2fs reads a tar (`vmimg_rootfs::merge`: exact owners and
-/// devices for any user, no tree on the host); else applied to a directory
-/// in the work directory (owners and devices only as root).
+/// Where a build puts its layers: merged in memory (`vmimg_rootfs::merge`:
+/// exact owners and devices for any user, no tree on the host) for a cpio
+/// archive, and for an ext4 disk when this host's mke2fs reads a tar; else
+/// applied to a directory in the work directory (owners and devices only
+/// as root).
 enum Assembly {
     Merged(Merged),
     Tree { rootfs: Rootfs, options: ApplyOptions },
@@ -294,7 +295,11 @@ enum Assembly {
 
 impl Assembly {
     fn new(format: RootfsFormat, rootfs: &Path) -> Result<Assembly> {
-        let merges = format == RootfsFormat::Ext4 && vmimg_rootfs::ext4::reads_tar().unwrap_or(false);
+        let merges = match format {
+            RootfsFormat::Ext4 => vmimg_rootfs::ext4::reads_tar().unwrap_or(false),
+            RootfsFormat::Cpio => true,
+            RootfsFormat::Erofs => false,
+        };
         if merges {
             return Ok(Assembly::Merged(Merged::new(MergeOptions::default())));
         }
@@ -339,12 +344,15 @@ impl Assembly {
                     let (blob, compression) = &blobs[n];
                     layer_tar(blob, *compression).map_err(std::io::Error::other)
                 };
-                vmimg_rootfs::ext4::build_merged(&merged, open_layer, out, &Default::default()).map(drop)
+                match format {
+                    RootfsFormat::Cpio => write_cpio(out, |w| vmimg_rootfs::cpio::write_merged(&merged, open_layer, w)),
+                    _ => vmimg_rootfs::ext4::build_merged(&merged, open_layer, out, &Default::default()).map(drop),
+                }
             }
             Assembly::Tree { .. } => match format {
                 RootfsFormat::Ext4 => vmimg_rootfs::ext4::build(rootfs, out, &Default::default()).map(drop),
                 RootfsFormat::Erofs => vmimg_rootfs::erofs::build(rootfs, out, &Default::default()).map(drop),
-                RootfsFormat::Cpio => write_cpio(rootfs, out),
+                RootfsFormat::Cpio => write_cpio(out, |w| vmimg_rootfs::cpio::write_tree(rootfs, w)),
             },
         };
         made.map_err(Error::io("build the disk", out))?;
@@ -364,10 +372,14 @@ fn layer_tar(blob: &Path, compression: Compression) -> Result<Box<dyn std::io::R
         .map_err(Error::io("decompress", blob))
 }
 
-fn write_cpio(rootfs: &Path, out: &Path) -> std::io::Result<()> {
+/// Makes `out` the cpio archive `write` writes, synced.
+fn write_cpio(
+    out: &Path,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<vmimg_rootfs::cpio::CpioSummary>,
+) -> std::io::Result<()> {
     let file = std::fs::File::create(out)?;
     let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
-    vmimg_rootfs::cpio::write_tree(rootfs, &mut writer)?;
+    write(&mut writer)?;
     let file = writer.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()
 }

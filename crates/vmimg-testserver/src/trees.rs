@@ -28,13 +28,22 @@ pub fn entries(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
 /// content, link target, device numbers, link count, xattrs, and the mtime
 /// of what is not a directory (a directory's moves with what is made in it).
 pub fn describe(root: &Path) -> Vec<String> {
+    describe_with(root, |meta| !meta.is_dir())
+}
+
+/// [`describe`], but with no symlink's mtime: GNU cpio sets none.
+pub fn describe_cpio_extracted(root: &Path) -> Vec<String> {
+    describe_with(root, |meta| !meta.is_dir() && !meta.is_symlink())
+}
+
+fn describe_with(root: &Path, keeps_mtime: impl Fn(&fs::Metadata) -> bool) -> Vec<String> {
     entries(root)
         .into_iter()
         .map(|(path, meta)| {
             let relative = path.strip_prefix(root).unwrap().display().to_string();
             let content = if meta.is_file() { fs::read(&path).unwrap() } else { Vec::new() };
             let target = fs::read_link(&path).ok();
-            let mtime = if meta.is_dir() { 0 } else { meta.mtime() };
+            let mtime = if keeps_mtime(&meta) { meta.mtime() } else { 0 };
             format!(
                 "{relative} {:o} {}:{} {} {content:?} {target:?} {} {} {mtime} {:?}",
                 meta.mode(),

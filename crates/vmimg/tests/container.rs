@@ -322,6 +322,35 @@ fn privileged_tree(root: &Path) {
     run(Command::new("touch").args(["-h", "-d", "2024-01-02 03:04:05"]).arg(p("bin/sh")).arg(p("etc/shadow")));
 }
 
+/// `vmimg build SOURCE ARGS` as uid and gid 65534 (nobody), with no
+/// groups and a store of its own under `tmp`, vmimg copied where it may
+/// run it; the image's path, checked to be the user's, with no warning.
+fn build_as_nobody(tmp: &Path, source: &str, args: &[&str]) -> PathBuf {
+    let (user_store, binary) = (tmp.join("user-store"), tmp.join("vmimg"));
+    if !binary.exists() {
+        fs::create_dir(&user_store).unwrap();
+        std::os::unix::fs::chown(&user_store, Some(65534), Some(65534)).unwrap();
+        fs::copy(env!("CARGO_BIN_EXE_vmimg"), &binary).unwrap();
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&binary)
+        .arg("--store")
+        .arg(&user_store)
+        .args(["build", source])
+        .args(args)
+        .env("DOCKER_CONFIG", "/nonexistent/vmimg-test")
+        .env("HOME", &user_store)
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "as uid 65534: {stderr}");
+    assert!(!stderr.contains("warning"), "no warning on the unprivileged path: {stderr}");
+    let image = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(fs::metadata(&image).unwrap().uid(), 65534);
+    image
+}
+
 #[test]
 fn an_unprivileged_build_makes_the_disk_a_root_build_makes() {
     use vmimg_testserver::mounts::{Mount, skip_missing};
@@ -332,31 +361,23 @@ fn an_unprivileged_build_makes_the_disk_a_root_build_makes() {
     privileged_tree(&tree);
     ImageSpec::new().dir_layer(&tree).push(&registry.host(), "test/exact", "1").unwrap();
     let source = format!("oci://{}/test/exact:1", registry.host());
+    let root_store = tmp.path().join("root-store");
 
-    let as_root = PathBuf::from(ok(&tmp.path().join("root-store"), &["-q", "build", &source]));
-    // The user: uid and gid 65534 (nobody), no groups, a store of its own,
-    // vmimg copied where it may run it.
-    let (user_store, binary) = (tmp.path().join("user-store"), tmp.path().join("vmimg"));
-    fs::create_dir(&user_store).unwrap();
-    std::os::unix::fs::chown(&user_store, Some(65534), Some(65534)).unwrap();
-    fs::copy(env!("CARGO_BIN_EXE_vmimg"), &binary).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&binary)
-        .arg("--store")
-        .arg(&user_store)
-        .args(["build", &source])
-        .env("DOCKER_CONFIG", "/nonexistent/vmimg-test")
-        .env("HOME", &user_store)
-        .output()
-        .expect("setpriv (util-linux)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "as uid 65534: {stderr}");
-    assert!(!stderr.contains("warning"), "no warning on the unprivileged path: {stderr}");
-    let as_user = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert_eq!(fs::metadata(&as_user).unwrap().uid(), 65534);
+    // cpio: both archives extracted by GNU cpio (as root), which keeps no xattrs.
+    let as_root = ok(&root_store, &["-q", "build", &source, "--format", "cpio"]);
+    let as_user = build_as_nobody(tmp.path(), &source, &["--format", "cpio"]);
+    let describe = |archive: &Path, dir: &str| {
+        vmimg_testserver::trees::describe_cpio_extracted(&cpio_tree(archive, &tmp.path().join(dir)))
+    };
+    let want = describe(Path::new(as_root.trim()), "root-cpio");
+    assert_eq!(describe(&as_user, "user-cpio"), want, "the same archive whoever builds it");
+    let entry = |want: &[String], path: &str| want.iter().find(|e| e.starts_with(&format!("{path} "))).unwrap().clone();
+    assert!(entry(&want, "dev/vda").starts_with("dev/vda 60660 0:0"), "{want:#?}");
+    assert!(entry(&want, "bin/su").starts_with("bin/su 104755 0:0") && entry(&want, "bin/su").contains(" 2 "));
+
+    let as_root = PathBuf::from(ok(&root_store, &["-q", "build", &source]));
+    let as_user = build_as_nobody(tmp.path(), &source, &[]);
     run(Command::new("e2fsck").arg("-fn").arg(&as_user));
-
     let (want, got) = match (Mount::image_read_only(&as_root, "ext4"), Mount::image_read_only(&as_user, "ext4")) {
         (Ok(root), Ok(user)) => {
             (vmimg_testserver::trees::describe(root.path()), vmimg_testserver::trees::describe(user.path()))
@@ -364,7 +385,7 @@ fn an_unprivileged_build_makes_the_disk_a_root_build_makes() {
         (Err(e), _) | (_, Err(e)) => return skip_missing(format!("mounting an ext4 image: {e}")),
     };
     assert_eq!(got, want, "the same tree whoever builds it");
-    let entry = |path: &str| want.iter().find(|e| e.starts_with(&format!("{path} "))).unwrap().clone();
+    let entry = |path: &str| entry(&want, path);
     assert!(entry("bin/su").starts_with("bin/su 104755 0:0") && entry("bin/su").contains(" 2 "), "{want:#?}");
     assert!(entry("dev/null").starts_with("dev/null 20666 0:0"), "{want:#?}");
     assert!(entry("etc/shadow").starts_with("etc/shadow 100640 0:42"), "{want:#?}");
