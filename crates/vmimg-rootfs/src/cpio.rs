@@ -54,7 +54,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 
 use crate::depth;
-use crate::merge::{Emit, Merged, Node};
+use crate::merge::{Emit, Merged, Node, st_mode};
 use vmimg_tar::{Kind, Sink};
 
 /// The largest regular file newc can hold: its size field has 32 bits.
@@ -121,7 +121,7 @@ impl<W: Write> Archive<W> {
         let (major, minor) = entry.device;
         Ok(Header {
             ino: self.inodes.fresh()?,
-            mode: type_bits(entry.kind) | (entry.mode & 0o7777),
+            mode: st_mode(entry.kind, entry.mode),
             uid: fits(entry.uid, "the owner")?,
             gid: fits(entry.gid, "the group")?,
             nlink: fits(nlink, "the link count")?,
@@ -130,18 +130,6 @@ impl<W: Write> Archive<W> {
             rdev_major: major,
             rdev_minor: minor,
         })
-    }
-}
-
-/// The file type bits of `st_mode` for a tar entry's kind.
-fn type_bits(kind: Kind) -> u32 {
-    match kind {
-        Kind::Directory => 0o040000,
-        Kind::Symlink => 0o120000,
-        Kind::CharDevice => 0o020000,
-        Kind::BlockDevice => 0o060000,
-        Kind::Fifo => 0o010000,
-        _ => 0o100000,
     }
 }
 

@@ -562,6 +562,19 @@ impl<W: Write> Emit for TarOut<W> {
     }
 }
 
+/// The `st_mode` of an entry of `kind` with permission bits `mode`.
+pub(crate) fn st_mode(kind: Kind, mode: u32) -> u32 {
+    let kind = match kind {
+        Kind::Directory => 0o040000,
+        Kind::Symlink => 0o120000,
+        Kind::CharDevice => 0o020000,
+        Kind::BlockDevice => 0o060000,
+        Kind::Fifo => 0o010000,
+        _ => 0o100000,
+    };
+    kind | (mode & 0o7777)
+}
+
 /// `entry` as a hard link to `target`, keeping its metadata.
 fn hard_link(entry: &Entry, target: &[u8]) -> Entry {
     Entry { kind: Kind::HardLink, size: 0, link_name: target.to_vec(), ..entry.clone() }

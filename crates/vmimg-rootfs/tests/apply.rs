@@ -133,7 +133,12 @@ fn every_kind_layer() -> Vec<u8> {
         .dir("./")
         .dir("bin")
         .with(Item { mode: 0o4755, owner: (0, 0), data: b"#!/bin/sh\n", ..Item::new("bin/su", b'0') })
-        .with(Item { owner: (1000, 100), data: b"mine", xattrs: &[("user.note", "hi")], ..Item::new("home/u/f", b'0') })
+        .with(Item {
+            owner: (1000, 100),
+            data: b"mine",
+            xattrs: &[("user.note", "hi"), ("trusted.origin", "root's")],
+            ..Item::new("home/u/f", b'0')
+        })
         .symlink("bin/sh", "/bin/busybox")
         .hard_link("bin/su2", "bin/su")
         .with(Item { mode: 0o666, device: (1, 3), ..Item::new("dev/null", b'3') })
@@ -590,4 +595,51 @@ fn merged_layers_make_the_cpio_applying_makes() {
     let entry = |path: &str| want.iter().find(|e| e.starts_with(&format!("{path} "))).unwrap().clone();
     assert!(entry("bin/su3").contains("None 0 2 "), "a hard link to the new su: {want:#?}");
     assert!(entry("dev/null").starts_with("dev/null 20666 0:0 0 [] None 259 "), "{want:#?}");
+}
+
+#[test]
+fn merged_layers_make_the_erofs_applying_and_mkfs_erofs_make() {
+    use vmimg_testserver::mounts::{Mount, skip_missing};
+    let layers = layer_stack();
+    let dir = tempfile::tempdir().unwrap();
+    let (applied, shadow) = (dir.path().join("tree"), dir.path().join("shadow"));
+    let (from_tree, from_layers) = (dir.path().join("tree.img"), dir.path().join("layers.img"));
+    fs::create_dir(&applied).unwrap();
+    fs::create_dir(&shadow).unwrap();
+    apply(&applied, &layers).unwrap();
+    let options = vmimg_rootfs::erofs::ErofsOptions::default();
+    vmimg_rootfs::erofs::build(&applied, &from_tree, &options).unwrap();
+    vmimg_rootfs::erofs::build_merged(&merge(&layers), layer_reader(&layers), &shadow, &from_layers, &options).unwrap();
+    let (tree, layers) =
+        match (Mount::image_read_only(&from_tree, "erofs"), Mount::image_read_only(&from_layers, "erofs")) {
+            (Ok(tree), Ok(layers)) => (tree, layers),
+            (Err(e), _) | (_, Err(e)) => return skip_missing(format!("mounting an erofs image: {e}")),
+        };
+    let (want, got) =
+        (vmimg_testserver::trees::describe(tree.path()), vmimg_testserver::trees::describe(layers.path()));
+    assert_eq!(got, want);
+    let entry = |path: &str| want.iter().find(|e| e.starts_with(&format!("{path} "))).unwrap().clone();
+    assert!(entry("dev/null").starts_with("dev/null 20666 0:0 0 [] None 259 "), "{want:#?}");
+    assert!(entry("run/fifo").starts_with("run/fifo 10600 "), "{want:#?}");
+}
+
+#[test]
+fn a_merged_erofs_refuses_what_its_shadow_tree_cannot_carry() {
+    let cases = [
+        (Item { xattrs: &[("user.a", "1"), ("trusted.a", "2")], ..Item::new("f", b'0') }, "f: two xattrs named a"),
+        (Item { link: "f", xattrs: &[("trusted.a", "1")], ..Item::new("l", b'2') }, "l: xattrs on a symlink"),
+        (Item { xattrs: &[("system.posix_acl_access", "x")], ..Item::new("f", b'0') }, "the xattr system.posix_acl"),
+    ];
+    for (item, says) in cases {
+        let layers = [Tar::default().with(item).bytes()];
+        let dir = tempfile::tempdir().unwrap();
+        let (shadow, image) = (dir.path().join("shadow"), dir.path().join("image"));
+        fs::create_dir(&shadow).unwrap();
+        let options = vmimg_rootfs::erofs::ErofsOptions::default();
+        let error =
+            vmimg_rootfs::erofs::build_merged(&merge(&layers), layer_reader(&layers), &shadow, &image, &options)
+                .unwrap_err();
+        assert!(error.to_string().contains(says) && error.to_string().contains("ext4"), "{error}");
+        assert!(!image.exists());
+    }
 }

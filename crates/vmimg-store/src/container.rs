@@ -284,10 +284,11 @@ impl Drop for RemoveOnDrop {
 }
 
 /// Where a build puts its layers: merged in memory (`vmimg_rootfs::merge`:
-/// exact owners and devices for any user, no tree on the host) for a cpio
-/// archive, and for an ext4 disk when this host's mke2fs reads a tar; else
-/// applied to a directory in the work directory (owners and devices only
-/// as root).
+/// exact owners and devices for any user) for a cpio archive, an erofs disk
+/// (through a shadow tree in the work directory, its metadata then set in
+/// the image), and an ext4 disk when this host's mke2fs reads a tar (no
+/// tree on the host); else applied to a directory in the work directory
+/// (owners and devices only as root).
 enum Assembly {
     Merged(Merged),
     Tree { rootfs: Rootfs, options: ApplyOptions },
@@ -297,8 +298,7 @@ impl Assembly {
     fn new(format: RootfsFormat, rootfs: &Path) -> Result<Assembly> {
         let merges = match format {
             RootfsFormat::Ext4 => vmimg_rootfs::ext4::reads_tar().unwrap_or(false),
-            RootfsFormat::Cpio => true,
-            RootfsFormat::Erofs => false,
+            RootfsFormat::Cpio | RootfsFormat::Erofs => true,
         };
         if merges {
             return Ok(Assembly::Merged(Merged::new(MergeOptions::default())));
@@ -346,7 +346,13 @@ impl Assembly {
                 };
                 match format {
                     RootfsFormat::Cpio => write_cpio(out, |w| vmimg_rootfs::cpio::write_merged(&merged, open_layer, w)),
-                    _ => vmimg_rootfs::ext4::build_merged(&merged, open_layer, out, &Default::default()).map(drop),
+                    RootfsFormat::Erofs => {
+                        vmimg_rootfs::erofs::build_merged(&merged, open_layer, rootfs, out, &Default::default())
+                            .map(drop)
+                    }
+                    RootfsFormat::Ext4 => {
+                        vmimg_rootfs::ext4::build_merged(&merged, open_layer, out, &Default::default()).map(drop)
+                    }
                 }
             }
             Assembly::Tree { .. } => match format {

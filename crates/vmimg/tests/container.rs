@@ -371,9 +371,17 @@ fn an_unprivileged_build_makes_the_disk_a_root_build_makes() {
     };
     let want = describe(Path::new(as_root.trim()), "root-cpio");
     assert_eq!(describe(&as_user, "user-cpio"), want, "the same archive whoever builds it");
-    let entry = |want: &[String], path: &str| want.iter().find(|e| e.starts_with(&format!("{path} "))).unwrap().clone();
-    assert!(entry(&want, "dev/vda").starts_with("dev/vda 60660 0:0"), "{want:#?}");
-    assert!(entry(&want, "bin/su").starts_with("bin/su 104755 0:0") && entry(&want, "bin/su").contains(" 2 "));
+    assert_privileged_tree(&want, false);
+
+    // erofs: the same bytes, and exact.
+    let as_root = PathBuf::from(ok(&root_store, &["-q", "build", &source, "--format", "erofs"]));
+    let as_user = build_as_nobody(tmp.path(), &source, &["--format", "erofs"]);
+    assert!(fs::read(&as_root).unwrap() == fs::read(&as_user).unwrap(), "the same erofs image whoever builds it");
+    run(Command::new("fsck.erofs").arg(&as_user));
+    let erofs = match Mount::image_read_only(&as_user, "erofs") {
+        Ok(mounted) => vmimg_testserver::trees::describe(mounted.path()),
+        Err(e) => return skip_missing(format!("mounting an erofs image: {e}")),
+    };
 
     let as_root = PathBuf::from(ok(&root_store, &["-q", "build", &source]));
     let as_user = build_as_nobody(tmp.path(), &source, &[]);
@@ -385,13 +393,23 @@ fn an_unprivileged_build_makes_the_disk_a_root_build_makes() {
         (Err(e), _) | (_, Err(e)) => return skip_missing(format!("mounting an ext4 image: {e}")),
     };
     assert_eq!(got, want, "the same tree whoever builds it");
-    let entry = |path: &str| entry(&want, path);
-    assert!(entry("bin/su").starts_with("bin/su 104755 0:0") && entry("bin/su").contains(" 2 "), "{want:#?}");
-    assert!(entry("dev/null").starts_with("dev/null 20666 0:0"), "{want:#?}");
-    assert!(entry("etc/shadow").starts_with("etc/shadow 100640 0:42"), "{want:#?}");
-    assert!(
-        entry("home/app/data").contains("1000:1000") && entry("home/app/data").contains("user.origin"),
-        "{want:#?}"
-    );
-    assert!(entry("bin/ping").contains("security.capability"), "{want:#?}");
+    assert_privileged_tree(&want, true);
+    assert_privileged_tree(&erofs, true);
+}
+
+/// `tree` (as `describe` gives it) holds what `privileged_tree` made, its
+/// xattrs too when `xattrs`.
+fn assert_privileged_tree(tree: &[String], xattrs: bool) {
+    let entry = |path: &str| tree.iter().find(|e| e.starts_with(&format!("{path} "))).unwrap().clone();
+    assert!(entry("bin/su").starts_with("bin/su 104755 0:0") && entry("bin/su").contains(" 2 "), "{tree:#?}");
+    assert!(entry("bin/su-again").starts_with("bin/su-again 104755 0:0"), "{tree:#?}");
+    assert!(entry("dev/null").starts_with("dev/null 20666 0:0 0 [] None 259 1 "), "{tree:#?}");
+    assert!(entry("dev/vda").starts_with("dev/vda 60660 0:0 0 [] None 65024 1 "), "{tree:#?}");
+    assert!(entry("dev/initctl").starts_with("dev/initctl 10600 0:0"), "{tree:#?}");
+    assert!(entry("etc/shadow").starts_with("etc/shadow 100640 0:42") && entry("etc/shadow").contains(" 1704164645 "));
+    assert!(entry("tmp").starts_with("tmp 41777 0:0"), "{tree:#?}");
+    assert!(entry("home/app").starts_with("home/app 40755 1000:1000"), "{tree:#?}");
+    assert!(entry("home/app/data").starts_with("home/app/data 100644 1000:1000"), "{tree:#?}");
+    assert_eq!(entry("home/app/data").contains("user.origin"), xattrs, "{tree:#?}");
+    assert_eq!(entry("bin/ping").contains("security.capability"), xattrs, "{tree:#?}");
 }
