@@ -534,7 +534,7 @@ fn merging_refuses_what_applying_refuses() {
 
 #[test]
 fn merged_layers_make_the_ext4_applying_and_mke2fs_make() {
-    use vmimg_testserver::mounts::{Mount, skip_missing};
+    use vmimg_testserver::mounts::skip_missing;
     let layers = layer_stack();
     let dir = tempfile::tempdir().unwrap();
     let (applied, from_tree, from_layers) =
@@ -551,14 +551,24 @@ fn merged_layers_make_the_ext4_applying_and_mke2fs_make() {
         built => built.unwrap(),
     };
     assert!(summary.free_bytes >= options.min_free_bytes, "{summary:?}");
-    let (tree, layers) =
-        match (Mount::image_read_only(&from_tree, "ext4"), Mount::image_read_only(&from_layers, "ext4")) {
-            (Ok(tree), Ok(layers)) => (tree, layers),
-            (Err(e), _) | (_, Err(e)) => return skip_missing(format!("mounting an ext4 image: {e}")),
-        };
-    let (want, got) =
-        (vmimg_testserver::trees::describe(tree.path()), vmimg_testserver::trees::describe(layers.path()));
-    assert_eq!(got, want);
+    if let Some((want, got)) = mounted_trees(&from_tree, &from_layers, "ext4") {
+        assert_eq!(got, want);
+    }
+}
+
+/// The trees two images of type `fs` hold, mounted read-only (`None`, off
+/// CI, where this host cannot mount them).
+fn mounted_trees(a: &Path, b: &Path, fs: &str) -> Option<(Vec<String>, Vec<String>)> {
+    use vmimg_testserver::mounts::{Mount, skip_missing};
+    match (Mount::image_read_only(a, fs), Mount::image_read_only(b, fs)) {
+        (Ok(a), Ok(b)) => {
+            Some((vmimg_testserver::trees::describe(a.path()), vmimg_testserver::trees::describe(b.path())))
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            skip_missing(format!("mounting an {fs} image: {e}"));
+            None
+        }
+    }
 }
 
 /// `archive` extracted by GNU cpio into `dir`, described.
@@ -599,7 +609,6 @@ fn merged_layers_make_the_cpio_applying_makes() {
 
 #[test]
 fn merged_layers_make_the_erofs_applying_and_mkfs_erofs_make() {
-    use vmimg_testserver::mounts::{Mount, skip_missing};
     let layers = layer_stack();
     let dir = tempfile::tempdir().unwrap();
     let (applied, shadow) = (dir.path().join("tree"), dir.path().join("shadow"));
@@ -610,17 +619,12 @@ fn merged_layers_make_the_erofs_applying_and_mkfs_erofs_make() {
     let options = vmimg_rootfs::erofs::ErofsOptions::default();
     vmimg_rootfs::erofs::build(&applied, &from_tree, &options).unwrap();
     vmimg_rootfs::erofs::build_merged(&merge(&layers), layer_reader(&layers), &shadow, &from_layers, &options).unwrap();
-    let (tree, layers) =
-        match (Mount::image_read_only(&from_tree, "erofs"), Mount::image_read_only(&from_layers, "erofs")) {
-            (Ok(tree), Ok(layers)) => (tree, layers),
-            (Err(e), _) | (_, Err(e)) => return skip_missing(format!("mounting an erofs image: {e}")),
-        };
-    let (want, got) =
-        (vmimg_testserver::trees::describe(tree.path()), vmimg_testserver::trees::describe(layers.path()));
+    let Some((want, got)) = mounted_trees(&from_tree, &from_layers, "erofs") else { return };
     assert_eq!(got, want);
     let entry = |path: &str| want.iter().find(|e| e.starts_with(&format!("{path} "))).unwrap().clone();
     assert!(entry("dev/null").starts_with("dev/null 20666 0:0 0 [] None 259 "), "{want:#?}");
     assert!(entry("run/fifo").starts_with("run/fifo 10600 "), "{want:#?}");
+    assert!(entry("home/u/f").contains("trusted.origin") && entry("home/u/f").contains("1000:100"), "{want:#?}");
 }
 
 #[test]
