@@ -58,7 +58,7 @@ pub enum Compression {
 }
 
 /// The layer's tar stream out of its compressed blob.
-pub fn decompress<'a>(blob: impl Read + 'a, compression: Compression) -> io::Result<Box<dyn Read + 'a>> {
+pub fn decompress<'a>(blob: impl Read + Send + 'a, compression: Compression) -> io::Result<Box<dyn Read + Send + 'a>> {
     Ok(match compression {
         Compression::None => Box::new(blob),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(blob))),

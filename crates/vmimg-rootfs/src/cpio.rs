@@ -54,8 +54,8 @@ use std::path::Path;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 
 use crate::depth;
-use crate::merge::{Emit, Merged, Node, st_mode};
-use vmimg_tar::{Kind, Sink};
+use crate::merge::{Content, Emit, LayerTar, Merged, Node, st_mode};
+use vmimg_tar::Kind;
 
 /// The largest regular file newc can hold: its size field has 32 bits.
 pub const MAX_FILE_SIZE: u64 = u32::MAX as u64;
@@ -101,7 +101,7 @@ pub fn write_tree(root: &Path, out: impl Write) -> io::Result<CpioSummary> {
 /// kernel's `PATH_MAX`, and owners or device numbers over 32 bits.
 pub fn write_merged(
     merged: &Merged,
-    open_layer: impl FnMut(usize) -> io::Result<Box<dyn Read>>,
+    open_layer: impl FnMut(usize) -> io::Result<LayerTar>,
     out: impl Write,
 ) -> io::Result<CpioSummary> {
     let mut archive = Archive::new(out, HashMap::new());
@@ -150,7 +150,7 @@ impl<W: Write> Emit for Archive<W> {
         node.paths.iter().try_for_each(|path| self.head(&header, path))
     }
 
-    fn file(&mut self, node: &Node<'_>, content: &mut dyn FnMut(&mut Sink) -> io::Result<()>) -> io::Result<()> {
+    fn file(&mut self, node: &Node<'_>, content: &mut Content<'_>) -> io::Result<()> {
         let size = node.entry.size;
         check_size(size, &node.entry.path)?;
         let header = self.merged_header(node, node.nlink, 0)?;

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use vmimg_rootfs::apply::{ApplyError, ApplyOptions, Compression, LayerSummary, Rootfs, decompress};
 use vmimg_rootfs::depth::{MAX_DEPTH, TooDeep};
-use vmimg_rootfs::merge::{MergeOptions, Merged};
+use vmimg_rootfs::merge::{LayerTar, MergeOptions, Merged};
 
 /// A tar written entry by entry, with every header field the tests need.
 #[derive(Default)]
@@ -455,8 +455,8 @@ fn merge(layers: &[Vec<u8>]) -> Merged {
 }
 
 /// Reads layer `n` of `layers` again.
-fn layer_reader(layers: &[Vec<u8>]) -> impl FnMut(usize) -> std::io::Result<Box<dyn std::io::Read>> + '_ {
-    |layer| Ok(Box::new(std::io::Cursor::new(layers[layer].clone())) as Box<dyn std::io::Read>)
+fn layer_reader(layers: &[Vec<u8>]) -> impl FnMut(usize) -> std::io::Result<LayerTar> + '_ {
+    |layer| Ok(Box::new(std::io::Cursor::new(layers[layer].clone())) as LayerTar)
 }
 
 /// The tree `layers` make merged in memory, extracted by GNU tar.

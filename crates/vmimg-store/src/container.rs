@@ -47,7 +47,7 @@ use std::sync::Arc;
 use vmimg_fetch::{Digest, Progress, remove_partial};
 use vmimg_oci::container::{Compression, ContainerImage, Layer};
 use vmimg_rootfs::apply::{self, ApplyOptions, LayerSummary, Rootfs};
-use vmimg_rootfs::merge::{MergeOptions, Merged};
+use vmimg_rootfs::merge::{Entries, MergeOptions, Merged};
 
 /// Layers downloaded at once.
 const LAYER_JOBS: usize = 3;
@@ -149,10 +149,23 @@ impl Store {
         observer: Arc<dyn BuildObserver>,
     ) -> Result<(Vec<String>, Vec<String>, Assembly)> {
         use futures_util::StreamExt;
+        let merges = blocking("the build", move || Ok(Assembly::merges(format))).await?;
         let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
         let fetching = async move {
-            let fetches: Vec<_> =
-                image.layers.iter().map(|layer| self.cached_layer(origin, layer, observer.clone())).collect();
+            let fetches: Vec<_> = image
+                .layers
+                .iter()
+                .map(|layer| async {
+                    let relative = self.cached_layer(origin, layer, observer.clone()).await?;
+                    let (path, compression) = (self.root().join(&relative), layer.compression);
+                    // A merged tree's layers are read ahead as they arrive.
+                    let entries = match merges {
+                        true => Some(blocking("the build", move || read_ahead(&path, compression)).await?),
+                        false => None,
+                    };
+                    Ok::<_, Error>((relative, entries))
+                })
+                .collect();
             let mut in_order = futures_util::stream::iter(fetches).buffered(LAYER_JOBS);
             while let Some(fetched) = in_order.next().await {
                 let failed = fetched.is_err();
@@ -163,16 +176,17 @@ impl Store {
             }
         };
         let applying = async move {
-            let mut assembly = Assembly::new(format, &work.rootfs())?;
+            let mut assembly = Assembly::new(merges, &work.rootfs())?;
             let mut paths = Vec::with_capacity(image.layers.len());
             let mut applied = LayerSummary::default();
             for layer in &image.layers {
-                let relative = arrivals.recv().await.expect("a fetch result for every layer until one fails")?;
+                let (relative, entries) =
+                    arrivals.recv().await.expect("a fetch result for every layer until one fails")?;
                 let (path, compression, work) = (self.root().join(&relative), layer.compression, work.clone());
                 let summary;
                 (assembly, summary) = blocking("the build", move || {
                     let _work = work;
-                    assembly.add(&path, compression)
+                    assembly.add(&path, compression, entries)
                 })
                 .await?;
                 applied += &summary;
@@ -295,11 +309,16 @@ enum Assembly {
 }
 
 impl Assembly {
-    fn new(format: RootfsFormat, rootfs: &Path) -> Result<Assembly> {
-        let merges = match format {
+    /// Whether a disk of `format` is made from a merged tree (blocking, once:
+    /// it may ask mke2fs its version).
+    fn merges(format: RootfsFormat) -> bool {
+        match format {
             RootfsFormat::Ext4 => vmimg_rootfs::ext4::reads_tar().unwrap_or(false),
             RootfsFormat::Cpio | RootfsFormat::Erofs => true,
-        };
+        }
+    }
+
+    fn new(merges: bool, rootfs: &Path) -> Result<Assembly> {
         if merges {
             return Ok(Assembly::Merged(Merged::new(MergeOptions::default())));
         }
@@ -308,13 +327,21 @@ impl Assembly {
         Ok(Assembly::Tree { rootfs: tree, options })
     }
 
-    /// Adds the layer in `blob` (blocking).
-    fn add(mut self, blob: &Path, compression: Compression) -> Result<(Assembly, LayerSummary)> {
-        let tar = layer_tar(blob, compression)?;
+    /// Adds the layer in `blob`, from its `entries` when they are read
+    /// ahead (blocking).
+    fn add(
+        mut self,
+        blob: &Path,
+        compression: Compression,
+        entries: Option<Entries>,
+    ) -> Result<(Assembly, LayerSummary)> {
         let layer_error = |source| Error::Layer { path: blob.to_owned(), source };
-        let summary = match &mut self {
-            Assembly::Merged(merged) => merged.add_layer(tar).map_err(layer_error)?,
-            Assembly::Tree { rootfs, .. } => rootfs.apply_layer(tar).map_err(layer_error)?,
+        let summary = match (&mut self, entries) {
+            (Assembly::Merged(merged), Some(entries)) => merged.add_entries(entries).map_err(layer_error)?,
+            (Assembly::Merged(merged), None) => merged.add_layer(layer_tar(blob, compression)?).map_err(layer_error)?,
+            (Assembly::Tree { rootfs, .. }, _) => {
+                rootfs.apply_layer(layer_tar(blob, compression)?).map_err(layer_error)?
+            }
         };
         Ok((self, summary))
     }
@@ -366,8 +393,13 @@ impl Assembly {
     }
 }
 
+/// The entries of the layer in `blob`, read ahead on a thread of their own.
+fn read_ahead(blob: &Path, compression: Compression) -> Result<Entries> {
+    vmimg_rootfs::merge::read_ahead(layer_tar(blob, compression)?).map_err(Error::io("read", blob))
+}
+
 /// The tar stream of the layer in `blob`, decompressed.
-fn layer_tar(blob: &Path, compression: Compression) -> Result<Box<dyn std::io::Read>> {
+fn layer_tar(blob: &Path, compression: Compression) -> Result<vmimg_rootfs::merge::LayerTar> {
     let file = std::fs::File::open(blob).map_err(Error::io("open", blob))?;
     let compression = match compression {
         Compression::None => apply::Compression::None,

@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -33,12 +33,12 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, Mode, OFlags, XattrFlags};
 use vmimg_disk::Replace;
-use vmimg_tar::{Kind, Sink};
+use vmimg_tar::Kind;
 
 use super::patch::{self, Wanted};
 use super::{ErofsImage, ErofsOptions, check_with, context, mkfs, scan, tool, validate, version};
 use crate::apply::{RelPath, lossy};
-use crate::merge::{Emit, Merged, Node, Xattrs, st_mode};
+use crate::merge::{Content, Emit, LayerTar, Merged, Node, Xattrs, st_mode};
 
 /// mkfs.erofs options the patch needs: 64-byte inodes (32-bit owners, an
 /// mtime each) and xattrs kept inline (a tolerance of `INT_MAX` turns
@@ -55,7 +55,7 @@ const MOVED_NAMESPACES: [(&str, u8); 2] = [("security.", 6), ("trusted.", 4)];
 /// under `shadow` (an empty directory, left for the caller to remove).
 pub fn build_merged(
     merged: &Merged,
-    open_layer: impl FnMut(usize) -> io::Result<Box<dyn Read>>,
+    open_layer: impl FnMut(usize) -> io::Result<LayerTar>,
     shadow: &Path,
     out: &Path,
     options: &ErofsOptions,
@@ -119,7 +119,7 @@ impl Emit for Shadow {
         self.note(node, Some(special), moved)
     }
 
-    fn file(&mut self, node: &Node<'_>, content: &mut dyn FnMut(&mut Sink) -> io::Result<()>) -> io::Result<()> {
+    fn file(&mut self, node: &Node<'_>, content: &mut Content<'_>) -> io::Result<()> {
         let path = &node.paths[0];
         let file = File::from(self.create(path)?);
         content(&mut |offset, bytes| file.write_all_at(bytes, offset)).map_err(|e| context(e, name(path), "write"))?;

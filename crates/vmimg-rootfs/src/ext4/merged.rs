@@ -23,9 +23,9 @@ use super::{
     Superblock, Tool, Tree, check, check_options, data_and_extent_blocks, e2fsck_optimize, invalid, mke2fs_command,
     run, run_fed, set_size, told_of, xattr_block,
 };
-use crate::merge::{InodeView, Merged, Xattrs};
+use crate::merge::{InodeView, LayerTar, Merged, Xattrs};
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 use vmimg_disk::Replace;
 use vmimg_tar::Kind;
@@ -36,7 +36,7 @@ use vmimg_tar::Kind;
 /// checked as [`super::build`] does.
 pub fn build_merged(
     merged: &Merged,
-    open_layer: impl FnMut(usize) -> io::Result<Box<dyn Read>>,
+    open_layer: impl FnMut(usize) -> io::Result<LayerTar>,
     out: &Path,
     options: &Ext4Options,
 ) -> io::Result<Ext4Summary> {

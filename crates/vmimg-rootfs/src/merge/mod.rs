@@ -36,7 +36,13 @@ use crate::apply::{
     lossy, refused, split_last,
 };
 use crate::depth::{self, MAX_DEPTH};
-use std::collections::{BTreeMap, HashMap};
+
+mod ahead;
+mod contents;
+
+pub use ahead::{Entries, read_ahead};
+pub use contents::LayerTar;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read, Write};
 use vmimg_tar::{Entry, Kind, Reader, Sink, Writer};
 
@@ -153,11 +159,20 @@ impl Merged {
     /// Applies the next layer's tar stream (already decompressed), reading
     /// it to its end so a digest over it covers every byte.
     pub fn add_layer(&mut self, tar: impl Read) -> Result<LayerSummary> {
+        let mut reader = Reader::new(tar, LAYER_LIMITS);
+        let summary = self.add_entries(std::iter::from_fn(|| reader.next_entry().transpose()))?;
+        io::copy(&mut reader.into_inner(), &mut io::sink()).map_err(ApplyError::Tar)?;
+        Ok(summary)
+    }
+
+    /// Applies the next layer, given as its entries in order (as
+    /// [`read_ahead`] gives them).
+    pub fn add_entries(&mut self, entries: impl IntoIterator<Item = io::Result<Entry>>) -> Result<LayerSummary> {
         let layer = self.layers;
         self.layers += 1;
-        let mut reader = Reader::new(tar, LAYER_LIMITS);
         let (mut touched, mut summary) = (Touched::default(), LayerSummary::default());
-        while let Some(entry) = reader.next_entry().map_err(ApplyError::Tar)? {
+        for entry in entries {
+            let entry = entry.map_err(ApplyError::Tar)?;
             // Entries count from 1; a file's ordinal counts them from 0.
             summary.entries += 1;
             match entry_name(&entry, summary.entries, self.options.max_entries)? {
@@ -172,7 +187,6 @@ impl Merged {
                 }
             }
         }
-        io::copy(&mut reader.into_inner(), &mut io::sink()).map_err(ApplyError::Tar)?;
         Ok(summary)
     }
 
@@ -366,13 +380,16 @@ pub struct Node<'a> {
     pub nlink: u64,
 }
 
+/// A regular file's content: writes its bytes to a sink as pieces at
+/// increasing offsets (holes, and any tail of zeros, left out).
+pub type Content<'a> = dyn FnMut(&mut Sink) -> io::Result<()> + 'a;
+
 /// What takes the tree from [`Merged::emit`], inode by inode.
 pub trait Emit {
     /// A directory, symlink, device node or FIFO.
     fn node(&mut self, node: &Node<'_>) -> io::Result<()>;
-    /// A regular file; `content` writes its bytes to a sink as pieces at
-    /// increasing offsets (holes, and any tail of zeros, left out).
-    fn file(&mut self, node: &Node<'_>, content: &mut dyn FnMut(&mut Sink) -> io::Result<()>) -> io::Result<()>;
+    /// A regular file and its content.
+    fn file(&mut self, node: &Node<'_>, content: &mut Content<'_>) -> io::Result<()>;
 }
 
 impl Merged {
@@ -384,7 +401,7 @@ impl Merged {
     pub fn emit(
         &self,
         out: &mut dyn Emit,
-        mut open_layer: impl FnMut(usize) -> io::Result<Box<dyn Read>>,
+        mut open_layer: impl FnMut(usize) -> io::Result<LayerTar>,
     ) -> io::Result<()> {
         let names = self.names();
         for named in names.iter().filter(|(ino, _)| self.is_dir(*ino)) {
@@ -401,20 +418,14 @@ impl Merged {
                 _ => None,
             })
             .collect();
-        for layer in 0..self.layers {
-            if !by_source.keys().any(|s| s.layer == layer) {
-                continue;
-            }
-            let mut reader = Reader::new(open_layer(layer)?, LAYER_LIMITS);
-            let mut ordinal = 0u64;
-            while let Some(_header) = reader.next_entry()? {
-                if let Some(named) = by_source.get(&Source { layer, ordinal }) {
-                    out.file(&self.node(named), &mut |sink| reader.read_data(sink))?;
-                }
-                ordinal += 1;
-            }
+        let mut layers: Vec<(usize, HashSet<u64>)> = (0..self.layers).map(|layer| (layer, HashSet::new())).collect();
+        for source in by_source.keys() {
+            layers[source.layer].1.insert(source.ordinal);
         }
-        Ok(())
+        layers.retain(|(_, keep)| !keep.is_empty());
+        contents::for_each_file(layers, &mut open_layer, &mut |source, content| {
+            out.file(&self.node(by_source[&source]), content)
+        })
     }
 
     /// Writes the tree as one tar to `out` (see the module's doc): each
@@ -423,7 +434,7 @@ impl Merged {
     pub fn write_tar<W: Write>(
         &self,
         out: W,
-        open_layer: impl FnMut(usize) -> io::Result<Box<dyn Read>>,
+        open_layer: impl FnMut(usize) -> io::Result<LayerTar>,
     ) -> io::Result<(W, Written)> {
         let mut tar = TarOut { tar: Writer::new(out), written: Written::default() };
         self.emit(&mut tar, open_layer)?;
@@ -555,7 +566,7 @@ impl<W: Write> Emit for TarOut<W> {
         self.links(node)
     }
 
-    fn file(&mut self, node: &Node<'_>, content: &mut dyn FnMut(&mut Sink) -> io::Result<()>) -> io::Result<()> {
+    fn file(&mut self, node: &Node<'_>, content: &mut Content<'_>) -> io::Result<()> {
         self.written.note(&node.entry);
         self.tar.append_pieces(&node.entry, content)?;
         self.links(node)
@@ -578,4 +589,37 @@ pub(crate) fn st_mode(kind: Kind, mode: u32) -> u32 {
 /// `entry` as a hard link to `target`, keeping its metadata.
 fn hard_link(entry: &Entry, target: &[u8]) -> Entry {
     Entry { kind: Kind::HardLink, size: 0, link_name: target.to_vec(), ..entry.clone() }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use vmimg_tar::{Entry, Kind, Writer};
+
+    /// A tar of files named `0`, `1`, … of the given sizes, each byte its
+    /// file's number plus its offset.
+    pub(crate) fn layer(sizes: &[usize]) -> Vec<u8> {
+        let mut tar = Writer::new(Vec::new());
+        for (n, &size) in sizes.iter().enumerate() {
+            let entry = Entry {
+                path: n.to_string().into_bytes(),
+                kind: Kind::File,
+                size: size as u64,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                device: (0, 0),
+                xattrs: Vec::new(),
+                link_name: Vec::new(),
+                segments: Vec::new(),
+                sparse: false,
+            };
+            tar.append(&entry, &mut content(n, size).as_slice()).unwrap();
+        }
+        tar.finish().unwrap()
+    }
+
+    pub(crate) fn content(n: usize, size: usize) -> Vec<u8> {
+        (0..size).map(|i| (n + i) as u8).collect()
+    }
 }
