@@ -73,6 +73,25 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A regular file of `size` bytes at `path`: mode 0644, owned by root,
+    /// time 0, nothing else.
+    pub fn file(path: &[u8], size: u64) -> Entry {
+        Entry {
+            path: path.to_vec(),
+            kind: Kind::File,
+            size,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            device: (0, 0),
+            xattrs: Vec::new(),
+            link_name: Vec::new(),
+            segments: Vec::new(),
+            sparse: false,
+        }
+    }
+
     /// The name for messages.
     pub fn path_lossy(&self) -> String {
         String::from_utf8_lossy(&self.path).into_owned()

@@ -370,20 +370,7 @@ fn every_kind_written_reads_back_and_gnu_tar_lists_it() {
 #[test]
 fn a_short_content_is_an_error() {
     let mut entry_file = Writer::new(Vec::new());
-    let entry = vmimg_tar::Entry {
-        path: b"f".to_vec(),
-        kind: Kind::File,
-        size: 10,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        mtime: 0,
-        device: (0, 0),
-        xattrs: Vec::new(),
-        link_name: Vec::new(),
-        segments: Vec::new(),
-        sparse: false,
-    };
+    let entry = vmimg_tar::Entry::file(b"f", 10);
     let error = entry_file.append(&entry, &mut &b"short"[..]).unwrap_err();
     assert!(error.to_string().contains("5 of 10 bytes"), "{error}");
 }

@@ -593,27 +593,14 @@ fn hard_link(entry: &Entry, target: &[u8]) -> Entry {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use vmimg_tar::{Entry, Kind, Writer};
+    use vmimg_tar::{Entry, Writer};
 
     /// A tar of files named `0`, `1`, … of the given sizes, each byte its
     /// file's number plus its offset.
     pub(crate) fn layer(sizes: &[usize]) -> Vec<u8> {
         let mut tar = Writer::new(Vec::new());
         for (n, &size) in sizes.iter().enumerate() {
-            let entry = Entry {
-                path: n.to_string().into_bytes(),
-                kind: Kind::File,
-                size: size as u64,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
-                device: (0, 0),
-                xattrs: Vec::new(),
-                link_name: Vec::new(),
-                segments: Vec::new(),
-                sparse: false,
-            };
+            let entry = Entry::file(n.to_string().as_bytes(), size as u64);
             tar.append(&entry, &mut content(n, size).as_slice()).unwrap();
         }
         tar.finish().unwrap()
