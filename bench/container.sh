@@ -6,7 +6,8 @@
 # image made with umoci from this machine's own files (401 MB of layers; the
 # tree: 1.08 GB in 21.6k files, 2.7k directories, 1.5k symlinks): 1. the shared libraries (/usr/lib/x86_64-linux-gnu without the
 # static ones, LLVM 14, valgrind, dri and perl: libLLVM-15 is the one big
-# file), 2. Python's library and /usr/share/{doc,locale} (many small files),
+# file), 2. Python's library, /usr/share/{doc,locale} and /usr/share/man/man1
+# (many small files; man1 is one directory of about 18,000 entries),
 # 3. /usr/bin (files under 20 MB; hard links kept) and /usr/include, 4. a
 # small layer that deletes (whiteouts), replaces a directory, changes a
 # file's content, mode and owner, and adds /etc, /tmp and a hard link.
@@ -21,7 +22,9 @@
 #             (SIZE: the size vmimg chose, so both make the same filesystem
 #             size; vmimg checks its image with e2fsck too, hence the last step)
 # It prints the best times, peak RSS (of the process or of its largest child,
-# e.g. mke2fs), the ratio, both images' sizes and allocation, then checks
+# e.g. mke2fs), the ratio, both images' sizes and allocation, vmimg's peak
+# disk use (free space sampled every 0.1 s) against its image and layer
+# cache (checked: it must stay within them), then checks
 # that both images hold the same tree (debugfs rdump + diff -r for content and
 # symlinks; debugfs ls -p for type, mode with setuid bits, owner, size and
 # hard links; mtimes of files, directories' shown), and shows where vmimg's
@@ -67,7 +70,7 @@ measure() {
 }
 
 # ---- The input: an OCI layout, cached (rebuilt when the recipe changes).
-recipe=2
+recipe=3
 cache=$work/container
 layout=$cache/layout
 build_input() {
@@ -91,8 +94,8 @@ build_input() {
     mkdir -p "$r/usr/sbin" "$r/lib64" && ln -s ../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$r/lib64/"
     layer "bench: shared libraries"
 
-    copy_in usr/lib/python3 usr/lib/python3.11 usr/share/doc usr/share/locale
-    layer "bench: python, doc, locale"
+    copy_in usr/lib/python3 usr/lib/python3.11 usr/share/doc usr/share/locale usr/share/man/man1
+    layer "bench: python, doc, locale, man1"
 
     (cd / && find usr/bin -type f -size +20M) >"$stage/big"
     copy_in -X "$stage/big" usr/bin usr/include
@@ -156,6 +159,22 @@ for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break;
 ref=127.0.0.1:$port/bench/rootfs:1
 skopeo copy -q --dest-tls-verify=false "oci:$layout:1" "docker://$ref"
 
+# ---- Disk use: the filesystem's free bytes (statfs; ext4 counts delayed
+# allocations as taken), sampled every 0.1 s while a command runs.
+free_bytes() { echo $(($(stat -f -c '%a * %S' "$work"))); }
+# Runs "$@" (its stdout passed on) and writes the most space it took at once
+# to $tmp/took, in bytes.
+watch_disk() {
+    local before watcher status=0
+    before=$(free_bytes)
+    (while :; do free_bytes; sleep 0.1; done) >"$tmp/free" &
+    watcher=$!
+    "$@" || status=$?
+    kill "$watcher" && wait "$watcher" 2>/dev/null || true
+    echo $((before - $(sort -n "$tmp/free" | head -1))) >"$tmp/took"
+    return $status
+}
+
 # ---- The runs, taking turns.
 # Creating files on ext4 within a minute of deleting thousands costs much
 # system time (the allocator skips recently deleted inodes, reading their
@@ -176,14 +195,14 @@ if (($(df --output=avail -k "$work" | tail -1) < need_kib)); then
 fi
 # The phase log's wrappers.
 mkdir -p "$tmp/wrap"
-for tool in mke2fs e2fsck debugfs; do
+for tool in mke2fs e2fsck debugfs tune2fs; do
     printf '%s\n' '#!/bin/bash' 'start=$(date +%s.%N)' "$(PATH=$PATH:/usr/sbin:/sbin command -v "$tool") \"\$@\"" \
         'status=$?' "echo \"$tool \$start \$(date +%s.%N) \$*\" >>\"\$BENCH_PHASE_LOG\"" 'exit $status' \
         >"$tmp/wrap/$tool"
     chmod +x "$tmp/wrap/$tool"
 done
 vmimg_build() { "$vmimg" -q --store "$1" build "oci://$ref" --format ext4; }
-best_vmimg="" rss_vmimg=0 best_base="" rss_base=0 rss_base_step="" all_vmimg="" all_base=""
+disk_vmimg=0 best_vmimg="" rss_vmimg=0 best_base="" rss_base=0 rss_base_step="" all_vmimg="" all_base=""
 # One timed step of the baseline: adds to $total, $steps and the peak RSS.
 base_step() {
     local name=$1 out t rss
@@ -200,8 +219,9 @@ for ((run = 0; run < runs; run++)); do
     ((run > 0)) || settle
     sync
     out=$(BENCH_PHASE_LOG=$tmp/phases.$run PATH=$tmp/wrap:$PATH \
-        measure "$vmimg" -q --store "$store" build "oci://$ref" --format ext4)
+        watch_disk measure "$vmimg" -q --store "$store" build "oci://$ref" --format ext4)
     read -r t rss <<<"$out"
+    took=$(cat "$tmp/took") && ((took > disk_vmimg)) && disk_vmimg=$took
     cp "$tmp/span" "$tmp/span.$run"
     rss_vmimg=$((rss > rss_vmimg ? rss : rss_vmimg)) all_vmimg+=" $(printf %.1f "$t")"
     if [[ -z $best_vmimg ]] || (($(echo "$t < $best_vmimg" | bc))); then best_vmimg=$t best_run=$run; fi
@@ -293,6 +313,16 @@ else
 fi
 printf 'image %-8s %14s bytes, %14s allocated\n' vmimg "$(stat -c %s "$image")" "$(alloc "$image")"
 printf 'image %-8s %14s bytes, %14s allocated\n' baseline "$(stat -c %s "$base/disk.img")" "$(alloc "$base/disk.img")"
+# Peak disk use: vmimg's, sampled, against what it keeps (image and layer
+# cache, and 16 MiB for the filesystem's own metadata and the store's
+# records); the baseline keeps everything it wrote (OCI copy, tree, image).
+layer_cache=$(du -s -B1 "$tmp/store.$best_run/layers" | cut -f1)
+bound=$(($(alloc "$image") + layer_cache + (16 << 20)))
+mib() { echo "$(($1 / 1048576)) MiB"; }
+echo "disk: vmimg's peak use $(mib "$disk_vmimg") (image $(mib "$(alloc "$image")") + layer cache" \
+    "$(mib "$layer_cache") + 16 MiB = $(mib "$bound")); the baseline holds $(mib "$(du -s -B1 "$base" | cut -f1)")" \
+    "at its end"
+check "vmimg's peak disk use within its image and layer cache" test "$disk_vmimg" -le "$bound"
 check "content and symlinks (rdump, diff -r --no-dereference)" \
     diff -r --no-dereference --exclude=lost+found "$verify/vmimg" "$verify/base"
 check "type, mode, owner, size, hard links of $entries paths" diff "$verify/vmimg.meta" "$verify/base.meta"

@@ -140,6 +140,9 @@ fn small_file_heavy_tree() {
     let listing = debugfs(&image, "ls /big");
     let names: std::collections::HashSet<&str> = listing.split_whitespace().collect();
     assert!((0..20_000).all(|i| names.contains(format!("f{i:05}").as_str())), "names missing");
+    // Made without checksums (a directory that big), which were added after.
+    let features = debugfs(&image, "features");
+    assert!(features.contains("metadata_csum") && features.contains("dir_index"), "{features}");
     let one = dir.path().join("one");
     debugfs(&image, &format!("dump /big/f00100 {}", one.display()));
     assert_eq!(fs::read(&one).unwrap(), vec![b'x'; 100]);

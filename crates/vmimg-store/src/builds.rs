@@ -561,7 +561,7 @@ impl Inner {
         build.queue_position = None;
         build.updated_at = Timestamp::now();
         if let Err(error) = self.save(&build) {
-            fail(&mut build, ErrorKind::Internal, format!("cannot save the build record: {error}"));
+            unsaved(&mut build, &error);
         }
         let _ = crate::fsutil::remove_file(&self.cancel_marker(id));
         drop(lock);
@@ -669,8 +669,7 @@ impl Inner {
         };
         if let Err(error) = self.save(&build) {
             let mut state = self.state.lock().expect("build state");
-            let build = state.builds.get_mut(id).expect("a build of this process");
-            fail(build, ErrorKind::Internal, format!("cannot save the build record: {error}"));
+            unsaved(state.builds.get_mut(id).expect("a build of this process"), &error);
         }
         self.changed();
     }
@@ -771,6 +770,18 @@ fn end(build: &mut Build, joined: std::result::Result<Result<Pulled>, JoinError>
             ErrorKind::Internal,
             format!("the build task panicked: {}", panic_message(panicked.into_panic())),
         ),
+    }
+}
+
+/// Build `build`'s record could not be saved: the build's error, or for a
+/// build that failed already (a full disk fails both), a note after its own
+/// error, which stays the one told.
+fn unsaved(build: &mut Build, error: &Error) {
+    match (&build.status, &mut build.error) {
+        (BuildStatus::Failed, Some(message)) => {
+            message.push_str(&format!(" (its build record was not saved: {error})"))
+        }
+        _ => fail(build, ErrorKind::Internal, format!("cannot save the build record: {error}")),
     }
 }
 

@@ -39,6 +39,7 @@
 use crate::error::{Error, Result};
 use crate::fsutil::blocking;
 use crate::locks::{KeyLock, Lease};
+use crate::pull::Partials;
 use crate::record::{ContainerInfo, ImageRecord, Pulled, RootfsFormat, SourceFormat};
 use crate::source::OciOrigin;
 use crate::store::Store;
@@ -109,7 +110,10 @@ impl Store {
             let held = Held { dir: None, _lock: lock, _lease: lease, _observer: observer };
             blocking("the build", move || Work::start(&store, &key, held)).await?
         };
-        let (layers, warnings, assembly) = self.fetch_and_apply(origin, image, &work, format, observer.clone()).await?;
+        let (layers, warnings, assembly) = self
+            .fetch_and_apply(origin, image, &work, format, observer.clone())
+            .await
+            .map_err(|error| self.with_partial_layers_kept(image, error))?;
         observer.converting();
         let (digest, info) = (origin.digest().clone(), origin.info());
         let mut record = {
@@ -128,6 +132,16 @@ impl Store {
         let mut work = Arc::into_inner(work).expect("every blocking job of the build has ended");
         let held = work.held.take().expect("held until dropped");
         self.publish_work(held.dir.expect("a work directory"), record)
+    }
+
+    /// `error`, and, when it is a full disk, what the partial layers of
+    /// `image` keep and how to resume or drop them.
+    fn with_partial_layers_kept(&self, image: &ContainerImage, error: Error) -> Error {
+        let names: Vec<String> =
+            image.layers.iter().map(|layer| partial_layer_name(&layer.descriptor.digest)).collect();
+        let matches = |name: &str| names.iter().any(|partial| partial == name);
+        let partials = Partials { command: "build", glob: "layer-*.part".into(), matches: &matches };
+        self.with_kept(&partials, error)
     }
 
     /// The cached blobs of `image`'s layers (at `relative` paths), and how
@@ -215,7 +229,7 @@ impl Store {
         if path.exists() {
             return Ok(relative);
         }
-        let partial = self.tmp().join(format!("layer-{}.part", digest.hex()));
+        let partial = self.tmp().join(partial_layer_name(digest));
         let retries: Arc<dyn Progress> = Arc::new(BuildProgress(observer.clone()));
         let progress = crate::metrics::Received::new(Some(retries), move |bytes| observer.pulled(bytes));
         let dropped_midway = RemoveOnDrop(Some(partial.clone()));
@@ -391,6 +405,11 @@ impl Assembly {
         made.map_err(Error::io("build the disk", out))?;
         remove_tree(rootfs)
     }
+}
+
+/// The name, in the store's `tmp/`, of the layer `digest`'s partial download.
+fn partial_layer_name(digest: &Digest) -> String {
+    format!("layer-{}.part", digest.hex())
 }
 
 /// The entries of the layer in `blob`, read ahead on a thread of their own.

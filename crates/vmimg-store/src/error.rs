@@ -69,8 +69,8 @@ pub enum Error {
     BuildFailed { reference: String, message: String, kind: crate::ErrorKind },
     #[error("layer {}: {source}", path.display())]
     Layer { path: PathBuf, source: vmimg_rootfs::apply::ApplyError },
-    /// A pull ran out of space (or quota) and kept its partial downloads to
-    /// resume from.
+    /// A pull or build ran out of space (or quota) and kept its partial
+    /// downloads to resume from.
     #[error("{source}: {kept}")]
     PartialsKept { source: Box<Error>, kept: Kept },
     /// A bug, or a store in a state it should never be in.
@@ -91,6 +91,8 @@ pub struct Kept {
     pub at: PathBuf,
     pub files: usize,
     pub bytes: u64,
+    /// The command that resumes them (`pull`, `build`).
+    pub command: &'static str,
 }
 
 impl std::fmt::Display for Kept {
@@ -102,7 +104,8 @@ impl std::fmt::Display for Kept {
         let (size, at) = (vmimg_disk::format_size(self.bytes), self.at.display());
         write!(
             f,
-            "{what} {size} in {at}; free space and pull again to resume, or drop {them} with `vmimg gc --partials`"
+            "{what} {size} in {at}; free space and {} again to resume, or drop {them} with `vmimg gc --partials`",
+            self.command
         )
     }
 }

@@ -27,6 +27,16 @@ use std::sync::Arc;
 use vmimg_disk::ConvertOptions;
 use vmimg_fetch::{Algorithm, Digest, Fetched, Progress, digest_reader};
 
+/// Partial downloads a failed command may leave in the store's `tmp/`.
+pub(crate) struct Partials<'a> {
+    /// The command that resumes them.
+    pub command: &'static str,
+    /// Their names, as a shell pattern, when there are several.
+    pub glob: String,
+    /// Whether a name in `tmp/` is one of them.
+    pub matches: &'a dyn Fn(&str) -> bool,
+}
+
 impl Store {
     /// Gets `source` into the store (or finds it there) and returns its disk.
     /// `progress` hears about the download, if there is one.
@@ -77,22 +87,33 @@ impl Store {
     /// `error`, and, when it is a full disk (or quota), what the partial
     /// downloads of `key` it leaves keep, and how to resume or drop them.
     fn with_partials_kept(&self, key: &str, error: Error) -> Error {
+        let prefix = format!("{key}.part");
+        let partials = Partials { command: "pull", glob: format!("{prefix}*"), matches: &|n| n.starts_with(&prefix) };
+        self.with_kept(&partials, error)
+    }
+
+    /// `error`, and, when it is a full disk (or quota), what the partial
+    /// downloads `partials` names keep in `tmp/`, and how to resume or drop
+    /// them.
+    pub(crate) fn with_kept(&self, partials: &Partials<'_>, error: Error) -> Error {
         if error.kind() != ErrorKind::OutOfSpace {
             return error;
         }
-        let prefix = format!("{key}.part");
-        let is_partial = |name: &str| name.starts_with(&prefix) && !name.ends_with(".meta");
+        let is_partial = |name: &str| (partials.matches)(name) && !name.ends_with(".meta");
         let entries = std::fs::read_dir(self.tmp()).into_iter().flatten().flatten();
         let kept: Vec<PathBuf> =
             entries.filter(|e| is_partial(&e.file_name().to_string_lossy())).map(|e| e.path()).collect();
         let bytes = kept.iter().map(|path| allocated(path)).sum();
         let at = match &kept[..] {
             [one] => one.clone(),
-            _ => self.tmp().join(format!("{prefix}*")),
+            _ => self.tmp().join(&partials.glob),
         };
         match bytes {
             0 => error,
-            _ => Error::PartialsKept { source: Box::new(error), kept: Kept { at, files: kept.len(), bytes } },
+            _ => Error::PartialsKept {
+                source: Box::new(error),
+                kept: Kept { at, files: kept.len(), bytes, command: partials.command },
+            },
         }
     }
 

@@ -47,6 +47,7 @@ fn read(path: &Path) -> String {
 fn busybox_image_boots_from_cpio_and_from_ext4() {
     let registry = RegistryServer::start();
     let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let (root, store) = (tmp.path().join("root"), tmp.path().join("store"));
     guest::busybox_rootfs(&root, MARKER, &["cat /etc/greeting"]).unwrap();
     fs::write(root.join("etc/greeting"), "hello from the container image\n").unwrap();
@@ -59,7 +60,9 @@ fn busybox_image_boots_from_cpio_and_from_ext4() {
         .unwrap();
     let source = format!("oci://{}/test/busybox:1", registry.host());
 
-    let initrd = PathBuf::from(ok(&store, &["pull", &source, "--format", "cpio"]));
+    // Both disks booted are built without root (the same as root's: see
+    // an_unprivileged_build_makes_the_disk_a_root_build_makes).
+    let initrd = build_as_nobody(tmp.path(), &source, &["--format", "cpio"]);
     assert!(initrd.ends_with("initrd.cpio"), "{}", initrd.display());
     let console = guest::boot(&BootSpec::new().initrd(&initrd).marker(MARKER)).unwrap();
     assert!(console.contains("hello from the container image"), "{console}");
@@ -71,6 +74,8 @@ fn busybox_image_boots_from_cpio_and_from_ext4() {
     assert_eq!(record["container"]["run"]["env"][0], "GREETING=hello");
     assert_eq!(record["container"]["systemd"], true, "/sbin/init is an init, as systemd's images have it");
     let disk = store.join("images").join(record["name"].as_str().unwrap()).join("disk.raw");
+    run(Command::new("e2fsck").arg("-fn").arg(&disk));
+    let disk = build_as_nobody(tmp.path(), &source, &[]);
     run(Command::new("e2fsck").arg("-fn").arg(&disk));
     let boot_initrd = tmp.path().join("boot-initrd.cpio");
     guest::disk_boot_initrd(&boot_initrd).unwrap();
@@ -412,4 +417,46 @@ fn assert_privileged_tree(tree: &[String], xattrs: bool) {
     assert!(entry("home/app/data").starts_with("home/app/data 100644 1000:1000"), "{tree:#?}");
     assert_eq!(entry("home/app/data").contains("user.origin"), xattrs, "{tree:#?}");
     assert_eq!(entry("bin/ping").contains("security.capability"), xattrs, "{tree:#?}");
+}
+
+/// A build that fills its disk while it downloads a layer fails in one
+/// line (exit 9) that says what the partial layer keeps, where, and how to
+/// resume or drop it; `gc --partials` frees it. Needs root (a 16 MiB tmpfs
+/// holds the store).
+#[test]
+fn a_full_disk_says_what_the_partial_layer_keeps() {
+    use std::io::Read;
+    let mount = match vmimg_testserver::mounts::Mount::tmpfs_of(16 << 20) {
+        Ok(mount) => mount,
+        Err(why) => return vmimg_testserver::mounts::skip_missing(format!("a small tmpfs (root): {why}")),
+    };
+    let registry = RegistryServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    let mut noise = vec![0u8; 32 << 20];
+    fs::File::open("/dev/urandom").unwrap().read_exact(&mut noise).unwrap();
+    fs::write(tree.join("noise"), noise).unwrap();
+    ImageSpec::new().dir_layer(&tree).push(&registry.host(), "test/big", "1").unwrap();
+    let store = mount.path().join("store");
+
+    let out = vmimg(&store, &["-q", "build", &format!("oci://{}/test/big:1", registry.host())]);
+    let (code, line) = common::error_line(&out);
+    assert_eq!(code, 9, "{line}");
+    let partials: Vec<PathBuf> = fs::read_dir(store.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "part"))
+        .collect();
+    let [partial] = &partials[..] else { panic!("one partial layer: {partials:?}") };
+    let kept = fs::metadata(partial).unwrap().blocks() * 512;
+    let expected = format!(
+        "the partial download keeps {} in {}; free space and build again to resume, or drop it with `vmimg gc \
+         --partials`",
+        vmimg_disk::format_size(kept),
+        partial.display()
+    );
+    assert!(line.contains("No space left on device") && line.contains(&expected), "{line}");
+    ok(&store, &["gc", "--partials"]);
+    assert!(!partial.exists(), "gc --partials drops the partial layer");
 }

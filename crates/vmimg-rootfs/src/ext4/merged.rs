@@ -19,9 +19,9 @@
 //! sparse layer entry may take less: mke2fs skips blocks of zeros).
 
 use super::{
-    BLOCK_SIZE, Ext4Error, Ext4Options, Ext4Summary, FAST_SYMLINK_MAX, LOST_FOUND_BLOCKS, MKE2FS_FATAL_PATH_LEN, Plan,
-    Superblock, Tool, Tree, check, check_options, data_and_extent_blocks, e2fsck_optimize, invalid, mke2fs_command,
-    run, run_fed, set_size, told_of, xattr_block,
+    BLOCK_SIZE, CHECKSUMS_LATER_ABOVE, Ext4Error, Ext4Options, Ext4Summary, FAST_SYMLINK_MAX, LOST_FOUND_BLOCKS,
+    MKE2FS_FATAL_PATH_LEN, Plan, Superblock, Tool, Tree, add_checksums, check, check_options, data_and_extent_blocks,
+    e2fsck_optimize, features, invalid, mke2fs_command, run, run_fed, set_size, told_of, xattr_block,
 };
 use crate::merge::{InodeView, LayerTar, Merged, Xattrs};
 use std::ffi::{OsStr, OsString};
@@ -49,7 +49,9 @@ pub fn build_merged(
         set_size(image, plan.blocks * BLOCK_SIZE)?;
         let inodes = OsString::from(plan.inodes.to_string());
         let extra = [OsStr::new("-N"), &inodes, OsStr::new("-d"), OsStr::new("-")];
-        let cmd = mke2fs_command(image, plan.blocks, plan.journal_blocks, &options.identity, &extra)?;
+        let later = tree.largest_dir > CHECKSUMS_LATER_ABOVE;
+        let features = features(later);
+        let cmd = mke2fs_command(image, plan.blocks, plan.journal_blocks, &options.identity, features, &extra)?;
         let mut xattrs = Vec::new();
         let mut feed = |pipe: &mut dyn io::Write| {
             let (_, written) = merged.write_tar(pipe, &mut open_layer)?;
@@ -58,6 +60,9 @@ pub fn build_merged(
         };
         run_fed(Tool::Mke2fs, cmd, image, Some(&mut feed))?;
         set_xattrs(image, &xattrs, &options.identity)?;
+        if later {
+            add_checksums(image, &options.identity)?;
+        }
         e2fsck_optimize(image, &options.identity)?;
         check(image)?;
         Superblock::read(image)
@@ -103,6 +108,7 @@ fn census(merged: &Merged) -> io::Result<Tree> {
             return Err(invalid("lost+found: not a directory, and mke2fs makes lost+found a directory".into()));
         }
         tree.inodes += u64::from(!is_root && !is_lost_found);
+        tree.largest_dir = tree.largest_dir.max(inode.children.len() as u64);
         tree.blocks += match inode.kind {
             Kind::Directory => dir_blocks(&inode, is_root, is_lost_found),
             Kind::File => {
