@@ -1,6 +1,7 @@
-//! Initramfs archives: a directory tree written as a cpio "newc" archive
-//! (magic `070701`), the format the Linux kernel unpacks into its rootfs at
-//! boot (`init/initramfs.c`).
+//! Initramfs archives: a directory tree, or layers merged in memory
+//! ([`write_merged`], for any user, no tree on the host), written as a cpio
+//! "newc" archive (magic `070701`), the format the Linux kernel unpacks into
+//! its rootfs at boot (`init/initramfs.c`).
 //!
 //! [`write_tree`] owns the whole walk and the encoding. It is our own code, not
 //! GNU cpio behind a pipe, because the archive must be reproducible and safe
