@@ -637,6 +637,10 @@ pub(crate) fn clean_name(raw: &[u8]) -> Result<RelPath> {
     if raw.len() > MAX_PATH {
         return Err(refused(raw, format!("a name over {MAX_PATH} bytes")));
     }
+    if raw.contains(&0) {
+        // No filesystem name holds one; an initramfs would cut the name there.
+        return Err(refused(raw, "a NUL byte in the name".into()));
+    }
     let mut clean = Vec::with_capacity(raw.len());
     for component in raw.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
         if component == b".." {
@@ -717,6 +721,7 @@ mod tests {
         assert!(clean_name(b"/etc/passwd").is_err());
         assert!(clean_name(b"usr/../../etc").is_err());
         assert!(clean_name(&[b'a'; 256]).is_err());
+        assert!(clean_name(b"etc/passwd\0x").is_err(), "an initramfs would cut it at the NUL");
     }
 
     #[test]

@@ -160,10 +160,13 @@ impl<W: Write> Emit for Archive<W> {
         }
         self.head(&Header { filesize: size as u32, ..header }, &node.paths[0])?;
         let mut at = 0u64;
+        let path = &node.entry.path;
         content(&mut |offset, bytes| {
-            self.zeros(offset.saturating_sub(at))?;
+            let end = offset.checked_add(bytes.len() as u64).filter(|&end| offset >= at && end <= size);
+            let end = end.ok_or_else(|| at_msg(path, "its content does not match its size (the layer changed?)"))?;
+            self.zeros(offset - at)?;
             self.put(bytes)?;
-            at = offset + bytes.len() as u64;
+            at = end;
             Ok(())
         })?;
         self.zeros(size.saturating_sub(at))?;

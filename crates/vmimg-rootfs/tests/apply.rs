@@ -647,3 +647,29 @@ fn a_merged_erofs_refuses_what_its_shadow_tree_cannot_carry() {
         assert!(!image.exists());
     }
 }
+
+/// What the host's filesystem adds to the shadow tree (here a default ACL
+/// with a named user, inherited by every file made in it) is refused, not
+/// written into the image.
+#[test]
+fn a_merged_erofs_refuses_xattrs_the_host_added() {
+    let layers = [Tar::default().file("etc/hostname", b"vm\n").bytes()];
+    let dir = tempfile::tempdir().unwrap();
+    let (shadow, image) = (dir.path().join("shadow"), dir.path().join("image"));
+    fs::create_dir(&shadow).unwrap();
+    // POSIX ACL xattr, version 2: user::rwx, user:1234:r--, group::r-x, mask::r-x, other::r-x.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in
+        [(0x01u16, 7u16, u32::MAX), (0x02, 4, 1234), (0x04, 5, u32::MAX), (0x10, 5, u32::MAX), (0x20, 5, u32::MAX)]
+    {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    rustix::fs::setxattr(&shadow, "system.posix_acl_default", &acl, rustix::fs::XattrFlags::empty()).unwrap();
+    let options = vmimg_rootfs::erofs::ErofsOptions::default();
+    let error = vmimg_rootfs::erofs::build_merged(&merge(&layers), layer_reader(&layers), &shadow, &image, &options)
+        .unwrap_err();
+    assert!(error.to_string().contains("carries an xattr the layers did not give"), "{error}");
+    assert!(!image.exists());
+}

@@ -35,7 +35,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, XattrFlags};
 use vmimg_disk::Replace;
 use vmimg_tar::Kind;
 
-use super::patch::{self, Wanted};
+use super::patch::{self, USER_INDEX, Wanted};
 use super::{ErofsImage, ErofsOptions, check_with, context, mkfs, scan, tool, validate, version};
 use crate::apply::{RelPath, lossy};
 use crate::merge::{Content, Emit, LayerTar, Merged, Node, Xattrs, st_mode};
@@ -93,15 +93,15 @@ impl Emit for Shadow {
         let (entry, path) = (&node.entry, &node.paths[0]);
         let special = match entry.kind {
             Kind::Directory if path == b"." => {
-                let moved = set_xattrs(self.root.as_fd(), path, &entry.xattrs)?;
-                return self.note(node, None, moved);
+                let xattrs = set_xattrs(self.root.as_fd(), path, &entry.xattrs)?;
+                return self.note(node, None, xattrs);
             }
             Kind::Directory => {
                 rustix::fs::mkdirat(&self.root, name(path), Mode::from_raw_mode(0o700)).map_err(at(path, "mkdir"))?;
                 let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                 let dir = rustix::fs::openat(&self.root, name(path), flags, Mode::empty()).map_err(at(path, "open"))?;
-                let moved = set_xattrs(dir.as_fd(), path, &entry.xattrs)?;
-                return self.note(node, None, moved);
+                let xattrs = set_xattrs(dir.as_fd(), path, &entry.xattrs)?;
+                return self.note(node, None, xattrs);
             }
             Kind::Symlink => {
                 if !entry.xattrs.is_empty() {
@@ -115,8 +115,8 @@ impl Emit for Shadow {
             _ => (5, 0),
         };
         let placeholder = self.create(path)?;
-        let moved = set_xattrs(placeholder.as_fd(), path, &entry.xattrs)?;
-        self.note(node, Some(special), moved)
+        let xattrs = set_xattrs(placeholder.as_fd(), path, &entry.xattrs)?;
+        self.note(node, Some(special), xattrs)
     }
 
     fn file(&mut self, node: &Node<'_>, content: &mut Content<'_>) -> io::Result<()> {
@@ -124,8 +124,8 @@ impl Emit for Shadow {
         let file = File::from(self.create(path)?);
         content(&mut |offset, bytes| file.write_all_at(bytes, offset)).map_err(|e| context(e, name(path), "write"))?;
         file.set_len(node.entry.size).map_err(|e| context(e, name(path), "write"))?;
-        let moved = set_xattrs(file.as_fd(), path, &node.entry.xattrs)?;
-        self.note(node, None, moved)
+        let xattrs = set_xattrs(file.as_fd(), path, &node.entry.xattrs)?;
+        self.note(node, None, xattrs)
     }
 }
 
@@ -137,12 +137,7 @@ impl Shadow {
 
     /// Links the further names of `node` and notes what each name's inode
     /// must say.
-    fn note(
-        &mut self,
-        node: &Node<'_>,
-        special: Option<(u8, u32)>,
-        moved_xattrs: Vec<(Vec<u8>, u8)>,
-    ) -> io::Result<()> {
+    fn note(&mut self, node: &Node<'_>, special: Option<(u8, u32)>, xattrs: Vec<(Vec<u8>, u8)>) -> io::Result<()> {
         let entry = &node.entry;
         let (first, others) = node.paths.split_first().expect("an inode has a name");
         for path in others {
@@ -158,7 +153,7 @@ impl Shadow {
             gid: owner(entry.gid, "the group")?,
             mtime: entry.mtime,
             special,
-            moved_xattrs,
+            xattrs,
         };
         self.newest = self.newest.max(entry.mtime);
         for path in node.paths {
@@ -168,10 +163,10 @@ impl Shadow {
     }
 }
 
-/// Sets `xattrs` on `fd` as `user.*` ones; returns those moved from
-/// another namespace (the name after the prefix, and its erofs index).
+/// Sets `xattrs` on `fd` as `user.*` ones; returns each with the name
+/// after its prefix and its erofs name index (1 for `user.`).
 fn set_xattrs(fd: BorrowedFd<'_>, path: &[u8], xattrs: &Xattrs) -> io::Result<Vec<(Vec<u8>, u8)>> {
-    let mut moved = Vec::new();
+    let mut stored = Vec::new();
     for (xattr, value) in xattrs {
         let (suffix, index) = match MOVED_NAMESPACES.iter().find_map(|(p, i)| Some((xattr.strip_prefix(p)?, *i))) {
             Some((suffix, index)) => (suffix, Some(index)),
@@ -192,11 +187,9 @@ fn set_xattrs(fd: BorrowedFd<'_>, path: &[u8], xattrs: &Xattrs) -> io::Result<Ve
             }
             Err(e) => return Err(context(e.into(), name(path), &format!("set the xattr {xattr} (as user.{suffix})"))),
         }
-        if let Some(index) = index {
-            moved.push((suffix.as_bytes().to_vec(), index));
-        }
+        stored.push((suffix.as_bytes().to_vec(), index.unwrap_or(USER_INDEX)));
     }
-    Ok(moved)
+    Ok(stored)
 }
 
 /// Linux's `new_encode_dev`, erofs's 32-bit device field.

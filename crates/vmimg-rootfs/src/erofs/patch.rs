@@ -10,8 +10,10 @@
 //! the device number and the plain data layout; and it moves `user.*`
 //! xattrs that stand for `security.*` or `trusted.*` ones to their own
 //! namespace, by the name index byte of their entry (the stored name after
-//! the prefix is the same). Nothing changes size or place, so no other
-//! byte of the image moves.
+//! the prefix is the same), refusing any xattr the layers did not give (the
+//! host's filesystem may add an SELinux label or a default ACL to the
+//! shadow tree). Nothing changes size or place, so no other byte of the
+//! image moves.
 //!
 //! It reads only what this module's own mkfs.erofs run wrote, but parses
 //! it as untrusted all the same: every offset is checked against the
@@ -36,6 +38,12 @@ const SUPERBLOCK_OFFSET: u64 = 1024;
 const MAGIC: u32 = 0xE0F5_E1E2;
 /// `feature_compat`: the superblock's block carries a CRC32C.
 const SB_CHKSUM: u32 = 1;
+/// `feature_compat`: each inode has a Bloom filter of its xattr names
+/// (erofs-utils 1.7 and later), which moving a name's namespace would
+/// leave stale.
+const XATTR_FILTER: u32 = 4;
+/// The name index of `user.` xattrs.
+pub(super) const USER_INDEX: u8 = 1;
 const EXTENDED_INODE: u64 = 64;
 const DIRENT: usize = 12;
 const FLAT_PLAIN: u16 = 0;
@@ -55,9 +63,10 @@ pub(super) struct Wanted {
     /// For a placeholder: the directory entry's file type and the device
     /// number (0 for a FIFO).
     pub special: Option<(u8, u32)>,
-    /// `user.*` xattr names (without the prefix) that stand for another
-    /// namespace, and that namespace's name index.
-    pub moved_xattrs: Vec<(Vec<u8>, u8)>,
+    /// Every xattr the inode holds, as the shadow tree gave it (`user.`
+    /// and the name after its prefix), with the name index it must have
+    /// (1 for `user.` itself): exactly these, nothing the host added.
+    pub xattrs: Vec<(Vec<u8>, u8)>,
 }
 
 /// Sets what `wanted` says for every path of the erofs `image`, which must
@@ -66,11 +75,10 @@ pub(super) fn patch(image: &Path, wanted: &HashMap<RelPath, Wanted>) -> io::Resu
     let file = File::options().read(true).write(true).open(image)?;
     let image = Image::open(file)?;
     let root = image.root_nid;
-    let mut seen_paths = 0usize;
+    let mut seen: HashSet<RelPath> = HashSet::from([b".".to_vec()]);
     let mut patched: HashSet<u64> = HashSet::new();
     let mut pending: Vec<(u64, RelPath)> = vec![(root, b".".to_vec())];
     image.set(root, b".", want(wanted, b".")?, &mut patched)?;
-    seen_paths += 1;
     while let Some((dir, dir_path)) = pending.pop() {
         for entry in image.dir_entries(dir)? {
             if entry.name == b"." || entry.name == b".." {
@@ -78,7 +86,9 @@ pub(super) fn patch(image: &Path, wanted: &HashMap<RelPath, Wanted>) -> io::Resu
             }
             let path = if dir == root { entry.name.clone() } else { [&dir_path[..], b"/", &entry.name].concat() };
             let wanted = want(wanted, &path)?;
-            seen_paths += 1;
+            if !seen.insert(path.clone()) {
+                return Err(corrupt(&format!("{}: named twice", lossy(&path))));
+            }
             if entry.file_type == FT_DIR {
                 pending.push((entry.nid, path.clone()));
             }
@@ -91,8 +101,8 @@ pub(super) fn patch(image: &Path, wanted: &HashMap<RelPath, Wanted>) -> io::Resu
             image.set(entry.nid, &path, wanted, &mut patched)?;
         }
     }
-    if seen_paths != wanted.len() {
-        return Err(corrupt(&format!("the image holds {seen_paths} paths of the {} the tree has", wanted.len())));
+    if seen.len() != wanted.len() {
+        return Err(corrupt(&format!("the image holds {} paths of the {} the tree has", seen.len(), wanted.len())));
     }
     image.seal()?;
     image.file.sync_all()
@@ -100,6 +110,19 @@ pub(super) fn patch(image: &Path, wanted: &HashMap<RelPath, Wanted>) -> io::Resu
 
 fn want<'a>(wanted: &'a HashMap<RelPath, Wanted>, path: &[u8]) -> io::Result<&'a Wanted> {
     wanted.get(path).ok_or_else(|| corrupt(&format!("{}: in the image but not in the tree", lossy(path))))
+}
+
+/// An xattr in the image that the layers did not give: the host's, added
+/// to the shadow tree (an SELinux label, an inherited default ACL).
+fn foreign_xattr(path: &[u8], index: u8, name: &[u8]) -> io::Error {
+    let message = format!(
+        "erofs: {}: the tree mkfs.erofs read carries an xattr the layers did not give (name index {index}, {:?}): \
+         the host's filesystem adds it (an SELinux label? a default ACL?); build on a filesystem that adds none, \
+         or build an ext4 disk",
+        lossy(path),
+        lossy(name)
+    );
+    io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
 fn corrupt(what: &str) -> io::Error {
@@ -162,6 +185,9 @@ impl Image {
         let root_nid = u64::from(u16::from_le_bytes([sb[14], sb[15]]));
         let meta_blkaddr = u64::from(u32::from_le_bytes(sb[40..44].try_into().expect("4 bytes")));
         let feature_compat = u32::from_le_bytes(sb[8..12].try_into().expect("4 bytes"));
+        if feature_compat & XATTR_FILTER != 0 {
+            return Err(corrupt("xattr name filters, which this patch would leave stale"));
+        }
         Ok(Image { file, len, block, meta_start: meta_blkaddr * block, root_nid, feature_compat })
     }
 
@@ -266,35 +292,34 @@ impl Image {
             fields[16..20].copy_from_slice(&rdev.to_le_bytes());
         }
         self.write(inode.at, &fields)?;
-        if !wanted.moved_xattrs.is_empty() {
-            self.move_xattrs(&inode, path, &wanted.moved_xattrs)?;
-        }
-        Ok(())
+        self.set_xattr_namespaces(&inode, path, &wanted.xattrs)
     }
 
-    /// Sets the name index of the inline `user.*` xattrs `moved` names.
-    fn move_xattrs(&self, inode: &Inode, path: &[u8], moved: &[(Vec<u8>, u8)]) -> io::Result<()> {
-        let size = inode.xattr_size();
-        let mut body = vec![0u8; size as usize];
+    /// Checks that the inode's xattrs are inline and exactly the `user.*`
+    /// ones `xattrs` names (a host's SELinux label or default ACL on the
+    /// shadow tree would be refused here), and gives each its namespace.
+    fn set_xattr_namespaces(&self, inode: &Inode, path: &[u8], xattrs: &[(Vec<u8>, u8)]) -> io::Result<()> {
+        let mut body = vec![0u8; inode.xattr_size() as usize];
         let start = inode.at + EXTENDED_INODE;
         self.read(&mut body, start)?;
-        let shared = usize::from(body.get(4).copied().unwrap_or(0));
-        let mut at = 12 + 4 * shared;
-        let mut found = 0;
+        if body.get(4).is_some_and(|&shared| shared != 0) {
+            return Err(corrupt(&format!("{}: shared xattrs, which mkfs.erofs was told not to make", lossy(path))));
+        }
+        let mut left: Vec<&(Vec<u8>, u8)> = xattrs.iter().collect();
+        let mut at = 12;
         while at + 4 <= body.len() {
             let (name_len, index) = (usize::from(body[at]), body[at + 1]);
             let value_len = usize::from(u16::from_le_bytes([body[at + 2], body[at + 3]]));
             let name = body.get(at + 4..at + 4 + name_len).ok_or_else(|| corrupt("an xattr past its inode"))?;
-            if index == 1
-                && let Some((_, to)) = moved.iter().find(|(moved, _)| moved == name)
-            {
-                self.write(start + at as u64 + 1, &[*to])?;
-                found += 1;
-            }
+            let found = left.iter().position(|(wanted, _)| wanted == name).filter(|_| index == USER_INDEX);
+            let Some(found) = found else {
+                return Err(foreign_xattr(path, index, name));
+            };
+            self.write(start + at as u64 + 1, &[left.swap_remove(found).1])?;
             at += (4 + name_len + value_len).next_multiple_of(4);
         }
-        if found != moved.len() {
-            return Err(corrupt(&format!("{}: {} of {} xattrs found inline", lossy(path), found, moved.len())));
+        if !left.is_empty() {
+            return Err(corrupt(&format!("{}: {} of its xattrs are missing", lossy(path), left.len())));
         }
         Ok(())
     }

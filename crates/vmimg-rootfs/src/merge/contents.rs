@@ -2,7 +2,7 @@
 //! tree keeps, decompressed on several threads at once and handed on in an
 //! order the layers alone fix.
 //!
-//! Up to [`decoders`] layers are decoded at once, each on a thread of its
+//! [`DECODERS`] layers are decoded at once, each on a thread of its
 //! own that skips what the tree does not keep and sends the rest, in
 //! messages of at most [`PIECE`] bytes, through a channel where at most
 //! [`QUEUED`] messages wait (4 MiB a layer). The caller's thread takes
@@ -36,8 +36,10 @@ pub type LayerTar = Box<dyn Read + Send>;
 const PIECE: usize = 256 << 10;
 /// Messages that may wait in one layer's channel: 4 MiB of content at most.
 const QUEUED: usize = 16;
-/// The most layers decoded at once.
-const MAX_DECODERS: usize = 4;
+/// Layers decoded at once. A constant, not the host's core count: which
+/// layers start together is part of the order, which must not depend on
+/// the machine (four threads on one core cost nothing much).
+const DECODERS: usize = 4;
 
 type Pieces = Vec<(u64, Vec<u8>)>;
 
@@ -53,11 +55,6 @@ enum Message {
     End { stamp: u64 },
 }
 
-/// How many layers are decoded at once: one a core, at most [`MAX_DECODERS`].
-fn decoders() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_DECODERS)
-}
-
 /// Hands `take` the content of each kept file of `layers` (each a layer's
 /// number and the ordinals of its entries to keep, lowest layer first),
 /// reading them from `open_layer`, in the order the module's doc gives.
@@ -69,7 +66,7 @@ pub(super) fn for_each_file(
     std::thread::scope(|scope| {
         let mut waiting = layers.into_iter();
         let mut active: Vec<Decoding> = Vec::new();
-        for (layer, keep) in waiting.by_ref().take(decoders()) {
+        for (layer, keep) in waiting.by_ref().take(DECODERS) {
             active.push(Decoding::start(scope, layer, keep, 0, open_layer)?);
         }
         loop {
