@@ -52,6 +52,14 @@ use vmimg_rootfs::merge::{Entries, MergeOptions, Merged};
 
 /// Layers downloaded at once.
 const LAYER_JOBS: usize = 3;
+/// Layers of a merged tree read ahead of the merge at most.
+const READ_AHEAD: usize = 4;
+
+/// A layer's entries read ahead, and the permit that bounds how many are.
+struct ReadAhead {
+    entries: Entries,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
 
 /// Hears how a build goes.
 ///
@@ -151,7 +159,8 @@ impl Store {
     }
 
     /// Gets every layer into the cache, `LAYER_JOBS` at a time, and applies
-    /// them in order as they arrive (see [`Assembly`]); returns their
+    /// them in order as they arrive (see [`Assembly`]; a merged tree's are
+    /// read ahead, `READ_AHEAD` at most); returns their
     /// store-relative paths, what the tree could not keep of them, and the
     /// tree.
     async fn fetch_and_apply(
@@ -165,26 +174,28 @@ impl Store {
         use futures_util::StreamExt;
         let merges = blocking("the build", move || Ok(Assembly::merges(format))).await?;
         let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+        // A merged tree's layers are read ahead as they arrive, in order,
+        // READ_AHEAD at most at once (each holds a permit until merged).
+        let read_ahead_permits = Arc::new(tokio::sync::Semaphore::new(READ_AHEAD));
         let fetching = async move {
-            let fetches: Vec<_> = image
-                .layers
-                .iter()
-                .map(|layer| async {
-                    let relative = self.cached_layer(origin, layer, observer.clone()).await?;
-                    let (path, compression) = (self.root().join(&relative), layer.compression);
-                    // A merged tree's layers are read ahead as they arrive.
-                    let entries = match merges {
-                        true => Some(blocking("the build", move || read_ahead(&path, compression)).await?),
-                        false => None,
-                    };
-                    Ok::<_, Error>((relative, entries))
-                })
-                .collect();
-            let mut in_order = futures_util::stream::iter(fetches).buffered(LAYER_JOBS);
-            while let Some(fetched) = in_order.next().await {
-                let failed = fetched.is_err();
+            let fetches: Vec<_> =
+                image.layers.iter().map(|layer| self.cached_layer(origin, layer, observer.clone())).collect();
+            let mut in_order =
+                futures_util::stream::iter(fetches).buffered(LAYER_JOBS).zip(futures_util::stream::iter(&image.layers));
+            while let Some((fetched, layer)) = in_order.next().await {
+                let arrival = match (fetched, merges) {
+                    (Ok(relative), true) => {
+                        let permit = read_ahead_permits.clone().acquire_owned().await.expect("never closed");
+                        let (path, compression) = (self.root().join(&relative), layer.compression);
+                        blocking("the build", move || read_ahead(&path, compression))
+                            .await
+                            .map(|entries| (relative, Some(ReadAhead { entries, _permit: permit })))
+                    }
+                    (fetched, _) => fetched.map(|relative| (relative, None)),
+                };
+                let failed = arrival.is_err();
                 // The applier has stopped (it failed) or this fetch did: stop too.
-                if arrived.send(fetched).is_err() || failed {
+                if arrived.send(arrival).is_err() || failed {
                     break;
                 }
             }
@@ -200,6 +211,11 @@ impl Store {
                 let summary;
                 (assembly, summary) = blocking("the build", move || {
                     let _work = work;
+                    // The permit is held until the layer is merged.
+                    let (entries, _permit) = match entries {
+                        Some(ReadAhead { entries, _permit }) => (Some(entries), Some(_permit)),
+                        None => (None, None),
+                    };
                     assembly.add(&path, compression, entries)
                 })
                 .await?;

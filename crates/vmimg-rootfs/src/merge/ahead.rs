@@ -2,10 +2,12 @@
 //! layer is merged the next one decompresses on another core.
 //!
 //! The thread reads the layer's tar stream to its end (content skipped,
-//! every byte still read) and hands on the headers in batches, at most
-//! [`AHEAD`] entries ahead of the merge: a few MiB, whatever the layer's
-//! size, as only headers wait. Dropping [`Entries`] stops the thread at its
-//! next batch.
+//! every byte still read) and hands on the headers in batches of at most
+//! [`BATCH`] entries or [`BATCH_BYTES`] of names, link targets, xattrs and
+//! sparse maps, [`QUEUED`] batches at most ahead of the merge: a few MiB
+//! for any real layer, and under 64 MiB for a hostile one (one entry's
+//! metadata is bounded by the tar reader's limits). Dropping [`Entries`]
+//! stops the thread at its next batch.
 
 use std::io;
 use std::sync::mpsc::{Receiver, sync_channel};
@@ -15,10 +17,12 @@ use vmimg_tar::{Entry, Reader};
 use super::LayerTar;
 use crate::apply::LAYER_LIMITS;
 
-/// Entries in one message.
+/// The most entries in one message.
 const BATCH: usize = 256;
-/// The most entries read ahead of the merge.
-const AHEAD: usize = 16 * 1024;
+/// A message is sent once its entries' metadata reaches this.
+const BATCH_BYTES: usize = 1 << 20;
+/// Messages that may wait for the merge.
+const QUEUED: usize = 16;
 
 /// A batch of entries, or the layer's end.
 type Message = io::Result<Option<Vec<Entry>>>;
@@ -32,16 +36,18 @@ pub struct Entries {
 
 /// Starts reading the layer `tar` on a new thread.
 pub fn read_ahead(tar: LayerTar) -> io::Result<Entries> {
-    let (tx, rx) = sync_channel::<Message>(AHEAD / BATCH);
+    let (tx, rx) = sync_channel::<Message>(QUEUED);
     std::thread::Builder::new().name("vmimg-layer".into()).spawn(move || {
         let send = |message: Option<Vec<Entry>>| tx.send(Ok(message)).map_err(|_| io::Error::other("stopped"));
         let read = || {
             let mut reader = Reader::new(tar, LAYER_LIMITS);
-            let mut batch = Vec::with_capacity(BATCH);
+            let (mut batch, mut bytes) = (Vec::with_capacity(BATCH), 0);
             while let Some(entry) = reader.next_entry()? {
+                bytes += metadata_bytes(&entry);
                 batch.push(entry);
-                if batch.len() == BATCH {
+                if batch.len() == BATCH || bytes >= BATCH_BYTES {
                     send(Some(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))))?;
+                    bytes = 0;
                 }
             }
             io::copy(&mut reader.into_inner(), &mut io::sink())?;
@@ -53,6 +59,12 @@ pub fn read_ahead(tar: LayerTar) -> io::Result<Entries> {
         }
     })?;
     Ok(Entries { rx, batch: Vec::new().into_iter(), ended: false })
+}
+
+/// What an entry holds on the heap, about.
+fn metadata_bytes(entry: &Entry) -> usize {
+    let xattrs: usize = entry.xattrs.iter().map(|(name, value)| name.len() + value.len()).sum();
+    entry.path.len() + entry.link_name.len() + xattrs + entry.segments.len() * 16 + 128
 }
 
 impl Iterator for Entries {
@@ -110,7 +122,7 @@ mod tests {
 
     #[test]
     fn dropping_the_entries_stops_the_reader() {
-        let tar = layer(&[0; 3 * AHEAD]);
+        let tar = layer(&[0; 3 * QUEUED * BATCH]);
         let mut entries = read_ahead(open(tar)).unwrap();
         assert!(entries.next().unwrap().is_ok());
         drop(entries); // the thread, blocked on a full channel, ends
