@@ -21,6 +21,7 @@
 
 use std::collections::HashSet;
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::Scope;
 
@@ -63,50 +64,68 @@ pub(super) fn for_each_file(
     open_layer: &mut dyn FnMut(usize) -> io::Result<LayerTar>,
     take: &mut dyn FnMut(Source, &mut Content<'_>) -> io::Result<()>,
 ) -> io::Result<()> {
+    // Set when the caller's side fails: the decoders stop at their next
+    // entry rather than read their layers to the end.
+    let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let mut waiting = layers.into_iter();
-        let mut active: Vec<Decoding> = Vec::new();
-        for (layer, keep) in waiting.by_ref().take(DECODERS) {
-            active.push(Decoding::start(scope, layer, keep, 0, open_layer)?);
+        let handed = hand_on(scope, &stop, layers, open_layer, take);
+        if handed.is_err() {
+            stop.store(true, Ordering::Relaxed);
         }
-        loop {
-            // Every decoding layer shows its next file, or ends and makes
-            // room for the next layer, which starts at its end.
-            let mut i = 0;
-            while i < active.len() {
-                if active[i].head.is_some() {
-                    i += 1;
-                    continue;
-                }
-                if let Some(end) = active[i].next_head()? {
-                    active.remove(i);
-                    if let Some((layer, keep)) = waiting.next() {
-                        active.push(Decoding::start(scope, layer, keep, end, open_layer)?);
-                    }
+        handed
+    })
+}
+
+/// [`for_each_file`]'s work, its decoders spawned in `scope`.
+fn hand_on<'scope>(
+    scope: &'scope Scope<'scope, '_>,
+    stop: &'scope AtomicBool,
+    layers: Vec<(usize, HashSet<u64>)>,
+    open_layer: &mut dyn FnMut(usize) -> io::Result<LayerTar>,
+    take: &mut dyn FnMut(Source, &mut Content<'_>) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut waiting = layers.into_iter();
+    let mut active: Vec<Decoding> = Vec::new();
+    for (layer, keep) in waiting.by_ref().take(DECODERS) {
+        active.push(Decoding::start(scope, stop, layer, keep, 0, open_layer)?);
+    }
+    loop {
+        // Every decoding layer shows its next file, or ends and makes
+        // room for the next layer, which starts at its end.
+        let mut i = 0;
+        while i < active.len() {
+            if active[i].head.is_some() {
+                i += 1;
+                continue;
+            }
+            if let Some(end) = active[i].next_head()? {
+                active.remove(i);
+                if let Some((layer, keep)) = waiting.next() {
+                    active.push(Decoding::start(scope, stop, layer, keep, end, open_layer)?);
                 }
             }
-            let Some(next) = active.iter_mut().min_by_key(|d| (d.base + d.head.as_ref().map_or(0, |h| h.1), d.layer))
-            else {
-                return Ok(());
-            };
-            let (ordinal, _, mut pieces, mut last) = next.head.take().expect("every decoding layer has a head");
-            let (layer, rx) = (next.layer, &next.rx);
-            take(Source { layer, ordinal }, &mut |sink| {
-                loop {
-                    for (offset, bytes) in pieces.drain(..) {
-                        sink(offset, &bytes)?;
-                    }
-                    if last {
-                        return Ok(());
-                    }
-                    match receive(rx)? {
-                        Message::More { pieces: more, last: more_last } => (pieces, last) = (more, more_last),
-                        _ => return Err(io::Error::other("a layer's decoder sent a file before the last ended")),
-                    }
-                }
-            })?;
         }
-    })
+        let Some(next) = active.iter_mut().min_by_key(|d| (d.base + d.head.as_ref().map_or(0, |h| h.1), d.layer))
+        else {
+            return Ok(());
+        };
+        let (ordinal, _, mut pieces, mut last) = next.head.take().expect("every decoding layer has a head");
+        let (layer, rx) = (next.layer, &next.rx);
+        take(Source { layer, ordinal }, &mut |sink| {
+            loop {
+                for (offset, bytes) in pieces.drain(..) {
+                    sink(offset, &bytes)?;
+                }
+                if last {
+                    return Ok(());
+                }
+                match receive(rx)? {
+                    Message::More { pieces: more, last: more_last } => (pieces, last) = (more, more_last),
+                    _ => return Err(io::Error::other("a layer's decoder sent a file before the last ended")),
+                }
+            }
+        })?;
+    }
 }
 
 /// A layer being decoded, and its next kept file once it has come.
@@ -121,6 +140,7 @@ struct Decoding {
 impl Decoding {
     fn start<'scope>(
         scope: &'scope Scope<'scope, '_>,
+        stop: &'scope AtomicBool,
         layer: usize,
         keep: HashSet<u64>,
         base: u64,
@@ -128,12 +148,12 @@ impl Decoding {
     ) -> io::Result<Decoding> {
         let tar = open_layer(layer)?;
         let (tx, rx) = sync_channel(QUEUED);
-        scope.spawn(move || {
-            if let Err(error) = decode(tar, &keep, &tx) {
+        std::thread::Builder::new().name("vmimg-decode".into()).spawn_scoped(scope, move || {
+            if let Err(error) = decode(tar, &keep, stop, &tx) {
                 // Nobody listens once the caller has stopped.
                 let _ = tx.send(Err(error));
             }
-        });
+        })?;
         Ok(Decoding { layer, base, rx, head: None })
     }
 
@@ -156,11 +176,20 @@ fn receive(rx: &Receiver<io::Result<Message>>) -> io::Result<Message> {
 }
 
 /// Reads the tar stream `tar` to its end, sending the kept entries' content.
-fn decode(tar: LayerTar, keep: &HashSet<u64>, tx: &SyncSender<io::Result<Message>>) -> io::Result<()> {
-    let send = |message| tx.send(Ok(message)).map_err(|_| io::Error::other("the build stopped"));
+fn decode(
+    tar: LayerTar,
+    keep: &HashSet<u64>,
+    stop: &AtomicBool,
+    tx: &SyncSender<io::Result<Message>>,
+) -> io::Result<()> {
+    let stopped = || io::Error::other("the build stopped");
+    let send = |message| tx.send(Ok(message)).map_err(|_| stopped());
     let mut reader = Reader::new(tar, LAYER_LIMITS);
     let (mut ordinal, mut stamp) = (0u64, 0u64);
     while let Some(entry) = reader.next_entry()? {
+        if stop.load(Ordering::Relaxed) {
+            return Err(stopped());
+        }
         if keep.contains(&ordinal) {
             let (mut pieces, mut bytes, mut first) = (Pieces::new(), 0usize, true);
             let flush = |pieces: &mut Pieces, last: bool, first: &mut bool| {
