@@ -357,8 +357,8 @@ impl Assembly {
         Ok(Assembly::Tree { rootfs: tree, options })
     }
 
-    /// Adds the layer in `blob`, from its `entries` when they are read
-    /// ahead (blocking).
+    /// Adds the layer in `blob`: a merged tree from its `entries`, read
+    /// ahead; a directory from the blob (blocking).
     fn add(
         mut self,
         blob: &Path,
@@ -368,10 +368,11 @@ impl Assembly {
         let layer_error = |source| Error::Layer { path: blob.to_owned(), source };
         let summary = match (&mut self, entries) {
             (Assembly::Merged(merged), Some(entries)) => merged.add_entries(entries).map_err(layer_error)?,
-            (Assembly::Merged(merged), None) => merged.add_layer(layer_tar(blob, compression)?).map_err(layer_error)?,
-            (Assembly::Tree { rootfs, .. }, _) => {
+            (Assembly::Tree { rootfs, .. }, None) => {
                 rootfs.apply_layer(layer_tar(blob, compression)?).map_err(layer_error)?
             }
+            // `merges` decides both: a merged tree's layers are read ahead, a directory's are not.
+            _ => return Err(Error::Internal("a layer read ahead or not, against what its tree takes".into())),
         };
         Ok((self, summary))
     }
