@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use http::{HeaderValue, StatusCode, header};
 use serde::Deserialize;
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,14 +53,21 @@ impl CreateImage {
     }
 }
 
-/// Every image: those in the store, then those being made or failed.
+/// Every image: those in the store, then those being made or failed (an
+/// image whose job still runs is shown as its job, as [`find`] does).
 #[utoipa::path(get, path = "/v1/images", tag = "images",
     responses((status = 200, body = Vec<Image>), (status = "default", body = Problem)))]
 pub async fn list(State(app): State<Arc<App>>) -> Answer<Json<Vec<Image>>> {
-    let summaries = app.blocking(|store| store.images()).await?;
-    let mut images: Vec<Image> = summaries.iter().map(|s| Image::ready(&s.record)).collect();
-    let ready: std::collections::HashSet<String> = images.iter().map(|i| i.name.clone()).collect();
     let jobs = app.jobs.all();
+    let running: HashSet<&str> =
+        jobs.iter().filter(|(_, job)| !job.state().status.is_done()).map(|(key, _)| key.as_str()).collect();
+    let summaries = app.blocking(|store| store.images()).await?;
+    let mut images: Vec<Image> = summaries
+        .iter()
+        .filter(|s| !running.contains(s.record.name.as_str()))
+        .map(|s| Image::ready(&s.record))
+        .collect();
+    let ready: HashSet<String> = images.iter().map(|i| i.name.clone()).collect();
     images.extend(jobs.iter().filter(|(key, _)| !ready.contains(key)).map(|(key, job)| Image::of_job(key, job)));
     Ok(Json(images))
 }
@@ -133,12 +141,19 @@ async fn in_store(app: &App, name: &str) -> Answer<Option<vmimg_store::ImageReco
     app.blocking(move |store| store.find_image(&name)).await
 }
 
-/// The image `name` names: in the store, or being made.
+/// The image `name` names: being made, in the store, or failed. A job
+/// running is asked first: its image record is written before the job (and
+/// a container build's record) ends, and an image is ready only once all
+/// that it is made of says so.
 async fn find(app: &App, name: &str) -> Answer<Image> {
+    let job = app.jobs.get(name);
+    if let Some(job) = job.as_ref().filter(|job| !job.state().status.is_done()) {
+        return Ok(Image::of_job(name, job));
+    }
     if let Some(record) = in_store(app, name).await? {
         return Ok(Image::ready(&record));
     }
-    match app.jobs.get(name) {
+    match job {
         Some(job) => Ok(Image::of_job(name, &job)),
         None => Err(Problem::not_found("image", name)),
     }

@@ -23,7 +23,10 @@
 //! the work directory of a pull refused for its digest, 180 ms for gc's
 //! removal of an instance, 230 ms for the removal of an image (its disk and
 //! its blob), 265 ms for an HTTP pull of 512 MiB and 250 ms for an OCI pull
-//! of 256 MiB in raw parts; off it, under 25 ms. `BOUND` lies between.
+//! of 256 MiB in raw parts; off it, under 25 ms. `BOUND` lies between. A
+//! pull late once (CI saw 84 ms once, a stall of the whole process) is
+//! measured again on a fresh store: work on the async thread is late every
+//! time.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -120,6 +123,37 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
+    let (output, held) = measure_once(what, job);
+    assert!(held < BOUND, "{what} held the async thread: a 5 ms tick came {held:?} late (bound {BOUND:?})");
+    output
+}
+
+/// As [`measure`], for a job that can be made afresh (`make(attempt)`):
+/// one made again if the first was late. A job that holds the async thread
+/// holds it every time; a machine that stalls the whole process once
+/// (direct reclaim under other tests' writeback, which schedstat does not
+/// count as waiting for a CPU) rarely does twice.
+fn measure_again<F>(what: &str, make: impl Fn(usize) -> F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (output, held) = measure_once(what, make(0));
+    if held < BOUND {
+        return output;
+    }
+    eprintln!("{what}: late once ({held:?}); measured again");
+    measure(what, make(1))
+}
+
+/// Runs `job` on one worker thread beside the ticker; prints the ticker's
+/// worst lateness; returns the job's output and that lateness for the
+/// worker's own work.
+fn measure_once<F>(what: &str, job: F) -> (F::Output, Duration)
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).event_interval(1).enable_all().build().unwrap();
     let started = Instant::now();
@@ -135,8 +169,7 @@ where
         "{what}: took {:.2?}; a 5 ms tick came {held:.2?} late for the worker's own work ({seen:.2?} by the clock)",
         started.elapsed()
     );
-    assert!(held < BOUND, "{what} held the async thread: a 5 ms tick came {held:?} late (bound {BOUND:?})");
-    output
+    (output, held)
 }
 
 /// Runs `job` to its end on a runtime of its own (set-up, not measured).
@@ -161,7 +194,10 @@ fn a_local_qcow2_pull_leaves_the_async_thread_free() {
     };
     assert!(matches!(refused, vmimg_store::Error::DigestMismatch { .. }), "{refused}");
     assert_eq!(std::fs::read_dir(store.root().join("tmp")).unwrap().count(), 0, "the work directory was left");
-    let pulled = measure("a local qcow2 pull", async move { pull(&store, &source).await });
+    let pulled = measure_again("a local qcow2 pull", |attempt| {
+        let (store, source) = (open_store(&dir.path().join(format!("store-{attempt}"))), source.clone());
+        async move { pull(&store, &source).await }
+    });
     assert_eq!(pulled.record.virtual_size, DISK_MIB << 20);
 }
 
@@ -177,8 +213,10 @@ fn serve_large_qcow2(dir: &Path) -> (vmimg_testserver::TestServer, String) {
 fn an_http_qcow2_pull_leaves_the_async_thread_free() {
     let Some(dir) = scratch(QEMU) else { return };
     let (_server, url) = serve_large_qcow2(dir.path());
-    let store = open_store(&dir.path().join("store"));
-    let pulled = measure("an HTTP qcow2 pull", async move { pull(&store, &url).await });
+    let pulled = measure_again("an HTTP qcow2 pull", |attempt| {
+        let (store, url) = (open_store(&dir.path().join(format!("store-{attempt}"))), url.clone());
+        async move { pull(&store, &url).await }
+    });
     assert_eq!(pulled.record.virtual_size, DISK_MIB << 20);
 }
 
@@ -236,10 +274,10 @@ fn an_oci_pull_of_raw_parts_leaves_the_async_thread_free() {
         let key = pull(&pusher, &source).await.record.name;
         pusher.push(&key, &reference, &push, &vmimg_fetch::NoProgress).await.unwrap()
     });
-    let store = open_store(&dir.path().join("store"));
-    let pulled = measure("an OCI pull of raw parts", async move {
+    let pulled = measure_again("an OCI pull of raw parts", |attempt| {
+        let store = open_store(&dir.path().join(format!("store-{attempt}")));
         let source = format!("oci://{reference}");
-        store.get(&source, &vmimg_store::GetOptions::default()).await.unwrap()
+        async move { store.get(&source, &vmimg_store::GetOptions::default()).await.unwrap() }
     });
     assert_eq!(pulled.record.blobs.len(), 4);
 }
