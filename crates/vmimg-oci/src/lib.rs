@@ -8,6 +8,8 @@
 //!   helpers, run bounded);
 //! - cloud images in a registry ([`Registry::cloud_image`],
 //!   [`Registry::stream_disk`], [`Registry::push_disk`]);
+//! - [`hosts`]: registry hosts (mirrors, pull-through caches, TLS) as
+//!   containerd's `hosts.toml` files configure them;
 //! - [`container`]: container images' manifests (layers and their
 //!   compression) and run configs, for building disks from them;
 //! - [`artifact`]: cloud-image artifacts as cocoonstack publishes them
@@ -26,6 +28,7 @@ mod auth;
 mod cloud;
 pub mod container;
 mod helper;
+pub mod hosts;
 pub mod layout;
 mod reference;
 mod registry;

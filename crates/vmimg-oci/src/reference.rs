@@ -16,6 +16,8 @@ use vmimg_fetch::Digest;
 
 /// Docker Hub's name in references.
 pub const DOCKER_HUB: &str = "docker.io";
+/// Where Docker Hub's API answers.
+pub(crate) const DOCKER_HUB_API: &str = "registry-1.docker.io";
 /// The tag of a reference that names none.
 pub const DEFAULT_TAG: &str = "latest";
 /// The longest repository name accepted (as Distribution does).
@@ -107,7 +109,7 @@ impl Reference {
     /// The host the registry API answers on (Docker Hub's is not docker.io).
     pub fn api_host(&self) -> &str {
         match self.registry.as_str() {
-            DOCKER_HUB => "registry-1.docker.io",
+            DOCKER_HUB => DOCKER_HUB_API,
             other => other,
         }
     }
