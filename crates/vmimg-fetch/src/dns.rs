@@ -58,6 +58,33 @@ pub struct ResolveFailed {
     pub reason: String,
 }
 
+/// What TLS refused, if that is why `error` (a request's error) failed: a
+/// certificate that does not verify (a `rustls::Error` among the causes,
+/// inside I/O errors), or a fatal alert from the server (a client
+/// certificate it wanted or refused), which rustls reports as text. Trying
+/// again does not help.
+pub fn tls_refused(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(refused) = error.downcast_ref::<rustls::Error>() {
+            return Some(refused.to_string());
+        }
+        let io = error.downcast_ref::<std::io::Error>();
+        if let Some(io) = io
+            && io.kind() == std::io::ErrorKind::InvalidData
+            && io.to_string().starts_with("received fatal alert")
+        {
+            return Some(io.to_string());
+        }
+        // An I/O error's source is its inner error's source: look at the inner one itself.
+        cause = match io.and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    None
+}
+
 /// The name that did not resolve, if that is why `error` (a request's
 /// error, say) failed: a [`ResolveFailed`] among its causes.
 pub fn unresolved<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e ResolveFailed> {
@@ -75,13 +102,26 @@ pub fn unresolved<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'
 /// connect and read timeouts of `options`, names resolved by
 /// [`SystemResolver`].
 pub fn http_client(options: &FetchOptions) -> Result<reqwest::Client> {
+    build_client(client_builder(options))
+}
+
+/// What [`http_client`] builds, for a caller to add to (a registry host's
+/// certificates).
+pub fn client_builder(options: &FetchOptions) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("vmimg/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(options.connect_timeout)
         .read_timeout(options.read_timeout)
         .dns_resolver(SystemResolver)
-        .build()
-        .map_err(|e| Error::Transfer { url: String::new(), message: format!("cannot start an HTTP client: {e}") })
+}
+
+/// The client `builder` makes; its failure (a certificate the TLS library
+/// refuses) as an error.
+pub fn build_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client> {
+    builder.build().map_err(|e| Error::Transfer {
+        url: String::new(),
+        message: format!("cannot start an HTTP client: {}", crate::error::chain(&e)),
+    })
 }
 
 #[cfg(test)]

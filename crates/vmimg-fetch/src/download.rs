@@ -113,6 +113,9 @@ pub trait Progress: Send + Sync {
     /// transport's: this crate's [`Error`], or a registry client's (downcast
     /// to look closer).
     fn retrying(&self, _error: &(dyn std::error::Error + 'static), _delay: Duration) {}
+    /// A registry host (`https://mirror.example`, the API root without
+    /// `/v2`) served a manifest or a whole blob.
+    fn served_by(&self, _host: &str) {}
 }
 
 /// Progress that nobody watches.
@@ -175,6 +178,12 @@ const WRITE_BLOCK: usize = 1 << 20;
 impl Fetcher {
     pub fn new(options: FetchOptions) -> Result<Fetcher> {
         Ok(Fetcher { client: crate::dns::http_client(&options)?, options })
+    }
+
+    /// A fetcher that sends through `client` (made by
+    /// [`client_builder`](crate::client_builder) with more settings).
+    pub fn with_client(client: reqwest::Client, options: FetchOptions) -> Fetcher {
+        Fetcher { client, options }
     }
 
     /// Downloads `url` into `partial`, resuming what an earlier attempt left

@@ -21,6 +21,13 @@ pub enum Error {
          you can reach, or use a local copy"
     )]
     Unresolved { url: String, host: String, reason: String },
+    /// TLS refused the connection: a server certificate that does not
+    /// verify, or a handshake the server ended. Not tried again.
+    #[error(
+        "{url}: TLS refused the connection: {reason}; give the registry's CA (`ca` in its hosts.toml) or the \
+         client certificate it asks for (`client`)"
+    )]
+    Tls { url: String, reason: String },
     #[error("GET {url}: the body is larger than the limit of {limit} bytes")]
     TooLarge { url: String, limit: u64 },
     #[error(
@@ -42,15 +49,11 @@ impl Error {
         if let Some(failed) = crate::dns::unresolved(&error) {
             return Error::Unresolved { url: url.to_owned(), host: failed.host.clone(), reason: failed.reason.clone() };
         }
-        // reqwest's Display hides the cause (timeout, reset): append it.
-        let error = error.without_url();
-        let mut message = error.to_string();
-        let mut cause = std::error::Error::source(&error);
-        while let Some(c) = cause {
-            message = format!("{message}: {c}");
-            cause = c.source();
+        if let Some(reason) = crate::dns::tls_refused(&error) {
+            return Error::Tls { url: url.to_owned(), reason };
         }
-        Error::Transfer { url: url.to_owned(), message }
+        // reqwest's Display hides the cause (timeout, reset): append it.
+        Error::Transfer { url: url.to_owned(), message: chain(&error.without_url()) }
     }
 
     /// Whether trying again may succeed: connection trouble (a name that
@@ -86,4 +89,15 @@ impl crate::Retryable for Error {
             _ => None,
         }
     }
+}
+
+/// An error and its causes on one line.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        message = format!("{message}: {c}");
+        cause = c.source();
+    }
+    message
 }

@@ -26,7 +26,7 @@ mod retry;
 mod speed;
 
 pub use digest::{Algorithm, Digest, DigestParseError, Hasher, digest_reader};
-pub use dns::{ResolveFailed, SystemResolver, http_client, unresolved};
+pub use dns::{ResolveFailed, SystemResolver, build_client, client_builder, http_client, tls_refused, unresolved};
 pub use download::{
     FetchOptions, Fetched, Fetcher, NoProgress, Progress, Request, Validators, meta_path, remove_partial,
 };

@@ -65,10 +65,10 @@ impl Registry {
         architecture: &str,
         progress: &dyn Progress,
     ) -> Result<(Pinned, OciImage)> {
-        let manifest = self.retry(progress, || self.manifest(reference)).await?;
+        let manifest = self.retry(progress, || self.manifest(reference, progress)).await?;
         let child = |digest: Digest| async move {
             let at = reference.at_digest(digest);
-            self.retry(progress, || self.manifest(&at)).await
+            self.retry(progress, || self.manifest(&at, progress)).await
         };
         let (digest, image) = classify(manifest, &reference.to_string(), architecture, child).await?;
         Ok((Pinned::new(reference, digest), image))
@@ -96,7 +96,7 @@ impl Registry {
         progress: &dyn Progress,
     ) -> Result<RunConfig> {
         let config = &image.config;
-        let small_blob = || self.small_blob(reference, &config.digest, config.size, MAX_CONFIG_BYTES);
+        let small_blob = || self.small_blob(reference, &config.digest, config.size, MAX_CONFIG_BYTES, progress);
         let bytes = self.retry(progress, small_blob).await?;
         Ok(container::parse_config(&bytes)?)
     }
@@ -158,19 +158,19 @@ impl Registry {
         out: &mut (dyn AsyncWrite + Unpin + Send),
         progress: &dyn Progress,
     ) -> Result<()> {
-        let mut hasher = Hasher::new(digest.algorithm());
-        let mut written = 0u64;
+        let mut sent = Sent { hasher: Hasher::new(digest.algorithm()), written: 0 };
         let mut retries = Retries::new(&self.options().fetch, progress);
+        let blob = BlobRef { reference, digest, size };
         loop {
-            let before = written;
-            match self.stream_attempt(reference, digest, size, &mut hasher, &mut written, out).await {
+            let before = sent.written;
+            match self.stream_attempt(&blob, &mut sent, out, progress).await {
                 Ok(()) => break,
                 // Asked to resume past the blob's end: it is shorter than described.
-                Err(Error::Status { status: 416, .. }) if written > 0 => {
-                    return Err(Error::BlobSize { digest: digest.clone(), expected: size, actual: written });
+                Err(Error::Status { status: 416, .. }) if sent.written > 0 => {
+                    return Err(Error::BlobSize { digest: digest.clone(), expected: size, actual: sent.written });
                 }
                 Err(e) if e.is_transient() => {
-                    if written > before {
+                    if sent.written > before {
                         retries.progressed();
                     }
                     if !retries.wait(&e).await {
@@ -180,10 +180,10 @@ impl Registry {
                 Err(e) => return Err(e),
             }
         }
-        if written != size {
-            return Err(Error::BlobSize { digest: digest.clone(), expected: size, actual: written });
+        if sent.written != size {
+            return Err(Error::BlobSize { digest: digest.clone(), expected: size, actual: sent.written });
         }
-        let actual = hasher.finish();
+        let actual = sent.hasher.finish();
         if actual != *digest {
             return Err(Error::BlobDigest { expected: digest.clone(), actual });
         }
@@ -192,31 +192,28 @@ impl Registry {
 
     async fn stream_attempt(
         &self,
-        reference: &Reference,
-        digest: &Digest,
-        size: u64,
-        hasher: &mut Hasher,
-        written: &mut u64,
+        blob: &BlobRef<'_>,
+        sent: &mut Sent,
         out: &mut (dyn AsyncWrite + Unpin + Send),
+        progress: &dyn Progress,
     ) -> Result<()> {
-        let response = self.blob_from(reference, digest, *written).await?;
+        let BlobRef { reference, digest, size } = *blob;
+        let response = self.blob_from(reference, digest, sent.written, progress).await?;
         let url = response.url().to_string();
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| Error::http(&url, e))?;
-            if *written + chunk.len() as u64 > size {
-                return Err(Error::BlobSize {
-                    digest: digest.clone(),
-                    expected: size,
-                    actual: *written + chunk.len() as u64,
-                });
+            let end = sent.written + chunk.len() as u64;
+            if end > size {
+                return Err(Error::BlobSize { digest: digest.clone(), expected: size, actual: end });
             }
-            hasher.update(&chunk);
+            sent.hasher.update(&chunk);
             out.write_all(&chunk).await.map_err(|e| Error::Output(e.to_string()))?;
-            *written += chunk.len() as u64;
+            sent.written = end;
         }
-        if *written < size {
-            return Err(Error::Http { url, message: format!("the body ended after {written} of {size} bytes") });
+        if sent.written < size {
+            let message = format!("the body ended after {} of {size} bytes", sent.written);
+            return Err(Error::Http { url, message });
         }
         Ok(())
     }
@@ -266,6 +263,20 @@ impl Registry {
         let sent = uploaded.iter().filter(|&&u| u).count();
         Ok(Pushed { digest, parts: uploaded.len(), sent })
     }
+}
+
+/// A blob to stream: where, which, how long.
+#[derive(Clone, Copy)]
+struct BlobRef<'a> {
+    reference: &'a Reference,
+    digest: &'a Digest,
+    size: u64,
+}
+
+/// What of a blob has been streamed: its bytes so far, hashed.
+struct Sent {
+    hasher: Hasher,
+    written: u64,
 }
 
 /// What a push did.

@@ -26,8 +26,6 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use crate::reference::{DOCKER_HUB, DOCKER_HUB_API};
-
 /// The directory hosts files are read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostsDir(pub PathBuf);
@@ -87,32 +85,32 @@ pub struct HostsError {
 const MAX_FILE_BYTES: u64 = 1 << 20;
 
 impl HostsDir {
-    /// The hosts of `registry` (`docker.io`, `127.0.0.1:5000`).
-    pub fn hosts(&self, registry: &str) -> Result<Hosts, HostsError> {
-        let server = default_server(registry);
+    /// The hosts of `registry` (`docker.io`, `127.0.0.1:5000`), whose
+    /// server is `server` (`https://registry-1.docker.io`) unless its file
+    /// says otherwise.
+    pub fn hosts(&self, registry: &str, server: &str) -> Result<Hosts, HostsError> {
         let own = self.0.join(registry);
         for dir in [&own, &self.0.join("_default")] {
             let file = dir.join("hosts.toml");
             if file.exists() {
                 let text = read_bounded(&file)?;
-                let hosts = parse(&text, &server, dir).map_err(|message| HostsError { path: file.clone(), message })?;
+                let hosts = parse(&text, server, dir).map_err(|message| HostsError { path: file.clone(), message })?;
                 return Ok(Hosts { hosts, file: Some(file) });
             }
         }
-        let api = api_root(&server, false).map_err(|message| HostsError { path: self.0.clone(), message })?;
-        let mut host = plain_host(api, true);
+        let mut hosts = Hosts::server_only(server)?;
         if own.is_dir() {
-            docker_certs(&own, &mut host)?;
+            docker_certs(&own, &mut hosts.hosts[0])?;
         }
-        Ok(Hosts { hosts: vec![host], file: None })
+        Ok(hosts)
     }
 }
 
-/// The server a registry is reached at when nothing says otherwise.
-fn default_server(registry: &str) -> String {
-    match registry {
-        DOCKER_HUB => format!("https://{DOCKER_HUB_API}"),
-        _ => format!("https://{registry}"),
+impl Hosts {
+    /// The registry's own server at `server` alone, with no settings.
+    pub fn server_only(server: &str) -> Result<Hosts, HostsError> {
+        let api = api_root(server, false).map_err(|message| HostsError { path: PathBuf::from(server), message })?;
+        Ok(Hosts { hosts: vec![plain_host(api, true)], file: None })
     }
 }
 
@@ -328,7 +326,7 @@ server = "https://registry.example"
   dial_timeout = "500ms"
 "#;
         let (tmp, dir) = dir_with("registry.example", text);
-        let hosts = dir.hosts("registry.example").unwrap();
+        let hosts = dir.hosts("registry.example", "https://registry.example").unwrap();
         let apis: Vec<&str> = hosts.hosts.iter().map(|h| h.api.as_str()).collect();
         assert_eq!(
             apis,
@@ -354,12 +352,13 @@ server = "https://registry.example"
     #[test]
     fn the_default_file_serves_registries_without_their_own() {
         let (_tmp, dir) = dir_with("_default", "[host.\"mirror.example\"]\n");
-        let hosts = dir.hosts("docker.io").unwrap();
+        let hosts = dir.hosts("docker.io", "https://registry-1.docker.io").unwrap();
         let apis: Vec<&str> = hosts.hosts.iter().map(|h| h.api.as_str()).collect();
         assert_eq!(apis, ["https://mirror.example/v2", "https://registry-1.docker.io/v2"]);
-        let none = HostsDir(PathBuf::from("/nonexistent/vmimg")).hosts("127.0.0.1:5000").unwrap();
+        let none =
+            HostsDir(PathBuf::from("/nonexistent/vmimg")).hosts("127.0.0.1:5000", "http://127.0.0.1:5000").unwrap();
         assert_eq!(none.hosts.len(), 1);
-        assert_eq!(none.hosts[0].api, "https://127.0.0.1:5000/v2");
+        assert_eq!(none.hosts[0].api, "http://127.0.0.1:5000/v2");
         assert!(none.file.is_none());
     }
 
@@ -371,11 +370,13 @@ server = "https://registry.example"
         for name in ["ca.crt", "client.cert", "client.key", "notes.txt"] {
             std::fs::write(own.join(name), "x").unwrap();
         }
-        let hosts = HostsDir(tmp.path().to_owned()).hosts("registry.example:443").unwrap();
+        let hosts =
+            HostsDir(tmp.path().to_owned()).hosts("registry.example:443", "https://registry.example:443").unwrap();
         assert_eq!(hosts.hosts[0].ca, [own.join("ca.crt")]);
         assert_eq!(hosts.hosts[0].client, [(own.join("client.cert"), Some(own.join("client.key")))]);
         std::fs::remove_file(own.join("client.key")).unwrap();
-        let error = HostsDir(tmp.path().to_owned()).hosts("registry.example:443").unwrap_err();
+        let error =
+            HostsDir(tmp.path().to_owned()).hosts("registry.example:443", "https://registry.example:443").unwrap_err();
         assert!(error.to_string().contains("client.key"), "{error}");
     }
 
@@ -393,7 +394,7 @@ server = "https://registry.example"
             ("not toml at all [", "expected"),
         ] {
             let (_tmp, dir) = dir_with("r.example", text);
-            let error = dir.hosts("r.example").unwrap_err();
+            let error = dir.hosts("r.example", "https://r.example").unwrap_err();
             assert!(error.to_string().contains("hosts.toml") && error.to_string().contains(says), "{text}: {error}");
         }
     }

@@ -27,6 +27,7 @@ pub mod artifact;
 mod auth;
 mod cloud;
 pub mod container;
+mod endpoint;
 mod helper;
 pub mod hosts;
 pub mod layout;

@@ -7,14 +7,24 @@
 //! `vmimg_fetch::Fetcher`, which already resumes with `Range`, retries with
 //! backoff and hashes while bytes stream; what is left is a few requests.
 //!
-//! - Endpoints: `https://HOST/v2/…`; plain HTTP for loopback hosts
-//!   (`localhost`, `127.0.0.0/8`, `[::1]`) and the hosts the caller marks
-//!   insecure. Docker Hub is `registry-1.docker.io`.
-//! - Auth: every request carries the authorization cached for its registry,
+//! - Hosts: a registry's own server is `https://HOST/v2/…`, plain HTTP for
+//!   loopback hosts (`localhost`, `127.0.0.0/8`, `[::1]`) and the hosts the
+//!   caller marks insecure; Docker Hub is `registry-1.docker.io`. A hosts
+//!   directory (containerd's `hosts.toml` layout, see `hosts`) may put
+//!   mirrors before it and give any host its certificates. Manifests by
+//!   tag go to the hosts that may `resolve`, by digest and blobs to those
+//!   that may `pull`, pushes to those that may `push`, each in order: a
+//!   host that fails (refused, timed out, an error status, a missing
+//!   manifest or blob, bytes of the wrong digest) is left for the next,
+//!   told to the caller's `Progress` as a retry, and what served is told as
+//!   `served_by`. Only the last host's failure is the caller's.
+//! - Auth: every request carries the authorization cached for its host,
 //!   repository and access; a `401` is answered once (token from the
 //!   challenge's realm, or Basic credentials), then the request is sent
-//!   again (see `auth`). A credential helper's answer is kept per registry,
-//!   so it runs once however many requests ask.
+//!   again (see `auth`). The caller's credentials go to the registry's own
+//!   server only; a mirror gets what Docker's config holds for it. A
+//!   credential helper's answer is kept per host, so it runs once however
+//!   many requests ask.
 //! - Manifests are read with a 4 MiB limit and hashed: a manifest asked for
 //!   by digest must have that digest.
 //! - Uploads are monolithic (`POST` then `PUT ?digest=` with the body
@@ -27,15 +37,18 @@
 //!   resolve ([`Error::Unresolved`]) is tried once more only.
 
 use crate::auth::{Challenge, CredentialSource, Credentials, DockerConfig, Login};
+use crate::endpoint::Endpoint;
 use crate::helper::HelperError;
+use crate::hosts::{Capabilities, Host, Hosts, HostsDir};
 use crate::reference::Reference;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
-use vmimg_fetch::{Algorithm, Digest, FetchOptions, Fetched, Fetcher, Hasher, Progress, Request, Retries};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vmimg_fetch::{Algorithm, Digest, FetchOptions, Fetched, Hasher, Progress, Request, Retries};
 
 /// A manifest larger than this is refused.
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
@@ -59,6 +72,12 @@ pub enum Error {
          reach, or a local copy of the image (an OCI layout or archive)"
     )]
     Unresolved { url: String, host: String, reason: String },
+    /// TLS refused the connection (see [`vmimg_fetch::Error::Tls`]).
+    #[error(
+        "{url}: TLS refused the connection: {reason}; give the registry's CA (`ca` in its hosts.toml) or the \
+         client certificate it asks for (`client`)"
+    )]
+    Tls { url: String, reason: String },
     #[error("{url}: the registry answered {status}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
     Status { url: String, status: u16, detail: Option<String> },
     #[error(
@@ -98,6 +117,13 @@ pub enum Error {
     /// A caller's argument that cannot work (a part size of 0, say).
     #[error("invalid {what}: {reason}")]
     InvalidInput { what: &'static str, reason: String },
+    #[error(transparent)]
+    Hosts(#[from] crate::hosts::HostsError),
+    #[error("{registry}: no host may {need} ({file} lists none with that capability)")]
+    NoHost { registry: String, need: &'static str, file: String },
+    /// A mirror failed; the next host is tried (told as a retry).
+    #[error("{host} failed, trying {next}: {source}")]
+    HostFailed { host: String, next: String, source: Box<Error> },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -106,12 +132,29 @@ impl Error {
     /// A request to `url` that failed: [`Error::Unresolved`] when its host
     /// name did not resolve, else [`Error::Http`] with every cause.
     pub(crate) fn http(url: &str, error: reqwest::Error) -> Error {
+        if let Some(reason) = vmimg_fetch::tls_refused(&error) {
+            return Error::Tls { url: url.to_owned(), reason };
+        }
         match vmimg_fetch::unresolved(&error) {
             Some(failed) => {
                 Error::Unresolved { url: url.to_owned(), host: failed.host.clone(), reason: failed.reason.clone() }
             }
             // The message names the URL already.
             None => Error::Http { url: url.to_owned(), message: error_chain(&error.without_url()) },
+        }
+    }
+
+    /// Whether the host that answered is to blame, so that another host may
+    /// do better: anything but this machine's own trouble (a file that
+    /// does not read, an output that does not take the bytes) or a
+    /// caller's mistake.
+    fn is_host_failure(&self) -> bool {
+        match self {
+            Error::Io { .. } | Error::Output(_) | Error::InvalidInput { .. } | Error::Config(_) | Error::Hosts(_) => {
+                false
+            }
+            Error::Fetch(e) => !matches!(e, vmimg_fetch::Error::Io { .. }),
+            _ => true,
         }
     }
 
@@ -159,6 +202,9 @@ pub struct RegistryOptions {
     pub credentials: Option<Credentials>,
     /// Docker's config.json; [`DockerConfig::default_path`] when None.
     pub docker_config: Option<PathBuf>,
+    /// Where `hosts.toml` files are read from (containerd's layout); none:
+    /// every registry is its own server alone.
+    pub hosts_dir: Option<PathBuf>,
     pub fetch: FetchOptions,
 }
 
@@ -178,6 +224,38 @@ impl Access {
     }
 }
 
+/// What a request asks of a host (its `capabilities`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Resolve,
+    Pull,
+    Push,
+}
+
+impl Need {
+    fn allowed(self, capabilities: &Capabilities) -> bool {
+        match self {
+            Need::Resolve => capabilities.resolve,
+            Need::Pull => capabilities.pull,
+            Need::Push => capabilities.push,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Need::Resolve => "resolve",
+            Need::Pull => "pull",
+            Need::Push => "push",
+        }
+    }
+
+    /// What reading `reference`'s manifest needs: a tag is resolved, a
+    /// digest pulled.
+    fn manifest(reference: &Reference) -> Need {
+        if reference.digest().is_some() { Need::Pull } else { Need::Resolve }
+    }
+}
+
 /// A manifest as the registry sent it.
 #[derive(Debug, Clone)]
 pub struct Manifest {
@@ -189,13 +267,15 @@ pub struct Manifest {
 
 /// A client for any number of registries.
 pub struct Registry {
+    /// The client of hosts without settings of their own.
     http: reqwest::Client,
-    fetcher: Fetcher,
     options: RegistryOptions,
     docker: DockerConfig,
-    /// Authorization by (registry, repository, access).
+    /// Each registry's hosts, in the order to try them, read once.
+    endpoints: Mutex<HashMap<String, Arc<[Arc<Endpoint>]>>>,
+    /// Authorization by (host, repository, access).
     auth: Mutex<HashMap<(String, String, Access), HeaderValue>>,
-    /// What credential helpers answered, by registry (held while one runs).
+    /// What credential helpers answered, by host (held while one runs).
     helped: tokio::sync::Mutex<HashMap<String, Option<Login>>>,
 }
 
@@ -206,30 +286,108 @@ impl Registry {
             None => DockerConfig::default(),
         };
         let http = vmimg_fetch::http_client(&options.fetch)?;
-        let fetcher = Fetcher::new(options.fetch.clone())?;
-        Ok(Registry { http, fetcher, options, docker, auth: Mutex::default(), helped: Default::default() })
+        Ok(Registry {
+            http,
+            options,
+            docker,
+            endpoints: Mutex::default(),
+            auth: Mutex::default(),
+            helped: Default::default(),
+        })
     }
 
     pub fn options(&self) -> &RegistryOptions {
         &self.options
     }
 
-    /// `https://HOST` (or `http://` for loopback and insecure hosts).
-    pub fn endpoint(&self, reference: &Reference) -> String {
+    /// The registry's own server when no hosts file says otherwise:
+    /// `https://HOST` (`http://` for loopback and insecure hosts).
+    pub fn default_server(&self, reference: &Reference) -> String {
         let plain = reference.is_loopback() || self.options.insecure.iter().any(|h| h == reference.registry());
         format!("{}://{}", if plain { "http" } else { "https" }, reference.api_host())
     }
 
-    fn url(&self, reference: &Reference, path: &str) -> String {
-        format!("{}/v2/{}/{path}", self.endpoint(reference), reference.repository())
+    /// The hosts of `reference`'s registry, in the order to try them (read
+    /// from the hosts directory on first use).
+    pub fn hosts(&self, reference: &Reference) -> Result<Vec<Host>> {
+        Ok(self.endpoints(reference)?.iter().map(|e| e.host.clone()).collect())
     }
 
-    /// The manifest `reference` names (its digest, else its tag).
-    pub async fn manifest(&self, reference: &Reference) -> Result<Manifest> {
-        let url = self.url(reference, &format!("manifests/{}", reference.manifest_reference()));
+    fn endpoints(&self, reference: &Reference) -> Result<Arc<[Arc<Endpoint>]>> {
+        let registry = reference.registry();
+        if let Some(found) = self.endpoints.lock().expect("endpoints").get(registry) {
+            return Ok(found.clone());
+        }
+        let server = self.default_server(reference);
+        let hosts = match &self.options.hosts_dir {
+            Some(dir) => HostsDir(dir.clone()).hosts(registry, &server)?,
+            None => Hosts::server_only(&server)?,
+        };
+        let made = hosts
+            .hosts
+            .into_iter()
+            .map(|host| Endpoint::new(host, registry, &self.options.fetch, &self.http).map(Arc::new))
+            .collect::<Result<Arc<[_]>>>()?;
+        let mut endpoints = self.endpoints.lock().expect("endpoints");
+        Ok(endpoints.entry(registry.to_owned()).or_insert(made).clone())
+    }
+
+    /// The hosts of `reference`'s registry that may `need`, in order.
+    fn able(&self, reference: &Reference, need: Need) -> Result<Vec<Arc<Endpoint>>> {
+        let all = self.endpoints(reference)?;
+        let able: Vec<_> = all.iter().filter(|e| need.allowed(&e.host.capabilities)).cloned().collect();
+        if able.is_empty() {
+            let file = match &self.options.hosts_dir {
+                Some(dir) => dir.join(reference.registry()).join("hosts.toml").display().to_string(),
+                None => "no hosts file".into(),
+            };
+            return Err(Error::NoHost { registry: reference.registry().to_owned(), need: need.name(), file });
+        }
+        Ok(able)
+    }
+
+    /// Runs `op` on each host that may `need` in turn until one succeeds,
+    /// telling `progress` which served; a host's failure passes to the next
+    /// (told to `progress` as a retry at once), the last host's is returned.
+    async fn on_hosts<T, F, Fut>(&self, reference: &Reference, need: Need, progress: &dyn Progress, op: F) -> Result<T>
+    where
+        F: Fn(Arc<Endpoint>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let hosts = self.able(reference, need)?;
+        for pair in hosts.windows(2) {
+            let (endpoint, next) = (&pair[0], &pair[1]);
+            match op(endpoint.clone()).await {
+                Ok(value) => {
+                    progress.served_by(endpoint.name());
+                    return Ok(value);
+                }
+                Err(e) if e.is_host_failure() => {
+                    tracing::info!(host = endpoint.name(), next = next.name(), error = %e, "a registry host failed");
+                    let (host, next) = (endpoint.name().to_owned(), next.name().to_owned());
+                    progress.retrying(&Error::HostFailed { host, next, source: Box::new(e) }, Duration::ZERO);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let last = hosts.last().expect("at least one host is able");
+        let value = op(last.clone()).await?;
+        progress.served_by(last.name());
+        Ok(value)
+    }
+
+    /// The manifest `reference` names (its digest, else its tag), from the
+    /// first host that has it.
+    pub async fn manifest(&self, reference: &Reference, progress: &dyn Progress) -> Result<Manifest> {
+        self.on_hosts(reference, Need::manifest(reference), progress, |e| self.manifest_at(e, reference)).await
+    }
+
+    async fn manifest_at(&self, endpoint: Arc<Endpoint>, reference: &Reference) -> Result<Manifest> {
+        let url = endpoint.url(reference, &format!("manifests/{}", reference.manifest_reference()));
         let accept = MANIFEST_TYPES.join(", ");
-        let response =
-            self.send(reference, Access::Pull, || self.http.get(&url).header(header::ACCEPT, &accept)).await?;
+        let response = self
+            .send(&endpoint, reference, Access::Pull, || endpoint.http.get(&url).header(header::ACCEPT, &accept))
+            .await?;
         let response = expect(response, &[StatusCode::OK], reference)?;
         let media_type = header_str(response.headers(), header::CONTENT_TYPE).unwrap_or_default().to_owned();
         let bytes = read_bounded(response, &url, MAX_MANIFEST_BYTES, "manifest").await?;
@@ -247,8 +405,10 @@ impl Registry {
     }
 
     /// Downloads blob `digest` of `size` bytes into `partial` (resuming
-    /// what is there), hashing it on the way; the caller checks the digest.
-    /// `progress` hears the bytes and every retry.
+    /// what is there for the same host), hashing it on the way. A mirror's
+    /// blob is checked here (size and digest; a wrong one is dropped and
+    /// the next host asked); the last host's is the caller's to check.
+    /// `progress` hears the bytes, every retry and the host that served.
     pub async fn fetch_blob(
         &self,
         reference: &Reference,
@@ -257,36 +417,87 @@ impl Registry {
         partial: &std::path::Path,
         progress: &dyn Progress,
     ) -> Result<Fetched> {
-        let url = self.url(reference, &format!("blobs/{digest}"));
-        let mut headers = HeaderMap::new();
-        if let Some(auth) = self.retry(progress, || self.authorization(reference, Access::Pull)).await? {
-            headers.insert(header::AUTHORIZATION, auth);
-        }
-        let request = Request { url: &url, headers, size: Some(size) };
-        Ok(self.fetcher.fetch_with(&request, digest.algorithm(), partial, progress).await?)
+        let last = self.able(reference, Need::Pull)?.last().map(|e| e.host.api.clone());
+        let last = last.as_deref();
+        self.on_hosts(reference, Need::Pull, progress, |endpoint| async move {
+            let url = endpoint.url(reference, &format!("blobs/{digest}"));
+            let mut headers = HeaderMap::new();
+            let authorize = || self.authorization(&endpoint, reference, Access::Pull);
+            if let Some(auth) = retry_with(&endpoint.fetch, progress, authorize).await? {
+                headers.insert(header::AUTHORIZATION, auth);
+            }
+            let request = Request { url: &url, headers, size: Some(size) };
+            let fetched = endpoint.fetcher.fetch_with(&request, digest.algorithm(), partial, progress).await?;
+            if last != Some(endpoint.host.api.as_str()) {
+                let wrong = if fetched.size != size {
+                    Some(Error::BlobSize { digest: digest.clone(), expected: size, actual: fetched.size })
+                } else if fetched.digest != *digest {
+                    Some(Error::BlobDigest { expected: digest.clone(), actual: fetched.digest.clone() })
+                } else {
+                    None
+                };
+                if let Some(wrong) = wrong {
+                    vmimg_fetch::remove_partial(partial)
+                        .map_err(|source| Error::Io { path: partial.to_owned(), source })?;
+                    return Err(wrong);
+                }
+            }
+            Ok(fetched)
+        })
+        .await
     }
 
-    /// A blob's body from byte `offset`, for streaming.
-    pub async fn blob_from(&self, reference: &Reference, digest: &Digest, offset: u64) -> Result<reqwest::Response> {
-        let url = self.url(reference, &format!("blobs/{digest}"));
-        let response = self
-            .send(reference, Access::Pull, || {
-                let request = self.http.get(&url);
-                if offset > 0 { request.header(header::RANGE, format!("bytes={offset}-")) } else { request }
-            })
-            .await?;
-        let wanted = if offset > 0 { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
-        expect(response, &[wanted], reference)
+    /// A blob's body from byte `offset`, for streaming, from the first host
+    /// that has it.
+    pub async fn blob_from(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        offset: u64,
+        progress: &dyn Progress,
+    ) -> Result<reqwest::Response> {
+        self.on_hosts(reference, Need::Pull, progress, |endpoint| async move {
+            let url = endpoint.url(reference, &format!("blobs/{digest}"));
+            let response = self
+                .send(&endpoint, reference, Access::Pull, || {
+                    let request = endpoint.http.get(&url);
+                    if offset > 0 { request.header(header::RANGE, format!("bytes={offset}-")) } else { request }
+                })
+                .await?;
+            let wanted = if offset > 0 { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+            expect(response, &[wanted], reference)
+        })
+        .await
     }
 
     /// A small blob (a config), whole in memory: its size must be `size`,
     /// at most `limit`, and its digest `digest`.
-    pub async fn small_blob(&self, reference: &Reference, digest: &Digest, size: u64, limit: u64) -> Result<Vec<u8>> {
-        let url = self.url(reference, &format!("blobs/{digest}"));
+    pub async fn small_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        limit: u64,
+        progress: &dyn Progress,
+    ) -> Result<Vec<u8>> {
         if size > limit {
+            let url = format!("{reference}@{digest}");
             return Err(Error::TooLarge { what: "config blob", url, limit: limit as usize });
         }
-        let response = self.blob_from(reference, digest, 0).await?;
+        self.on_hosts(reference, Need::Pull, progress, |endpoint| self.small_blob_at(endpoint, reference, digest, size))
+            .await
+    }
+
+    async fn small_blob_at(
+        &self,
+        endpoint: Arc<Endpoint>,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Vec<u8>> {
+        let url = endpoint.url(reference, &format!("blobs/{digest}"));
+        let response = self.send(&endpoint, reference, Access::Pull, || endpoint.http.get(&url)).await?;
+        let response = expect(response, &[StatusCode::OK], reference)?;
         let bytes = read_bounded(response, &url, size as usize, "config blob").await?;
         if bytes.len() as u64 != size {
             return Err(Error::BlobSize { digest: digest.clone(), expected: size, actual: bytes.len() as u64 });
@@ -300,10 +511,18 @@ impl Registry {
         Ok(bytes)
     }
 
+    /// The host pushes go to: the first that may push. A push is not
+    /// spread over hosts (a part on one and the manifest on another would
+    /// be no image).
+    fn push_host(&self, reference: &Reference) -> Result<Arc<Endpoint>> {
+        Ok(self.able(reference, Need::Push)?.swap_remove(0))
+    }
+
     /// Whether the repository holds blob `digest`.
     pub async fn has_blob(&self, reference: &Reference, digest: &Digest) -> Result<bool> {
-        let url = self.url(reference, &format!("blobs/{digest}"));
-        let response = self.send(reference, Access::Push, || self.http.head(&url)).await?;
+        let endpoint = self.push_host(reference)?;
+        let url = endpoint.url(reference, &format!("blobs/{digest}"));
+        let response = self.send(&endpoint, reference, Access::Push, || endpoint.http.head(&url)).await?;
         match response.status() {
             StatusCode::OK => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -342,8 +561,9 @@ impl Registry {
         len: u64,
         body: impl Fn() -> reqwest::Body,
     ) -> Result<()> {
-        let start = self.url(reference, "blobs/uploads/");
-        let response = self.send(reference, Access::Push, || self.http.post(&start)).await?;
+        let endpoint = self.push_host(reference)?;
+        let start = endpoint.url(reference, "blobs/uploads/");
+        let response = self.send(&endpoint, reference, Access::Push, || endpoint.http.post(&start)).await?;
         let response = expect(response, &[StatusCode::ACCEPTED], reference)?;
         let location = header_str(response.headers(), header::LOCATION)
             .ok_or_else(|| Error::Http { url: start.clone(), message: "no Location for the upload".into() })?;
@@ -351,8 +571,9 @@ impl Registry {
         let separator = if location.contains('?') { '&' } else { '?' };
         let put = format!("{location}{separator}digest={digest}");
         let response = self
-            .send(reference, Access::Push, || {
-                self.http
+            .send(&endpoint, reference, Access::Push, || {
+                endpoint
+                    .http
                     .put(&put)
                     .header(header::CONTENT_TYPE, "application/octet-stream")
                     .header(header::CONTENT_LENGTH, len)
@@ -364,11 +585,12 @@ impl Registry {
 
     /// Puts a manifest under `reference`'s tag (or digest); returns its digest.
     pub async fn put_manifest(&self, reference: &Reference, bytes: &[u8], media_type: &str) -> Result<Digest> {
-        let url = self.url(reference, &format!("manifests/{}", reference.manifest_reference()));
+        let endpoint = self.push_host(reference)?;
+        let url = endpoint.url(reference, &format!("manifests/{}", reference.manifest_reference()));
         let body = bytes.to_vec();
         let response = self
-            .send(reference, Access::Push, || {
-                self.http.put(&url).header(header::CONTENT_TYPE, media_type).body(body.clone())
+            .send(&endpoint, reference, Access::Push, || {
+                endpoint.http.put(&url).header(header::CONTENT_TYPE, media_type).body(body.clone())
             })
             .await?;
         expect(response, &[StatusCode::CREATED], reference)?;
@@ -378,94 +600,80 @@ impl Registry {
     /// Runs `attempt` until it succeeds or fails for good, with backoff
     /// between transient failures, each told to `progress`; a name that
     /// does not resolve is tried once more only (see [`Retries`]).
-    pub(crate) async fn retry<T, F, Fut>(&self, progress: &dyn Progress, mut attempt: F) -> Result<T>
+    pub(crate) async fn retry<T, F, Fut>(&self, progress: &dyn Progress, attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let mut retries = Retries::new(&self.options.fetch, progress);
-        loop {
-            match attempt().await {
-                Err(e) if e.is_transient() => {
-                    if !retries.wait(&e).await {
-                        return Err(e);
-                    }
-                }
-                outcome => return outcome,
-            }
-        }
+        retry_with(&self.options.fetch, progress, attempt).await
     }
 
     /// Sends the request `build` makes with the cached authorization; after
     /// a `401`, authorizes as the challenge asks and sends it once more.
     async fn send(
         &self,
+        endpoint: &Endpoint,
         reference: &Reference,
         access: Access,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
-        let cached = self.auth.lock().expect("auth cache").get(&auth_key(reference, access)).cloned();
-        let response = self.send_once(&build, cached.as_ref()).await?;
+        let cached = self.auth.lock().expect("auth cache").get(&auth_key(endpoint, reference, access)).cloned();
+        let response = send_once(&endpoint.http, &build, cached.as_ref()).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        let auth = self.authorize(reference, access, &response).await?;
-        let response = self.send_once(&build, Some(&auth)).await?;
+        let auth = self.authorize(endpoint, reference, access, &response).await?;
+        let response = send_once(&endpoint.http, &build, Some(&auth)).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
-            return Err(self.unauthorized(reference));
+            return Err(unauthorized(endpoint, reference));
         }
         Ok(response)
     }
 
-    async fn send_once(
-        &self,
-        build: &impl Fn() -> reqwest::RequestBuilder,
-        auth: Option<&HeaderValue>,
-    ) -> Result<reqwest::Response> {
-        let mut request = build();
-        if let Some(auth) = auth {
-            request = request.header(header::AUTHORIZATION, auth);
-        }
-        let request = request.build().map_err(|e| Error::Http { url: String::new(), message: e.to_string() })?;
-        let url = request.url().to_string();
-        self.http.execute(request).await.map_err(|e| Error::http(&url, e))
-    }
-
     /// The authorization for a blob download (fetched by another client):
     /// the cached one, else what the registry's `/v2/` challenge asks for.
-    async fn authorization(&self, reference: &Reference, access: Access) -> Result<Option<HeaderValue>> {
-        if let Some(auth) = self.auth.lock().expect("auth cache").get(&auth_key(reference, access)) {
+    async fn authorization(
+        &self,
+        endpoint: &Endpoint,
+        reference: &Reference,
+        access: Access,
+    ) -> Result<Option<HeaderValue>> {
+        if let Some(auth) = self.auth.lock().expect("auth cache").get(&auth_key(endpoint, reference, access)) {
             return Ok(Some(auth.clone()));
         }
-        let url = format!("{}/v2/", self.endpoint(reference));
-        let response = self.send_once(&|| self.http.get(&url), None).await?;
+        let url = endpoint.base();
+        let response = send_once(&endpoint.http, &|| endpoint.http.get(&url), None).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(None);
         }
-        self.authorize(reference, access, &response).await.map(Some)
+        self.authorize(endpoint, reference, access, &response).await.map(Some)
     }
 
     /// Answers the challenge of a `401` and caches the answer.
     async fn authorize(
         &self,
+        endpoint: &Endpoint,
         reference: &Reference,
         access: Access,
         response: &reqwest::Response,
     ) -> Result<HeaderValue> {
         let challenge = header_str(response.headers(), header::WWW_AUTHENTICATE).and_then(Challenge::parse);
-        let auth = self.answer(reference, access, challenge).await?;
-        self.auth.lock().expect("auth cache").insert(auth_key(reference, access), auth.clone());
+        let auth = self.answer(endpoint, reference, access, challenge).await?;
+        self.auth.lock().expect("auth cache").insert(auth_key(endpoint, reference, access), auth.clone());
         Ok(auth)
     }
 
-    /// What vmimg proves itself with to `reference`'s registry: the
-    /// caller's credentials, else what Docker's config.json says (a
-    /// helper's answer, asked once per registry, or an `auths` entry).
-    async fn login(&self, reference: &Reference) -> Result<Option<Login>> {
-        if let Some(credentials) = &self.options.credentials {
+    /// What vmimg proves itself with to `endpoint`: for the registry's own
+    /// server, the caller's credentials; else what Docker's config.json
+    /// says for the host (a helper's answer, asked once per host, or an
+    /// `auths` entry).
+    async fn login(&self, endpoint: &Endpoint) -> Result<Option<Login>> {
+        if let Some(credentials) = &self.options.credentials
+            && endpoint.host.is_server
+        {
             return Ok(Some(Login::Password(credentials.clone())));
         }
-        let registry = reference.registry();
+        let registry = endpoint.auth_name();
         let helper = match self.docker.source(registry) {
             CredentialSource::File(found) => return Ok(found.cloned().map(Login::Password)),
             CredentialSource::Helper(helper) => helper,
@@ -480,93 +688,129 @@ impl Registry {
     }
 
     /// The Authorization value that answers `challenge`.
-    async fn answer(&self, reference: &Reference, access: Access, challenge: Option<Challenge>) -> Result<HeaderValue> {
+    async fn answer(
+        &self,
+        endpoint: &Endpoint,
+        reference: &Reference,
+        access: Access,
+        challenge: Option<Challenge>,
+    ) -> Result<HeaderValue> {
         match challenge {
-            Some(Challenge::Basic) => match self.login(reference).await? {
+            Some(Challenge::Basic) => match self.login(endpoint).await? {
                 Some(Login::Password(credentials)) => Ok(basic(&credentials)),
                 Some(Login::IdentityToken(_)) => {
-                    Err(Error::IdentityTokenForBasic { registry: reference.registry().to_owned() })
+                    Err(Error::IdentityTokenForBasic { registry: endpoint.auth_name().to_owned() })
                 }
-                None => Err(self.unauthorized(reference)),
+                None => Err(unauthorized(endpoint, reference)),
             },
             Some(Challenge::Bearer { realm, service }) => {
-                let login = self.login(reference).await?;
+                let login = self.login(endpoint).await?;
                 let scope = access.scope(reference.repository());
-                let token = self.token(reference, &realm, service.as_deref(), &scope, login.as_ref()).await?;
+                let token = token(endpoint, reference, &realm, service.as_deref(), &scope, login.as_ref()).await?;
                 HeaderValue::from_str(&format!("Bearer {token}"))
                     .map_err(|_| Error::Http { url: realm, message: "the token is not a valid header value".into() })
             }
-            None => Err(self.unauthorized(reference)),
+            None => Err(unauthorized(endpoint, reference)),
         }
-    }
-
-    /// A bearer token from the realm, for `scope`.
-    async fn token(
-        &self,
-        reference: &Reference,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-        login: Option<&Login>,
-    ) -> Result<String> {
-        let request = self.token_request(realm, service, scope, login)?;
-        let response = request.send().await.map_err(|e| Error::http(realm, e))?;
-        match response.status() {
-            StatusCode::OK => {}
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(self.unauthorized(reference)),
-            _ => return Err(status_error(realm, response).await),
-        }
-        let body = read_bounded(response, realm, 1 << 20, "token response").await?;
-        #[derive(serde::Deserialize)]
-        struct Token {
-            token: Option<String>,
-            access_token: Option<String>,
-        }
-        let token: Token = serde_json::from_slice(&body)
-            .map_err(|e| Error::Http { url: realm.to_owned(), message: format!("bad token response: {e}") })?;
-        token
-            .token
-            .or(token.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| Error::Http { url: realm.to_owned(), message: "the token response holds no token".into() })
-    }
-
-    /// The request for a token: a `GET` with the scope and service, and the
-    /// password as Basic auth if there is one; for an identity token, the
-    /// OAuth2 refresh-token grant docker sends (a form `POST`).
-    fn token_request(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-        login: Option<&Login>,
-    ) -> Result<reqwest::RequestBuilder> {
-        let mut url = reqwest::Url::parse(realm)
-            .map_err(|e| Error::Http { url: realm.to_owned(), message: format!("bad token realm: {e}") })?;
-        if let Some(Login::IdentityToken(refresh)) = login {
-            let form = refresh_grant(refresh, service, scope);
-            return Ok(self
-                .http
-                .post(url)
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(form));
-        }
-        url.query_pairs_mut().append_pair("scope", scope).extend_pairs(service.map(|service| ("service", service)));
-        let request = self.http.get(url);
-        Ok(match login {
-            Some(Login::Password(c)) => request.basic_auth(&c.username, Some(&c.password)),
-            _ => request,
-        })
-    }
-
-    fn unauthorized(&self, reference: &Reference) -> Error {
-        Error::Unauthorized { registry: reference.registry().to_owned(), repository: reference.repository().to_owned() }
     }
 }
 
-/// Where the authorization for `access` to the repository is cached.
-fn auth_key(reference: &Reference, access: Access) -> (String, String, Access) {
-    (reference.registry().to_owned(), reference.repository().to_owned(), access)
+/// [`Registry::retry`] with the budget of `options`.
+async fn retry_with<T, F, Fut>(options: &FetchOptions, progress: &dyn Progress, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut retries = Retries::new(options, progress);
+    loop {
+        match attempt().await {
+            Err(e) if e.is_transient() => {
+                if !retries.wait(&e).await {
+                    return Err(e);
+                }
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Sends the request `build` makes through `http`, with `auth`.
+async fn send_once(
+    http: &reqwest::Client,
+    build: &impl Fn() -> reqwest::RequestBuilder,
+    auth: Option<&HeaderValue>,
+) -> Result<reqwest::Response> {
+    let mut request = build();
+    if let Some(auth) = auth {
+        request = request.header(header::AUTHORIZATION, auth);
+    }
+    let request = request.build().map_err(|e| Error::Http { url: String::new(), message: e.to_string() })?;
+    let url = request.url().to_string();
+    http.execute(request).await.map_err(|e| Error::http(&url, e))
+}
+
+/// A bearer token from the realm, for `scope`.
+async fn token(
+    endpoint: &Endpoint,
+    reference: &Reference,
+    realm: &str,
+    service: Option<&str>,
+    scope: &str,
+    login: Option<&Login>,
+) -> Result<String> {
+    let request = token_request(&endpoint.http, realm, service, scope, login)?;
+    let response = request.send().await.map_err(|e| Error::http(realm, e))?;
+    match response.status() {
+        StatusCode::OK => {}
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(unauthorized(endpoint, reference)),
+        _ => return Err(status_error(realm, response).await),
+    }
+    let body = read_bounded(response, realm, 1 << 20, "token response").await?;
+    #[derive(serde::Deserialize)]
+    struct Token {
+        token: Option<String>,
+        access_token: Option<String>,
+    }
+    let token: Token = serde_json::from_slice(&body)
+        .map_err(|e| Error::Http { url: realm.to_owned(), message: format!("bad token response: {e}") })?;
+    token
+        .token
+        .or(token.access_token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::Http { url: realm.to_owned(), message: "the token response holds no token".into() })
+}
+
+/// The request for a token: a `GET` with the scope and service, and the
+/// password as Basic auth if there is one; for an identity token, the
+/// OAuth2 refresh-token grant docker sends (a form `POST`).
+fn token_request(
+    http: &reqwest::Client,
+    realm: &str,
+    service: Option<&str>,
+    scope: &str,
+    login: Option<&Login>,
+) -> Result<reqwest::RequestBuilder> {
+    let mut url = reqwest::Url::parse(realm)
+        .map_err(|e| Error::Http { url: realm.to_owned(), message: format!("bad token realm: {e}") })?;
+    if let Some(Login::IdentityToken(refresh)) = login {
+        let form = refresh_grant(refresh, service, scope);
+        return Ok(http.post(url).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded").body(form));
+    }
+    url.query_pairs_mut().append_pair("scope", scope).extend_pairs(service.map(|service| ("service", service)));
+    let request = http.get(url);
+    Ok(match login {
+        Some(Login::Password(c)) => request.basic_auth(&c.username, Some(&c.password)),
+        _ => request,
+    })
+}
+
+fn unauthorized(endpoint: &Endpoint, reference: &Reference) -> Error {
+    Error::Unauthorized { registry: endpoint.auth_name().to_owned(), repository: reference.repository().to_owned() }
+}
+
+/// Where the authorization for `access` to the repository on a host is cached.
+fn auth_key(endpoint: &Endpoint, reference: &Reference, access: Access) -> (String, String, Access) {
+    (endpoint.host.api.clone(), reference.repository().to_owned(), access)
 }
 
 /// The form of an OAuth2 refresh-token grant for `scope`, as docker posts
@@ -686,7 +930,7 @@ mod tests {
             ..RegistryOptions::default()
         };
         let registry = Registry::new(options).unwrap();
-        let endpoint = |r: &str| registry.endpoint(&Reference::parse(r).unwrap());
+        let endpoint = |r: &str| registry.default_server(&Reference::parse(r).unwrap());
         assert_eq!(endpoint("alpine"), "https://registry-1.docker.io");
         assert_eq!(endpoint("ghcr.io/o/r"), "https://ghcr.io");
         assert_eq!(endpoint("registry.lan:5000/r"), "http://registry.lan:5000");
@@ -695,5 +939,32 @@ mod tests {
         assert_eq!(endpoint("127.0.0.1:5000/r"), "http://127.0.0.1:5000");
         assert_eq!(endpoint("[::1]:5000/r"), "http://[::1]:5000");
         assert_eq!(endpoint("127.example.com/r"), "https://127.example.com");
+    }
+
+    #[test]
+    fn a_hosts_file_puts_its_mirrors_before_the_default_server() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("127.0.0.1:5000")).unwrap();
+        let file = "[host.\"http://127.0.0.2:5001\"]\ncapabilities = [\"pull\"]\n";
+        std::fs::write(dir.path().join("127.0.0.1:5000/hosts.toml"), file).unwrap();
+        let options = RegistryOptions {
+            hosts_dir: Some(dir.path().to_owned()),
+            docker_config: Some("/nonexistent/config.json".into()),
+            ..RegistryOptions::default()
+        };
+        let registry = Registry::new(options).unwrap();
+        let apis = |r: &str| -> Vec<String> {
+            registry.hosts(&Reference::parse(r).unwrap()).unwrap().into_iter().map(|h| h.api).collect()
+        };
+        assert_eq!(apis("127.0.0.1:5000/vm/a"), ["http://127.0.0.2:5001/v2", "http://127.0.0.1:5000/v2"]);
+        assert_eq!(apis("127.0.0.1:5002/vm/a"), ["http://127.0.0.1:5002/v2"], "no file: the server alone");
+        // A tag is resolved by hosts that may resolve: the server only here.
+        let tagged = Reference::parse("127.0.0.1:5000/vm/a:1").unwrap();
+        let resolvers: Vec<String> =
+            registry.able(&tagged, Need::Resolve).unwrap().iter().map(|e| e.name().to_owned()).collect();
+        assert_eq!(resolvers, ["http://127.0.0.1:5000"]);
+        let pullers = registry.able(&tagged, Need::Pull).unwrap();
+        assert_eq!(pullers[0].url(&tagged, "blobs/x"), "http://127.0.0.2:5001/v2/vm/a/blobs/x?ns=127.0.0.1:5000");
+        assert_eq!(pullers[1].url(&tagged, "blobs/x"), "http://127.0.0.1:5000/v2/vm/a/blobs/x");
     }
 }

@@ -36,7 +36,7 @@ fn a_huge_manifest_is_refused() {
     let server = TestServer::start();
     server.add("/v2/big/manifests/1", vec![b' '; vmimg_oci::MAX_MANIFEST_BYTES + 1]);
     let reference = Reference::parse(&format!("{}/big:1", server.base_url().trim_start_matches("http://"))).unwrap();
-    let error = runtime().block_on(registry().manifest(&reference)).unwrap_err();
+    let error = runtime().block_on(registry().manifest(&reference, &vmimg_fetch::NoProgress)).unwrap_err();
     assert!(matches!(error, Error::TooLarge { .. }), "{error}");
 }
 
@@ -48,7 +48,7 @@ fn a_manifest_that_is_not_its_digest_is_refused() {
     server.add(&format!("/v2/x/manifests/{claimed}"), bytes);
     let host = server.base_url().trim_start_matches("http://").to_owned();
     let reference = Reference::parse(&format!("{host}/x@{claimed}")).unwrap();
-    let error = runtime().block_on(registry().manifest(&reference)).unwrap_err();
+    let error = runtime().block_on(registry().manifest(&reference, &vmimg_fetch::NoProgress)).unwrap_err();
     assert!(matches!(error, Error::ManifestDigest { .. }), "{error}");
 }
 

@@ -744,6 +744,12 @@ impl BuildObserver for Observer {
         }
     }
 
+    fn served_by(&self, host: &str) {
+        for observer in self.inner.observers(&self.id) {
+            observer.served_by(host);
+        }
+    }
+
     fn pulled(&self, bytes: u64) {
         self.inner.store.metrics().builds.bytes_pulled.inc_by(bytes);
         if let Some(build) = self.inner.state.lock().expect("build state").builds.get_mut(&self.id) {

@@ -75,6 +75,9 @@ pub trait BuildObserver: Send + Sync {
     /// A request to the registry (a manifest, the config, a layer) failed
     /// with `error` and is tried again after `delay`.
     fn retrying(&self, _error: &(dyn std::error::Error + 'static), _delay: std::time::Duration) {}
+    /// A registry host (a mirror, or the registry's own server) served a
+    /// manifest or a blob.
+    fn served_by(&self, _host: &str) {}
 }
 
 /// A build's observer as the [`Progress`] of its requests, which hears
@@ -84,6 +87,10 @@ pub(crate) struct BuildProgress(pub(crate) Arc<dyn BuildObserver>);
 impl Progress for BuildProgress {
     fn retrying(&self, error: &(dyn std::error::Error + 'static), delay: std::time::Duration) {
         self.0.retrying(error, delay);
+    }
+
+    fn served_by(&self, host: &str) {
+        self.0.served_by(host);
     }
 }
 

@@ -324,6 +324,10 @@ impl crate::container::BuildObserver for Retries {
     fn retrying(&self, error: &(dyn std::error::Error + 'static), delay: std::time::Duration) {
         self.0.retrying(error, delay);
     }
+
+    fn served_by(&self, host: &str) {
+        self.0.served_by(host);
+    }
 }
 
 /// Tells `observer` where `build` is.

@@ -90,6 +90,12 @@ impl Progress for Watermark {
             next.retrying(error, delay);
         }
     }
+
+    fn served_by(&self, host: &str) {
+        if let Some(next) = &self.next {
+            next.served_by(host);
+        }
+    }
 }
 
 /// Ends the watermark as failed when dropped, unless it ended before: a

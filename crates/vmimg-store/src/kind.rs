@@ -44,8 +44,8 @@ pub enum ErrorKind {
     /// 5xx and 429 answers, a transfer too slow. Trying again later may
     /// help.
     Unavailable,
-    /// Authentication or permission was refused: 401 or 403 answers,
-    /// EACCES or EPERM.
+    /// Authentication or permission was refused: 401 or 403 answers, a TLS
+    /// certificate that does not verify, EACCES or EPERM.
     Denied,
     /// The disk is full (ENOSPC), a quota is reached (EDQUOT), or a file
     /// would be too large (EFBIG).
@@ -198,6 +198,8 @@ pub(crate) fn of_fetch(error: &FetchError) -> ErrorKind {
             ErrorKind::Unavailable
         }
         FetchError::TooLarge { .. } => ErrorKind::Refused,
+        // A certificate that does not verify, or one the server wanted.
+        FetchError::Tls { .. } => ErrorKind::Denied,
         FetchError::GaveUp { last, .. } => of_fetch(last),
     }
 }
@@ -206,7 +208,7 @@ pub(crate) fn of_oci(error: &OciError) -> ErrorKind {
     match error {
         OciError::Http { .. } | OciError::Unresolved { .. } => ErrorKind::Unavailable,
         OciError::Status { status, .. } => of_status(*status),
-        OciError::Unauthorized { .. } => ErrorKind::Denied,
+        OciError::Unauthorized { .. } | OciError::Tls { .. } => ErrorKind::Denied,
         OciError::NotFound { .. } => ErrorKind::NotFound,
         OciError::TooLarge { .. }
         | OciError::ManifestDigest { .. }
@@ -223,6 +225,9 @@ pub(crate) fn of_oci(error: &OciError) -> ErrorKind {
         OciError::Io { source, .. } => of_io(source),
         OciError::InvalidInput { .. } => ErrorKind::InvalidInput,
         OciError::Layout(e) => of_layout(e),
+        // A hosts file that does not read, or that leaves no host to ask.
+        OciError::Hosts(_) | OciError::NoHost { .. } => ErrorKind::InvalidInput,
+        OciError::HostFailed { source, .. } => of_oci(source),
     }
 }
 

@@ -254,6 +254,12 @@ impl<F: Fn(u64) + Send + Sync> Progress for Received<F> {
             next.retrying(error, delay);
         }
     }
+
+    fn served_by(&self, host: &str) {
+        if let Some(next) = &self.next {
+            next.served_by(host);
+        }
+    }
 }
 
 /// `vmimg_store_bytes{part=…}`, measured at each scrape.

@@ -402,6 +402,12 @@ impl Progress for Tee {
             next.retrying(error, delay);
         }
     }
+
+    fn served_by(&self, host: &str) {
+        if let Some(next) = &self.progress.next {
+            next.served_by(host);
+        }
+    }
 }
 
 /// The whole pull's progress: bytes of every part added up.

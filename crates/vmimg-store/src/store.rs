@@ -31,6 +31,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmimg_fetch::{FetchOptions, Fetcher};
 
+/// Where registry hosts are configured (`hosts.toml` files in containerd's
+/// layout, or Docker's `certs.d` files) unless the registry options name
+/// another directory: the user's, never collected.
+pub const HOSTS_DIR: &str = "certs.d";
+
 /// How to open a store.
 #[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
@@ -120,6 +125,7 @@ impl Store {
         }
         let arch = options.arch.or_else(Arch::host).ok_or(Error::NoHostArch { host: std::env::consts::ARCH })?;
         let locks = Locks::new(root.join("locks"));
+        let hosts_dir = options.registry.hosts_dir.clone().unwrap_or_else(|| root.join(HOSTS_DIR));
         let metrics = crate::metrics::Metrics::new(&root);
         Ok(Store {
             shared: Arc::new(Shared {
@@ -127,7 +133,11 @@ impl Store {
                 catalog,
                 mirrors,
                 arch,
-                registry_options: vmimg_oci::RegistryOptions { fetch: options.fetch.clone(), ..options.registry },
+                registry_options: vmimg_oci::RegistryOptions {
+                    fetch: options.fetch.clone(),
+                    hosts_dir: Some(hosts_dir),
+                    ..options.registry
+                },
                 fetch_options: options.fetch,
                 fetcher: std::sync::OnceLock::new(),
                 registry: std::sync::OnceLock::new(),

@@ -28,9 +28,10 @@ mod http;
 pub mod mounts;
 pub mod oci_image;
 mod registry;
+pub mod tls;
 pub mod trees;
 
-pub use registry::RegistryServer;
+pub use registry::{RegistryConfig, RegistryServer};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener, TcpStream};

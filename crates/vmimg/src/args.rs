@@ -67,6 +67,11 @@ pub struct RegistryArgs {
     /// trailing newline dropped), as `docker login --password-stdin` does.
     #[arg(long, requires = "username", group = "secret")]
     pub password_stdin: bool,
+    /// Where registry hosts are configured, as containerd reads them:
+    /// DIR/HOST[:PORT]/hosts.toml (mirrors, certificates), else
+    /// DIR/_default/hosts.toml [default: STORE/certs.d].
+    #[arg(long, value_name = "DIR")]
+    pub hosts_dir: Option<PathBuf>,
 }
 
 /// A password read from standard input larger than this is refused.
@@ -184,6 +189,7 @@ impl Opening<'_> {
             Some(r) => vmimg_oci::RegistryOptions {
                 insecure: r.insecure_registry.clone(),
                 credentials: r.credentials()?,
+                hosts_dir: r.hosts_dir.clone(),
                 ..Default::default()
             },
             None => Default::default(),

@@ -407,7 +407,7 @@ enum BuildsCommand {
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
         #[command(flatten)]
-        get: GetArgs,
+        get: Box<GetArgs>,
     },
     /// Remove a finished build's record and the image it made.
     Rm {

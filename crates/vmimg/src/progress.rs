@@ -1,6 +1,6 @@
 //! What a `get` is doing, on stderr: a bar (bytes, rate, ETA) or a spinner
-//! with the stage while stderr is a terminal; otherwise a line per stage
-//! and retry notes. Nothing when quiet. Work without a bar (`cat`, `push`,
+//! with the stage and the registry hosts serving it while stderr is a
+//! terminal; otherwise a line per stage, per serving host, and retry notes. Nothing when quiet. Work without a bar (`cat`, `push`,
 //! a catalog refresh) prints the retry notes alone ([`Notes`]): no retry of
 //! any transport waits silently.
 
@@ -17,6 +17,9 @@ pub struct Report {
     quiet: bool,
     label: String,
     stage: Mutex<Option<Stage>>,
+    /// The registry hosts that served manifests or blobs, in the order
+    /// they first did.
+    hosts: Mutex<Vec<String>>,
 }
 
 const SPINNER: &str = "{spinner} {msg} {bytes} {elapsed}";
@@ -35,7 +38,21 @@ impl Report {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        Report { bar, quiet, label: label.to_owned(), stage: Mutex::new(None) }
+        Report { bar, quiet, label: label.to_owned(), stage: Mutex::new(None), hosts: Mutex::default() }
+    }
+
+    /// The registry hosts that served, in the order they first did.
+    pub fn hosts(&self) -> Vec<String> {
+        self.hosts.lock().expect("hosts").clone()
+    }
+
+    /// The bar's message: the label, the stage, the hosts serving.
+    fn message(&self) -> String {
+        let stage =
+            self.stage.lock().expect("stage").map(|stage| format!(" {}", stage_text(stage))).unwrap_or_default();
+        let hosts = self.hosts();
+        let via = if hosts.is_empty() { String::new() } else { format!(" from {}", hosts.join(", ")) };
+        format!("{}{stage}{via}", self.label)
     }
 
     pub fn finish(&self) {
@@ -71,25 +88,45 @@ impl Progress for Report {
             None => {}
         }
     }
+
+    fn served_by(&self, host: &str) {
+        {
+            let mut hosts = self.hosts.lock().expect("hosts");
+            if hosts.iter().any(|h| h == host) {
+                return;
+            }
+            hosts.push(host.to_owned());
+        }
+        match &self.bar {
+            Some(bar) => bar.set_message(self.message()),
+            None if !self.quiet => eprintln!("{}: from {host}", self.label),
+            None => {}
+        }
+    }
 }
 
 impl Observer for Report {
     fn stage(&self, stage: Stage) {
-        let mut last = self.stage.lock().expect("stage");
-        if *last == Some(stage) {
-            return;
+        {
+            let mut last = self.stage.lock().expect("stage");
+            if *last == Some(stage) {
+                return;
+            }
+            *last = Some(stage);
         }
-        *last = Some(stage);
-        let text = match stage {
-            Stage::Queued { position } => format!("queued (position {position})"),
-            Stage::Pulling => "pulling".to_owned(),
-            Stage::Converting => "converting".to_owned(),
-        };
         match &self.bar {
-            Some(bar) => bar.set_message(format!("{} {text}", self.label)),
-            None if !self.quiet => eprintln!("{}: {text}", self.label),
+            Some(bar) => bar.set_message(self.message()),
+            None if !self.quiet => eprintln!("{}: {}", self.label, stage_text(stage)),
             None => {}
         }
+    }
+}
+
+fn stage_text(stage: Stage) -> String {
+    match stage {
+        Stage::Queued { position } => format!("queued (position {position})"),
+        Stage::Pulling => "pulling".to_owned(),
+        Stage::Converting => "converting".to_owned(),
     }
 }
 
@@ -98,8 +135,12 @@ fn stderr_width() -> Option<u16> {
     rustix::termios::tcgetwinsize(std::io::stderr()).ok().map(|size| size.ws_col).filter(|&columns| columns > 0)
 }
 
-/// What a retry says: `vmimg: retrying in 2.0s: <why>`.
+/// What a retry says: `vmimg: retrying in 2.0s: <why>`; at once (another
+/// host): `vmimg: <why>`.
 fn retry_note(error: &dyn std::error::Error, delay: Duration) -> String {
+    if delay.is_zero() {
+        return format!("vmimg: {error}");
+    }
     format!("vmimg: retrying in {:.1}s: {error}", delay.as_secs_f64())
 }
 

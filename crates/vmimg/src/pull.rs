@@ -38,11 +38,23 @@ pub async fn run(store: &Store, wanted: Wanted<'_>, quiet: bool) -> Result<()> {
         tell(&pulled, source, started);
     }
     if wanted.json {
-        println!("{}", serde_json::to_string_pretty(&pulled)?);
+        let output = Output { pulled: &pulled, served_by: report.hosts() };
+        println!("{}", serde_json::to_string_pretty(&output)?);
     } else {
         println!("{}", pulled.path.display());
     }
     Ok(())
+}
+
+/// `--json`: the image, and the registry hosts that served it (mirrors or
+/// the registry's own server, in the order they first did; none for other
+/// sources and for an image the store had).
+#[derive(serde::Serialize)]
+struct Output<'a> {
+    #[serde(flatten)]
+    pulled: &'a Pulled,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    served_by: Vec<String>,
 }
 
 /// What was done, and what the user should know of it, on stderr.
