@@ -66,11 +66,18 @@ impl Registry {
         progress: &dyn Progress,
     ) -> Result<(Pinned, OciImage)> {
         let manifest = self.retry(progress, || self.manifest(reference, progress)).await?;
+        let named = manifest.digest.clone();
         let child = |digest: Digest| async move {
             let at = reference.at_digest(digest);
             self.retry(progress, || self.manifest(&at, progress)).await
         };
         let (digest, image) = classify(manifest, &reference.to_string(), architecture, child).await?;
+        let repository = format!("{}/{}", reference.registry(), reference.repository());
+        if let Some(keys) = self.options().policy.keys_for(&repository) {
+            // Signed as the tag names it (an index), or as the platform's manifest.
+            let digests = if named == digest { vec![digest.clone()] } else { vec![named, digest.clone()] };
+            self.verify_signed(reference, &digests, keys, progress).await?;
+        }
         Ok((Pinned::new(reference, digest), image))
     }
 

@@ -33,6 +33,8 @@ pub mod hosts;
 pub mod layout;
 mod reference;
 mod registry;
+pub mod sign;
+mod signed;
 mod source;
 
 pub use auth::{Challenge, CredentialSource, Credentials, DockerConfig};

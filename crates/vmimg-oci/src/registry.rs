@@ -121,6 +121,11 @@ pub enum Error {
     Hosts(#[from] crate::hosts::HostsError),
     #[error("{registry}: no host may {need} ({file} lists none with that capability)")]
     NoHost { registry: String, need: &'static str, file: String },
+    #[error(transparent)]
+    Sign(#[from] crate::sign::SignError),
+    /// The policy asks for a signature the image lacks.
+    #[error("{reference} is refused: the policy asks for a signature by the given key, and {reason}")]
+    Unsigned { reference: String, reason: String },
     /// A mirror failed; the next host is tried (told as a retry).
     #[error("{host} failed, trying {next}: {source}")]
     HostFailed { host: String, next: String, source: Box<Error> },
@@ -205,6 +210,8 @@ pub struct RegistryOptions {
     /// Where `hosts.toml` files are read from (containerd's layout); none:
     /// every registry is its own server alone.
     pub hosts_dir: Option<PathBuf>,
+    /// The signatures images must carry to be used.
+    pub policy: crate::sign::Policy,
     pub fetch: FetchOptions,
 }
 
@@ -830,7 +837,7 @@ fn basic(c: &Credentials) -> HeaderValue {
     value
 }
 
-fn sha256(bytes: &[u8]) -> Digest {
+pub(crate) fn sha256(bytes: &[u8]) -> Digest {
     let mut hasher = Hasher::new(Algorithm::Sha256);
     hasher.update(bytes);
     hasher.finish()

@@ -228,6 +228,20 @@ pub(crate) fn of_oci(error: &OciError) -> ErrorKind {
         // A hosts file that does not read, or that leaves no host to ask.
         OciError::Hosts(_) | OciError::NoHost { .. } => ErrorKind::InvalidInput,
         OciError::HostFailed { source, .. } => of_oci(source),
+        // Unsigned, or signed by another key or for another image.
+        OciError::Unsigned { .. } => ErrorKind::Refused,
+        OciError::Sign(e) => of_sign(e),
+    }
+}
+
+/// A key that does not read is the caller's to fix; a payload that is not
+/// cosign's is refused.
+fn of_sign(error: &vmimg_oci::sign::SignError) -> ErrorKind {
+    use vmimg_oci::sign::SignError as S;
+    match error {
+        S::Read { source, .. } => of_io(source),
+        S::Key { .. } => ErrorKind::InvalidInput,
+        S::Payload(_) => ErrorKind::Refused,
     }
 }
 
