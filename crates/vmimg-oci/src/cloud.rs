@@ -268,7 +268,7 @@ impl Registry {
         let bytes = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
         let digest = self.retry(progress, || self.put_manifest(reference, &bytes, artifact::OCI_MANIFEST)).await?;
         let sent = uploaded.iter().filter(|&&u| u).count();
-        Ok(Pushed { digest, parts: uploaded.len(), sent })
+        Ok(Pushed { digest, parts: uploaded.len(), sent, signature: None })
     }
 }
 
@@ -294,6 +294,8 @@ pub struct Pushed {
     pub parts: usize,
     /// Parts uploaded (the others the repository had).
     pub sent: usize,
+    /// Where its signature was pushed, if it was signed.
+    pub signature: Option<Reference>,
 }
 
 /// What to push.

@@ -154,6 +154,13 @@ impl Policy {
         }
     }
 
+    /// Adds `other`'s rules to these.
+    pub fn extend(&mut self, other: Policy) {
+        for (scope, keys) in other.rules {
+            self.require(&scope, keys);
+        }
+    }
+
     /// The keys one of which must have signed the image in `repository`
     /// (`registry/repository`), if a rule covers it.
     pub fn keys_for(&self, repository: &str) -> Option<&[VerifyKey]> {

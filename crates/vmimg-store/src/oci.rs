@@ -32,6 +32,7 @@ use vmimg_disk::{ConvertStats, DiskImage, Format};
 use vmimg_fetch::{NoProgress, Progress};
 use vmimg_oci::artifact::{CloudImage, DiskFormat};
 use vmimg_oci::container::ContainerImage;
+use vmimg_oci::sign::SignKey;
 use vmimg_oci::{ImageSource, Layout, OciImage, Push, Pushed, Reference};
 use vmimg_qcow2::ReadAt;
 
@@ -174,14 +175,33 @@ impl Store {
             return Err(Error::Invalid("a push needs parts of at least one byte and at least one job".into()));
         }
         let record = self.lookup(key)?.ok_or_else(|| Error::NotFound { what: "image", name: key.to_owned() })?;
+        let sign_key =
+            options.sign_key.as_deref().map(SignKey::from_file).transpose().map_err(vmimg_oci::Error::from)?;
+        let mut pushed = self.push_disk(key, &record, reference, options, progress).await?;
+        if let Some(sign_key) = sign_key {
+            let signature = self.registry()?.sign(reference, &pushed.digest, &sign_key, progress).await?;
+            pushed.signature = Some(signature);
+        }
+        Ok(pushed)
+    }
+
+    /// Pushes image `key` (whose record is `record`) as `options` say.
+    async fn push_disk(
+        &self,
+        key: &str,
+        record: &ImageRecord,
+        reference: &Reference,
+        options: &PushOptions,
+        progress: &dyn Progress,
+    ) -> Result<Pushed> {
         let push = &Push {
             format: options.format,
             part_size: options.part_size,
             jobs: options.jobs,
             name: key.to_owned(),
-            annotations: self.annotations(&record, options.format),
+            annotations: self.annotations(record, options.format),
         };
-        let disk_path = self.raw_disk(&record)?;
+        let disk_path = self.raw_disk(record)?;
         if push.format == DiskFormat::Raw {
             let disk = File::open(&disk_path).map_err(Error::io("open", &disk_path))?;
             return Ok(self.registry()?.push_disk(reference, &disk, push, progress).await?);
@@ -243,6 +263,9 @@ pub struct PushOptions {
     pub part_size: u64,
     /// Parts hashed and uploaded at once.
     pub jobs: usize,
+    /// Sign what is pushed with this private key (cosign's key-based
+    /// format; see `vmimg_oci::sign`).
+    pub sign_key: Option<PathBuf>,
 }
 
 /// Fetches every part, `PART_JOBS` at a time; the first failure fails all.

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::locks::{KeyLock, Lease, LockFile, Locks};
 use crate::record::ImageRecord;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmimg_fetch::{FetchOptions, Fetcher};
@@ -63,6 +64,28 @@ pub struct StoreOptions {
 struct Config {
     #[serde(default)]
     mirrors: Mirrors,
+    /// Scope (a registry, or `registry/repository-prefix`, or `""` for all)
+    /// to the public keys one of which must have signed its images.
+    #[serde(default)]
+    signatures: BTreeMap<String, Vec<PathBuf>>,
+}
+
+impl Config {
+    /// The signature policy `signatures` says, its keys read (paths
+    /// relative to the store root); a key that does not read is an error
+    /// naming the config file.
+    fn policy(&self, root: &Path, path: &Path) -> Result<vmimg_oci::sign::Policy> {
+        let mut policy = vmimg_oci::sign::Policy::default();
+        for (scope, files) in &self.signatures {
+            let keys = files
+                .iter()
+                .map(|file| vmimg_oci::sign::VerifyKey::from_file(&root.join(file)))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Config { path: path.to_owned(), message: format!("signatures.{scope:?}: {e}") })?;
+            policy.require(scope, keys);
+        }
+        Ok(policy)
+    }
 }
 
 /// `$VMIMG_STORE`, else `$XDG_CACHE_HOME/vmimg`, else `~/.cache/vmimg`.
@@ -110,10 +133,12 @@ impl Store {
         }
         let mut catalog = Catalog::embedded();
         let mut mirrors = Mirrors::default();
+        let mut registry_options = options.registry;
         if let Some(config) = read_optional(&root.join("config.json"))? {
             let (path, text) = config;
             let config: Config = serde_json::from_str(&text)
                 .map_err(|e| Error::Config { path: path.clone(), message: e.to_string() })?;
+            registry_options.policy.extend(config.policy(&root, &path)?);
             mirrors.extend(config.mirrors);
         }
         mirrors.extend(options.mirrors);
@@ -125,7 +150,7 @@ impl Store {
         }
         let arch = options.arch.or_else(Arch::host).ok_or(Error::NoHostArch { host: std::env::consts::ARCH })?;
         let locks = Locks::new(root.join("locks"));
-        let hosts_dir = options.registry.hosts_dir.clone().unwrap_or_else(|| root.join(HOSTS_DIR));
+        let hosts_dir = registry_options.hosts_dir.clone().unwrap_or_else(|| root.join(HOSTS_DIR));
         let metrics = crate::metrics::Metrics::new(&root);
         Ok(Store {
             shared: Arc::new(Shared {
@@ -136,7 +161,7 @@ impl Store {
                 registry_options: vmimg_oci::RegistryOptions {
                     fetch: options.fetch.clone(),
                     hosts_dir: Some(hosts_dir),
-                    ..options.registry
+                    ..registry_options
                 },
                 fetch_options: options.fetch,
                 fetcher: std::sync::OnceLock::new(),

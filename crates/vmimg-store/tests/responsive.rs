@@ -269,7 +269,12 @@ fn an_oci_pull_of_raw_parts_leaves_the_async_thread_free() {
     let source = large_qcow2(dir.path(), DISK_MIB / 2).to_str().unwrap().to_owned();
     let pusher = open_store(&dir.path().join("pusher"));
     let reference: vmimg_oci::Reference = format!("{}/vm/large:raw", registry.host()).parse().unwrap();
-    let push = vmimg_store::PushOptions { format: vmimg_oci::artifact::DiskFormat::Raw, part_size: 64 << 20, jobs: 2 };
+    let push = vmimg_store::PushOptions {
+        format: vmimg_oci::artifact::DiskFormat::Raw,
+        part_size: 64 << 20,
+        jobs: 2,
+        sign_key: None,
+    };
     set_up(async {
         let key = pull(&pusher, &source).await.record.name;
         pusher.push(&key, &reference, &push, &vmimg_fetch::NoProgress).await.unwrap()

@@ -72,6 +72,11 @@ pub struct RegistryArgs {
     /// DIR/_default/hosts.toml [default: STORE/certs.d].
     #[arg(long, value_name = "DIR")]
     pub hosts_dir: Option<PathBuf>,
+    /// Use only registry images signed with this key (a PEM ECDSA P-256
+    /// public key, cosign's key-based signatures); repeatable: any of the
+    /// keys. Adds to the store config's `signatures`.
+    #[arg(long, value_name = "PUB")]
+    pub verify_key: Vec<PathBuf>,
 }
 
 /// A password read from standard input larger than this is refused.
@@ -87,6 +92,19 @@ impl RegistryArgs {
             (None, false) => return Ok(None),
         };
         Ok(self.username.clone().map(|username| vmimg_oci::Credentials { username, password }))
+    }
+}
+
+impl RegistryArgs {
+    /// `--verify-key`'s keys, for every registry.
+    fn policy(&self) -> Result<vmimg_oci::sign::Policy> {
+        let mut policy = vmimg_oci::sign::Policy::default();
+        if !self.verify_key.is_empty() {
+            let keys = self.verify_key.iter().map(|path| vmimg_oci::sign::VerifyKey::from_file(path));
+            let keys = keys.collect::<std::result::Result<Vec<_>, _>>().map_err(vmimg_oci::Error::from)?;
+            policy.require("", keys);
+        }
+        Ok(policy)
     }
 }
 
@@ -190,6 +208,7 @@ impl Opening<'_> {
                 insecure: r.insecure_registry.clone(),
                 credentials: r.credentials()?,
                 hosts_dir: r.hosts_dir.clone(),
+                policy: r.policy()?,
                 ..Default::default()
             },
             None => Default::default(),

@@ -161,9 +161,15 @@ enum Command {
         /// Parts hashed and uploaded at once.
         #[arg(long, default_value_t = 4)]
         jobs: usize,
-        /// Print what was pushed as JSON (reference, digest, parts, sent).
+        /// Print what was pushed as JSON (reference, digest, parts, sent,
+        /// signature).
         #[arg(long)]
         json: bool,
+        /// Sign what is pushed with this key (a PEM ECDSA P-256 private
+        /// key, unencrypted PKCS#8 or SEC1), in cosign's key-based format:
+        /// the tag sha256-HEX.sig beside it.
+        #[arg(long, value_name = "KEY")]
+        sign_key: Option<PathBuf>,
         #[command(flatten)]
         download: DownloadArgs,
         #[command(flatten)]
@@ -780,12 +786,13 @@ fn run(cli: Cli) -> Result<()> {
                 Opening { source: Some(&source_args), download: Some(download), registry: Some(registry), ..plain };
             runtime()?.block_on(oci::cat(&cli.open(opening)?, source, cli.quiet))
         }
-        Command::Push { image, target, part_size, format, jobs, json, download, registry } => {
+        Command::Push { image, target, part_size, format, jobs, json, sign_key, download, registry } => {
             let format = match format.as_str() {
                 "raw" => vmimg_oci::artifact::DiskFormat::Raw,
                 _ => vmimg_oci::artifact::DiskFormat::Qcow2,
             };
-            let options = vmimg_store::PushOptions { format, part_size: *part_size, jobs: *jobs };
+            let options =
+                vmimg_store::PushOptions { format, part_size: *part_size, jobs: *jobs, sign_key: sign_key.clone() };
             let opening = Opening { download: Some(download), registry: Some(registry), ..plain };
             runtime()?.block_on(oci::push(&cli.open(opening)?, image, target, options, *json, cli.quiet))
         }

@@ -68,10 +68,15 @@ pub async fn push(
             pushed.parts - pushed.sent
         );
     }
+    let signature = pushed.signature.as_ref().map(|signature| format!("oci://{signature}"));
+    if let Some(signature) = signature.as_ref().filter(|_| !quiet) {
+        eprintln!("signed: {signature}");
+    }
     let pinned = format!("oci://{}", reference.at_digest(pushed.digest.clone()));
     if json {
         let pushed = serde_json::json!({
             "image": key, "reference": pinned, "digest": pushed.digest, "parts": pushed.parts, "sent": pushed.sent,
+            "signature": signature,
         });
         println!("{}", serde_json::to_string_pretty(&pushed)?);
     } else {

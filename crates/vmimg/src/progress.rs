@@ -1,6 +1,6 @@
 //! What a `get` is doing, on stderr: a bar (bytes, rate, ETA) or a spinner
 //! with the stage and the registry hosts serving it while stderr is a
-//! terminal; otherwise a line per stage, per serving host, and retry notes. Nothing when quiet. Work without a bar (`cat`, `push`,
+//! terminal; otherwise a line per stage, and retry notes. Nothing when quiet. Work without a bar (`cat`, `push`,
 //! a catalog refresh) prints the retry notes alone ([`Notes`]): no retry of
 //! any transport waits silently.
 
@@ -97,10 +97,9 @@ impl Progress for Report {
             }
             hosts.push(host.to_owned());
         }
-        match &self.bar {
-            Some(bar) => bar.set_message(self.message()),
-            None if !self.quiet => eprintln!("{}: from {host}", self.label),
-            None => {}
+        // Without a bar, the end's summary line names them.
+        if let Some(bar) = &self.bar {
+            bar.set_message(self.message());
         }
     }
 }

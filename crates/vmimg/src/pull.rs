@@ -35,7 +35,7 @@ pub async fn run(store: &Store, wanted: Wanted<'_>, quiet: bool) -> Result<()> {
     report.finish();
     let pulled = pulled?;
     if !quiet {
-        tell(&pulled, source, started);
+        tell(&pulled, source, started, &report.hosts());
     }
     if wanted.json {
         let output = Output { pulled: &pulled, served_by: report.hosts() };
@@ -58,7 +58,7 @@ struct Output<'a> {
 }
 
 /// What was done, and what the user should know of it, on stderr.
-fn tell(pulled: &Pulled, source: &str, started: Instant) {
+fn tell(pulled: &Pulled, source: &str, started: Instant, hosts: &[String]) {
     let record = &pulled.record;
     let unverified = !record.verified && matches!(record.source, SourceInfo::Url { .. } | SourceInfo::File { .. });
     if unverified {
@@ -71,9 +71,10 @@ fn tell(pulled: &Pulled, source: &str, started: Instant) {
         return;
     }
     let elapsed = started.elapsed();
+    let from = if hosts.is_empty() { String::new() } else { format!(" (from {})", hosts.join(", ")) };
     match &record.container {
         Some(container) => {
-            eprintln!("{source}: {} disk ready in {elapsed:.1?}", container.format.name());
+            eprintln!("{source}: {} disk ready in {elapsed:.1?}{from}", container.format.name());
             for warning in &container.warnings {
                 eprintln!("vmimg: warning: {warning}");
             }
@@ -81,7 +82,7 @@ fn tell(pulled: &Pulled, source: &str, started: Instant) {
         None => {
             let fetched = if matches!(record.source, SourceInfo::File { .. }) { "" } else { "downloaded, " };
             let verified = if record.verified { "verified" } else { "NOT verified" };
-            eprintln!("{source}: {fetched}{verified} and converted in {elapsed:.1?}");
+            eprintln!("{source}: {fetched}{verified} and converted in {elapsed:.1?}{from}");
         }
     }
 }
