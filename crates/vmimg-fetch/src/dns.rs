@@ -120,7 +120,7 @@ pub fn client_builder(options: &FetchOptions) -> reqwest::ClientBuilder {
 pub fn build_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client> {
     builder.build().map_err(|e| Error::Transfer {
         url: String::new(),
-        message: format!("cannot start an HTTP client: {}", crate::error::chain(&e)),
+        message: format!("cannot start an HTTP client: {}", crate::error::error_chain(&e)),
     })
 }
 

@@ -53,7 +53,7 @@ impl Error {
             return Error::Tls { url: url.to_owned(), reason };
         }
         // reqwest's Display hides the cause (timeout, reset): append it.
-        Error::Transfer { url: url.to_owned(), message: chain(&error.without_url()) }
+        Error::Transfer { url: url.to_owned(), message: error_chain(&error.without_url()) }
     }
 
     /// Whether trying again may succeed: connection trouble (a name that
@@ -92,7 +92,7 @@ impl crate::Retryable for Error {
 }
 
 /// An error and its causes on one line.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut cause = error.source();
     while let Some(c) = cause {

@@ -30,7 +30,7 @@ pub use dns::{ResolveFailed, SystemResolver, build_client, client_builder, http_
 pub use download::{
     FetchOptions, Fetched, Fetcher, NoProgress, Progress, Request, Validators, meta_path, remove_partial,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Result, error_chain};
 pub use fresh::Freshness;
 pub use reqwest::header::{HeaderMap, HeaderValue};
 pub use retry::{Retries, Retryable};

@@ -145,7 +145,7 @@ impl Error {
                 Error::Unresolved { url: url.to_owned(), host: failed.host.clone(), reason: failed.reason.clone() }
             }
             // The message names the URL already.
-            None => Error::Http { url: url.to_owned(), message: error_chain(&error.without_url()) },
+            None => Error::Http { url: url.to_owned(), message: vmimg_fetch::error_chain(&error.without_url()) },
         }
     }
 
@@ -912,17 +912,6 @@ fn file_range_body(file: &std::fs::File, offset: u64, len: u64) -> reqwest::Body
         Some((chunk, (file, next)))
     });
     reqwest::Body::wrap_stream(stream)
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        line = format!("{line}: {cause}");
-        source = cause.source();
-    }
-    line
 }
 
 #[cfg(test)]
