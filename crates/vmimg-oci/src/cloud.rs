@@ -244,13 +244,11 @@ impl Registry {
             .map(|i| (i * push.part_size, push.part_size.min(len - i * push.part_size)))
             .collect();
         let digests = hash_ranges(file, &ranges, push.jobs).await?;
-        let uploads = ranges.iter().zip(&digests).map(|(&(offset, len), digest)| {
-            self.retry(progress, move || async move {
-                if self.has_blob(reference, digest).await? {
-                    return Ok(false);
-                }
-                self.upload_blob(reference, digest, file, offset, len).await.map(|()| true)
-            })
+        let uploads = ranges.iter().zip(&digests).map(|(&range, digest)| async move {
+            if self.retry(progress, || self.has_blob(reference, digest)).await? {
+                return Ok(false);
+            }
+            self.upload_blob(reference, digest, file, range, progress).await.map(|()| true)
         });
         let results: Vec<Result<bool>> =
             futures_util::stream::iter(uploads).buffer_unordered(push.jobs).collect().await;

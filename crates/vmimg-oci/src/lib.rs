@@ -36,6 +36,7 @@ mod registry;
 pub mod sign;
 mod signed;
 mod source;
+mod upload;
 
 pub use auth::{Challenge, CredentialSource, Credentials, DockerConfig};
 pub use cloud::{OciImage, Push, Pushed};

@@ -521,7 +521,7 @@ impl Registry {
     /// The host pushes go to: the first that may push. A push is not
     /// spread over hosts (a part on one and the manifest on another would
     /// be no image).
-    fn push_host(&self, reference: &Reference) -> Result<Arc<Endpoint>> {
+    pub(crate) fn push_host(&self, reference: &Reference) -> Result<Arc<Endpoint>> {
         Ok(self.able(reference, Need::Push)?.swap_remove(0))
     }
 
@@ -537,24 +537,27 @@ impl Registry {
         }
     }
 
-    /// Uploads `len` bytes of `file` from `offset` as blob `digest`; a
-    /// range past the largest file offset is refused.
+    /// Uploads `len` bytes of `file` from `offset` as blob `digest`, in
+    /// chunks, resuming after a cut (see `upload`), retrying as the
+    /// registry's budget allows, each retry told to `progress`; a range
+    /// past the largest file offset is refused.
     pub async fn upload_blob(
         &self,
         reference: &Reference,
         digest: &Digest,
         file: &std::fs::File,
-        offset: u64,
-        len: u64,
+        (offset, len): (u64, u64),
+        progress: &dyn Progress,
     ) -> Result<()> {
         if offset.checked_add(len).is_none_or(|end| end > i64::MAX as u64) {
             let reason = format!("{len} bytes from offset {offset} run past the largest file offset");
             return Err(Error::InvalidInput { what: "blob range", reason });
         }
-        self.upload(reference, digest, len, || file_range_body(file, offset, len)).await
+        let range = crate::upload::Range { file, offset, len };
+        self.upload_chunked(reference, digest, range, progress).await
     }
 
-    /// Uploads a small blob held in memory.
+    /// Uploads a small blob held in memory, whole.
     pub async fn upload_bytes(&self, reference: &Reference, digest: &Digest, bytes: &[u8]) -> Result<()> {
         self.upload(reference, digest, bytes.len() as u64, || reqwest::Body::from(bytes.to_vec())).await
     }
@@ -617,7 +620,7 @@ impl Registry {
 
     /// Sends the request `build` makes with the cached authorization; after
     /// a `401`, authorizes as the challenge asks and sends it once more.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         endpoint: &Endpoint,
         reference: &Reference,
@@ -848,7 +851,11 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 /// The response if its status is one of `ok`; a clear error otherwise.
-fn expect(response: reqwest::Response, ok: &[StatusCode], reference: &Reference) -> Result<reqwest::Response> {
+pub(crate) fn expect(
+    response: reqwest::Response,
+    ok: &[StatusCode],
+    reference: &Reference,
+) -> Result<reqwest::Response> {
     match response.status() {
         s if ok.contains(&s) => Ok(response),
         StatusCode::NOT_FOUND => Err(Error::NotFound { reference: reference.to_string() }),
@@ -880,7 +887,7 @@ async fn read_bounded(response: reqwest::Response, url: &str, limit: usize, what
 }
 
 /// An upload Location, absolute or relative to the request that gave it.
-fn resolve(base: &str, location: &str) -> Result<String> {
+pub(crate) fn resolve(base: &str, location: &str) -> Result<String> {
     let base = reqwest::Url::parse(base).map_err(|e| Error::Http { url: base.to_owned(), message: e.to_string() })?;
     base.join(location)
         .map(String::from)
@@ -889,7 +896,7 @@ fn resolve(base: &str, location: &str) -> Result<String> {
 
 /// A request body that streams `len` bytes of `file` from `offset`, with
 /// positioned reads (so parallel uploads of one file never share a cursor).
-fn file_range_body(file: &std::fs::File, offset: u64, len: u64) -> reqwest::Body {
+pub(crate) fn file_range_body(file: &std::fs::File, offset: u64, len: u64) -> reqwest::Body {
     use std::os::unix::fs::FileExt;
     let file = file.try_clone().map(std::sync::Arc::new);
     let end = offset + len;

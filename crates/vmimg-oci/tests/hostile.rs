@@ -197,7 +197,9 @@ fn pushes_and_uploads_that_cannot_work_are_refused_before_any_request() {
         assert!(error.to_string().contains(reason), "{error}");
     }
     let digest = sha256(b"x");
-    let error = runtime().block_on(registry.upload_blob(&reference, &digest, &file, u64::MAX, 2)).unwrap_err();
+    let error = runtime()
+        .block_on(registry.upload_blob(&reference, &digest, &file, (u64::MAX, 2), &vmimg_fetch::NoProgress))
+        .unwrap_err();
     assert!(matches!(&error, Error::InvalidInput { what: "blob range", .. }), "{error}");
 }
 

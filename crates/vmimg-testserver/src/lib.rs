@@ -23,6 +23,7 @@
 //! that would otherwise skip; [`trees`] describes a tree file by file, for
 //! comparing two.
 
+pub mod cutting;
 pub mod guest;
 mod http;
 pub mod mounts;

@@ -434,3 +434,44 @@ fn a_cloud_image_in_a_local_layout_or_archive_is_pulled() {
     let error = common::fails(&store, &["pull", &format!("oci:{}:v2", layout.display())]);
     assert!(error.contains("v2"), "{error}");
 }
+
+#[test]
+fn a_push_cut_several_times_completes_and_the_registry_holds_each_part_once() {
+    let registry = RegistryServer::start();
+    let proxy = vmimg_testserver::cutting::CuttingProxy::start(&registry.host(), 40 << 20, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut disk = vec![0u8; 200 << 20];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut disk).unwrap();
+    std::fs::write(dir.path().join("disk.img"), &disk).unwrap();
+    let key = {
+        let path = ok(&store, &["pull", dir.path().join("disk.img").to_str().unwrap()]);
+        Path::new(&path).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned()
+    };
+    let through_proxy = format!("oci://{}/vm/cut:1", proxy.host());
+    let (pinned, stderr) =
+        ok_with_stderr(&store, &["push", &key, &through_proxy, "--format", "raw", "--part-size", "64M"]);
+    assert_eq!(proxy.cut(), 3, "the proxy cut fewer connections than asked: {stderr}");
+    assert!(stderr.contains("retrying"), "the cuts were not told: {stderr}");
+    assert!(stderr.contains("4 parts, 4 sent"), "{stderr}");
+
+    // What the registry holds: each part once, the config and the manifest.
+    // (The sessions cut mid-PATCH are Distribution's to purge: it answers
+    // 404 for them, to a status request and to a DELETE alike.)
+    let v2 = registry.storage().join("docker/registry/v2");
+    let blobs = walk_files(&v2.join("blobs")).into_iter().filter(|p| p.ends_with("data")).count();
+    assert_eq!(blobs, 4 + 2, "blobs in the registry's storage");
+    let direct = pinned.replace(&proxy.host(), &registry.host());
+    let pulled = ok(&dir.path().join("other"), &["pull", &direct]);
+    assert!(std::fs::read(pulled).unwrap() == disk, "the registry holds another disk");
+}
+
+/// Every file under `dir`.
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() { files.extend(walk_files(&path)) } else { files.push(path) }
+    }
+    files
+}
