@@ -27,6 +27,7 @@ pub mod artifact;
 mod auth;
 mod cloud;
 pub mod container;
+mod copy;
 mod endpoint;
 mod helper;
 pub mod hosts;
@@ -40,6 +41,7 @@ mod upload;
 
 pub use auth::{Challenge, CredentialSource, Credentials, DockerConfig};
 pub use cloud::{OciImage, Push, Pushed};
+pub use copy::Copied;
 pub use helper::HelperError;
 pub use layout::{BlobReader, Layout, LayoutError, LayoutKind, LayoutRef};
 pub use reference::{DEFAULT_TAG, DOCKER_HUB, Pinned, Reference, ReferenceError};

@@ -627,7 +627,7 @@ impl Registry {
         access: Access,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
-        let cached = self.auth.lock().expect("auth cache").get(&auth_key(endpoint, reference, access)).cloned();
+        let cached = self.cached_authorization(endpoint, reference, access);
         let response = send_once(&endpoint.http, &build, cached.as_ref()).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
@@ -638,6 +638,17 @@ impl Registry {
             return Err(unauthorized(endpoint, reference));
         }
         Ok(response)
+    }
+
+    /// The authorization cached for `access` to `reference`'s repository
+    /// on `endpoint`, if any (for a request whose body cannot be sent twice).
+    pub(crate) fn cached_authorization(
+        &self,
+        endpoint: &Endpoint,
+        reference: &Reference,
+        access: Access,
+    ) -> Option<HeaderValue> {
+        self.auth.lock().expect("auth cache").get(&auth_key(endpoint, reference, access)).cloned()
     }
 
     /// The authorization for a blob download (fetched by another client):

@@ -380,10 +380,11 @@ enum Command {
     /// renamed). A qcow2 source is refused (use `vmimg convert`), and so is
     /// copying a file onto itself.
     Copy {
-        /// The raw disk to copy.
+        /// The raw disk to copy, or oci://REGISTRY/REPO[:TAG|@DIGEST] to
+        /// copy an image between registries.
         src: PathBuf,
         /// The copy (a file, replaced atomically if it exists; a directory or
-        /// a device is refused before any work).
+        /// a device is refused before any work), or oci://REGISTRY/REPO[:TAG].
         dst: PathBuf,
         /// Extend the copy to SIZE bytes: a whole number with an optional K,
         /// M, G, T or P suffix, binary as in qemu-img (1K = 1024; KiB and KB
@@ -393,9 +394,15 @@ enum Command {
         /// Do not flush the copy to disk before publishing it.
         #[arg(long)]
         no_sync: bool,
-        /// Print what was done as JSON (sizes, bytes copied, method, seconds).
+        /// Print what was done as JSON (sizes, bytes copied, method,
+        /// seconds; for registries: digest, manifests, blobs sent, mounted,
+        /// present, bytes sent, signed).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        download: DownloadArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
 }
 
@@ -864,7 +871,16 @@ fn run(cli: Cli) -> Result<()> {
             let options = ConvertOptions { threads: threads.unwrap_or(0), sync: !no_sync };
             files::convert(src, dst, *format, &options, files::Output { json: *json, quiet: cli.quiet })
         }
-        Command::Copy { src, dst, size, no_sync, json } => {
+        Command::Copy { src, dst, size, no_sync, json, download, registry } => {
+            if let Some((src, dst)) = oci::registry_pair(src, dst)? {
+                if size.is_some() || *no_sync {
+                    anyhow::bail!(vmimg_store::Error::Invalid(
+                        "--size and --no-sync are for disk files, not copies between registries".into()
+                    ));
+                }
+                let opening = Opening { download: Some(download), registry: Some(registry), read_only: true, ..plain };
+                return runtime()?.block_on(oci::copy(&cli.open(opening)?, &src, &dst, *json, cli.quiet));
+            }
             let options = vmimg_disk::CopyOptions { size: *size, sync: !no_sync, ..Default::default() };
             files::copy(src, dst, &options, files::Output { json: *json, quiet: cli.quiet })
         }

@@ -21,6 +21,55 @@ pub fn required_reference(source: &str) -> Result<Reference> {
     }
 }
 
+/// Both references, when `src` and `dst` are a copy between registries
+/// (both `oci://`); None for a copy of disk files; an error for one of each.
+pub fn registry_pair(src: &std::path::Path, dst: &std::path::Path) -> Result<Option<(Reference, Reference)>> {
+    let is_oci = |p: &std::path::Path| p.to_str().is_some_and(|s| s.starts_with("oci://"));
+    match (is_oci(src), is_oci(dst)) {
+        (false, false) => Ok(None),
+        (true, true) => {
+            let text = |p: &std::path::Path| p.to_str().expect("oci:// is UTF-8").to_owned();
+            Ok(Some((required_reference(&text(src))?, required_reference(&text(dst))?)))
+        }
+        _ => bail!(vmimg_store::Error::Invalid(
+            "copy takes two disk files, or two oci:// references (registry to registry); to get an image into \
+             the store use `vmimg pull`, to publish one `vmimg push`"
+                .into()
+        )),
+    }
+}
+
+/// Copies an image from one registry to another, streamed through.
+pub async fn copy(store: &Store, src: &Reference, dst: &Reference, json: bool, quiet: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let copied = store.registry()?.copy(src, dst, &Notes { quiet }).await?;
+    let digest = copied.digest.clone().expect("a copy has a digest");
+    let pinned = format!("oci://{}", dst.at_digest(digest.clone()));
+    if !quiet {
+        eprintln!(
+            "copied oci://{src} to oci://{dst} in {:.1?}: {} manifests, {} blobs sent ({}), {} mounted, {} already there{}",
+            started.elapsed(),
+            copied.manifests,
+            copied.blobs_sent,
+            format_size(copied.bytes_sent),
+            copied.blobs_mounted,
+            copied.blobs_present,
+            if copied.signed { ", with its signature" } else { "" }
+        );
+    }
+    if json {
+        let copied = serde_json::json!({
+            "source": format!("oci://{src}"), "reference": pinned, "digest": digest, "manifests": copied.manifests,
+            "blobs_sent": copied.blobs_sent, "bytes_sent": copied.bytes_sent, "blobs_mounted": copied.blobs_mounted,
+            "blobs_present": copied.blobs_present, "signed": copied.signed,
+        });
+        println!("{}", serde_json::to_string_pretty(&copied)?);
+    } else {
+        println!("{pinned}");
+    }
+    Ok(())
+}
+
 /// Streams the cloud image's disk to stdout.
 pub async fn cat(store: &Store, source: &str, quiet: bool) -> Result<()> {
     let reference = required_reference(source)?;

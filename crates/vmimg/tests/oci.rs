@@ -475,3 +475,79 @@ fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn copy_between_registries_streams_mounts_and_keeps_the_signature() {
+    let (a, b) = (
+        RegistryServer::start(),
+        RegistryServer::start_configured(&vmimg_testserver::RegistryConfig {
+            ip: Some("127.0.0.7".into()),
+            ..Default::default()
+        }),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let disk = noisy_disk(&dir.path().join("disk.img"), 8);
+    let key = {
+        let path = ok(&store, &["pull", dir.path().join("disk.img").to_str().unwrap()]);
+        Path::new(&path).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned()
+    };
+    let signing = dir.path().join("key.pem");
+    let public = dir.path().join("key.pub");
+    let openssl = |args: &[&str]| assert!(Command::new("openssl").args(args).status().unwrap().success());
+    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", signing.to_str().unwrap()]);
+    openssl(&["ec", "-in", signing.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]);
+    let source = format!("oci://{}/vm/disk:1", a.host());
+    ok(
+        &store,
+        &["push", &key, &source, "--part-size", "3M", "--format", "raw", "--sign-key", signing.to_str().unwrap()],
+    );
+
+    // To another registry: every blob streamed, the signature with it; a
+    // second copy sends nothing.
+    let copier = dir.path().join("copier");
+    let target = format!("oci://{}/mirror/disk:1", b.host());
+    let copied: Value = serde_json::from_str(&ok(&copier, &["copy", &source, &target, "--json"])).unwrap();
+    assert_eq!((copied["blobs_sent"].as_u64(), copied["signed"].as_bool()), (Some(3 + 1 + 2), Some(true)), "{copied}");
+    assert!(!copier.exists(), "a copy between registries wrote to the store");
+    let again: Value = serde_json::from_str(&ok(&copier, &["copy", &source, &target, "--json"])).unwrap();
+    assert_eq!((again["blobs_sent"].as_u64(), again["blobs_present"].as_u64()), (Some(0), Some(6)), "{again}");
+    let pulled = ok(&dir.path().join("puller"), &["pull", &target, "--verify-key", public.to_str().unwrap()]);
+    assert!(std::fs::read(pulled).unwrap() == disk, "the copy is another disk");
+    assert_eq!(copied["digest"], again["digest"]);
+
+    // Within one registry: mounted, not sent.
+    let sibling = format!("oci://{}/other/disk:1", a.host());
+    let mounted: Value = serde_json::from_str(&ok(&copier, &["copy", &source, &sibling, "--json"])).unwrap();
+    assert_eq!((mounted["blobs_sent"].as_u64(), mounted["blobs_mounted"].as_u64()), (Some(0), Some(6)), "{mounted}");
+
+    // A container image (config and layers) copies the same way, and builds.
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::write(rootfs.join("etc/motd"), "copied\n").unwrap();
+    let spec = vmimg_testserver::oci_image::ImageSpec::new().dir_layer(&rootfs).cmd(&["/bin/sh"]);
+    spec.push(&a.host(), "test/app", "1").unwrap();
+    let app = format!("oci://{}/test/app:1", b.host());
+    ok(&copier, &["copy", &format!("oci://{}/test/app:1", a.host()), &app]);
+    ok(&dir.path().join("builder"), &["build", &app, "--format", "cpio"]);
+
+    // A source blob with other bytes fails the copy, and the target never holds it.
+    let (_, image) = {
+        let registry = Registry::new(RegistryOptions::default()).unwrap();
+        let reference: Reference = format!("{}/vm/disk:1", a.host()).parse().unwrap();
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(registry.cloud_image(&reference, "amd64", &vmimg_fetch::NoProgress))
+            .unwrap()
+    };
+    let part = &image.parts[1].digest;
+    let stored = a.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{}/data", &part.hex()[..2], part.hex()));
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[7] ^= 1;
+    std::fs::write(&stored, bytes).unwrap();
+    let fresh = format!("oci://{}/fresh/disk:1", b.host());
+    let (code, line) = common::fails_in_one_line(&copier, &["copy", &source, &fresh]);
+    assert!(code != 0 && line.contains(&part.to_string()), "{line}");
+    let (code, line) = common::fails_in_one_line(&copier, &["copy", &source, dir.path().join("x").to_str().unwrap()]);
+    assert!(code == 2 && line.contains("two oci:// references"), "{line}");
+}
