@@ -39,3 +39,45 @@ peak_rss_mib() {
     kib=$( { /usr/bin/time -f %M "$@" >/dev/null; } 2>&1 | tail -1)
     echo $((kib / 1024))
 }
+
+# parts_layout LAYOUT PARTS_DIR PARTS_LIST FORMAT: the files of PARTS_DIR
+# (moved into it) as a cloud image in the OCI layout LAYOUT, tagged rootfs,
+# as cocoonstack publishes one (layers `…disk.FORMAT.part` titled by file
+# name, in name order; an empty config); their digests, one a line, in
+# PARTS_LIST.
+parts_layout() {
+    mkdir -p "$1/blobs/sha256"
+    python3 - "$@" <<'EOF'
+import hashlib, json, os, shutil, sys
+layout, parts_dir, parts_list, fmt = sys.argv[1:5]
+def blob(data_path=None, data=None):
+    h = hashlib.sha256()
+    if data is None:
+        with open(data_path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        size = os.path.getsize(data_path)
+        shutil.move(data_path, os.path.join(layout, "blobs/sha256", h.hexdigest()))
+    else:
+        h.update(data)
+        size = len(data)
+        open(os.path.join(layout, "blobs/sha256", h.hexdigest()), "wb").write(data)
+    return {"digest": "sha256:" + h.hexdigest(), "size": size}
+layers = []
+for name in sorted(os.listdir(parts_dir)):
+    d = blob(os.path.join(parts_dir, name))
+    layers.append({"mediaType": "application/vnd.cocoonstack.disk." + fmt + ".part", **d,
+                   "annotations": {"org.opencontainers.image.title": name}})
+config = {"mediaType": "application/vnd.oci.empty.v1+json", **blob(data=b"{}")}
+manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.cocoonstack.os-image.v1+json", "config": config, "layers": layers,
+            "annotations": {"cocoonstack.os.name": "bench", "cocoonstack.disk.format": fmt}}
+m = json.dumps(manifest).encode()
+md = blob(data=m)
+index = {"schemaVersion": 2, "manifests": [{"mediaType": manifest["mediaType"], **md,
+         "annotations": {"org.opencontainers.image.ref.name": "rootfs"}}]}
+open(os.path.join(layout, "index.json"), "w").write(json.dumps(index))
+open(os.path.join(layout, "oci-layout"), "w").write('{"imageLayoutVersion": "1.0.0"}')
+open(parts_list, "w").write("".join(l["digest"][7:] + "\n" for l in layers))
+EOF
+}

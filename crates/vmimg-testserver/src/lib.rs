@@ -31,6 +31,7 @@ pub mod oci_image;
 mod registry;
 pub mod tls;
 pub mod trees;
+pub mod uploads;
 
 pub use registry::{RegistryConfig, RegistryServer};
 
