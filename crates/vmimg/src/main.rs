@@ -367,7 +367,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Copy a raw disk, keeping its holes, optionally growing it.
+    /// Copy a raw disk, keeping its holes, optionally growing it; or an
+    /// image from one registry to another (two oci:// references).
     ///
     /// Where the filesystem can (btrfs, XFS), the copy is a reflink: it
     /// shares the source's blocks, so nothing is copied. Elsewhere only the

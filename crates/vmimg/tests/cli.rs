@@ -281,7 +281,7 @@ fn each_command_shows_its_own_options_each_described() {
             assert!(same_line || next_line, "{command:?}: an option without a description: {line:?}\n{help}");
         }
         assert!(!help.contains("[default: 0]"), "{command:?} shows a default of 0 where it means \"automatic\"");
-        let network = ["pull", "build", "recover", "cat", "push", "create", "serve", "refresh"];
+        let network = ["pull", "build", "recover", "cat", "push", "create", "serve", "refresh", "copy"];
         if !command.iter().any(|word| network.contains(word)) {
             for foreign in ["--retries", "--mirror", "--password", "--insecure-registry", "--speed-limit"] {
                 assert!(!help.contains(foreign), "{command:?} shows {foreign}, which does not apply to it:\n{help}");
