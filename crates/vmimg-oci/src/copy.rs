@@ -24,9 +24,12 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header;
 use serde::Deserialize;
+use std::sync::{Arc, Mutex};
 use vmimg_fetch::{Digest, Hasher, Progress};
 
-/// Manifests an index may list, and blobs a manifest may refer to, at most.
+/// Manifests an index may list, and blobs a manifest may refer to, at most
+/// (an index inside an index is refused, so a copy reads at most this many
+/// manifests and this many blobs for each).
 const MAX_REFERENCES: usize = 1024;
 
 /// What a copy did.
@@ -69,14 +72,14 @@ impl Registry {
         if let Some(keys) = self.options().policy.keys_for(&repository) {
             self.verify_signed(source, std::slice::from_ref(&digest), keys, progress).await?;
         }
-        self.copy_tree(source, target, &root, progress, &mut copied).await?;
+        self.copy_tree(source, target, &root, progress, &mut copied, true).await?;
         let at = if target.tag().is_some() { target.clone() } else { target.at_digest(digest.clone()) };
         self.put_copy(&at, &root, progress).await?;
         let signature_tag = sign::signature_tag(&digest);
         let signature_at = source.with_tag(&signature_tag);
         match self.retry(progress, || self.manifest(&signature_at, progress)).await {
             Ok(signature) => {
-                self.copy_tree(source, target, &signature, progress, &mut copied).await?;
+                self.copy_tree(source, target, &signature, progress, &mut copied, false).await?;
                 self.put_copy(&target.with_tag(&signature_tag), &signature, progress).await?;
                 copied.signed = true;
             }
@@ -88,7 +91,8 @@ impl Registry {
     }
 
     /// Copies what `manifest` refers to: an index's manifests (each with
-    /// what it refers to, then itself), a manifest's config and layers.
+    /// what it refers to, then itself; each once), a manifest's config and
+    /// layers. An index is refused unless `may_be_index`.
     async fn copy_tree(
         &self,
         source: &Reference,
@@ -96,20 +100,26 @@ impl Registry {
         manifest: &Manifest,
         progress: &dyn Progress,
         copied: &mut Copied,
+        may_be_index: bool,
     ) -> Result<()> {
         copied.manifests += 1;
         let refs: References = serde_json::from_slice(&manifest.bytes).map_err(|e| Error::Http {
             url: source.to_string(),
             message: format!("a manifest that does not parse: {e}"),
         })?;
+        if !may_be_index && !refs.manifests.is_empty() {
+            let message = format!("an index inside an index ({}): not copied", manifest.digest);
+            return Err(Error::Http { url: source.to_string(), message });
+        }
         if refs.manifests.len() + refs.layers.len() > MAX_REFERENCES {
             let message = format!("a manifest referring to more than {MAX_REFERENCES} things");
             return Err(Error::Http { url: source.to_string(), message });
         }
-        for child in &refs.manifests {
+        let mut seen = std::collections::HashSet::new();
+        for child in refs.manifests.iter().filter(|child| seen.insert(child.digest.clone())) {
             let at = source.at_digest(child.digest.clone());
             let child_manifest = self.retry(progress, || self.manifest(&at, progress)).await?;
-            Box::pin(self.copy_tree(source, target, &child_manifest, progress, copied)).await?;
+            Box::pin(self.copy_tree(source, target, &child_manifest, progress, copied, false)).await?;
             self.put_copy(&target.at_digest(child.digest.clone()), &child_manifest, progress).await?;
         }
         for blob in refs.config.iter().chain(&refs.layers) {
@@ -196,57 +206,74 @@ impl Registry {
         // a 401 here (the token expired midway) fails the attempt, and the
         // retry starts again with the token the first request renewed.
         let body = self.blob_from(source, &blob.digest, 0, progress).await?;
-        let body = reqwest::Body::wrap_stream(checked(body, blob.clone()));
+        let verdict = Arc::new(Mutex::new(None));
+        let body = reqwest::Body::wrap_stream(checked(body, blob.clone(), verdict.clone()));
         let request = endpoint
             .http
             .put(&put)
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(header::CONTENT_LENGTH, blob.size)
             .body(body);
-        let auth = self.cached_authorization(&endpoint, target, Access::Push);
+        let own = reqwest::Url::parse(&put).is_ok_and(|url| endpoint.is_own(&url));
+        let auth = self.cached_authorization(&endpoint, target, Access::Push).filter(|_| own);
         let request = match auth {
             Some(auth) => request.header(header::AUTHORIZATION, auth),
             None => request,
         };
-        let response = request.send().await.map_err(|e| Error::http(&put, e))?;
-        expect(response, &[StatusCode::CREATED], target).map(drop)
+        let sent = request.send().await;
+        // The source's bytes were wrong: that, not how the upload ended.
+        if let Some(wrong) = verdict.lock().expect("verdict").take() {
+            return Err(wrong);
+        }
+        expect(sent.map_err(|e| Error::http(&put, e))?, &[StatusCode::CREATED], target).map(drop)
     }
 }
 
 /// `response`'s body, ended with an error if it is not `blob`'s size and
-/// digest (so that an upload of it fails before the registry commits it).
+/// digest (so that an upload of it fails before the registry commits it),
+/// the error also left in `verdict`. The digest is checked before the last
+/// byte is handed on: a client stops reading a body once it has sent its
+/// length.
 fn checked(
     response: reqwest::Response,
     blob: Descriptor,
+    verdict: Arc<Mutex<Option<Error>>>,
 ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
     let hasher = Some(Hasher::new(blob.digest.algorithm()));
-    futures_util::stream::unfold((response.bytes_stream(), hasher, 0u64, blob), |state| async move {
-        let (mut body, hasher, mut seen, blob) = state;
-        let mut hasher = hasher?;
-        let failed =
-            |message: String, body, seen, blob| Some((Err(std::io::Error::other(message)), (body, None, seen, blob)));
-        match body.next().await {
-            Some(Ok(chunk)) => {
-                seen += chunk.len() as u64;
-                if seen > blob.size {
-                    return failed(
-                        format!("blob {} is longer than {} bytes", blob.digest, blob.size),
-                        body,
-                        seen,
-                        blob,
-                    );
+    futures_util::stream::unfold((response.bytes_stream(), hasher, 0u64), move |state| {
+        let (blob, verdict) = (blob.clone(), verdict.clone());
+        async move {
+            let (mut body, hasher, mut seen) = state;
+            // None: the blob ended, or failed.
+            let mut hasher = hasher?;
+            let fail = |wrong: Error, body, seen| {
+                let error = std::io::Error::other(wrong.to_string());
+                *verdict.lock().expect("verdict") = Some(wrong);
+                Some((Err(error), (body, None, seen)))
+            };
+            let short = |seen| Error::BlobSize { digest: blob.digest.clone(), expected: blob.size, actual: seen };
+            let chunk = match body.next().await {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => {
+                    let error = std::io::Error::other(format!("blob {} from the source: {e}", blob.digest));
+                    return Some((Err(error), (body, None, seen)));
                 }
-                hasher.update(&chunk);
-                Some((Ok(chunk), (body, Some(hasher), seen, blob)))
+                None if seen == 0 && blob.size == 0 && hasher.finish() == blob.digest => return None,
+                None => return fail(short(seen), body, seen),
+            };
+            seen += chunk.len() as u64;
+            if seen > blob.size {
+                return fail(short(seen), body, seen);
             }
-            Some(Err(e)) => failed(format!("blob {} from the source: {e}", blob.digest), body, seen, blob),
-            None => {
-                let actual = hasher.finish();
-                if seen != blob.size || actual != blob.digest {
-                    return failed(format!("blob {}: {seen} bytes of digest {actual}", blob.digest), body, seen, blob);
-                }
-                None
+            hasher.update(&chunk);
+            if seen < blob.size {
+                return Some((Ok(chunk), (body, Some(hasher), seen)));
             }
+            let actual = hasher.finish();
+            if actual != blob.digest {
+                return fail(Error::BlobDigest { expected: blob.digest.clone(), actual }, body, seen);
+            }
+            Some((Ok(chunk), (body, None, seen)))
         }
     })
 }

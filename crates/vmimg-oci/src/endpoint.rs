@@ -59,6 +59,12 @@ impl Endpoint {
         self.host.api.strip_suffix("/v2").unwrap_or(&self.host.api)
     }
 
+    /// Whether `url` is on this host's origin (scheme, host and port), the
+    /// only one its authorization is sent to.
+    pub fn is_own(&self, url: &reqwest::Url) -> bool {
+        reqwest::Url::parse(&self.host.api).is_ok_and(|api| api.origin() == url.origin())
+    }
+
     /// Who cached authorizations and credentials are kept for: the
     /// registry for its server, the host's own address for a mirror.
     pub fn auth_name(&self) -> &str {

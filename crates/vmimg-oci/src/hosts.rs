@@ -221,7 +221,7 @@ fn api_root(url: &str, override_path: bool) -> Result<String, String> {
     let path = match (override_path, path.is_empty()) {
         (true, _) => format!("/{path}"),
         (false, true) => "/v2".to_owned(),
-        (false, false) if path.ends_with("v2") => format!("/{path}"),
+        (false, false) if path == "v2" || path.ends_with("/v2") => format!("/{path}"),
         (false, false) => format!("/{path}/v2"),
     };
     Ok(format!("{scheme}://{authority}{}", path.trim_end_matches('/')))
@@ -405,6 +405,7 @@ server = "https://registry.example"
         assert_eq!(api_root("http://m/", false).unwrap(), "http://m/v2");
         assert_eq!(api_root("https://m/v2", false).unwrap(), "https://m/v2");
         assert_eq!(api_root("https://m/prefix", false).unwrap(), "https://m/prefix/v2");
+        assert_eq!(api_root("https://m/foov2", false).unwrap(), "https://m/foov2/v2");
         assert_eq!(api_root("https://m/prefix/", true).unwrap(), "https://m/prefix");
         assert!(api_root("https://user@m", false).is_err());
     }

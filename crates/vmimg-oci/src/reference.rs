@@ -233,8 +233,12 @@ fn split_tag(path: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// Host names are case-insensitive: a registry is named in lower case, so
+/// that `R.example` and `r.example` are one registry to every lookup (its
+/// hosts file, credentials, the signature policy).
 fn normalize_registry(registry: Option<&str>) -> String {
-    match registry {
+    let registry = registry.map(str::to_ascii_lowercase);
+    match registry.as_deref() {
         None | Some("index.docker.io") | Some("registry-1.docker.io") => DOCKER_HUB.to_owned(),
         Some(host) => host.to_owned(),
     }

@@ -389,6 +389,11 @@ impl Registry {
         self.on_hosts(reference, Need::manifest(reference), progress, |e| self.manifest_at(e, reference)).await
     }
 
+    /// The manifest `reference` names, as the host pushes go to has it.
+    pub(crate) async fn manifest_for_push(&self, reference: &Reference) -> Result<Manifest> {
+        self.manifest_at(self.push_host(reference)?, reference).await
+    }
+
     async fn manifest_at(&self, endpoint: Arc<Endpoint>, reference: &Reference) -> Result<Manifest> {
         let url = endpoint.url(reference, &format!("manifests/{}", reference.manifest_reference()));
         let accept = MANIFEST_TYPES.join(", ");
@@ -472,7 +477,16 @@ impl Registry {
                 })
                 .await?;
             let wanted = if offset > 0 { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
-            expect(response, &[wanted], reference)
+            let response = expect(response, &[wanted], reference)?;
+            let start = header_str(response.headers(), header::CONTENT_RANGE)
+                .and_then(|range| range.strip_prefix("bytes "))
+                .and_then(|range| range.split('-').next())
+                .and_then(|start| start.parse::<u64>().ok());
+            if offset > 0 && start != Some(offset) {
+                let message = format!("asked for bytes from {offset}, the answer's Content-Range says {start:?}");
+                return Err(Error::Http { url: response.url().to_string(), message });
+            }
+            Ok(response)
         })
         .await
     }
@@ -620,6 +634,9 @@ impl Registry {
 
     /// Sends the request `build` makes with the cached authorization; after
     /// a `401`, authorizes as the challenge asks and sends it once more.
+    /// Authorization goes to `endpoint`'s own origin only: a request to
+    /// another (an upload `Location` a registry points elsewhere) is sent
+    /// without it, and a `401` from there is not answered.
     pub(crate) async fn send(
         &self,
         endpoint: &Endpoint,
@@ -628,12 +645,15 @@ impl Registry {
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
         let cached = self.cached_authorization(endpoint, reference, access);
-        let response = send_once(&endpoint.http, &build, cached.as_ref()).await?;
+        let response = send_once(endpoint, &build, cached.as_ref()).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
+        if !endpoint.is_own(response.url()) {
+            return Err(unauthorized(endpoint, reference));
+        }
         let auth = self.authorize(endpoint, reference, access, &response).await?;
-        let response = send_once(&endpoint.http, &build, Some(&auth)).await?;
+        let response = send_once(endpoint, &build, Some(&auth)).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             return Err(unauthorized(endpoint, reference));
         }
@@ -663,7 +683,7 @@ impl Registry {
             return Ok(Some(auth.clone()));
         }
         let url = endpoint.base();
-        let response = send_once(&endpoint.http, &|| endpoint.http.get(&url), None).await?;
+        let response = send_once(endpoint, &|| endpoint.http.get(&url), None).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(None);
         }
@@ -727,7 +747,13 @@ impl Registry {
             Some(Challenge::Bearer { realm, service }) => {
                 let login = self.login(endpoint).await?;
                 let scope = access.scope(reference.repository());
-                let token = token(endpoint, reference, &realm, service.as_deref(), &scope, login.as_ref()).await?;
+                // The host's own client (its CAs, certificate, headers) for a
+                // realm on its origin; the plain one for a realm elsewhere.
+                let own = reqwest::Url::parse(&realm).is_ok_and(|url| endpoint.is_own(&url));
+                let http = if own { &endpoint.http } else { &self.http };
+                let asked =
+                    TokenAsk { realm: &realm, service: service.as_deref(), scope: &scope, login: login.as_ref() };
+                let token = token(endpoint, http, reference, &asked).await?;
                 HeaderValue::from_str(&format!("Bearer {token}"))
                     .map_err(|_| Error::Http { url: realm, message: "the token is not a valid header value".into() })
             }
@@ -755,31 +781,40 @@ where
     }
 }
 
-/// Sends the request `build` makes through `http`, with `auth`.
+/// Sends the request `build` makes through `endpoint`'s client, with
+/// `auth` if it goes to `endpoint`'s own origin.
 async fn send_once(
-    http: &reqwest::Client,
+    endpoint: &Endpoint,
     build: &impl Fn() -> reqwest::RequestBuilder,
     auth: Option<&HeaderValue>,
 ) -> Result<reqwest::Response> {
-    let mut request = build();
-    if let Some(auth) = auth {
-        request = request.header(header::AUTHORIZATION, auth);
+    let mut request = build().build().map_err(|e| Error::Http { url: String::new(), message: e.to_string() })?;
+    if let Some(auth) = auth.filter(|_| endpoint.is_own(request.url())) {
+        request.headers_mut().insert(header::AUTHORIZATION, auth.clone());
     }
-    let request = request.build().map_err(|e| Error::Http { url: String::new(), message: e.to_string() })?;
     let url = request.url().to_string();
-    http.execute(request).await.map_err(|e| Error::http(&url, e))
+    endpoint.http.execute(request).await.map_err(|e| Error::http(&url, e))
+}
+
+/// What a token is asked for: at `realm`, for `service` and `scope`, with
+/// `login` if any.
+#[derive(Clone, Copy)]
+struct TokenAsk<'a> {
+    realm: &'a str,
+    service: Option<&'a str>,
+    scope: &'a str,
+    login: Option<&'a Login>,
 }
 
 /// A bearer token from the realm, for `scope`.
 async fn token(
     endpoint: &Endpoint,
+    http: &reqwest::Client,
     reference: &Reference,
-    realm: &str,
-    service: Option<&str>,
-    scope: &str,
-    login: Option<&Login>,
+    asked: &TokenAsk<'_>,
 ) -> Result<String> {
-    let request = token_request(&endpoint.http, realm, service, scope, login)?;
+    let TokenAsk { realm, service, scope, login } = *asked;
+    let request = token_request(http, realm, service, scope, login)?;
     let response = request.send().await.map_err(|e| Error::http(realm, e))?;
     match response.status() {
         StatusCode::OK => {}

@@ -147,7 +147,7 @@ pub struct Policy {
 impl Policy {
     /// Images under `scope` must be signed by one of `keys`.
     pub fn require(&mut self, scope: &str, keys: Vec<VerifyKey>) {
-        let scope = scope.trim_end_matches('/').to_owned();
+        let scope = canonical(scope.trim_end_matches('/'));
         match self.rules.iter_mut().find(|(s, _)| *s == scope) {
             Some((_, held)) => held.extend(keys),
             None => self.rules.push((scope, keys)),
@@ -164,6 +164,8 @@ impl Policy {
     /// The keys one of which must have signed the image in `repository`
     /// (`registry/repository`), if a rule covers it.
     pub fn keys_for(&self, repository: &str) -> Option<&[VerifyKey]> {
+        let repository = canonical(repository);
+        let repository = repository.as_str();
         let covers = |scope: &str| {
             scope.is_empty()
                 || repository == scope
@@ -171,6 +173,18 @@ impl Policy {
         };
         let rule = self.rules.iter().filter(|(scope, _)| covers(scope)).max_by_key(|(scope, _)| scope.len())?;
         Some(&rule.1)
+    }
+}
+
+/// `registry/repository` as rules compare it: the registry in lower case,
+/// HTTPS's default port dropped (`R.example:443/vm` is `r.example/vm`).
+fn canonical(scoped: &str) -> String {
+    let (registry, rest) = scoped.split_once('/').map_or((scoped, None), |(r, rest)| (r, Some(rest)));
+    let registry = registry.to_ascii_lowercase();
+    let registry = registry.strip_suffix(":443").unwrap_or(&registry);
+    match rest {
+        Some(rest) => format!("{registry}/{rest}"),
+        None => registry.to_owned(),
     }
 }
 
@@ -233,6 +247,7 @@ mod tests {
         policy.require("r.example/vm/", vec![key(2), key(3)]);
         assert_eq!(policy.keys_for("r.example/vm/disk").unwrap().len(), 2);
         assert_eq!(policy.keys_for("r.example/vmx/disk").unwrap().len(), 1, "a prefix ends at a slash");
+        assert_eq!(policy.keys_for("R.Example:443/vm/disk").unwrap().len(), 2, "one registry however written");
         assert!(policy.keys_for("other.example/vm/disk").is_none());
         policy.require("", vec![key(4)]);
         assert_eq!(policy.keys_for("other.example/vm/disk").unwrap().len(), 1);

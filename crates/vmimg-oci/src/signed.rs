@@ -53,7 +53,8 @@ impl Registry {
             annotations: BTreeMap::from([(SIGNATURE_ANNOTATION.to_owned(), key.sign(&payload))]),
             platform: None,
         };
-        let mut layers = match self.retry(progress, || self.signature_manifest(&at, progress)).await? {
+        // Read where it is written: the host pushes go to.
+        let mut layers = match self.retry(progress, || self.signature_manifest(&at, None)).await? {
             Some(found) => found.layers,
             None => Vec::new(),
         };
@@ -95,7 +96,7 @@ impl Registry {
         let mut found = Vec::new();
         for digest in digests {
             let at = reference.with_tag(&sign::signature_tag(digest));
-            let Some(manifest) = self.retry(progress, || self.signature_manifest(&at, progress)).await? else {
+            let Some(manifest) = self.retry(progress, || self.signature_manifest(&at, Some(progress))).await? else {
                 continue;
             };
             for layer in manifest.layers.iter().filter(|l| l.media_type == SIMPLE_SIGNING).take(MAX_SIGNATURE_LAYERS) {
@@ -142,9 +143,19 @@ impl Registry {
         })
     }
 
-    /// The signature manifest at `at`, or None if there is none.
-    async fn signature_manifest(&self, at: &Reference, progress: &dyn Progress) -> Result<Option<SignatureManifest>> {
-        let manifest = match self.manifest(at, progress).await {
+    /// The signature manifest at `at`, or None if there is none: from the
+    /// hosts that resolve tags (telling `progress`), or with None from the
+    /// host pushes go to.
+    async fn signature_manifest(
+        &self,
+        at: &Reference,
+        progress: Option<&dyn Progress>,
+    ) -> Result<Option<SignatureManifest>> {
+        let read = match progress {
+            Some(progress) => self.manifest(at, progress).await,
+            None => self.manifest_for_push(at).await,
+        };
+        let manifest = match read {
             Ok(manifest) => manifest,
             Err(Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),

@@ -54,14 +54,19 @@ impl Registry {
         let endpoint = self.push_host(reference)?;
         let mut retries = Retries::new(&endpoint.fetch, progress);
         let mut session: Option<Session> = None;
+        // The most any session of this part ever held: only going past it
+        // is progress (a registry that cannot resume, behind a link that
+        // cuts every connection at the same point, would otherwise be
+        // retried for ever).
+        let mut furthest = 0;
         loop {
-            let before = session.as_ref().map_or(0, |s| s.held);
             let error = match self.upload_attempt(&endpoint, reference, digest, range, &mut session).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() => e,
                 Err(e) => return Err(e),
             };
-            if session.as_ref().is_some_and(|s| s.held > before) {
+            if let Some(held) = session.as_ref().map(|s| s.held).filter(|&held| held > furthest) {
+                furthest = held;
                 retries.progressed();
             }
             if !retries.wait(&error).await {
@@ -128,12 +133,14 @@ impl Registry {
         };
         let response = self.send(endpoint, reference, Access::Push, send).await?;
         let response = crate::registry::expect(response, &[StatusCode::ACCEPTED], reference)?;
-        let held = held(response.headers()).unwrap_or(last + 1);
-        if held != last + 1 {
-            return Err(Error::Http { url, message: format!("after bytes {first}-{last} the upload holds {held}") });
+        // `0-0` after the first byte alone is that byte.
+        let reported = last_byte(response.headers()).unwrap_or(last);
+        if reported != last {
+            let message = format!("after bytes {first}-{last} the upload says it ends at byte {reported}");
+            return Err(Error::Http { url, message });
         }
         open.location = location(&url, response.headers())?;
-        open.held = held;
+        open.held = last + 1;
         Ok(())
     }
 
@@ -158,15 +165,21 @@ impl Registry {
     }
 }
 
-/// How many bytes a session's answer says it holds: `Range: 0-LAST` is
-/// LAST + 1 (and `0-0`, which registries answer for an empty session too,
-/// counts as none).
-fn held(headers: &HeaderMap) -> Option<u64> {
+/// The last byte a session's answer says it holds: LAST of `Range: 0-LAST`.
+fn last_byte(headers: &HeaderMap) -> Option<u64> {
     let range = headers.get(header::RANGE)?.to_str().ok()?;
     let range = range.strip_prefix("bytes=").unwrap_or(range);
     let (first, last) = range.split_once('-')?;
-    let (first, last): (u64, u64) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
-    Some(if first == 0 && last == 0 { 0 } else { last + 1 })
+    (first.trim() == "0").then_some(())?;
+    last.trim().parse().ok()
+}
+
+/// How many bytes a session's status says it holds: LAST + 1 of `Range:
+/// 0-LAST`, except `0-0`, which registries answer for an empty session
+/// too, and counts as none (a session then starts over, never sending a
+/// byte twice into one).
+fn held(headers: &HeaderMap) -> Option<u64> {
+    last_byte(headers).map(|last| if last == 0 { 0 } else { last.saturating_add(1) })
 }
 
 /// The session's next URL, from an answer's `Location` (relative to `base`).
@@ -193,6 +206,8 @@ mod tests {
         assert_eq!(with("bytes=0-99"), Some(100));
         assert_eq!(with("0-0"), Some(0), "an empty session, as registries say it");
         assert_eq!(with("nonsense"), None);
+        assert_eq!(with("5-9"), None, "a range that does not start at 0 says nothing held");
+        assert_eq!(with("0-18446744073709551615"), Some(u64::MAX));
         assert_eq!(held(&HeaderMap::new()), None);
     }
 }

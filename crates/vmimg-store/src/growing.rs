@@ -49,6 +49,13 @@ impl Watermark {
         });
     }
 
+    /// Whether the download started over from an earlier byte at some
+    /// point (another host, or a server that ignored `Range`): a reader
+    /// may then have read bytes that are not the ones the file ended with.
+    pub fn restarted(&self) -> bool {
+        self.state.lock().expect("watermark lock").generation > 0
+    }
+
     fn update(&self, change: impl FnOnce(&mut State)) {
         change(&mut self.state.lock().expect("watermark lock"));
         self.changed.notify_all();

@@ -95,22 +95,21 @@ impl Store {
         let watermarks: Vec<_> = image.parts.iter().map(|_| Watermark::new(None)).collect();
         let _release = watermarks.iter().map(|w| EndOnDrop(w.clone())).collect::<Vec<_>>();
         let progress = Arc::new(PartsProgress::new(progress, image));
-        let converter = if image.format == DiskFormat::Qcow2 {
-            let reader = Concat::open(&partials, &watermarks, image)?;
-            let (disk, options) = (disk.clone(), self.convert_options());
-            Some(blocking("the conversion", move || {
-                let image = DiskImage::qcow2_from(Box::new(reader), Path::new("the download"))?;
-                write_disk(&image, &disk, &options)
-            }))
-        } else {
-            None
-        };
+        let qcow2 = image.format == DiskFormat::Qcow2;
+        let converter = if qcow2 { Some(self.convert_parts(&partials, &watermarks, image, &disk)?) } else { None };
         let fetched = fetch_parts(&images, image, &partials, &watermarks, &progress).await;
-        let converted = match converter {
+        let mut converted = match converter {
             Some(task) => Some(task.await),
             None => None,
         };
         fetched?;
+        if qcow2 && watermarks.iter().any(|w| w.restarted()) {
+            // A part was fetched again from its first byte (a mirror that
+            // failed or served other bytes, then the next host): what the
+            // converter read may not be what was verified. Convert again
+            // from the verified parts.
+            converted = Some(self.convert_parts(&partials, &watermarks, image, &disk)?.await);
+        }
         let (blobs, stats) = self.finish_parts(image, origin, &partials, converted, disk).await?;
         let source_format = if image.format == DiskFormat::Qcow2 { Format::Qcow2 } else { Format::Raw };
         let digest = source.expected.clone().expect("an OCI source has its manifest digest");
@@ -121,6 +120,23 @@ impl Store {
             blobs,
             validators: Default::default(),
         })
+    }
+
+    /// Converts the qcow2 disk the parts make into `disk` as their bytes
+    /// arrive (or from the finished files, once every watermark ended).
+    fn convert_parts(
+        &self,
+        partials: &[PathBuf],
+        watermarks: &[Arc<Watermark>],
+        image: &CloudImage,
+        disk: &Path,
+    ) -> Result<impl std::future::Future<Output = Result<ConvertStats>> + Unpin + use<>> {
+        let reader = Concat::open(partials, watermarks, image)?;
+        let (disk, options) = (disk.to_owned(), self.convert_options());
+        Ok(blocking("the conversion", move || {
+            let image = DiskImage::qcow2_from(Box::new(reader), Path::new("the download"))?;
+            write_disk(&image, &disk, &options)
+        }))
     }
 
     /// After every part was fetched and verified: refuses parts that make

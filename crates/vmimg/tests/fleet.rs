@@ -187,3 +187,42 @@ fn a_mirror_killed_mid_pull_leaves_the_hosts_to_finish_from_the_upstream() {
         assert!(stderr.contains(&format!("{} failed, trying {}", mirror.url(), upstream.url())), "{stderr}");
     }
 }
+
+#[test]
+fn a_mirror_serving_other_bytes_is_passed_over_and_the_disk_is_the_verified_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = RegistryServer::start();
+    let mirror =
+        RegistryServer::start_configured(&RegistryConfig { ip: Some("127.0.0.8".into()), ..Default::default() });
+    random_disk(&dir.path().join("disk.raw"), 6);
+    // qcow2 parts (zstd clusters), converted while they arrive: the
+    // converter reads the mirror's bytes before they are found wrong.
+    let publisher = dir.path().join("publisher");
+    let path = ok(&publisher, &["pull", dir.path().join("disk.raw").to_str().unwrap()]);
+    let key = Path::new(&path).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
+    let cloud = format!("oci://{}/vm/disk:1", upstream.host());
+    let on_mirror = format!("oci://{}/vm/disk:1", mirror.host());
+    let pushed: Value =
+        serde_json::from_str(&ok(&publisher, &["push", &key, &cloud, "--part-size", "2M", "--json"])).unwrap();
+    ok(&publisher, &["push", &key, &on_mirror, "--part-size", "2M"]);
+    let manifest = mirror.storage().join("docker/registry/v2/blobs/sha256");
+    let digest = pushed["digest"].as_str().unwrap().trim_start_matches("sha256:").to_owned();
+    let bytes = std::fs::read(manifest.join(&digest[..2]).join(&digest).join("data")).unwrap();
+    let manifest: Value = serde_json::from_slice(&bytes).unwrap();
+    let part = manifest["layers"][1]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_owned();
+    let stored = mirror.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{part}/data", &part[..2]));
+    let mut part_bytes = std::fs::read(&stored).unwrap();
+    for byte in part_bytes.iter_mut().step_by(4096) {
+        *byte ^= 0xff;
+    }
+    std::fs::write(&stored, part_bytes).unwrap();
+
+    let store = fleet(dir.path(), &upstream, &mirror.url(), 1).remove(0);
+    let out = command(&store, &["pull", &cloud, "--json"]).output().unwrap();
+    let pulled = json_of(std::slice::from_ref(&out)).remove(0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{} failed, trying {}", mirror.url(), upstream.url())), "{stderr}");
+    let expected = sha256_of(dir.path().join("disk.raw").to_str().unwrap());
+    assert_eq!(sha256_of(pulled["path"].as_str().unwrap()), expected, "the disk is not the one verified");
+    assert_eq!(pulled["served_by"], serde_json::json!([mirror.url(), upstream.url()]), "{pulled}");
+}

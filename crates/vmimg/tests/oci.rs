@@ -449,8 +449,10 @@ fn a_push_cut_several_times_completes_and_the_registry_holds_each_part_once() {
         Path::new(&path).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned()
     };
     let through_proxy = format!("oci://{}/vm/cut:1", proxy.host());
-    let (pinned, stderr) =
-        ok_with_stderr(&store, &["push", &key, &through_proxy, "--format", "raw", "--part-size", "64M"]);
+    let (pinned, stderr) = ok_with_stderr(
+        &store,
+        &["push", &key, &through_proxy, "--format", "raw", "--part-size", "64M", "--retries", "6"],
+    );
     assert_eq!(proxy.cut(), 3, "the proxy cut fewer connections than asked: {stderr}");
     assert!(stderr.contains("retrying"), "the cuts were not told: {stderr}");
     assert!(stderr.contains("4 parts, 4 sent"), "{stderr}");
