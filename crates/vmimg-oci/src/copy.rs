@@ -18,7 +18,7 @@
 
 use crate::artifact::{Descriptor, OCI_MANIFEST};
 use crate::reference::Reference;
-use crate::registry::{Access, Error, Manifest, Registry, Result, expect, resolve};
+use crate::registry::{Access, Error, Manifest, Registry, Result, Scope, expect, resolve};
 use crate::sign;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -167,7 +167,9 @@ impl Registry {
         let base = endpoint.url(target, "blobs/uploads/");
         let separator = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{separator}mount={digest}&from={}", source.repository());
-        let response = self.send(&endpoint, target, Access::Push, || endpoint.http.post(&url)).await?;
+        let scope =
+            Scope { repository: target.repository(), access: Access::Push, mount_from: Some(source.repository()) };
+        let response = self.send_in(&endpoint, target, scope, || endpoint.http.post(&url)).await?;
         match response.status() {
             StatusCode::CREATED => Ok(true),
             StatusCode::ACCEPTED => {

@@ -222,12 +222,31 @@ pub enum Access {
     Push,
 }
 
-impl Access {
-    fn scope(self, repository: &str) -> String {
-        match self {
-            Access::Pull => format!("repository:{repository}:pull"),
-            Access::Push => format!("repository:{repository}:pull,push"),
-        }
+/// What a request's authorization must cover: `access` to a repository,
+/// and for a cross-repository mount, pull access to the repository the
+/// blob is mounted from (a token for the target alone makes the registry
+/// refuse the mount).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scope<'a> {
+    pub repository: &'a str,
+    pub access: Access,
+    pub mount_from: Option<&'a str>,
+}
+
+impl<'a> Scope<'a> {
+    fn of(reference: &'a Reference, access: Access) -> Scope<'a> {
+        Scope { repository: reference.repository(), access, mount_from: None }
+    }
+
+    /// The token scopes to ask for (Distribution's `repository:NAME:ACTIONS`).
+    fn strings(&self) -> Vec<String> {
+        let actions = match self.access {
+            Access::Pull => "pull",
+            Access::Push => "pull,push",
+        };
+        let mut scopes = vec![format!("repository:{}:{actions}", self.repository)];
+        scopes.extend(self.mount_from.map(|from| format!("repository:{from}:pull")));
+        scopes
     }
 }
 
@@ -644,7 +663,18 @@ impl Registry {
         access: Access,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
-        let cached = self.cached_authorization(endpoint, reference, access);
+        self.send_in(endpoint, reference, Scope::of(reference, access), build).await
+    }
+
+    /// [`Registry::send`] with authorization for `scope`.
+    pub(crate) async fn send_in(
+        &self,
+        endpoint: &Endpoint,
+        reference: &Reference,
+        scope: Scope<'_>,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let cached = self.auth.lock().expect("auth cache").get(&auth_key(endpoint, &scope)).cloned();
         let response = send_once(endpoint, &build, cached.as_ref()).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
@@ -652,7 +682,7 @@ impl Registry {
         if !endpoint.is_own(response.url()) {
             return Err(unauthorized(endpoint, reference));
         }
-        let auth = self.authorize(endpoint, reference, access, &response).await?;
+        let auth = self.authorize(endpoint, reference, &scope, &response).await?;
         let response = send_once(endpoint, &build, Some(&auth)).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             return Err(unauthorized(endpoint, reference));
@@ -668,7 +698,7 @@ impl Registry {
         reference: &Reference,
         access: Access,
     ) -> Option<HeaderValue> {
-        self.auth.lock().expect("auth cache").get(&auth_key(endpoint, reference, access)).cloned()
+        self.auth.lock().expect("auth cache").get(&auth_key(endpoint, &Scope::of(reference, access))).cloned()
     }
 
     /// The authorization for a blob download (fetched by another client):
@@ -679,7 +709,8 @@ impl Registry {
         reference: &Reference,
         access: Access,
     ) -> Result<Option<HeaderValue>> {
-        if let Some(auth) = self.auth.lock().expect("auth cache").get(&auth_key(endpoint, reference, access)) {
+        let scope = Scope::of(reference, access);
+        if let Some(auth) = self.auth.lock().expect("auth cache").get(&auth_key(endpoint, &scope)) {
             return Ok(Some(auth.clone()));
         }
         let url = endpoint.base();
@@ -687,7 +718,7 @@ impl Registry {
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(None);
         }
-        self.authorize(endpoint, reference, access, &response).await.map(Some)
+        self.authorize(endpoint, reference, &scope, &response).await.map(Some)
     }
 
     /// Answers the challenge of a `401` and caches the answer.
@@ -695,12 +726,12 @@ impl Registry {
         &self,
         endpoint: &Endpoint,
         reference: &Reference,
-        access: Access,
+        scope: &Scope<'_>,
         response: &reqwest::Response,
     ) -> Result<HeaderValue> {
         let challenge = header_str(response.headers(), header::WWW_AUTHENTICATE).and_then(Challenge::parse);
-        let auth = self.answer(endpoint, reference, access, challenge).await?;
-        self.auth.lock().expect("auth cache").insert(auth_key(endpoint, reference, access), auth.clone());
+        let auth = self.answer(endpoint, reference, scope, challenge).await?;
+        self.auth.lock().expect("auth cache").insert(auth_key(endpoint, scope), auth.clone());
         Ok(auth)
     }
 
@@ -733,7 +764,7 @@ impl Registry {
         &self,
         endpoint: &Endpoint,
         reference: &Reference,
-        access: Access,
+        scope: &Scope<'_>,
         challenge: Option<Challenge>,
     ) -> Result<HeaderValue> {
         match challenge {
@@ -746,13 +777,13 @@ impl Registry {
             },
             Some(Challenge::Bearer { realm, service }) => {
                 let login = self.login(endpoint).await?;
-                let scope = access.scope(reference.repository());
+                let scopes = scope.strings();
                 // The host's own client (its CAs, certificate, headers) for a
                 // realm on its origin; the plain one for a realm elsewhere.
                 let own = reqwest::Url::parse(&realm).is_ok_and(|url| endpoint.is_own(&url));
                 let http = if own { &endpoint.http } else { &self.http };
                 let asked =
-                    TokenAsk { realm: &realm, service: service.as_deref(), scope: &scope, login: login.as_ref() };
+                    TokenAsk { realm: &realm, service: service.as_deref(), scopes: &scopes, login: login.as_ref() };
                 let token = token(endpoint, http, reference, &asked).await?;
                 HeaderValue::from_str(&format!("Bearer {token}"))
                     .map_err(|_| Error::Http { url: realm, message: "the token is not a valid header value".into() })
@@ -796,25 +827,25 @@ async fn send_once(
     endpoint.http.execute(request).await.map_err(|e| Error::http(&url, e))
 }
 
-/// What a token is asked for: at `realm`, for `service` and `scope`, with
+/// What a token is asked for: at `realm`, for `service` and `scopes`, with
 /// `login` if any.
 #[derive(Clone, Copy)]
 struct TokenAsk<'a> {
     realm: &'a str,
     service: Option<&'a str>,
-    scope: &'a str,
+    scopes: &'a [String],
     login: Option<&'a Login>,
 }
 
-/// A bearer token from the realm, for `scope`.
+/// A bearer token from the realm, for the scopes asked.
 async fn token(
     endpoint: &Endpoint,
     http: &reqwest::Client,
     reference: &Reference,
     asked: &TokenAsk<'_>,
 ) -> Result<String> {
-    let TokenAsk { realm, service, scope, login } = *asked;
-    let request = token_request(http, realm, service, scope, login)?;
+    let request = token_request(http, asked)?;
+    let realm = asked.realm;
     let response = request.send().await.map_err(|e| Error::http(realm, e))?;
     match response.status() {
         StatusCode::OK => {}
@@ -839,20 +870,20 @@ async fn token(
 /// The request for a token: a `GET` with the scope and service, and the
 /// password as Basic auth if there is one; for an identity token, the
 /// OAuth2 refresh-token grant docker sends (a form `POST`).
-fn token_request(
-    http: &reqwest::Client,
-    realm: &str,
-    service: Option<&str>,
-    scope: &str,
-    login: Option<&Login>,
-) -> Result<reqwest::RequestBuilder> {
+fn token_request(http: &reqwest::Client, asked: &TokenAsk<'_>) -> Result<reqwest::RequestBuilder> {
+    let TokenAsk { realm, service, scopes, login } = *asked;
     let mut url = reqwest::Url::parse(realm)
         .map_err(|e| Error::Http { url: realm.to_owned(), message: format!("bad token realm: {e}") })?;
     if let Some(Login::IdentityToken(refresh)) = login {
-        let form = refresh_grant(refresh, service, scope);
+        let form = refresh_grant(refresh, service, &scopes.join(" "));
         return Ok(http.post(url).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded").body(form));
     }
-    url.query_pairs_mut().append_pair("scope", scope).extend_pairs(service.map(|service| ("service", service)));
+    let mut query = url.query_pairs_mut();
+    for scope in scopes {
+        query.append_pair("scope", scope);
+    }
+    query.extend_pairs(service.map(|service| ("service", service)));
+    drop(query);
     let request = http.get(url);
     Ok(match login {
         Some(Login::Password(c)) => request.basic_auth(&c.username, Some(&c.password)),
@@ -864,9 +895,13 @@ fn unauthorized(endpoint: &Endpoint, reference: &Reference) -> Error {
     Error::Unauthorized { registry: endpoint.auth_name().to_owned(), repository: reference.repository().to_owned() }
 }
 
-/// Where the authorization for `access` to the repository on a host is cached.
-fn auth_key(endpoint: &Endpoint, reference: &Reference, access: Access) -> (String, String, Access) {
-    (endpoint.host.api.clone(), reference.repository().to_owned(), access)
+/// Where the authorization for `scope` on a host is cached.
+fn auth_key(endpoint: &Endpoint, scope: &Scope<'_>) -> (String, String, Access) {
+    let repositories = match scope.mount_from {
+        Some(from) => format!("{} {from}", scope.repository),
+        None => scope.repository.to_owned(),
+    };
+    (endpoint.host.api.clone(), repositories, scope.access)
 }
 
 /// The form of an OAuth2 refresh-token grant for `scope`, as docker posts

@@ -17,6 +17,7 @@ const CHUNK: usize = 1 << 20;
 struct Request {
     method: String,
     path: String,
+    query: String,
     range: Option<String>,
     if_range: Option<String>,
     if_none_match: Option<String>,
@@ -82,6 +83,7 @@ pub(crate) fn serve_connection(stream: TcpStream, shared: &Shared) {
     shared.record(RequestRecord {
         method: request.method,
         path: request.path,
+        query: request.query,
         range: request.range,
         if_range: request.if_range,
         if_none_match: request.if_none_match,
@@ -99,10 +101,11 @@ fn read_request(stream: &TcpStream) -> io::Result<Request> {
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
         return Err(io::Error::other("not HTTP"));
     };
-    let path = target.split('?').next().unwrap_or(target).to_owned();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut request = Request {
         method: method.to_owned(),
-        path,
+        path: path.to_owned(),
+        query: query.to_owned(),
         range: None,
         if_range: None,
         if_none_match: None,

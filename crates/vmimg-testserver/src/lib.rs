@@ -95,6 +95,8 @@ impl Default for Versioning {
 pub struct RequestRecord {
     pub method: String,
     pub path: String,
+    /// What followed `?` in the request's target, as sent.
+    pub query: String,
     pub range: Option<String>,
     pub if_range: Option<String>,
     pub if_none_match: Option<String>,

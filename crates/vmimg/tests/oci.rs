@@ -304,6 +304,15 @@ fn a_registry_with_token_auth_and_docker_config_credentials() {
     let basic = tokens.log().into_iter().filter_map(|r| r.authorization).collect::<Vec<_>>();
     assert!(basic.iter().any(|a| a == "Basic dXNlcjpzM2NyZXQ="), "{basic:?}");
 
+    // A copy within the registry mounts every blob: the token asked for it
+    // covers the repository the blobs come from too.
+    let sibling = format!("oci://{}/mounted/disk:1", server.host());
+    let copied: Value = serde_json::from_str(&ok(&other, &["copy", &target, &sibling, "--json"])).unwrap();
+    assert_eq!((copied["blobs_sent"].as_u64(), copied["blobs_mounted"].as_u64()), (Some(0), Some(4)), "{copied}");
+    let asked = tokens.log().into_iter().map(|r| r.query).collect::<Vec<_>>();
+    let both = "scope=repository%3Amounted%2Fdisk%3Apull%2Cpush&scope=repository%3Aprivate%2Fdisk%3Apull";
+    assert!(asked.iter().any(|q| q.starts_with(both)), "no token for the mount's two repositories: {asked:?}");
+
     // A realm that refuses: a clear error saying how to log in.
     let refusing = TestServer::start();
     refusing.fault("/token", vmimg_testserver::Fault::Status(401), usize::MAX);
