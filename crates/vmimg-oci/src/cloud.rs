@@ -165,7 +165,7 @@ impl Registry {
         out: &mut (dyn AsyncWrite + Unpin + Send),
         progress: &dyn Progress,
     ) -> Result<()> {
-        let mut sent = Sent { hasher: Hasher::new(digest.algorithm()), written: 0 };
+        let mut sent = Sent { hasher: Hasher::new(digest.algorithm()), written: 0, from: None };
         let mut retries = Retries::new(&self.options().fetch, progress);
         let blob = BlobRef { reference, digest, size };
         loop {
@@ -187,14 +187,20 @@ impl Registry {
                 Err(e) => return Err(e),
             }
         }
-        if sent.written != size {
-            return Err(Error::BlobSize { digest: digest.clone(), expected: size, actual: sent.written });
+        let wrong = if sent.written != size {
+            Error::BlobSize { digest: digest.clone(), expected: size, actual: sent.written }
+        } else {
+            let actual = sent.hasher.finish();
+            if actual == *digest {
+                return Ok(());
+            }
+            Error::BlobDigest { expected: digest.clone(), actual }
+        };
+        // The bytes are out: the next request for this blob asks another host.
+        if let Some(from) = &sent.from {
+            self.distrust(reference, from, digest);
         }
-        let actual = sent.hasher.finish();
-        if actual != *digest {
-            return Err(Error::BlobDigest { expected: digest.clone(), actual });
-        }
-        Ok(())
+        Err(wrong)
     }
 
     async fn stream_attempt(
@@ -206,6 +212,7 @@ impl Registry {
     ) -> Result<()> {
         let BlobRef { reference, digest, size } = *blob;
         let response = self.blob_from(reference, digest, sent.written, progress).await?;
+        sent.from = Some(response.url().clone());
         let url = response.url().to_string();
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
@@ -278,10 +285,12 @@ struct BlobRef<'a> {
     size: u64,
 }
 
-/// What of a blob has been streamed: its bytes so far, hashed.
+/// What of a blob has been streamed: its bytes so far, hashed, and where
+/// the last of them came from.
 struct Sent {
     hasher: Hasher,
     written: u64,
+    from: Option<reqwest::Url>,
 }
 
 /// What a push did.

@@ -208,6 +208,7 @@ impl Registry {
         // a 401 here (the token expired midway) fails the attempt, and the
         // retry starts again with the token the first request renewed.
         let body = self.blob_from(source, &blob.digest, 0, progress).await?;
+        let from = body.url().clone();
         let verdict = Arc::new(Mutex::new(None));
         let body = reqwest::Body::wrap_stream(checked(body, blob.clone(), verdict.clone()));
         let request = endpoint
@@ -223,9 +224,10 @@ impl Registry {
             None => request,
         };
         let sent = request.send().await;
-        // The source's bytes were wrong: that, not how the upload ended.
+        // The source's bytes were wrong: that, not how the upload ended (a
+        // mirror's: the next try asks another host).
         if let Some(wrong) = verdict.lock().expect("verdict").take() {
-            return Err(wrong);
+            return Err(self.passed_over(source, &from, &blob.digest, wrong));
         }
         expect(sent.map_err(|e| Error::http(&put, e))?, &[StatusCode::CREATED], target).map(drop)
     }

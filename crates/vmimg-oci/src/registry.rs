@@ -170,6 +170,8 @@ impl Error {
             Error::Http { .. } | Error::Unresolved { .. } => true,
             Error::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
             Error::Fetch(e) => e.is_transient(),
+            // A mirror that served other bytes: the next host may not.
+            Error::HostFailed { .. } => true,
             _ => false,
         }
     }
@@ -299,6 +301,9 @@ pub struct Registry {
     docker: DockerConfig,
     /// Each registry's hosts, in the order to try them, read once.
     endpoints: Mutex<HashMap<String, Arc<[Arc<Endpoint>]>>>,
+    /// Mirrors (by API root) that served a blob (by digest) with other
+    /// bytes: not asked for it again by this client.
+    distrusted: Mutex<std::collections::HashSet<(String, Digest)>>,
     /// Authorization by (host, repository, access).
     auth: Mutex<HashMap<(String, String, Access), HeaderValue>>,
     /// What credential helpers answered, by host (held while one runs).
@@ -317,6 +322,7 @@ impl Registry {
             options,
             docker,
             endpoints: Mutex::default(),
+            distrusted: Mutex::default(),
             auth: Mutex::default(),
             helped: Default::default(),
         })
@@ -372,6 +378,42 @@ impl Registry {
         Ok(able)
     }
 
+    /// The hosts that may pull blob `digest`: those able to pull, less the
+    /// mirrors that served it with other bytes.
+    fn able_for_blob(&self, reference: &Reference, digest: &Digest) -> Result<Vec<Arc<Endpoint>>> {
+        let distrusted = self.distrusted.lock().expect("distrusted hosts");
+        let mut able = self.able(reference, Need::Pull)?;
+        able.retain(|e| e.host.is_server || !distrusted.contains(&(e.host.api.clone(), digest.clone())));
+        Ok(able)
+    }
+
+    /// Blob `digest` came from `url` with other bytes: if `url` is on one of
+    /// the registry's mirrors, it is not asked for that blob again (the
+    /// registry's own server always is). Returns the mirror's name.
+    pub(crate) fn distrust(&self, reference: &Reference, url: &reqwest::Url, digest: &Digest) -> Option<String> {
+        let hosts = self.able(reference, Need::Pull).ok()?;
+        let mirror = hosts.iter().find(|e| !e.host.is_server && e.is_own(url))?;
+        self.distrusted.lock().expect("distrusted hosts").insert((mirror.host.api.clone(), digest.clone()));
+        Some(mirror.name().to_owned())
+    }
+
+    /// The error to give when blob `digest`, streamed from `url`, was
+    /// `wrong`: from a mirror (now distrusted for it), its failure, worth
+    /// another try on the next host; from the registry's server, `wrong`.
+    pub(crate) fn passed_over(
+        &self,
+        reference: &Reference,
+        url: &reqwest::Url,
+        digest: &Digest,
+        wrong: Error,
+    ) -> Error {
+        let Some(host) = self.distrust(reference, url, digest) else { return wrong };
+        let next =
+            self.able_for_blob(reference, digest).ok().and_then(|able| able.first().map(|e| e.name().to_owned()));
+        let next = next.unwrap_or_else(|| reference.registry().to_owned());
+        Error::HostFailed { host, next, source: Box::new(wrong) }
+    }
+
     /// Runs `op` on each host that may `need` in turn until one succeeds,
     /// telling `progress` which served; a host's failure passes to the next
     /// (told to `progress` as a retry at once), the last host's is returned.
@@ -380,7 +422,15 @@ impl Registry {
         F: Fn(Arc<Endpoint>) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let hosts = self.able(reference, need)?;
+        self.on_each(self.able(reference, need)?, progress, op).await
+    }
+
+    /// [`Registry::on_hosts`] over `hosts`.
+    async fn on_each<T, F, Fut>(&self, hosts: Vec<Arc<Endpoint>>, progress: &dyn Progress, op: F) -> Result<T>
+    where
+        F: Fn(Arc<Endpoint>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         for pair in hosts.windows(2) {
             let (endpoint, next) = (&pair[0], &pair[1]);
             match op(endpoint.clone()).await {
@@ -448,9 +498,10 @@ impl Registry {
         partial: &std::path::Path,
         progress: &dyn Progress,
     ) -> Result<Fetched> {
-        let last = self.able(reference, Need::Pull)?.last().map(|e| e.host.api.clone());
+        let hosts = self.able_for_blob(reference, digest)?;
+        let last = hosts.last().map(|e| e.host.api.clone());
         let last = last.as_deref();
-        self.on_hosts(reference, Need::Pull, progress, |endpoint| async move {
+        self.on_each(hosts, progress, |endpoint| async move {
             let url = endpoint.url(reference, &format!("blobs/{digest}"));
             let mut headers = HeaderMap::new();
             let authorize = || self.authorization(&endpoint, reference, Access::Pull);
@@ -470,6 +521,8 @@ impl Registry {
                 if let Some(wrong) = wrong {
                     vmimg_fetch::remove_partial(partial)
                         .map_err(|source| Error::Io { path: partial.to_owned(), source })?;
+                    let from = reqwest::Url::parse(&url).map_err(|e| Error::Http { url, message: e.to_string() })?;
+                    self.distrust(reference, &from, digest);
                     return Err(wrong);
                 }
             }
@@ -487,7 +540,7 @@ impl Registry {
         offset: u64,
         progress: &dyn Progress,
     ) -> Result<reqwest::Response> {
-        self.on_hosts(reference, Need::Pull, progress, |endpoint| async move {
+        self.on_each(self.able_for_blob(reference, digest)?, progress, |endpoint| async move {
             let url = endpoint.url(reference, &format!("blobs/{digest}"));
             let response = self
                 .send(&endpoint, reference, Access::Pull, || {

@@ -225,4 +225,16 @@ fn a_mirror_serving_other_bytes_is_passed_over_and_the_disk_is_the_verified_one(
     let expected = sha256_of(dir.path().join("disk.raw").to_str().unwrap());
     assert_eq!(sha256_of(pulled["path"].as_str().unwrap()), expected, "the disk is not the one verified");
     assert_eq!(pulled["served_by"], serde_json::json!([mirror.url(), upstream.url()]), "{pulled}");
+
+    // A copy to another registry streams the part from the mirror, finds it
+    // wrong before the target commits it, and takes it from the upstream.
+    let target =
+        RegistryServer::start_configured(&RegistryConfig { ip: Some("127.0.0.9".into()), ..Default::default() });
+    let copy = format!("oci://{}/vm/copied:1", target.host());
+    let out = command(&store, &["copy", &cloud, &copy]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("{} failed, trying {}", mirror.url(), upstream.url())), "{stderr}");
+    let copied = ok(&dir.path().join("from-target"), &["pull", &copy]);
+    assert_eq!(sha256_of(&copied), expected, "the copy is not the verified disk");
 }
