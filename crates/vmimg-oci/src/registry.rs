@@ -304,6 +304,9 @@ pub struct Registry {
     /// Mirrors (by API root) that served a blob (by digest) with other
     /// bytes: not asked for it again by this client.
     distrusted: Mutex<std::collections::HashSet<(String, Digest)>>,
+    /// Hosts (by API root) whose `/v2/` asked for no authorization: blob
+    /// downloads from them are not preceded by that question again.
+    open: Mutex<std::collections::HashSet<String>>,
     /// Authorization by (host, repository, access).
     auth: Mutex<HashMap<(String, String, Access), HeaderValue>>,
     /// What credential helpers answered, by host (held while one runs).
@@ -323,6 +326,7 @@ impl Registry {
             docker,
             endpoints: Mutex::default(),
             distrusted: Mutex::default(),
+            open: Mutex::default(),
             auth: Mutex::default(),
             helped: Default::default(),
         })
@@ -766,9 +770,13 @@ impl Registry {
         if let Some(auth) = self.auth.lock().expect("auth cache").get(&auth_key(endpoint, &scope)) {
             return Ok(Some(auth.clone()));
         }
+        if self.open.lock().expect("open hosts").contains(&endpoint.host.api) {
+            return Ok(None);
+        }
         let url = endpoint.base();
         let response = send_once(endpoint, &|| endpoint.http.get(&url), None).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
+            self.open.lock().expect("open hosts").insert(endpoint.host.api.clone());
             return Ok(None);
         }
         self.authorize(endpoint, reference, &scope, &response).await.map(Some)

@@ -176,6 +176,8 @@ fn capabilities_say_which_host_resolves_tags_and_which_serves_blobs() {
     let served = heard.served_by.lock().unwrap().clone();
     assert_eq!(served[0], upstream.url(), "the tag is resolved upstream");
     assert!(served[1..].iter().all(|h| *h == mirror.url()), "{served:?}");
+    let probes = mirror.requests()[before..].iter().filter(|r| *r == "GET /v2/").count();
+    assert_eq!(probes, 1, "an open mirror was asked how to authorize more than once");
     let asked: Vec<String> = mirror.requests()[before..].iter().filter(|r| *r != "GET /v2/").cloned().collect();
     assert!(asked.iter().all(|r| r.contains("/blobs/") && r.contains("?ns=127.0.0.1")), "{asked:?}");
     assert_eq!(asked.iter().filter(|r| r.starts_with("GET")).count(), 2, "{asked:?}");
