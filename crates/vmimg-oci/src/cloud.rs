@@ -261,13 +261,7 @@ impl Registry {
             futures_util::stream::iter(uploads).buffer_unordered(push.jobs).collect().await;
         let uploaded = results.into_iter().collect::<Result<Vec<bool>>>()?;
         let config = artifact::empty_config();
-        self.retry(progress, || async {
-            if !self.has_blob(reference, &config.digest).await? {
-                self.upload_bytes(reference, &config.digest, b"{}").await?;
-            }
-            Ok(())
-        })
-        .await?;
+        self.retry(progress, || self.upload_missing(reference, &config.digest, b"{}")).await?;
         let parts: Vec<(Digest, u64)> = digests.into_iter().zip(ranges.iter().map(|r| r.1)).collect();
         let manifest = artifact::manifest(push.format, &parts, &push.name, push.annotations.clone());
         let bytes = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");

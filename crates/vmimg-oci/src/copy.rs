@@ -193,17 +193,8 @@ impl Registry {
         progress: &dyn Progress,
     ) -> Result<()> {
         let endpoint = self.push_host(target)?;
-        let start = endpoint.url(target, "blobs/uploads/");
-        let response = self.send(&endpoint, target, Access::Push, || endpoint.http.post(&start)).await?;
-        let response = expect(response, &[StatusCode::ACCEPTED], target)?;
-        let location = response
-            .headers()
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Error::Http { url: start.clone(), message: "no Location for the upload".into() })?;
-        let location = resolve(&start, location)?;
-        let separator = if location.contains('?') { '&' } else { '?' };
-        let put = format!("{location}{separator}digest={}", blob.digest);
+        let location = self.start_upload(&endpoint, target).await?;
+        let put = crate::upload::closing_url(&location, &blob.digest);
         // The body is the source's response, which cannot be sent twice:
         // a 401 here (the token expired midway) fails the attempt, and the
         // retry starts again with the token the first request renewed.

@@ -662,14 +662,8 @@ impl Registry {
         body: impl Fn() -> reqwest::Body,
     ) -> Result<()> {
         let endpoint = self.push_host(reference)?;
-        let start = endpoint.url(reference, "blobs/uploads/");
-        let response = self.send(&endpoint, reference, Access::Push, || endpoint.http.post(&start)).await?;
-        let response = expect(response, &[StatusCode::ACCEPTED], reference)?;
-        let location = header_str(response.headers(), header::LOCATION)
-            .ok_or_else(|| Error::Http { url: start.clone(), message: "no Location for the upload".into() })?;
-        let location = resolve(&start, location)?;
-        let separator = if location.contains('?') { '&' } else { '?' };
-        let put = format!("{location}{separator}digest={digest}");
+        let location = self.start_upload(&endpoint, reference).await?;
+        let put = crate::upload::closing_url(&location, digest);
         let response = self
             .send(&endpoint, reference, Access::Push, || {
                 endpoint

@@ -166,7 +166,7 @@ impl Registry {
     }
 
     /// Uploads `bytes` as blob `digest` unless the repository has it.
-    async fn upload_missing(&self, at: &Reference, digest: &Digest, bytes: &[u8]) -> Result<()> {
+    pub(crate) async fn upload_missing(&self, at: &Reference, digest: &Digest, bytes: &[u8]) -> Result<()> {
         if !self.has_blob(at, digest).await? {
             self.upload_bytes(at, digest, bytes).await?;
         }

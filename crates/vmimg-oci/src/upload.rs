@@ -96,19 +96,24 @@ impl Registry {
         while open.held < range.len {
             self.patch(endpoint, reference, open, range).await?;
         }
-        let separator = if open.location.contains('?') { '&' } else { '?' };
-        let put = format!("{}{separator}digest={digest}", open.location);
+        let put = closing_url(&open.location, digest);
         let close = || endpoint.http.put(&put).header(header::CONTENT_LENGTH, 0);
         let response = self.send(endpoint, reference, Access::Push, close).await?;
         crate::registry::expect(response, &[StatusCode::CREATED], reference).map(drop)
     }
 
-    /// `POST`: a new session.
+    /// A new session.
     async fn open_session(&self, endpoint: &Endpoint, reference: &Reference) -> Result<Session> {
+        Ok(Session { location: self.start_upload(endpoint, reference).await?, held: 0 })
+    }
+
+    /// `POST`: opens an upload session in `reference`'s repository; returns
+    /// its URL.
+    pub(crate) async fn start_upload(&self, endpoint: &Endpoint, reference: &Reference) -> Result<String> {
         let start = endpoint.url(reference, "blobs/uploads/");
         let response = self.send(endpoint, reference, Access::Push, || endpoint.http.post(&start)).await?;
         let response = crate::registry::expect(response, &[StatusCode::ACCEPTED], reference)?;
-        Ok(Session { location: location(&start, response.headers())?, held: 0 })
+        location(&start, response.headers())
     }
 
     /// One `PATCH` of the next chunk; the session then holds it.
@@ -180,6 +185,12 @@ fn last_byte(headers: &HeaderMap) -> Option<u64> {
 /// byte twice into one).
 fn held(headers: &HeaderMap) -> Option<u64> {
     last_byte(headers).map(|last| if last == 0 { 0 } else { last.saturating_add(1) })
+}
+
+/// The `PUT` that closes the upload session at `location` as blob `digest`.
+pub(crate) fn closing_url(location: &str, digest: &Digest) -> String {
+    let separator = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{separator}digest={digest}")
 }
 
 /// The session's next URL, from an answer's `Location` (relative to `base`).
