@@ -23,7 +23,8 @@ use std::io::{self, Read};
 /// What an archive may make the reader hold in memory.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// The largest PAX extended header or GNU long name.
+    /// The most metadata (PAX extended headers, GNU long names) in front
+    /// of one entry, all of it together.
     pub max_meta_bytes: u64,
     /// The most segments one sparse map may have.
     pub max_segments: usize,
@@ -88,6 +89,7 @@ impl<R: Read> Reader<R> {
             return Ok(None);
         }
         let mut pending = Pending::default();
+        let mut meta_bytes = 0;
         loop {
             let header = self.read_header()?;
             if header.is_zero() {
@@ -96,12 +98,17 @@ impl<R: Read> Reader<R> {
             }
             header.check()?;
             let stored = header.number(field::SIZE, "size")?;
-            match header.kind() {
-                b'x' => pending.pax.extend(parse_pax(&self.read_meta(stored)?)?),
-                b'g' => drop(self.read_meta(stored)?),
-                b'L' => pending.long_name = Some(trim_nul(self.read_meta(stored)?)),
-                b'K' => pending.long_link = Some(trim_nul(self.read_meta(stored)?)),
-                _ => return self.entry(&header, pending, stored).map(Some),
+            let kind = header.kind();
+            if !matches!(kind, b'x' | b'g' | b'L' | b'K') {
+                return self.entry(&header, pending, stored).map(Some);
+            }
+            meta_bytes += stored;
+            let data = self.read_meta(meta_bytes, stored)?;
+            match kind {
+                b'x' => pending.pax.extend(parse_pax(&data)?),
+                b'L' => pending.long_name = Some(trim_nul(data)),
+                b'K' => pending.long_link = Some(trim_nul(data)),
+                _ => {} // a global PAX header: nothing in it applies to vmimg
             }
         }
     }
@@ -158,11 +165,13 @@ impl<R: Read> Reader<R> {
         Ok(Header(block))
     }
 
-    /// The data of a metadata entry (PAX header, long name), bounded.
-    fn read_meta(&mut self, size: u64) -> io::Result<Vec<u8>> {
-        if size > self.limits.max_meta_bytes {
+    /// The data of a metadata entry (PAX header, long name), refused when
+    /// the metadata in front of one entry, `total` bytes with this one, is
+    /// over the limit.
+    fn read_meta(&mut self, total: u64, size: u64) -> io::Result<Vec<u8>> {
+        if total > self.limits.max_meta_bytes {
             return Err(invalid(format!(
-                "tar metadata entry of {size} bytes is over the limit of {}",
+                "tar metadata in front of one entry is {total} bytes or more, over the limit of {}",
                 self.limits.max_meta_bytes
             )));
         }

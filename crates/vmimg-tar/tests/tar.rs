@@ -211,6 +211,27 @@ fn hostile_archives_are_refused() {
     let huge_pax = header("PaxHeaders/x", b'x', b"77777777777");
     assert!(read_error(&with_end(huge_pax.to_vec()), Limits::default()).contains("over the limit"));
 
+    // Metadata headers one after another, each under the limit, together over it.
+    let long_name = |len: usize| {
+        let mut entry = header("././@LongLink", b'L', format!("{len:011o}").as_bytes()).to_vec();
+        entry.extend(std::iter::repeat_n(b'n', len.div_ceil(512) * 512));
+        entry
+    };
+    let small = Limits { max_meta_bytes: 4096, ..Limits::default() };
+    let mut piled = pax(&[("comment", &"c".repeat(1000))]);
+    (0..3).for_each(|_| piled.extend(long_name(1100)));
+    piled.extend_from_slice(&header("f", b'0', b"00000000000"));
+    assert!(read_error(&with_end(piled.clone()), small).contains("in front of one entry"));
+    let mut spaced = long_name(3000);
+    spaced.extend_from_slice(&header("f", b'0', b"00000000000"));
+    spaced.extend(long_name(3000));
+    spaced.extend_from_slice(&header("g", b'0', b"00000000000"));
+    assert_eq!(
+        Reader::new(Cursor::new(with_end(spaced)), small).next_entry().unwrap().unwrap().size,
+        0,
+        "each entry's own metadata counts"
+    );
+
     let mut bad_record = header("PaxHeaders/x", b'x', b"00000000020").to_vec();
     bad_record.extend_from_slice(b"99 path=x\n\0\0\0\0\0\0");
     bad_record.resize(1024, 0);
