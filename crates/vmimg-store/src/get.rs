@@ -151,7 +151,10 @@ impl Store {
                 let progress = options.observer.clone().map(|o| o as Arc<dyn Progress>);
                 self.pull(resolved, progress).await
             }
-            Work::Build(origin, format) => self.build_and_wait(origin, *format, options).await,
+            Work::Build(origin, format) => match self.found(&plan.key)? {
+                Some(built) => Ok(built),
+                None => self.build_and_wait(origin, *format, options).await,
+            },
         }
     }
 

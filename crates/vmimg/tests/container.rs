@@ -214,6 +214,17 @@ fn container_images_in_local_layouts_and_archives_become_disks() {
     let images: Value = serde_json::from_str(&ok(&store, &["images", "--json"])).unwrap();
     let kinds: Vec<_> = images.as_array().unwrap().iter().map(|i| i["source"]["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["layout", "layout"]);
+
+    // --json says where the disk is and whether it was built just now, as a cloud image's pull does.
+    let erofs_source = ["build", "--format", "erofs", &format!("oci:{}:v1", layout.display()), "--json"];
+    let (built, again) = (ok(&store, &erofs_source), ok(&store, &erofs_source));
+    let (built, again): (Value, Value) = (serde_json::from_str(&built).unwrap(), serde_json::from_str(&again).unwrap());
+    assert_eq!((built["cached"].as_bool(), again["cached"].as_bool()), (Some(false), Some(true)), "{again:#}");
+    assert!(Path::new(built["path"].as_str().unwrap()).is_file(), "{built:#}");
+    assert_eq!(built["path"], again["path"]);
+    let pulled: Value =
+        serde_json::from_str(&ok(&store, &["pull", &format!("oci:{}:v1", layout.display()), "--json"])).unwrap();
+    assert_eq!((pulled["cached"].as_bool(), pulled["path"].as_str()), (Some(true), Some(disk.trim())), "{pulled:#}");
     let builds: Value = serde_json::from_str(&ok(&store, &["builds", "list", "--json"])).unwrap();
     assert!(builds[0]["reference"].as_str().unwrap().starts_with("oci"), "{builds:#}");
 }
