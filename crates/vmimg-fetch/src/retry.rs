@@ -74,11 +74,9 @@ impl<'a> Retries<'a> {
         if std::mem::replace(&mut self.unresolved, unresolved) && unresolved {
             return None;
         }
+        // backon's jitter may add up to the delay itself: the cap holds after it.
         let delay = self.delays.next()?;
-        Some(match error.retry_after() {
-            Some(asked) => delay.max(asked).min(self.options.max_delay),
-            None => delay,
-        })
+        Some(delay.max(error.retry_after().unwrap_or_default()).min(self.options.max_delay))
     }
 }
 
@@ -134,6 +132,16 @@ mod tests {
         for failure in [&UNRESOLVED, &REFUSED, &UNRESOLVED, &REFUSED] {
             assert!(retries.next_delay(failure).is_some(), "not in a row: the budget of attempts holds");
         }
+    }
+
+    #[test]
+    fn jitter_never_takes_a_delay_past_the_maximum() {
+        let options =
+            FetchOptions { min_delay: Duration::from_secs(1), max_delay: Duration::from_secs(2), ..options(64) };
+        let mut retries = Retries::new(&options, &NoProgress);
+        let delays: Vec<_> = std::iter::from_fn(|| retries.next_delay(&REFUSED)).collect();
+        assert_eq!(delays.len(), 63);
+        assert!(delays.iter().all(|&d| d <= Duration::from_secs(2)), "{delays:?}");
     }
 
     #[test]

@@ -32,9 +32,7 @@ pub enum Error {
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
     #[error("catalog {origin}: {message}")]
     Catalog { origin: String, message: String },
-    #[error(
-        "unknown alias {alias:?}{suggestion}: the catalog lists the aliases; a file needs a path with a slash (./{alias})"
-    )]
+    #[error("unknown alias {alias:?}{suggestion}: the catalog lists the aliases")]
     UnknownAlias { alias: String, suggestion: crate::suggest::Suggestion },
     #[error("alias {alias:?} has no {arch} image (it has: {available})")]
     NoArch { alias: String, arch: String, available: String },

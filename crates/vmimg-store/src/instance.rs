@@ -121,7 +121,9 @@ impl Store {
         remove_dir_atomically(self.instance_dir(name), self.tmp()).await
     }
 
-    fn check_new_instance_name(&self, name: &str) -> Result<String> {
+    /// `name`, or why no new instance can take it (unsafe, or taken): a
+    /// caller that pulls the instance's image first checks it before.
+    pub fn check_new_instance_name(&self, name: &str) -> Result<String> {
         if !is_name_safe(name) {
             return Err(Error::InvalidName { what: "instance", name: name.to_owned() });
         }

@@ -134,7 +134,7 @@ pub use record::{
     SourceFormat, SourceInfo, Status, Timestamp,
 };
 pub use refresh::{Change, MAX_UPSTREAM_TEXT, RefreshError, Refreshed};
-pub use source::{Location, OciOrigin, OciRef, Resolved, Source};
+pub use source::{Location, OciOrigin, OciRef, Resolved, Source, registry_reference};
 pub use store::{Store, StoreOptions, default_root};
 pub use suggest::Suggestion;
 pub use usage::Usage;

@@ -126,8 +126,21 @@ fn try_hold(file: &File, path: &Path) -> Result<bool> {
     }
 }
 
+/// The lock file at `path`, made if missing. In a store this process may
+/// not write (a read-only mount, another user's store) an existing one is
+/// opened to read: flock needs no more, so readers still see who holds it.
 fn open_lock(path: &Path) -> Result<File> {
-    File::options().create(true).truncate(false).write(true).open(path).map_err(Error::io("open", path))
+    use std::io::ErrorKind;
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .or_else(|e| match e.kind() {
+            ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => File::open(path).map_err(|_| e),
+            _ => Err(e),
+        })
+        .map_err(Error::io("open", path))
 }
 
 /// Whether `path` names the open `file` (same device and inode).

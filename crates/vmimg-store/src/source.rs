@@ -47,6 +47,12 @@ impl Source {
             return registry_reference(reference).map(Source::Registry);
         }
         if let Some(layout) = layout_ref(text) {
+            let missing = layout.as_ref().map_or(true, |layout| !layout.path().exists());
+            if let Some(rest) = text.strip_prefix("oci:").filter(|rest| missing && looks_like_registry_image(rest)) {
+                return Err(Error::Invalid(format!(
+                    "{text} names no local layout; a registry image is written oci://{rest}"
+                )));
+            }
             return layout.map(Source::Layout);
         }
         if text.starts_with("http://") || text.starts_with("https://") {
@@ -98,9 +104,10 @@ fn looks_like_registry_image(text: &str) -> bool {
     is_host && !rest.is_empty() && Reference::parse(text).is_ok()
 }
 
-/// A registry reference, refused when it names a registry but no repository
-/// (`127.0.0.1:5000` would otherwise mean `docker.io/library/127.0.0.1:5000`).
-fn registry_reference(text: &str) -> Result<Reference> {
+/// A registry reference as written after `oci://`, refused when it names a
+/// registry but no repository (`127.0.0.1:5000` would otherwise mean
+/// `docker.io/library/127.0.0.1:5000`).
+pub fn registry_reference(text: &str) -> Result<Reference> {
     let first = text.split(['/', '@']).next().unwrap_or_default();
     let looks_like_host = first.contains(['.', ':']) || first == "localhost";
     if looks_like_host && !text.contains('/') {

@@ -186,6 +186,13 @@ impl Opening<'_> {
         if let Some(root) = root.filter(|root| self.existing && !root.exists()) {
             return Err(vmimg_store::Error::NoStore { root: std::path::absolute(root)? }.into());
         }
+        if let Some(root) = root.filter(|root| root.exists() && !root.is_dir()) {
+            return Err(vmimg_store::Error::Invalid(format!(
+                "--store {}: not a directory; a store is a directory (made on first use)",
+                root.display()
+            ))
+            .into());
+        }
         let default_source = SourceArgs::default();
         let source = self.source.unwrap_or(&default_source);
         let mut mirrors = vmimg_store::Mirrors::default();

@@ -619,10 +619,11 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     init_logs(cli.verbose, matches!(cli.command, Command::Serve { .. }));
+    let reads_sources = cli.command.reads_sources();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vmimg: error: {}", error_line(&e));
+            eprintln!("vmimg: error: {}", error_line(&e, reads_sources));
             ExitCode::from(exit_code(e.chain().find_map(ErrorKind::of)))
         }
     }
@@ -696,7 +697,18 @@ fn exit_code(kind: Option<ErrorKind>) -> u8 {
 
 /// The error and its causes on one line, without repeating a cause that the
 /// message above it already quotes, and the flags that would help.
-fn error_line(e: &anyhow::Error) -> String {
+impl Command {
+    /// Whether the command takes a source to get an image from (an alias,
+    /// a URL, a file, a registry image or a local layout), so that a local
+    /// copy or a mirror can stand in for what it could not reach.
+    fn reads_sources(&self) -> bool {
+        matches!(self, Command::Pull { .. } | Command::Build { .. } | Command::Instance(InstanceCommand::Create { .. }))
+    }
+}
+
+/// What an error prints: the error, its causes that add to it, and what
+/// the command line has for it (`reads_sources`: the command gets images).
+fn error_line(e: &anyhow::Error, reads_sources: bool) -> String {
     let mut line = e.to_string();
     for cause in e.chain().skip(1) {
         let cause = cause.to_string();
@@ -704,14 +716,14 @@ fn error_line(e: &anyhow::Error) -> String {
             line = format!("{line}: {cause}");
         }
     }
-    if let Some(hint) = hint(e) {
+    if let Some(hint) = hint(e, reads_sources) {
         line = format!("{line} ({hint})");
     }
     line
 }
 
 /// What the command line adds to a library error: its own flags.
-fn hint(e: &anyhow::Error) -> Option<&'static str> {
+fn hint(e: &anyhow::Error, reads_sources: bool) -> Option<&'static str> {
     use vmimg_store::Error as E;
     let store = e.chain().find_map(|cause| cause.downcast_ref::<E>());
     let oci = e.chain().find_map(|cause| match cause.downcast_ref::<E>() {
@@ -722,17 +734,23 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
         return Some("credentials: --username with --password or --password-stdin");
     }
     if oci.and_then(vmimg_oci::Error::unresolved_host).is_some() {
-        return Some("oci:DIR[:NAME] or oci-archive:FILE[:NAME] pulls a local copy");
+        return Some(if reads_sources {
+            "a mirror in --hosts-dir, or oci:DIR[:NAME] or oci-archive:FILE[:NAME] for a local copy"
+        } else {
+            "a mirror in --hosts-dir stands in for a registry"
+        });
     }
     match store? {
         E::InUse { .. } => Some("`vmimg rm --force` removes them with it"),
         E::NoArch { .. } | E::NoHostArch { .. } => Some("choose one with --arch"),
+        E::UnknownAlias { .. } if reads_sources => {
+            Some("`vmimg catalog list` shows the aliases; a local file is named with a slash: ./FILE")
+        }
         E::UnknownAlias { .. } => Some("`vmimg catalog list` shows the aliases"),
         E::UnknownImage { .. } => Some("`vmimg images` lists them"),
         E::NoStore { .. } => Some("--store DIR or VMIMG_STORE names the store"),
-        E::Fetch(fetch) if fetch.unresolved_host().is_some() => {
-            Some("--mirror FROM=TO fetches from a host you can reach; ./FILE pulls a local file")
-        }
+        E::Fetch(fetch) if fetch.unresolved_host().is_some() => Some("with --mirror FROM=TO, or ./FILE"),
+        E::Exists { what: "instance", .. } => Some("`vmimg instance rm NAME` removes it; --name gives another"),
         E::Exists { .. } => Some("`vmimg rm NAME` removes it; --name gives another"),
         E::DigestMismatch { .. } => Some("`vmimg catalog refresh FILE` moves a catalog to its publisher's newest"),
         E::NotADisk { .. } => Some("`vmimg build --format ext4` makes a disk"),
@@ -745,6 +763,9 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
 fn run(cli: Cli) -> Result<()> {
     let plain = Opening::default();
     let reading = Opening { read_only: true, existing: true, ..plain };
+    // Commands that change what the store holds: a store named but missing
+    // holds nothing to change, and is not made.
+    let held = Opening { existing: true, ..plain };
     match &cli.command {
         Command::Pull { source, digest, json, format, naming, refresh, get } => {
             let store = cli.open(get.opening())?;
@@ -762,9 +783,9 @@ fn run(cli: Cli) -> Result<()> {
             let store = cli.open(get.opening())?;
             if !matches!(vmimg_store::Source::parse(source, store.catalog())?, Source::Registry(_) | Source::Layout(_))
             {
-                anyhow::bail!(
+                anyhow::bail!(vmimg_store::Error::Invalid(format!(
                     "{source:?} is not a container image: write oci://REGISTRY/REPOSITORY[:TAG], oci:DIR[:NAME] or oci-archive:FILE[:NAME]"
-                );
+                )));
             }
             let wanted = pull::Wanted {
                 source,
@@ -777,11 +798,13 @@ fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(pull::run(&store, wanted, cli.quiet))
         }
         Command::Builds(BuildsCommand::List { json }) => build::list(cli.open(reading)?, *json),
-        Command::Builds(BuildsCommand::Recover { concurrency, get }) => {
-            runtime()?.block_on(build::recover(cli.open(get.opening())?, *concurrency, cli.quiet))
-        }
+        Command::Builds(BuildsCommand::Recover { concurrency, get }) => runtime()?.block_on(build::recover(
+            cli.open(Opening { existing: true, ..get.opening() })?,
+            *concurrency,
+            cli.quiet,
+        )),
         Command::Builds(BuildsCommand::Rm { id, force }) => {
-            runtime()?.block_on(build::remove(cli.open(plain)?, id, *force))
+            runtime()?.block_on(build::remove(cli.open(held)?, id, *force))
         }
         Command::Disk(DiskCommand::NewExt4 { path, size }) => {
             vmimg_rootfs::ext4::new_empty(path, *size, &Default::default())?;
@@ -791,7 +814,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Cat { source, arch, download, registry } => {
             let source_args = SourceArgs { arch: arch.clone(), ..SourceArgs::default() };
             let opening =
-                Opening { source: Some(&source_args), download: Some(download), registry: Some(registry), ..plain };
+                Opening { source: Some(&source_args), download: Some(download), registry: Some(registry), ..reading };
             runtime()?.block_on(oci::cat(&cli.open(opening)?, source, cli.quiet))
         }
         Command::Push { image, target, part_size, format, jobs, json, sign_key, download, registry } => {
@@ -801,7 +824,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let options =
                 vmimg_store::PushOptions { format, part_size: *part_size, jobs: *jobs, sign_key: sign_key.clone() };
-            let opening = Opening { download: Some(download), registry: Some(registry), ..plain };
+            let opening = Opening { download: Some(download), registry: Some(registry), ..held };
             runtime()?.block_on(oci::push(&cli.open(opening)?, image, target, options, *json, cli.quiet))
         }
         Command::Images { json, format, filter } => {
@@ -810,10 +833,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Inspect { image, json } => runtime()?.block_on(inspect::run(&cli.open(reading)?, image, *json)),
         Command::Rm { image, force } => {
-            runtime()?.block_on(manage::remove_image(&cli.open(plain)?, image, *force, cli.quiet))
+            runtime()?.block_on(manage::remove_image(&cli.open(held)?, image, *force, cli.quiet))
         }
-        Command::Tag { image, name } => runtime()?.block_on(manage::tag(&cli.open(plain)?, image, name, cli.quiet)),
-        Command::Untag { name } => manage::untag(&cli.open(plain)?, name, cli.quiet),
+        Command::Tag { image, name } => runtime()?.block_on(manage::tag(&cli.open(held)?, image, name, cli.quiet)),
+        Command::Untag { name } => manage::untag(&cli.open(held)?, name, cli.quiet),
         Command::Du { json } => manage::du(&cli.open(reading)?, *json),
         Command::Serve { get, listen, token_file, builds, allow_local, openapi } => {
             let args = serve::ServeArgs {
@@ -827,7 +850,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Gc { keep_under, partials, dry_run, json } => {
             let options = vmimg_store::GcOptions { keep_under: *keep_under, partials: *partials, dry_run: *dry_run };
-            runtime()?.block_on(manage::gc(&cli.open(plain)?, &options, *json, cli.quiet))
+            let opening = if *dry_run { reading } else { held };
+            runtime()?.block_on(manage::gc(&cli.open(opening)?, &options, *json, cli.quiet))
         }
         Command::Instance(InstanceCommand::Create { image, name, size, format, json, get }) => {
             let store = cli.open(get.opening())?;
@@ -837,7 +861,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bundle(BundleCommand::Export { image, file, level, compress_threads, json }) => {
             let options = vmimg_store::ExportOptions { level: *level, threads: compress_threads.unwrap_or(0) };
-            runtime()?.block_on(bundle::export(&cli.open(plain)?, image, file, options, *json, cli.quiet))
+            runtime()?.block_on(bundle::export(&cli.open(held)?, image, file, options, *json, cli.quiet))
         }
         Command::Bundle(BundleCommand::Import { file, name, digest, max_archive_size, max_file_size, json }) => {
             let limits = vmimg_store::BundleLimits { max_archive: *max_archive_size, max_file: *max_file_size };
@@ -850,7 +874,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Instance(InstanceCommand::List { json }) => manage::list_instances(&cli.open(reading)?, *json),
         Command::Instance(InstanceCommand::Rm { name }) => {
-            runtime()?.block_on(async { Ok(cli.open(plain)?.remove_instance(name).await?) })
+            runtime()?.block_on(async { Ok(cli.open(held)?.remove_instance(name).await?) })
         }
         Command::Catalog(CatalogCommand::List { json, catalog }) => {
             catalog::list(&cli.open(catalog_only(catalog).opening())?, *json)

@@ -121,6 +121,9 @@ pub async fn gc(store: &Store, options: &GcOptions, json: bool, quiet: bool) -> 
 /// Makes an instance of `request.image` (an image name or a source, pulled
 /// first if needed).
 pub async fn create_instance(store: &Store, mut request: InstanceRequest, json: bool, quiet: bool) -> Result<()> {
+    if let Some(name) = &request.name {
+        store.check_new_instance_name(name)?;
+    }
     let report = Arc::new(Report::new(quiet, &request.image));
     let options = GetOptions { observer: Some(report.clone()), ..Default::default() };
     let pulled = store.get(&request.image, &options).await;

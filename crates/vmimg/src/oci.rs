@@ -11,13 +11,16 @@ use vmimg_store::{PushOptions, Store};
 /// The registry reference in `oci://REF` or `docker://REF`; None for other sources.
 pub fn reference(source: &str) -> Option<Result<Reference>> {
     let rest = source.strip_prefix("oci://").or_else(|| source.strip_prefix("docker://"))?;
-    Some(Reference::parse(rest).map_err(Into::into))
+    Some(vmimg_store::registry_reference(rest).map_err(Into::into))
 }
 
 pub fn required_reference(source: &str) -> Result<Reference> {
     match reference(source) {
         Some(reference) => reference,
-        None => bail!("{source:?} is not a registry reference: write oci://REGISTRY/REPOSITORY[:TAG|@DIGEST]"),
+        None => Err(vmimg_store::Error::Invalid(format!(
+            "{source:?} is not a registry reference: write oci://REGISTRY/REPOSITORY[:TAG|@DIGEST]"
+        ))
+        .into()),
     }
 }
 

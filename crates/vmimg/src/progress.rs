@@ -140,6 +140,9 @@ fn retry_note(error: &dyn std::error::Error, delay: Duration) -> String {
     if delay.is_zero() {
         return format!("vmimg: {error}");
     }
+    if delay < Duration::from_secs(1) {
+        return format!("vmimg: retrying in {}ms: {error}", delay.as_millis());
+    }
     format!("vmimg: retrying in {:.1}s: {error}", delay.as_secs_f64())
 }
 

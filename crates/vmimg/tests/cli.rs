@@ -401,6 +401,15 @@ fn names_are_suggested_and_images_found_by_an_unambiguous_prefix() {
     let typo = in_store(&["pull", "debian12"]);
     assert_eq!(typo.status.code(), Some(3), "{}", stderr(&typo));
     assert!(stderr(&typo).contains("did you mean debian-12?"), "{}", stderr(&typo));
+    assert!(stderr(&typo).contains("a local file is named with a slash: ./FILE"), "{}", stderr(&typo));
+    // catalog show takes no files: it says nothing of them.
+    let shown = in_store(&["catalog", "show", "debian12"]);
+    assert_eq!(shown.status.code(), Some(3), "{}", stderr(&shown));
+    assert!(
+        stderr(&shown).contains("did you mean debian-12?") && !stderr(&shown).contains("file"),
+        "{}",
+        stderr(&shown)
+    );
 
     let mut keys = Vec::new();
     for name in ["a.qcow2", "b.qcow2"] {
@@ -443,6 +452,11 @@ fn json_output_from_gc_and_instance_create() {
     assert_eq!(instance["name"], "vm1");
     assert_eq!(instance["format"], "qcow2");
     assert!(Path::new(instance["path"].as_str().unwrap()).is_file(), "{instance}");
+    // A name taken is refused before the image is fetched (port 9 would refuse it).
+    let taken = in_store(&["instance", "create", "http://127.0.0.1:9/big.raw", "--name", "vm1"]);
+    assert_eq!(taken.status.code(), Some(4), "{}", stderr(&taken));
+    assert!(stderr(&taken).contains("`vmimg instance rm NAME` removes it"), "{}", stderr(&taken));
+    assert!(!stderr(&taken).contains("retrying"), "{}", stderr(&taken));
     let gc = in_store(&["gc", "--dry-run", "--json"]);
     assert!(gc.status.success(), "{}", stderr(&gc));
     let report: Value = serde_json::from_slice(&gc.stdout).unwrap();
@@ -602,7 +616,24 @@ fn commands_that_only_read_make_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // A mistyped --store: refused, and no directory made.
     let typo = dir.path().join("sotre");
-    for command in [&["images"][..], &["du"], &["instance", "list"], &["builds", "list"]] {
+    let commands: [&[&str]; 14] = [
+        &["images"],
+        &["du"],
+        &["instance", "list"],
+        &["builds", "list"],
+        // Commands that change what a store holds: a missing one holds nothing.
+        &["gc"],
+        &["gc", "--dry-run"],
+        &["rm", "x"],
+        &["tag", "x", "y"],
+        &["untag", "y"],
+        &["instance", "rm", "x"],
+        &["builds", "rm", "x"],
+        &["builds", "recover"],
+        &["bundle", "export", "x", "/dev/null"],
+        &["push", "x", "oci://127.0.0.1:9/vm/x:1"],
+    ];
+    for command in commands {
         let out = common::vmimg(&typo, command);
         assert_eq!(out.status.code(), Some(3), "{command:?}: {}", stderr(&out));
         assert!(stderr(&out).contains("no store at"), "{command:?}: {}", stderr(&out));
@@ -611,6 +642,12 @@ fn commands_that_only_read_make_and_write_nothing() {
     // The catalog needs no store, and makes none.
     assert!(common::vmimg(&typo, &["catalog", "list"]).status.success());
     assert!(!typo.exists(), "catalog list made the store");
+    // A store that is a file is named as such.
+    let file = dir.path().join("file");
+    fs::write(&file, "").unwrap();
+    let out = common::vmimg(&file, &["pull", "./none"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a directory; a store is a directory"), "{}", stderr(&out));
     // A store on a read-only filesystem: every listing works.
     let mount = match vmimg_testserver::mounts::Mount::tmpfs() {
         Ok(mount) => mount,
@@ -622,7 +659,9 @@ fn commands_that_only_read_make_and_write_nothing() {
     assert!(common::vmimg(&store, &["pull", disk.to_str().unwrap()]).status.success());
     let remounted = Command::new("mount").args(["-o", "remount,ro"]).arg(mount.path()).status().unwrap();
     assert!(remounted.success(), "remount read-only");
-    for command in [&["images"][..], &["du"], &["instance", "list"], &["builds", "list"], &["catalog", "list"]] {
+    let commands: [&[&str]; 6] =
+        [&["images"], &["du"], &["instance", "list"], &["builds", "list"], &["catalog", "list"], &["gc", "--dry-run"]];
+    for command in commands {
         let out = common::vmimg(&store, command);
         assert!(out.status.success(), "{command:?} on a read-only store: {}", stderr(&out));
     }

@@ -1,7 +1,8 @@
 //! `vmimg` without network: a host name that does not resolve fails after
 //! one retry, within seconds, with the host named and what to do; a
 //! registry that refuses connections is retried with backoff, and every
-//! retry of `pull`, `cat` and `push` says so on stderr.
+//! retry of `pull`, `cat`, `push`, `build`, `instance create` and `copy`
+//! says so on stderr.
 //!
 //! `.invalid` never resolves (RFC 6761), and resolvers answer it at once.
 //! The runs go through `common::vmimg`, which sets the retries (2) and
@@ -46,6 +47,19 @@ fn a_host_that_does_not_resolve_fails_after_one_retry_saying_what_to_do() {
         );
         let retries: Vec<_> = stderr.lines().filter(|l| l.starts_with("vmimg: retrying in ")).collect();
         assert!(retries.len() == 1 && retries[0].contains("cannot resolve vmimg-test.invalid"), "{source}: {stderr}");
+        // Delays under a second are told in milliseconds, not as 0.0s.
+        assert!(retries[0].split_whitespace().nth(3).is_some_and(|d| d.ends_with("ms:")), "{stderr}");
+    }
+    // What the command line adds fits the command: a local copy for what gets images, not for a push.
+    let key = local_image(dir.path(), &store);
+    let unresolved = "oci://vmimg-test.invalid/vm/x:1";
+    for (args, hint) in [
+        (vec!["pull", unresolved], "oci:DIR[:NAME] or oci-archive:FILE[:NAME] for a local copy"),
+        (vec!["cat", unresolved], "a mirror in --hosts-dir stands in for a registry"),
+        (vec!["push", &key, unresolved, "--format", "raw"], "a mirror in --hosts-dir stands in for a registry"),
+    ] {
+        let stderr = unavailable(&vmimg(&store, &args));
+        assert!(stderr.contains(hint), "{args:?}: {stderr}");
     }
 }
 
@@ -63,7 +77,15 @@ fn every_retry_of_a_registry_that_refuses_connections_is_told() {
     let store = dir.path().join("store");
     let key = local_image(dir.path(), &store);
     let target = format!("oci://127.0.0.1:{}/vm/x:1", closed_port());
-    for args in [vec!["pull", &target], vec!["cat", &target], vec!["push", &key, &target, "--format", "raw"]] {
+    let copied = format!("oci://127.0.0.1:{}/vm/y:1", closed_port());
+    for args in [
+        vec!["pull", &target],
+        vec!["cat", &target],
+        vec!["push", &key, &target, "--format", "raw"],
+        vec!["build", &target],
+        vec!["instance", "create", &target],
+        vec!["copy", &target, &copied],
+    ] {
         let stderr = unavailable(&vmimg(&store, &args));
         let retries: Vec<_> = stderr.lines().filter(|l| l.starts_with("vmimg: retrying in ")).collect();
         assert!(

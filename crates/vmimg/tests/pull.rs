@@ -93,13 +93,25 @@ fn unverified_urls_are_flagged_and_failures_are_one_line() {
         assert!(text(&out.stderr).contains(expected), "{}", text(&out.stderr));
         assert!(!text(&out.stderr).contains("cannot cannot"), "{}", text(&out.stderr));
     }
-    for (source, said) in [
-        ("127.0.0.1:5055/vm/test:v1", "a registry image is written oci://127.0.0.1:5055/vm/test:v1"),
-        ("oci://127.0.0.1:5000", "names a registry but no repository"),
+    let no_repository = "names a registry but no repository";
+    for (args, said) in [
+        (&["pull", "127.0.0.1:5055/vm/test:v1"][..], "a registry image is written oci://127.0.0.1:5055/vm/test:v1"),
+        (&["pull", "oci:127.0.0.1:5055/vm/test:v1"], "names no local layout; a registry image is written oci://"),
+        (
+            &["build", "oci:registry.example/vm/test:v1"],
+            "a registry image is written oci://registry.example/vm/test:v1",
+        ),
+        (&["pull", "oci://127.0.0.1:5000"], no_repository),
+        (&["cat", "oci://127.0.0.1:5000"], no_repository),
+        (&["push", "x", "oci://127.0.0.1:5000"], no_repository),
+        (&["push", "x", "127.0.0.1:5000/vm/x:1"], "is not a registry reference: write oci://"),
+        (&["copy", "oci://127.0.0.1:5000", "oci://127.0.0.1:5000/vm/x:1"], no_repository),
+        (&["cat", "oci:./layout:v1"], "is not a registry reference: write oci://"),
+        (&["build", "./missing.img"], "is not a container image"),
     ] {
-        let out = run(vmimg(&store, &["pull", source]));
-        assert_eq!(out.status.code(), Some(2), "invalid input");
-        assert!(text(&out.stderr).contains(said), "{}", text(&out.stderr));
+        let out = run(vmimg(&store, args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: invalid input: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(said), "{args:?}: {}", text(&out.stderr));
     }
     for args in [["bundle", "import", "./missing.tar.zst"], ["instance", "create", "./missing.img"]] {
         let out = run(vmimg(&store, &args));
@@ -267,6 +279,11 @@ fn a_terminal_gets_a_progress_bar() {
     assert!(screen.contains("ETA") && screen.contains("MiB"), "no bar: {screen}");
     // script's terminal has no width: the bar keeps a fixed one rather than shrinking to nothing.
     assert!(screen.contains("] ") && screen.contains(" ["), "no fixed-width bar: {screen}");
+    // The bar is labelled with the source as written, never the store's key (the path's last line has that).
+    let bar = screen.lines().find(|line| line.contains(" [")).unwrap();
+    assert!(bar.contains(&format!("{} [", server.url("/os.qcow2"))), "{bar}");
+    let before_path = screen.rsplit_once("/images/").unwrap().0;
+    assert!(!before_path.contains("url-"), "{screen}");
 
     // stdout captured by the shell, stderr still the terminal: the bar is drawn, the path captured.
     let other = dir.path().join("other");
