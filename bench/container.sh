@@ -3,8 +3,10 @@
 # the standard pipeline, on the same image in the same run.
 #
 # The input (built once, cached in bench/work/container/): a 4-layer gzip OCI
-# image made with umoci from this machine's own files (401 MB of layers; the
-# tree: 1.08 GB in 21.6k files, 2.7k directories, 1.5k symlinks): 1. the shared libraries (/usr/lib/x86_64-linux-gnu without the
+# image made with umoci from this machine's own files (here: 426 MB of
+# layers; the tree: 1.10 GB in 39.1k files, 2.7k directories, 1.8k symlinks;
+# the report checks the sizes the issue asks for, on whatever machine it runs):
+# 1. the shared libraries (/usr/lib/x86_64-linux-gnu without the
 # static ones, LLVM 14, valgrind, dri and perl: libLLVM-15 is the one big
 # file), 2. Python's library, /usr/share/{doc,locale} and /usr/share/man/man1
 # (many small files; man1 is one directory of about 18,000 entries),
@@ -27,7 +29,7 @@
 # cache (checked: it must stay within them), then checks
 # that both images hold the same tree (debugfs rdump + diff -r for content and
 # symlinks; debugfs ls -p for type, mode with setuid bits, owner, size and
-# hard links; mtimes of files, directories' shown), and shows where vmimg's
+# hard links, ea_list for xattrs; mtimes of files, directories' shown), and shows where vmimg's
 # best run spent its time: vmimg finds mke2fs, e2fsck and debugfs in PATH, so
 # its runs get wrappers first in PATH that log when each starts and ends (a
 # few milliseconds of bash in a run of seconds).
@@ -276,8 +278,17 @@ for line in out.decode("utf-8", "surrogateescape").splitlines():
     entries.append((path, f[1], f[2], f[3], f[4], f[6]))
     by_inode.setdefault(f[1], []).append(path)
 assert len(dirs) == len(set(dirs))
+# Every path's xattrs, as debugfs lists them (name, length, value).
+script = "".join(f'ea_list "{path}"\n' for path, *_ in entries)
+out = subprocess.run(["debugfs", "-f", "-", image], input=script.encode("utf-8", "surrogateescape"), capture_output=True, check=True).stdout
+xattrs, current = {}, None
+for line in out.decode("utf-8", "surrogateescape").splitlines():
+    if line.startswith('debugfs: ea_list "'):
+        current = line[len('debugfs: ea_list "'):-1]
+    elif line.startswith("  ") and current:
+        xattrs.setdefault(current, []).append(line.strip())
 for path, ino, mode, uid, gid, size in sorted(entries):
-    print(path, mode, uid, gid, size, min(by_inode[ino]))
+    print(path, mode, uid, gid, size, min(by_inode[ino]), *sorted(xattrs.get(path, [])))
 EOF
     (cd "$verify/$name" && find . -not -type l -not -path './lost+found*' -printf '%y %p %T@\n' | sort -k2) \
         >"$verify/$name.mtimes"
@@ -322,10 +333,30 @@ mib() { echo "$(($1 / 1048576)) MiB"; }
 echo "disk: vmimg's peak use $(mib "$disk_vmimg") (image $(mib "$(alloc "$image")") + layer cache" \
     "$(mib "$layer_cache") + 16 MiB = $(mib "$bound")); the baseline holds $(mib "$(du -s -B1 "$base" | cut -f1)")" \
     "at its end"
+# The input the issue asks for: several layers, at least 300 MB of them
+# compressed, 20,000 files and a directory of 10,000 entries (counted in
+# vmimg's image, which the checks below find equal to the baseline's).
+read -r layer_count layer_bytes < <(python3 - "$layout" <<'EOF'
+import json, os, sys
+blob = lambda d: os.path.join(sys.argv[1], "blobs", *d.split(":"))
+index = json.load(open(os.path.join(sys.argv[1], "index.json")))
+layers = json.load(open(blob(index["manifests"][0]["digest"])))["layers"]
+print(len(layers), sum(l["size"] for l in layers))
+EOF
+)
+files=$(awk 'length($2) == 6 && $2 ~ /^100/' "$verify/vmimg.meta" | wc -l)
+read -r widest widest_dir < <(awk '{ n = split($1, p, "/"); d = substr($1, 1, length($1) - length(p[n]) - 1); c[d]++ }
+    END { for (d in c) if (c[d] > m) { m = c[d]; w = d } print m, w }' "$verify/vmimg.meta")
+echo "input: $layer_count layers, $((layer_bytes / 1000000)) MB compressed; $files files; largest directory" \
+    "${widest_dir:-/} with $widest entries"
+check "input: several layers (3 or more)" test "$layer_count" -ge 3
+check "input: 300 MB of compressed layers or more" test "$layer_bytes" -ge 300000000
+check "input: 20,000 files or more" test "$files" -ge 20000
+check "input: a directory of 10,000 entries or more" test "$widest" -ge 10000
 check "vmimg's peak disk use within its image and layer cache" test "$disk_vmimg" -le "$bound"
 check "content and symlinks (rdump, diff -r --no-dereference)" \
     diff -r --no-dereference --exclude=lost+found "$verify/vmimg" "$verify/base"
-check "type, mode, owner, size, hard links of $entries paths" diff "$verify/vmimg.meta" "$verify/base.meta"
+check "type, mode, owner, size, hard links, xattrs of $entries paths" diff "$verify/vmimg.meta" "$verify/base.meta"
 check "mtimes of files" diff <(grep -v '^d' "$verify/vmimg.mtimes") <(grep -v '^d' "$verify/base.mtimes")
 # A directory's mtime is not fixed by the layers when a later layer changes
 # its entries without carrying the directory itself (umoci restores the

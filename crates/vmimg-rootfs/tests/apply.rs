@@ -530,6 +530,44 @@ fn merging_refuses_what_applying_refuses() {
     let mut merged = Merged::new(MergeOptions::default());
     let looped = Tar::default().symlink("a", "b").symlink("b", "a").file("a/x", b"x").bytes();
     assert!(matches!(merged.add_layer(looped.as_slice()).unwrap_err(), ApplyError::Io { .. }));
+    let mut merged = Merged::new(MergeOptions::default());
+    let stolen = Tar::default().hard_link("stolen", "../outside/secret").bytes();
+    assert!(matches!(merged.add_layer(stolen.as_slice()).unwrap_err(), ApplyError::Refused { .. }));
+    // Through an absolute link, a hard link finds nothing outside the tree to take.
+    let mut merged = Merged::new(MergeOptions::default());
+    let through = Tar::default().symlink("abs", "/etc").hard_link("stolen", "abs/shadow").bytes();
+    assert!(matches!(merged.add_layer(through.as_slice()).unwrap_err(), ApplyError::Io { .. }));
+}
+
+/// Absolute and climbing symlinks resolve inside the merged tree, for
+/// files, hard links and whiteouts alike, as applying resolves them.
+#[test]
+fn merged_symlinks_resolve_inside_the_root() {
+    let layers = [
+        Tar::default()
+            .dir("host/outside")
+            .file("host/outside/secret", b"kept inside")
+            .file("host/outside/other", b"whited out through a link")
+            .symlink("abs", "/host/outside")
+            .symlink("up", "../..")
+            .bytes(),
+        Tar::default()
+            .file("abs/new", b"through an absolute link")
+            .hard_link("linked", "abs/secret")
+            .file("up/abs/.wh.other", b"")
+            .bytes(),
+    ];
+    let (applied, merged) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    apply(applied.path(), &layers).unwrap();
+    merge_and_extract(merged.path(), &layers);
+    let tree = vmimg_testserver::trees::describe(merged.path());
+    let paths: Vec<_> = tree.iter().map(|entry| entry.split(' ').next().unwrap()).collect();
+    assert!(paths.contains(&"host/outside/new") && paths.contains(&"linked"), "{tree:#?}");
+    assert!(!paths.contains(&"host/outside/other"), "{tree:#?}");
+    assert_eq!(read(&merged.path().join("linked")), "kept inside");
+    let (want, got) = (vmimg_testserver::trees::describe(applied.path()), tree);
+    let path_and_mode = |entry: &String| entry.split(' ').take(2).collect::<Vec<_>>().join(" ");
+    assert_eq!(got.iter().map(path_and_mode).collect::<Vec<_>>(), want.iter().map(path_and_mode).collect::<Vec<_>>());
 }
 
 #[test]

@@ -813,8 +813,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Cat { source, arch, download, registry } => {
             let source_args = SourceArgs { arch: arch.clone(), ..SourceArgs::default() };
-            let opening =
-                Opening { source: Some(&source_args), download: Some(download), registry: Some(registry), ..reading };
+            // cat keeps nothing: it reads only the store's registry settings, if the store exists.
+            let opening = Opening {
+                source: Some(&source_args),
+                download: Some(download),
+                registry: Some(registry),
+                read_only: true,
+                ..plain
+            };
             runtime()?.block_on(oci::cat(&cli.open(opening)?, source, cli.quiet))
         }
         Command::Push { image, target, part_size, format, jobs, json, sign_key, download, registry } => {

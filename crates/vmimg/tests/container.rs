@@ -44,7 +44,7 @@ fn read(path: &Path) -> String {
 }
 
 #[test]
-fn busybox_image_boots_from_cpio_and_from_ext4() {
+fn busybox_image_boots_from_cpio_ext4_and_erofs() {
     let registry = RegistryServer::start();
     let tmp = tempfile::tempdir().unwrap();
     fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -62,7 +62,7 @@ fn busybox_image_boots_from_cpio_and_from_ext4() {
 
     // Both disks booted are built without root (the same as root's: see
     // an_unprivileged_build_makes_the_disk_a_root_build_makes).
-    let initrd = build_as_nobody(tmp.path(), &source, &["--format", "cpio"]);
+    let initrd = build_as_user(tmp.path(), &source, &["--format", "cpio"]);
     assert!(initrd.ends_with("initrd.cpio"), "{}", initrd.display());
     let console = guest::boot(&BootSpec::new().initrd(&initrd).marker(MARKER)).unwrap();
     assert!(console.contains("hello from the container image"), "{console}");
@@ -75,11 +75,17 @@ fn busybox_image_boots_from_cpio_and_from_ext4() {
     assert_eq!(record["container"]["systemd"], true, "/sbin/init is an init, as systemd's images have it");
     let disk = store.join("images").join(record["name"].as_str().unwrap()).join("disk.raw");
     run(Command::new("e2fsck").arg("-fn").arg(&disk));
-    let disk = build_as_nobody(tmp.path(), &source, &[]);
+    let disk = build_as_user(tmp.path(), &source, &[]);
     run(Command::new("e2fsck").arg("-fn").arg(&disk));
     let boot_initrd = tmp.path().join("boot-initrd.cpio");
     guest::disk_boot_initrd(&boot_initrd).unwrap();
     let spec = BootSpec::new().initrd(&boot_initrd).disk(&disk).append("root=/dev/vda rootfstype=ext4").marker(MARKER);
+    let console = guest::boot(&spec).unwrap();
+    assert!(console.contains("hello from the container image"), "{console}");
+    let erofs = build_as_user(tmp.path(), &source, &["--format", "erofs"]);
+    run(Command::new("fsck.erofs").arg(&erofs));
+    let spec =
+        BootSpec::new().initrd(&boot_initrd).disk(&erofs).append("root=/dev/vda rootfstype=erofs").marker(MARKER);
     let console = guest::boot(&spec).unwrap();
     assert!(console.contains("hello from the container image"), "{console}");
 }
@@ -147,20 +153,30 @@ fn two_layers_with_whiteouts_in_every_format() {
     let store = tmp.path().join("store");
     let source = two_layer_image(&registry, tmp.path());
 
-    let ext4 = PathBuf::from(ok(&store, &["build", &source]));
-    let stat = |path: &str| run(Command::new("debugfs").arg("-R").arg(format!("stat /{path}")).arg(&ext4));
-    let ext4_mode = |path: &str| {
-        let stat = stat(path);
-        let mode = stat.split("Mode:").nth(1).and_then(|m| m.split_whitespace().next()).unwrap();
-        u32::from_str_radix(mode, 8).unwrap()
+    fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let stat =
+        |image: &Path, path: &str| run(Command::new("debugfs").arg("-R").arg(format!("stat /{path}")).arg(image));
+    let check_ext4 = |image: &Path, out: &str| {
+        let mode = |path: &str| {
+            let stat = stat(image, path);
+            let mode = stat.split("Mode:").nth(1).and_then(|m| m.split_whitespace().next()).unwrap();
+            u32::from_str_radix(mode, 8).unwrap()
+        };
+        check_two_layer_tree(&ext4_tree(image, &tmp.path().join(out)), mode);
+        // Hard links stay one inode in the image.
+        assert!(stat(image, "etc/keep").contains("Links: 2"), "{}", stat(image, "etc/keep"));
     };
-    check_two_layer_tree(&ext4_tree(&ext4, &tmp.path().join("ext4")), ext4_mode);
-    // Hard links stay one inode in the image.
-    assert!(stat("etc/keep").contains("Links: 2"), "{}", stat("etc/keep"));
-
+    let check_cpio = |archive: &Path, out: &str| {
+        let extracted = cpio_tree(archive, &tmp.path().join(out));
+        check_two_layer_tree(&extracted, |path| fs::metadata(extracted.join(path)).unwrap().mode() & 0o7777);
+    };
+    let ext4 = PathBuf::from(ok(&store, &["build", &source]));
+    check_ext4(&ext4, "ext4");
     let cpio = PathBuf::from(ok(&store, &["build", &source, "--format", "cpio"]));
-    let extracted = cpio_tree(&cpio, &tmp.path().join("cpio"));
-    check_two_layer_tree(&extracted, |path| fs::metadata(extracted.join(path)).unwrap().mode() & 0o7777);
+    check_cpio(&cpio, "cpio");
+    // Without root, the layers give the same trees.
+    check_ext4(&build_as_user(tmp.path(), &source, &[]), "user-ext4");
+    check_cpio(&build_as_user(tmp.path(), &source, &["--format", "cpio"]), "user-cpio");
 
     // An ext4 image takes instances like any disk; an initramfs is no disk.
     let key = |path: &Path| path.parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
@@ -171,6 +187,8 @@ fn two_layers_with_whiteouts_in_every_format() {
 
     let erofs = PathBuf::from(ok(&store, &["build", &source, "--format", "erofs"]));
     run(Command::new("fsck.erofs").arg(&erofs));
+    let user_erofs = build_as_user(tmp.path(), &source, &["--format", "erofs"]);
+    assert!(fs::read(&erofs).unwrap() == fs::read(&user_erofs).unwrap(), "root's erofs and the user's differ");
 
     // The layers were downloaded once, for the first build.
     let builds: Value = serde_json::from_str(&ok(&store, &["builds", "list", "--json"])).unwrap();
@@ -338,18 +356,32 @@ fn privileged_tree(root: &Path) {
     run(Command::new("touch").args(["-h", "-d", "2024-01-02 03:04:05"]).arg(p("bin/sh")).arg(p("etc/shadow")));
 }
 
-/// `vmimg build SOURCE ARGS` as uid and gid 65534 (nobody), with no
-/// groups and a store of its own under `tmp`, vmimg copied where it may
-/// run it; the image's path, checked to be the user's, with no warning.
-fn build_as_nobody(tmp: &Path, source: &str, args: &[&str]) -> PathBuf {
+/// A user id and group id the test makes up: no account has them (neither
+/// is in /etc/passwd or /etc/group), so the build gets no name, no home
+/// and no group of any account.
+fn unknown_user() -> u32 {
+    let taken = |file: &str| -> Vec<u32> {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        text.lines().filter_map(|line| line.split(':').nth(2)?.parse().ok()).collect()
+    };
+    let (users, groups) = (taken("/etc/passwd"), taken("/etc/group"));
+    (40_000 + std::process::id() % 10_000..).find(|id| !users.contains(id) && !groups.contains(id)).unwrap()
+}
+
+/// `vmimg build SOURCE ARGS` as a user no account names ([`unknown_user`]),
+/// with no groups and a store of its own under `tmp`, vmimg copied where
+/// it may run it; the image's path, checked to be the user's, with no
+/// warning.
+fn build_as_user(tmp: &Path, source: &str, args: &[&str]) -> PathBuf {
     let (user_store, binary) = (tmp.join("user-store"), tmp.join("vmimg"));
+    let user = unknown_user();
     if !binary.exists() {
         fs::create_dir(&user_store).unwrap();
-        std::os::unix::fs::chown(&user_store, Some(65534), Some(65534)).unwrap();
         fs::copy(env!("CARGO_BIN_EXE_vmimg"), &binary).unwrap();
     }
+    std::os::unix::fs::chown(&user_store, Some(user), Some(user)).unwrap();
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args([format!("--reuid={user}"), format!("--regid={user}"), "--clear-groups".into(), "--".into()])
         .arg(&binary)
         .arg("--store")
         .arg(&user_store)
@@ -360,10 +392,10 @@ fn build_as_nobody(tmp: &Path, source: &str, args: &[&str]) -> PathBuf {
         .output()
         .expect("setpriv (util-linux)");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "as uid 65534: {stderr}");
+    assert!(out.status.success(), "as uid {user}: {stderr}");
     assert!(!stderr.contains("warning"), "no warning on the unprivileged path: {stderr}");
     let image = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert_eq!(fs::metadata(&image).unwrap().uid(), 65534);
+    assert_eq!(fs::metadata(&image).unwrap().uid(), user);
     image
 }
 
@@ -381,7 +413,7 @@ fn an_unprivileged_build_makes_the_disk_a_root_build_makes() {
 
     // cpio: both archives extracted by GNU cpio (as root), which keeps no xattrs.
     let as_root = ok(&root_store, &["-q", "build", &source, "--format", "cpio"]);
-    let as_user = build_as_nobody(tmp.path(), &source, &["--format", "cpio"]);
+    let as_user = build_as_user(tmp.path(), &source, &["--format", "cpio"]);
     let describe = |archive: &Path, dir: &str| {
         vmimg_testserver::trees::describe_cpio_extracted(&cpio_tree(archive, &tmp.path().join(dir)))
     };
@@ -391,7 +423,7 @@ fn an_unprivileged_build_makes_the_disk_a_root_build_makes() {
 
     // erofs: the same bytes, and exact.
     let as_root = PathBuf::from(ok(&root_store, &["-q", "build", &source, "--format", "erofs"]));
-    let as_user = build_as_nobody(tmp.path(), &source, &["--format", "erofs"]);
+    let as_user = build_as_user(tmp.path(), &source, &["--format", "erofs"]);
     assert!(fs::read(&as_root).unwrap() == fs::read(&as_user).unwrap(), "the same erofs image whoever builds it");
     run(Command::new("fsck.erofs").arg(&as_user));
     let erofs = match Mount::image_read_only(&as_user, "erofs") {
@@ -400,7 +432,7 @@ fn an_unprivileged_build_makes_the_disk_a_root_build_makes() {
     };
 
     let as_root = PathBuf::from(ok(&root_store, &["-q", "build", &source]));
-    let as_user = build_as_nobody(tmp.path(), &source, &[]);
+    let as_user = build_as_user(tmp.path(), &source, &[]);
     run(Command::new("e2fsck").arg("-fn").arg(&as_user));
     let (want, got) = match (Mount::image_read_only(&as_root, "ext4"), Mount::image_read_only(&as_user, "ext4")) {
         (Ok(root), Ok(user)) => {
