@@ -179,7 +179,7 @@ impl Store {
         observer: Arc<dyn BuildObserver>,
     ) -> Result<(Vec<String>, Vec<String>, Assembly)> {
         use futures_util::StreamExt;
-        let merges = blocking("the build", move || Ok(Assembly::merges(format))).await?;
+        let merges = blocking("the build", move || Assembly::merges(format)).await?;
         let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
         // A merged tree's layers are read ahead as they arrive, in order,
         // READ_AHEAD at most at once (each holds a permit until merged).
@@ -347,11 +347,19 @@ enum Assembly {
 
 impl Assembly {
     /// Whether a disk of `format` is made from a merged tree (blocking, once:
-    /// it may ask mke2fs its version).
-    fn merges(format: RootfsFormat) -> bool {
+    /// it may ask mke2fs). An ext4 disk goes through a directory only when
+    /// mke2fs cannot read a tar and the build runs as root, which makes that
+    /// directory exactly; without root such a build is refused, with what to
+    /// install, rather than give the image's files the caller's owner.
+    fn merges(format: RootfsFormat) -> Result<bool> {
         match format {
-            RootfsFormat::Ext4 => vmimg_rootfs::ext4::reads_tar().unwrap_or(false),
-            RootfsFormat::Cpio | RootfsFormat::Erofs => true,
+            RootfsFormat::Ext4 => match vmimg_rootfs::ext4::check_reads_tar() {
+                Ok(()) => Ok(true),
+                // Root's directory holds owners and devices (the default options say whether this is root).
+                Err(_) if ApplyOptions::default().owners => Ok(false),
+                Err(e) => Err(Error::io("build an ext4 disk without root with", Path::new("mke2fs"))(e)),
+            },
+            RootfsFormat::Cpio | RootfsFormat::Erofs => Ok(true),
         }
     }
 

@@ -25,8 +25,9 @@ use super::{
 };
 use crate::merge::{InodeView, LayerTar, Merged, Xattrs};
 use std::ffi::{OsStr, OsString};
-use std::io;
+use std::io::{self, Write};
 use std::path::Path;
+use std::process::Stdio;
 use vmimg_disk::Replace;
 use vmimg_tar::Kind;
 
@@ -71,27 +72,54 @@ pub fn build_merged(
     Ok(Ext4Summary::of(&tree, &sb))
 }
 
-/// Whether this host's mke2fs reads a tar (1.47.1 and later), asked once.
+/// Whether this host's mke2fs reads a tar (1.47.1 and later, with
+/// libarchive13), asked once.
 pub fn reads_tar() -> io::Result<bool> {
     Ok(check_reads_tar().is_ok())
 }
 
-fn check_reads_tar() -> io::Result<()> {
-    static VERSION: std::sync::OnceLock<Result<(u32, u32, u32, String), String>> = std::sync::OnceLock::new();
-    let version = VERSION.get_or_init(|| {
-        let mut cmd = Tool::Mke2fs.command(&super::Identity::default()).map_err(|e| e.to_string())?;
-        let output = cmd.arg("-V").output().map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&output.stderr).into_owned();
-        let word = text.split_whitespace().nth(1).unwrap_or_default().to_owned();
-        let mut numbers = word.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
-        let (a, b, c) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-        Ok((a, b, c, format!("mke2fs {word}")))
+/// Whether this host's mke2fs reads a tar, asked once: its version must be
+/// 1.47.1 or later, and it must make an image of an empty tar (it loads
+/// libarchive.so.13 only then, and fails without it). The error says what
+/// to install.
+pub fn check_reads_tar() -> io::Result<()> {
+    static ANSWER: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let answer = ANSWER.get_or_init(|| {
+        let version = mke2fs_version().map_err(|e| format!("mke2fs -V: {e}"))?;
+        if version.0 < (1, 47, 1) {
+            return Err(Ext4Error::CannotReadTar { version: version.1 }.to_string());
+        }
+        probe_tar().map_err(|e| {
+            Ext4Error::CannotReadTar { version: format!("{} failing on a tar ({e})", version.1) }.to_string()
+        })
     });
-    match version {
-        Ok((a, b, c, _)) if (*a, *b, *c) >= (1, 47, 1) => Ok(()),
-        Ok((.., name)) => Err(Ext4Error::CannotReadTar { version: name.clone() }.into()),
-        Err(e) => Err(io::Error::other(format!("mke2fs -V: {e}"))),
+    answer.clone().map_err(|e| io::Error::new(io::ErrorKind::NotFound, e))
+}
+
+/// mke2fs's version, as numbers and as it names itself.
+fn mke2fs_version() -> io::Result<((u32, u32, u32), String)> {
+    let output = Tool::Mke2fs.command(&super::Identity::default())?.arg("-V").output()?;
+    let text = String::from_utf8_lossy(&output.stderr).into_owned();
+    let word = text.split_whitespace().nth(1).unwrap_or_default().to_owned();
+    let mut numbers = word.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
+    let mut next = || numbers.next().unwrap_or(0);
+    Ok(((next(), next(), next()), format!("mke2fs {word}")))
+}
+
+/// Makes a 1 MiB image of an empty tar (its two end blocks) in a temporary
+/// directory.
+fn probe_tar() -> io::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let image = dir.path().join("probe.img");
+    let mut command = Tool::Mke2fs.command(&super::Identity::default())?;
+    command.args(["-q", "-F", "-t", "ext4", "-d", "-"]).arg(&image).arg("1M").stdin(Stdio::piped());
+    let mut child = command.spawn()?;
+    let written = child.stdin.take().expect("piped").write_all(&[0; 1024]);
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        return Err(io::Error::other(crate::tool::summary(&String::from_utf8_lossy(&output.stderr))));
     }
+    written
 }
 
 /// What the merged tree needs in the image (see [`super`]'s sizing).

@@ -94,7 +94,7 @@ pub const BLOCK_SIZE: u64 = 4096;
 pub const MIN_EMPTY_SIZE: u64 = 16 << 20;
 
 mod merged;
-pub use merged::{build_merged, reads_tar};
+pub use merged::{build_merged, check_reads_tar, reads_tar};
 
 const INODE_SIZE: u64 = 256;
 const BLOCKS_PER_GROUP: u64 = BLOCK_SIZE * 8;
