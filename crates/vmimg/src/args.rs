@@ -148,7 +148,8 @@ pub struct GetArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// Conversion threads [default: one per core, at most 8].
-    #[arg(long, value_name = "N")]
+    // With the command's own options, not under the heading before it.
+    #[arg(long, value_name = "N", help_heading = None::<&str>)]
     pub threads: Option<usize>,
 }
 

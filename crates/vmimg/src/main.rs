@@ -276,9 +276,8 @@ enum Command {
     /// Serve the store over HTTP for VM platforms, in the foreground, until
     /// SIGTERM: images, disks, /dl/ streams, instances, builds, metrics.
     /// The API is described at /openapi.json (or by --openapi).
+    #[command(next_help_heading = "Daemon")]
     Serve {
-        #[command(flatten)]
-        get: GetArgs,
         /// unix:PATH or tcp:HOST:PORT; repeatable [default:
         /// unix:/run/vmimg/vmimg.sock as root, else unix:$XDG_RUNTIME_DIR/vmimg.sock].
         #[arg(long, value_name = "ADDRESS")]
@@ -297,6 +296,8 @@ enum Command {
         /// Print the API's OpenAPI document and exit.
         #[arg(long)]
         openapi: bool,
+        #[command(flatten)]
+        get: GetArgs,
     },
     /// Image bundles (image.tar.zst: disk.img, layer.qcow2, machine.json).
     #[command(subcommand)]

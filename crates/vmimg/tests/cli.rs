@@ -297,6 +297,38 @@ fn each_command_shows_its_own_options_each_described() {
     }
 }
 
+/// The heading `option` sits under in `help` ("Options" for a command's
+/// own), or None if `help` lacks it.
+fn heading_of(help: &str, option: &str) -> Option<String> {
+    let mut heading = String::new();
+    for line in help.lines() {
+        if let Some(title) = line.strip_suffix(':').filter(|title| !title.starts_with(' ') && !title.contains(' ')) {
+            heading = title.to_owned();
+        }
+        let words = line.trim_start().split([' ', ',']).filter(|w| !w.is_empty());
+        if line.starts_with("  ") && words.take(2).any(|word| word == option) {
+            return Some(heading);
+        }
+    }
+    None
+}
+
+#[test]
+fn options_sit_under_their_group_s_heading() {
+    let help = |words: &[&str]| String::from_utf8(vmimg(&[words, &["-h"]].concat()).stdout).unwrap();
+    let serve = help(&["serve"]);
+    for option in ["--listen", "--token-file", "--builds", "--allow-local", "--openapi"] {
+        assert_eq!(heading_of(&serve, option).as_deref(), Some("Daemon"), "{option}:\n{serve}");
+    }
+    for (option, heading) in [("--catalog", "Sources"), ("--retries", "Downloads"), ("--username", "Registries")] {
+        assert_eq!(heading_of(&serve, option).as_deref(), Some(heading), "{option}:\n{serve}");
+    }
+    for command in [&["pull"][..], &["instance", "create"], &["serve"]] {
+        let help = help(command);
+        assert_eq!(heading_of(&help, "--threads").as_deref(), Some("Options"), "{command:?}:\n{help}");
+    }
+}
+
 #[test]
 fn copy_extends_the_disk_and_reports() {
     let dir = tempfile::tempdir().unwrap();
