@@ -156,12 +156,47 @@ pub struct GetArgs {
 impl GetArgs {
     pub fn opening(&self) -> Opening<'_> {
         Opening {
-            source: Some(&self.source),
             download: Some(&self.download),
             registry: Some(&self.registry),
             threads: self.threads,
-            read_only: false,
-            existing: false,
+            ..self.source.opening()
+        }
+    }
+}
+
+/// Everything getting a container image into the store takes: a registry
+/// reference or an OCI layout names it, so no catalog alias or URL mirror
+/// applies, and its layers are unpacked, never converted (no threads).
+#[derive(clap::Args, Clone)]
+pub struct ContainerArgs {
+    /// The architecture to resolve image indexes to [default: this host's].
+    #[arg(long, value_parser = ["amd64", "arm64"], help_heading = "Sources")]
+    pub arch: Option<String>,
+    #[command(flatten)]
+    pub download: DownloadArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+impl ContainerArgs {
+    pub fn opening(&self) -> Opening<'_> {
+        Opening {
+            arch: self.arch.as_deref(),
+            download: Some(&self.download),
+            registry: Some(&self.registry),
+            ..Opening::default()
+        }
+    }
+}
+
+impl SourceArgs {
+    /// The store opened with these sources and its defaults otherwise.
+    pub fn opening(&self) -> Opening<'_> {
+        Opening {
+            catalog: self.catalog.as_deref(),
+            mirrors: &self.mirror,
+            arch: self.arch.as_deref(),
+            ..Opening::default()
         }
     }
 }
@@ -170,7 +205,12 @@ impl GetArgs {
 /// give is the store's default.
 #[derive(Default, Clone, Copy)]
 pub struct Opening<'a> {
-    pub source: Option<&'a SourceArgs>,
+    /// A catalog file whose aliases add to the store's (`--catalog`).
+    pub catalog: Option<&'a Path>,
+    /// URL prefix rewrites, FROM=TO (`--mirror`).
+    pub mirrors: &'a [String],
+    /// The architecture to resolve to (`--arch`) [default: this host's].
+    pub arch: Option<&'a str>,
     pub download: Option<&'a DownloadArgs>,
     pub registry: Option<&'a RegistryArgs>,
     pub threads: Option<usize>,
@@ -187,10 +227,8 @@ impl Opening<'_> {
         if let Some(root) = root.filter(|root| self.existing && !root.exists()) {
             return Err(vmimg_store::Error::NoStore { root: std::path::absolute(root)? }.into());
         }
-        let default_source = SourceArgs::default();
-        let source = self.source.unwrap_or(&default_source);
         let mut mirrors = vmimg_store::Mirrors::default();
-        for rule in &source.mirror {
+        for rule in self.mirrors {
             mirrors.add_rule(rule)?;
         }
         let fetch = match self.download {
@@ -216,9 +254,9 @@ impl Opening<'_> {
         };
         Ok(Store::open(vmimg_store::StoreOptions {
             root: root.map(Path::to_owned),
-            catalog: source.catalog.clone(),
+            catalog: self.catalog.map(Path::to_owned),
             mirrors,
-            arch: source.arch.as_deref().map(str::parse).transpose()?,
+            arch: self.arch.map(str::parse).transpose()?,
             fetch,
             registry,
             threads: self.threads.unwrap_or(0),

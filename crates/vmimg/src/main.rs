@@ -19,7 +19,7 @@ mod reference;
 mod serve;
 
 use anyhow::Result;
-use args::{DownloadArgs, GetArgs, NamingArgs, Opening, RegistryArgs, SourceArgs};
+use args::{ContainerArgs, DownloadArgs, GetArgs, NamingArgs, Opening, RegistryArgs, SourceArgs};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -114,7 +114,7 @@ enum Command {
         #[command(flatten)]
         naming: NamingArgs,
         #[command(flatten)]
-        get: GetArgs,
+        get: ContainerArgs,
     },
     /// Container image builds: their status, recovery, removal.
     #[command(subcommand)]
@@ -422,7 +422,7 @@ enum BuildsCommand {
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
         #[command(flatten)]
-        get: Box<GetArgs>,
+        get: Box<ContainerArgs>,
     },
     /// Remove a finished build's record and the image it made.
     Rm {
@@ -790,9 +790,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cat { source, arch, download, registry } => {
-            let source_args = SourceArgs { arch: arch.clone(), ..SourceArgs::default() };
             let opening =
-                Opening { source: Some(&source_args), download: Some(download), registry: Some(registry), ..plain };
+                Opening { arch: arch.as_deref(), download: Some(download), registry: Some(registry), ..plain };
             runtime()?.block_on(oci::cat(&cli.open(opening)?, source, cli.quiet))
         }
         Command::Push { image, target, part_size, format, jobs, json, sign_key, download, registry } => {
@@ -854,13 +853,13 @@ fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(async { Ok(cli.open(plain)?.remove_instance(name).await?) })
         }
         Command::Catalog(CatalogCommand::List { json, catalog }) => {
-            catalog::list(&cli.open(catalog_only(catalog).opening())?, *json)
+            catalog::list(&cli.open(catalog_only(catalog))?, *json)
         }
         Command::Catalog(CatalogCommand::Show { alias, catalog }) => {
-            catalog::show(&cli.open(catalog_only(catalog).opening())?, alias)
+            catalog::show(&cli.open(catalog_only(catalog))?, alias)
         }
         Command::Catalog(CatalogCommand::Refresh { file, aliases, source, download }) => {
-            let store = cli.open(Opening { source: Some(source), download: Some(download), ..plain })?;
+            let store = cli.open(Opening { download: Some(download), ..source.opening() })?;
             runtime()?.block_on(catalog::refresh(&store, file, aliases))
         }
         Command::Info { file, json, format } => info::run(file, *format, *json),
@@ -889,17 +888,9 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Source options that name a catalog file and nothing else.
-struct CatalogOnly(SourceArgs);
-
-impl CatalogOnly {
-    fn opening(&self) -> Opening<'_> {
-        Opening { source: Some(&self.0), read_only: true, ..Opening::default() }
-    }
-}
-
-fn catalog_only(catalog: &Option<PathBuf>) -> CatalogOnly {
-    CatalogOnly(SourceArgs { catalog: catalog.clone(), ..SourceArgs::default() })
+/// The store read with a catalog file and nothing else.
+fn catalog_only(catalog: &Option<PathBuf>) -> Opening<'_> {
+    Opening { catalog: catalog.as_deref(), read_only: true, ..Opening::default() }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

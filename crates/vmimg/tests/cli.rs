@@ -327,6 +327,16 @@ fn options_sit_under_their_group_s_heading() {
         let help = help(command);
         assert_eq!(heading_of(&help, "--threads").as_deref(), Some("Options"), "{command:?}:\n{help}");
     }
+    // A container image is named by its reference (no alias, no URL to
+    // mirror) and unpacked, not converted.
+    for command in [&["build"][..], &["builds", "recover"]] {
+        let help = help(command);
+        for option in ["--catalog", "--mirror", "--threads"] {
+            assert_eq!(heading_of(&help, option), None, "{command:?} offers {option}:\n{help}");
+        }
+        assert_eq!(heading_of(&help, "--arch").as_deref(), Some("Sources"), "{command:?}:\n{help}");
+        assert_eq!(heading_of(&help, "--password").as_deref(), Some("Registries"), "{command:?}:\n{help}");
+    }
 }
 
 #[test]
