@@ -201,6 +201,19 @@ impl SourceArgs {
     }
 }
 
+/// `--store` for a command that uses no store: clap gives a subcommand a
+/// global option only where it has none of that id, so this keeps the
+/// option accepted there (ignored, as before) but out of its help.
+pub fn unused_store() -> clap::Arg {
+    clap::Arg::new("store").long("store").value_name("DIR").value_parser(clap::value_parser!(PathBuf)).hide(true)
+}
+
+/// `-q` for a command that prints nothing but its result anyway (see
+/// [`unused_store`]).
+pub fn unused_quiet() -> clap::Arg {
+    clap::Arg::new("quiet").short('q').long("quiet").action(clap::ArgAction::SetTrue).hide(true)
+}
+
 /// What a command gives the store beyond its directory; what it does not
 /// give is the store's default.
 #[derive(Default, Clone, Copy)]

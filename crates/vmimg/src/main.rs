@@ -313,11 +313,13 @@ enum Command {
     /// bash: `vmimg completions bash > /etc/bash_completion.d/vmimg`; zsh:
     /// into a directory of $fpath as _vmimg; fish: into
     /// ~/.config/fish/completions/vmimg.fish.
+    #[command(arg = args::unused_store(), arg = args::unused_quiet())]
     Completions {
         /// The shell to complete in.
         shell: clap_complete::Shell,
     },
     /// Print the man page, or write one per command into DIR.
+    #[command(arg = args::unused_store(), arg = args::unused_quiet())]
     Man {
         /// Write vmimg.1, vmimg-pull.1, … here instead of printing vmimg.1.
         dir: Option<PathBuf>,
@@ -327,6 +329,7 @@ enum Command {
     /// Reads only the header, so it also describes images that `convert`
     /// refuses (backing files, external data files, encryption). The JSON
     /// output has the shape of `qemu-img info --output=json`.
+    #[command(arg = args::unused_store(), arg = args::unused_quiet())]
     Info {
         /// The image file.
         file: PathBuf,
@@ -344,6 +347,7 @@ enum Command {
     /// cores. The output appears at DST only when complete (written beside it,
     /// flushed, renamed). qcow2 images that name a backing file or an
     /// external data file are refused.
+    #[command(arg = args::unused_store())]
     Convert {
         /// The source image.
         src: PathBuf,
@@ -438,6 +442,7 @@ enum BuildsCommand {
 enum DiskCommand {
     /// Make an empty sparse ext4 disk at PATH (a volume, an overlay's upper
     /// layer); PATH must not exist.
+    #[command(arg = args::unused_store(), arg = args::unused_quiet())]
     NewExt4 {
         /// Where to make the disk.
         path: PathBuf,

@@ -339,6 +339,40 @@ fn options_sit_under_their_group_s_heading() {
     }
 }
 
+/// `--store` and `-q` are global, but a command that opens no store, or
+/// prints nothing but its result, does not show them; it still accepts
+/// them, anywhere on the line.
+#[test]
+fn global_options_are_shown_where_they_apply() {
+    let help = |words: &[&str]| String::from_utf8(vmimg(&[words, &["-h"]].concat()).stdout).unwrap();
+    let storeless: &[(&[&str], bool)] = &[
+        (&["info"], false),
+        (&["convert"], true),
+        (&["completions"], false),
+        (&["man"], false),
+        (&["disk", "new-ext4"], false),
+    ];
+    for (command, quiet) in storeless {
+        let help = help(command);
+        assert!(!help.contains("--store"), "{command:?} shows --store:\n{help}");
+        assert_eq!(help.contains("--quiet"), *quiet, "{command:?}:\n{help}");
+        assert!(help.contains("--verbose"), "{command:?}:\n{help}");
+    }
+    for command in [&["pull"][..], &["images"], &["copy"], &["catalog", "list"]] {
+        let help = help(command);
+        assert!(help.contains("--store") && help.contains("--quiet"), "{command:?}:\n{help}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("t.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", image.to_str().unwrap(), "1M"]);
+    let image = image.to_str().unwrap();
+    for args in [&["info", "--store", "/nonexistent", "-q", image][..], &["-q", "info", image, "--quiet"]] {
+        let out = vmimg(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(String::from_utf8(out.stdout).unwrap().contains("file format: qcow2"), "{args:?}");
+    }
+}
+
 #[test]
 fn copy_extends_the_disk_and_reports() {
     let dir = tempfile::tempdir().unwrap();
