@@ -214,6 +214,37 @@ pub fn unused_quiet() -> clap::Arg {
     clap::Arg::new("quiet").short('q').long("quiet").action(clap::ArgAction::SetTrue).hide(true)
 }
 
+/// A value parser that lists the values it takes (in `--help`, the
+/// completions and the man pages) and leaves the parsing, and its error
+/// message, to `parser`.
+#[derive(Clone)]
+pub struct Listed<P> {
+    parser: P,
+    names: Vec<&'static str>,
+}
+
+/// `parser`, listing `names`.
+pub fn listed<P>(parser: P, names: impl IntoIterator<Item = &'static str>) -> Listed<P> {
+    Listed { parser, names: names.into_iter().collect() }
+}
+
+impl<P: clap::builder::TypedValueParser> clap::builder::TypedValueParser for Listed<P> {
+    type Value = P::Value;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<P::Value, clap::Error> {
+        self.parser.parse_ref(command, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(self.names.iter().map(|name| clap::builder::PossibleValue::new(*name))))
+    }
+}
+
 /// What a command gives the store beyond its directory; what it does not
 /// give is the store's default.
 #[derive(Default, Clone, Copy)]
@@ -275,5 +306,32 @@ impl Opening<'_> {
             threads: self.threads.unwrap_or(0),
             read_only: self.read_only,
         })?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    /// Every value an option lists is one it takes (the command line may
+    /// lack other things).
+    #[test]
+    fn listed_values_are_taken() {
+        fn check(command: &clap::Command, words: &[&str]) {
+            for arg in command.get_arguments().filter(|arg| arg.get_long().is_some()) {
+                for value in arg.get_possible_values() {
+                    let option = format!("--{}={}", arg.get_long().expect("long"), value.get_name());
+                    let line = words.iter().copied().chain([option.as_str()]);
+                    if let Err(e) = crate::Cli::command().try_get_matches_from(line) {
+                        assert!(!matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation), "{e}");
+                    }
+                }
+            }
+            for sub in command.get_subcommands() {
+                check(sub, &[words, &[sub.get_name()]].concat());
+            }
+        }
+        check(&crate::Cli::command(), &["vmimg"]);
     }
 }

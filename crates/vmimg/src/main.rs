@@ -24,7 +24,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vmimg_disk::{ConvertOptions, Format};
-use vmimg_store::{ErrorKind, InstanceRequest, Source};
+use vmimg_store::{ErrorKind, InstanceRequest, RootfsFormat, Source};
 
 /// Get VM disk images onto the host, verified, converted and ready to boot.
 #[derive(Parser)]
@@ -72,10 +72,10 @@ enum Command {
         /// Print the image record as JSON instead of the path.
         #[arg(long)]
         json: bool,
-        /// For a container image: the disk to build, ext4, erofs or cpio
-        /// (see `vmimg build`) [default: ext4].
-        #[arg(long, value_name = "FORMAT")]
-        format: Option<vmimg_store::RootfsFormat>,
+        /// For a container image: the disk to build (see `vmimg build`)
+        /// [default: ext4].
+        #[arg(long, value_parser = args::listed(str::parse::<RootfsFormat>, ROOTFS_FORMATS.map(RootfsFormat::name)))]
+        format: Option<RootfsFormat>,
         #[command(flatten)]
         naming: NamingArgs,
         /// For a URL given without --digest: ask its server (ETag,
@@ -337,7 +337,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Read the file as this format instead of probing it.
-        #[arg(short = 'f', long, value_parser = parse_format)]
+        #[arg(short = 'f', long, value_parser = args::listed(parse_format, FORMATS.map(Format::name)))]
         format: Option<Format>,
     },
     /// Convert a raw or qcow2 image to a sparse raw disk.
@@ -357,7 +357,7 @@ enum Command {
         /// Read the source as this format instead of probing it. Without
         /// it, a file with no image header is raw only if it is whole
         /// 512-byte sectors and not text; -f raw takes any file as raw.
-        #[arg(short = 'f', long, value_parser = parse_format)]
+        #[arg(short = 'f', long, value_parser = args::listed(parse_format, FORMATS.map(Format::name)))]
         format: Option<Format>,
         /// Output format (only raw for now).
         #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = ["raw"])]
@@ -614,6 +614,12 @@ enum CatalogCommand {
         download: DownloadArgs,
     },
 }
+
+/// The formats `info -f` and `convert -f` take.
+const FORMATS: [Format; 2] = [Format::Raw, Format::Qcow2];
+
+/// The disks `pull --format` builds.
+const ROOTFS_FORMATS: [RootfsFormat; 3] = [RootfsFormat::Ext4, RootfsFormat::Erofs, RootfsFormat::Cpio];
 
 fn parse_format(s: &str) -> Result<Format, String> {
     s.parse().map_err(|e: vmimg_disk::Error| e.to_string())

@@ -291,6 +291,9 @@ fn each_command_shows_its_own_options_each_described() {
     let help = |words: &[&str]| String::from_utf8(vmimg(&[words, &["--help"]].concat()).stdout).unwrap();
     assert!(help(&["build"]).contains("[possible values: ext4, erofs, cpio]"));
     assert!(help(&["instance", "create"]).contains("[possible values: qcow2, raw]"));
+    assert!(help(&["pull"]).contains("[possible values: ext4, erofs, cpio]"));
+    assert!(help(&["info"]).contains("[possible values: raw, qcow2]"));
+    assert!(help(&["convert"]).contains("[possible values: raw, qcow2]"));
     let pull = help(&["pull"]);
     for group in ["Sources:", "Downloads:", "Registries:", "--retries", "--mirror", "--username", "VMIMG_RETRIES"] {
         assert!(pull.contains(group), "pull --help lacks {group}:\n{pull}");
