@@ -287,8 +287,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
         /// Container image builds run at once.
-        #[arg(long, value_name = "N")]
-        builds: Option<usize>,
+        #[arg(long, value_name = "N", default_value_t = vmimg_serve::Limits::default().builds)]
+        builds: usize,
         /// A directory whose files and OCI layouts clients may name as
         /// sources (repeatable); without it, local paths are refused (403).
         #[arg(long, value_name = "DIR")]
@@ -423,7 +423,7 @@ enum BuildsCommand {
     /// Run again the builds a killed process left unfinished, and wait for them.
     Recover {
         /// Builds run at once.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = vmimg_store::ManagerOptions::default().concurrency)]
         concurrency: usize,
         #[command(flatten)]
         get: Box<ContainerArgs>,

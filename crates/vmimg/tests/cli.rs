@@ -294,6 +294,8 @@ fn each_command_shows_its_own_options_each_described() {
     assert!(help(&["pull"]).contains("[possible values: ext4, erofs, cpio]"));
     assert!(help(&["info"]).contains("[possible values: raw, qcow2]"));
     assert!(help(&["convert"]).contains("[possible values: raw, qcow2]"));
+    let serve = help(&["serve"]);
+    assert!(serve.contains("Container image builds run at once [default: 2]"), "{serve}");
     let pull = help(&["pull"]);
     for group in ["Sources:", "Downloads:", "Registries:", "--retries", "--mirror", "--username", "VMIMG_RETRIES"] {
         assert!(pull.contains(group), "pull --help lacks {group}:\n{pull}");
