@@ -151,7 +151,7 @@ enum Command {
         /// oci://REGISTRY/REPO[:TAG]
         target: String,
         /// Bytes per part: 512M, 1G, bytes.
-        #[arg(long, default_value = "512M", value_parser = vmimg_disk::parse_size)]
+        #[arg(long, default_value = "512M", value_parser = vmimg_disk::parse_size, value_name = "SIZE")]
         part_size: u64,
         /// The disk format pushed: qcow2 (zstd-compressed clusters, made on
         /// all cores: what pushes and pulls least) or raw (the disk as is,
@@ -159,7 +159,7 @@ enum Command {
         #[arg(long, default_value = "qcow2", value_parser = ["qcow2", "raw"])]
         format: String,
         /// Parts hashed and uploaded at once.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_name = "N")]
         jobs: usize,
         /// Print what was pushed as JSON (reference, digest, parts, sent,
         /// signature).
@@ -257,7 +257,7 @@ enum Command {
     /// is resuming is never removed.
     Gc {
         /// Store size to get under: 20G, 512M, bytes.
-        #[arg(long, value_parser = vmimg_disk::parse_size)]
+        #[arg(long, value_parser = vmimg_disk::parse_size, value_name = "SIZE")]
         keep_under: Option<u64>,
         /// Remove every partial download no running pull holds, however
         /// fresh: what a pull that ran out of space kept to resume.
@@ -423,7 +423,7 @@ enum BuildsCommand {
     /// Run again the builds a killed process left unfinished, and wait for them.
     Recover {
         /// Builds run at once.
-        #[arg(long, default_value_t = vmimg_store::ManagerOptions::default().concurrency)]
+        #[arg(long, default_value_t = vmimg_store::ManagerOptions::default().concurrency, value_name = "N")]
         concurrency: usize,
         #[command(flatten)]
         get: Box<ContainerArgs>,
