@@ -20,7 +20,7 @@ mod serve;
 
 use anyhow::Result;
 use args::{ContainerArgs, DownloadArgs, GetArgs, NamingArgs, Opening, RegistryArgs, SourceArgs};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vmimg_disk::{ConvertOptions, Format};
@@ -657,7 +657,8 @@ fn init_logs(verbose: u8, daemon: bool) {
 /// The command line, or the exit code once clap's help or version is
 /// printed as clap prints it (0; the help for a missing command, 2), or a
 /// usage error as one `vmimg: error:` line (2): clap's message, its tips,
-/// the usage and where the help is.
+/// the usage and where the help is (the command's own: clap's usage names
+/// it, else the command line does).
 fn parse_command_line() -> Result<Cli, ExitCode> {
     use clap::error::ErrorKind as Clap;
     let error = match Cli::try_parse() {
@@ -672,12 +673,12 @@ fn parse_command_line() -> Result<Cli, ExitCode> {
     // clap renders paragraphs: the error (its details indented below it),
     // tips, `Usage: …`, `For more information, try '--help'.`
     let rendered = error.render().to_string();
-    let (mut message, mut notes, mut command) = (String::new(), Vec::new(), "vmimg".to_owned());
+    let (mut message, mut notes, mut command) = (String::new(), Vec::new(), None);
     for paragraph in rendered.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
         let joined = paragraph.lines().map(str::trim).collect::<Vec<_>>().join(" ");
         if let Some(usage) = joined.strip_prefix("Usage: ") {
             let words = usage.split(' ').take_while(|w| !w.starts_with(['[', '<', '-']));
-            command = words.collect::<Vec<_>>().join(" ");
+            command = Some(words.collect::<Vec<_>>().join(" "));
             notes.push(format!("usage: {usage}"));
         } else if joined.starts_with("tip: ") {
             notes.push(joined);
@@ -685,9 +686,50 @@ fn parse_command_line() -> Result<Cli, ExitCode> {
             message = joined.strip_prefix("error: ").unwrap_or(&joined).to_owned();
         }
     }
+    // A bad value has no usage in clap's message.
+    let command = command.unwrap_or_else(|| command_words(std::env::args_os()));
     notes.push(format!("`{command} --help` says more"));
     eprintln!("vmimg: error: {message} ({})", notes.join("; "));
     Err(ExitCode::from(2))
+}
+
+/// The words of the command that `args` (the process's arguments) name,
+/// as far as they name one: `vmimg`, `vmimg pull`, `vmimg builds recover`.
+/// Options are skipped with their values (`--store pull` names no command).
+fn command_words(args: impl IntoIterator<Item = std::ffi::OsString>) -> String {
+    let mut root = Cli::command();
+    root.build(); // global options into every command
+    let mut command = &root;
+    let mut words = vec![command.get_name()];
+    let takes_value = |arg: Option<&clap::Arg>| arg.is_some_and(|arg| arg.get_action().takes_values());
+    let mut args = args.into_iter().skip(1);
+    while command.has_subcommands()
+        && let Some(arg) = args.next()
+    {
+        let Some(arg) = arg.to_str().filter(|arg| *arg != "--") else { break };
+        if let Some(long) = arg.strip_prefix("--") {
+            let option = command.get_arguments().find(|option| option.get_long() == Some(long));
+            if takes_value(option) {
+                args.next(); // --NAME VALUE (--NAME=VALUE is one word, not found)
+            }
+        } else if let Some(shorts) = arg.strip_prefix('-').filter(|shorts| !shorts.is_empty()) {
+            // -qv, -fVALUE, -f VALUE: the first letter that takes a value
+            // takes the rest of the word, or the next word.
+            for (at, letter) in shorts.char_indices() {
+                if takes_value(command.get_arguments().find(|option| option.get_short() == Some(letter))) {
+                    if at + letter.len_utf8() == shorts.len() {
+                        args.next();
+                    }
+                    break;
+                }
+            }
+        } else {
+            let Some(sub) = command.find_subcommand(arg) else { break };
+            words.push(sub.get_name());
+            command = sub;
+        }
+    }
+    words.join(" ")
 }
 
 /// The exit code of an error of `kind` (README lists them): 2 is also
@@ -906,4 +948,25 @@ fn catalog_only(catalog: &Option<PathBuf>) -> Opening<'_> {
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_words_skip_options_and_their_values() {
+        let cases: &[(&str, &str)] = &[
+            ("vmimg", "vmimg"),
+            ("vmimg frob pull", "vmimg"),
+            ("vmimg pull --arch sparc x", "vmimg pull"),
+            ("vmimg --store pull images", "vmimg images"),
+            ("vmimg --store=pull -v builds -q recover --concurrency x", "vmimg builds recover"),
+            ("vmimg -qv info -f vmdk x", "vmimg info"),
+            ("vmimg -- pull", "vmimg"),
+            ("vmimg disk new-ext4 --size x", "vmimg disk new-ext4"),
+        ];
+        for (line, words) in cases {
+            let args = line.split(' ').map(std::ffi::OsString::from);
+            assert_eq!(super::command_words(args), *words, "{line}");
+        }
+    }
 }

@@ -617,8 +617,19 @@ fn usage_errors_are_one_line_and_help_is_clap_s() {
         (&["convert", "--bogus", "a", "b"], &["unexpected argument '--bogus' found", "tip: to pass '--bogus'"]),
         (
             &["pull", "--arch", "sparc", "x"],
-            &["invalid value 'sparc' for '--arch <ARCH>' [possible values: amd64, arm64]"],
+            &[
+                "invalid value 'sparc' for '--arch <ARCH>' [possible values: amd64, arm64]",
+                "`vmimg pull --help` says more",
+            ],
         ),
+        // A bad value: clap gives no usage, the help named is still the command's.
+        (&["images", "--filter", "colour=red"], &["unknown filter \"colour\"", "`vmimg images --help` says more"]),
+        (
+            &["-q", "--store", "gc", "gc", "--keep-under", "lots"],
+            &["invalid size \"lots\"", "`vmimg gc --help` says more"],
+        ),
+        (&["builds", "recover", "--concurrency", "x"], &["'--concurrency <N>'", "`vmimg builds recover --help` says"]),
+        (&["-qv", "info", "-fvmdk", "x"], &["unknown image format", "`vmimg info --help` says more"]),
         (&["copy", "a", "b", "--size"], &["a value is required for '--size <SIZE>'"]),
         (&["info", "-f", "vmdk", "x"], &["unknown image format \"vmdk\": vmimg reads raw and qcow2"]),
     ];
