@@ -1,7 +1,7 @@
 //! The `vmimg` binary as a user meets it: `info` against `qemu-img info`,
 //! `convert` results and refusals, one-line errors and exit codes (usage
 //! errors and tool failures too), destinations checked before any work,
-//! help.
+//! help, the form of `--json` outputs and of listings.
 
 mod common;
 
@@ -530,6 +530,99 @@ fn json_output_from_gc_and_instance_create() {
     assert_eq!(report["dry_run"], true);
     assert!(report["bytes_freed"].is_u64() && report["images"].is_array(), "{report}");
     assert!(stderr(&gc).is_empty(), "--json says it all on stdout: {}", stderr(&gc));
+}
+
+/// Every key of every object in `value`, with where it is (`.disk.format`).
+fn keys(value: &Value, at: &str, found: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                found.push((at.to_owned(), key.clone()));
+                keys(inner, &format!("{at}.{key}"), found);
+            }
+        }
+        Value::Array(items) => items.iter().enumerate().for_each(|(i, item)| keys(item, &format!("{at}[{i}]"), found)),
+        _ => {}
+    }
+}
+
+/// Each command's --json is pretty (an indented object or array on
+/// several lines) and every key in it is snake_case, as README promises of
+/// the records the daemon serves too. `info --json` alone keeps qemu-img's
+/// names (`virtual-size`): checked against qemu-img above.
+#[test]
+fn json_outputs_are_pretty_and_snake_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    qemu_img(&["create", "-q", "-f", "qcow2", &p("a.qcow2"), "1M"]);
+    let on_store: &[&[&str]] = &[
+        &["pull", &p("a.qcow2"), "--json"],
+        &["instance", "create", &p("a.qcow2"), "--name", "vm1", "--json"],
+        &["image", "new", "blank", "--size", "1M", "--json"],
+        &["bundle", "export", "blank", &p("blank.tar.zst"), "--json"],
+        &["bundle", "import", &p("blank.tar.zst"), "--name", "again", "--json"],
+        &["images", "--json"],
+        &["inspect", &p("a.qcow2"), "--json"],
+        &["instance", "list", "--json"],
+        &["du", "--json"],
+        &["gc", "--dry-run", "--json"],
+    ];
+    let off_store: &[&[&str]] =
+        &[&["convert", &p("a.qcow2"), &p("a.raw"), "--json"], &["copy", &p("a.raw"), &p("b.raw"), "--json"]];
+    let runs = on_store.iter().map(|args| (args, common::vmimg(&store, args)));
+    for (args, out) in runs.chain(off_store.iter().map(|args| (args, vmimg(args)))) {
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() > 2 && lines[1].starts_with("  "), "{args:?} is not pretty:\n{text}");
+        let value: Value = serde_json::from_str(&text).unwrap();
+        let mut found = Vec::new();
+        keys(&value, "", &mut found);
+        assert!(!found.is_empty(), "{args:?}: {text}");
+        for (at, key) in found {
+            let snake = key.starts_with(|c: char| c.is_ascii_lowercase())
+                && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            assert!(snake, "{args:?}: the key {key:?} at {at:?} is not snake_case:\n{text}");
+        }
+    }
+}
+
+/// `instance list`'s columns start where their headers do, whatever the
+/// length of a name.
+#[test]
+fn instance_list_columns_stay_aligned_with_a_long_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let disk = dir.path().join("a.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "1M"]);
+    let long = "a-rather-long-instance-name-longer-than-any-column";
+    for (name, format) in [(long, "qcow2"), ("vm1", "raw")] {
+        let args = ["instance", "create", disk.to_str().unwrap(), "--name", name, "--format", format];
+        common::ok(&store, &args);
+    }
+    let listed = common::ok(&store, &["instance", "list"]);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 3, "{listed}");
+    let header = lines[0];
+    let column = |title: &str| header.find(title).unwrap_or_else(|| panic!("no {title} in {header:?}"));
+    let size_end = column("SIZE") + "SIZE".len();
+    for (row, (name, format)) in lines[1..].iter().zip([(long, "qcow2"), ("vm1", "raw")]) {
+        let row_at = |at: usize| row.get(at..).unwrap_or("");
+        assert!(row.starts_with(&format!("{name} ")), "{listed}");
+        assert!(row_at(column("FORMAT")).starts_with(&format!("{format} ")), "FORMAT:\n{listed}");
+        assert!(row[..size_end].ends_with(" MiB"), "SIZE ends where its header does:\n{listed}");
+        assert!(row_at(column("CREATED")).starts_with("20"), "CREATED:\n{listed}");
+        assert!(row_at(column("IMAGE")).starts_with("file-"), "IMAGE:\n{listed}");
+    }
+}
+
+#[test]
+fn images_help_says_its_order() {
+    for flag in ["-h", "--help"] {
+        let help = String::from_utf8(vmimg(&["images", flag]).stdout).unwrap();
+        assert!(help.contains("least recently used first"), "images {flag}:\n{help}");
+    }
 }
 
 /// The names in `dir`, sorted.
