@@ -148,20 +148,100 @@ pub struct GetArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// Conversion threads [default: one per core, at most 8].
-    #[arg(long, value_name = "N")]
+    // With the command's own options, not under the heading before it.
+    #[arg(long, value_name = "N", help_heading = None::<&str>)]
     pub threads: Option<usize>,
 }
 
 impl GetArgs {
     pub fn opening(&self) -> Opening<'_> {
         Opening {
-            source: Some(&self.source),
             download: Some(&self.download),
             registry: Some(&self.registry),
             threads: self.threads,
-            read_only: false,
-            existing: false,
+            ..self.source.opening()
         }
+    }
+}
+
+/// Everything getting a container image into the store takes: a registry
+/// reference or an OCI layout names it, so no catalog alias or URL mirror
+/// applies, and its layers are unpacked, never converted (no threads).
+#[derive(clap::Args, Clone)]
+pub struct ContainerArgs {
+    /// The architecture to resolve image indexes to [default: this host's].
+    #[arg(long, value_parser = ["amd64", "arm64"], help_heading = "Sources")]
+    pub arch: Option<String>,
+    #[command(flatten)]
+    pub download: DownloadArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+impl ContainerArgs {
+    pub fn opening(&self) -> Opening<'_> {
+        Opening {
+            arch: self.arch.as_deref(),
+            download: Some(&self.download),
+            registry: Some(&self.registry),
+            ..Opening::default()
+        }
+    }
+}
+
+impl SourceArgs {
+    /// The store opened with these sources and its defaults otherwise.
+    pub fn opening(&self) -> Opening<'_> {
+        Opening {
+            catalog: self.catalog.as_deref(),
+            mirrors: &self.mirror,
+            arch: self.arch.as_deref(),
+            ..Opening::default()
+        }
+    }
+}
+
+/// `--store` for a command that uses no store: clap gives a subcommand a
+/// global option only where it has none of that id, so this keeps the
+/// option accepted there (ignored, as before) but out of its help.
+pub fn unused_store() -> clap::Arg {
+    clap::Arg::new("store").long("store").value_name("DIR").value_parser(clap::value_parser!(PathBuf)).hide(true)
+}
+
+/// `-q` for a command that prints nothing but its result anyway (see
+/// [`unused_store`]).
+pub fn unused_quiet() -> clap::Arg {
+    clap::Arg::new("quiet").short('q').long("quiet").action(clap::ArgAction::SetTrue).hide(true)
+}
+
+/// A value parser that lists the values it takes (in `--help`, the
+/// completions and the man pages) and leaves the parsing, and its error
+/// message, to `parser`.
+#[derive(Clone)]
+pub struct Listed<P> {
+    parser: P,
+    names: Vec<&'static str>,
+}
+
+/// `parser`, listing `names`.
+pub fn listed<P>(parser: P, names: impl IntoIterator<Item = &'static str>) -> Listed<P> {
+    Listed { parser, names: names.into_iter().collect() }
+}
+
+impl<P: clap::builder::TypedValueParser> clap::builder::TypedValueParser for Listed<P> {
+    type Value = P::Value;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<P::Value, clap::Error> {
+        self.parser.parse_ref(command, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(self.names.iter().map(|name| clap::builder::PossibleValue::new(*name))))
     }
 }
 
@@ -169,7 +249,12 @@ impl GetArgs {
 /// give is the store's default.
 #[derive(Default, Clone, Copy)]
 pub struct Opening<'a> {
-    pub source: Option<&'a SourceArgs>,
+    /// A catalog file whose aliases add to the store's (`--catalog`).
+    pub catalog: Option<&'a Path>,
+    /// URL prefix rewrites, FROM=TO (`--mirror`).
+    pub mirrors: &'a [String],
+    /// The architecture to resolve to (`--arch`) [default: this host's].
+    pub arch: Option<&'a str>,
     pub download: Option<&'a DownloadArgs>,
     pub registry: Option<&'a RegistryArgs>,
     pub threads: Option<usize>,
@@ -193,10 +278,8 @@ impl Opening<'_> {
             ))
             .into());
         }
-        let default_source = SourceArgs::default();
-        let source = self.source.unwrap_or(&default_source);
         let mut mirrors = vmimg_store::Mirrors::default();
-        for rule in &source.mirror {
+        for rule in self.mirrors {
             mirrors.add_rule(rule)?;
         }
         let fetch = match self.download {
@@ -222,13 +305,40 @@ impl Opening<'_> {
         };
         Ok(Store::open(vmimg_store::StoreOptions {
             root: root.map(Path::to_owned),
-            catalog: source.catalog.clone(),
+            catalog: self.catalog.map(Path::to_owned),
             mirrors,
-            arch: source.arch.as_deref().map(str::parse).transpose()?,
+            arch: self.arch.map(str::parse).transpose()?,
             fetch,
             registry,
             threads: self.threads.unwrap_or(0),
             read_only: self.read_only,
         })?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    /// Every value an option lists is one it takes (the command line may
+    /// lack other things).
+    #[test]
+    fn listed_values_are_taken() {
+        fn check(command: &clap::Command, words: &[&str]) {
+            for arg in command.get_arguments().filter(|arg| arg.get_long().is_some()) {
+                for value in arg.get_possible_values() {
+                    let option = format!("--{}={}", arg.get_long().expect("long"), value.get_name());
+                    let line = words.iter().copied().chain([option.as_str()]);
+                    if let Err(e) = crate::Cli::command().try_get_matches_from(line) {
+                        assert!(!matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation), "{e}");
+                    }
+                }
+            }
+            for sub in command.get_subcommands() {
+                check(sub, &[words, &[sub.get_name()]].concat());
+            }
+        }
+        check(&crate::Cli::command(), &["vmimg"]);
     }
 }

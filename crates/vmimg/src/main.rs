@@ -19,12 +19,12 @@ mod reference;
 mod serve;
 
 use anyhow::Result;
-use args::{DownloadArgs, GetArgs, NamingArgs, Opening, RegistryArgs, SourceArgs};
-use clap::{Parser, Subcommand};
+use args::{ContainerArgs, DownloadArgs, GetArgs, NamingArgs, Opening, RegistryArgs, SourceArgs};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vmimg_disk::{ConvertOptions, Format};
-use vmimg_store::{ErrorKind, InstanceRequest, Source};
+use vmimg_store::{ErrorKind, InstanceRequest, RootfsFormat, Source};
 
 /// Get VM disk images onto the host, verified, converted and ready to boot.
 #[derive(Parser)]
@@ -72,10 +72,10 @@ enum Command {
         /// Print the image record as JSON instead of the path.
         #[arg(long)]
         json: bool,
-        /// For a container image: the disk to build, ext4, erofs or cpio
-        /// (see `vmimg build`) [default: ext4].
-        #[arg(long, value_name = "FORMAT")]
-        format: Option<vmimg_store::RootfsFormat>,
+        /// For a container image: the disk to build (see `vmimg build`)
+        /// [default: ext4].
+        #[arg(long, value_parser = args::listed(str::parse::<RootfsFormat>, ROOTFS_FORMATS.map(RootfsFormat::name)))]
+        format: Option<RootfsFormat>,
         #[command(flatten)]
         naming: NamingArgs,
         /// For a URL given without --digest: ask its server (ETag,
@@ -114,7 +114,7 @@ enum Command {
         #[command(flatten)]
         naming: NamingArgs,
         #[command(flatten)]
-        get: GetArgs,
+        get: ContainerArgs,
     },
     /// Container image builds: their status, recovery, removal.
     #[command(subcommand)]
@@ -151,7 +151,7 @@ enum Command {
         /// oci://REGISTRY/REPO[:TAG]
         target: String,
         /// Bytes per part: 512M, 1G, bytes.
-        #[arg(long, default_value = "512M", value_parser = vmimg_disk::parse_size)]
+        #[arg(long, default_value = "512M", value_parser = vmimg_disk::parse_size, value_name = "SIZE")]
         part_size: u64,
         /// The disk format pushed: qcow2 (zstd-compressed clusters, made on
         /// all cores: what pushes and pulls least) or raw (the disk as is,
@@ -159,7 +159,7 @@ enum Command {
         #[arg(long, default_value = "qcow2", value_parser = ["qcow2", "raw"])]
         format: String,
         /// Parts hashed and uploaded at once.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_name = "N")]
         jobs: usize,
         /// Print what was pushed as JSON (reference, digest, parts, sent,
         /// signature).
@@ -257,7 +257,7 @@ enum Command {
     /// is resuming is never removed.
     Gc {
         /// Store size to get under: 20G, 512M, bytes.
-        #[arg(long, value_parser = vmimg_disk::parse_size)]
+        #[arg(long, value_parser = vmimg_disk::parse_size, value_name = "SIZE")]
         keep_under: Option<u64>,
         /// Remove every partial download no running pull holds, however
         /// fresh: what a pull that ran out of space kept to resume.
@@ -276,9 +276,8 @@ enum Command {
     /// Serve the store over HTTP for VM platforms, in the foreground, until
     /// SIGTERM: images, disks, /dl/ streams, instances, builds, metrics.
     /// The API is described at /openapi.json (or by --openapi).
+    #[command(next_help_heading = "Daemon")]
     Serve {
-        #[command(flatten)]
-        get: GetArgs,
         /// unix:PATH or tcp:HOST:PORT; repeatable [default:
         /// unix:/run/vmimg/vmimg.sock as root, else unix:$XDG_RUNTIME_DIR/vmimg.sock].
         #[arg(long, value_name = "ADDRESS")]
@@ -288,8 +287,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
         /// Container image builds run at once.
-        #[arg(long, value_name = "N")]
-        builds: Option<usize>,
+        #[arg(long, value_name = "N", default_value_t = vmimg_serve::Limits::default().builds)]
+        builds: usize,
         /// A directory whose files and OCI layouts clients may name as
         /// sources (repeatable); without it, local paths are refused (403).
         #[arg(long, value_name = "DIR")]
@@ -297,6 +296,8 @@ enum Command {
         /// Print the API's OpenAPI document and exit.
         #[arg(long)]
         openapi: bool,
+        #[command(flatten)]
+        get: GetArgs,
     },
     /// Image bundles (image.tar.zst: disk.img, layer.qcow2, machine.json).
     #[command(subcommand)]
@@ -312,11 +313,13 @@ enum Command {
     /// bash: `vmimg completions bash > /etc/bash_completion.d/vmimg`; zsh:
     /// into a directory of $fpath as _vmimg; fish: into
     /// ~/.config/fish/completions/vmimg.fish.
+    #[command(arg = args::unused_store(), arg = args::unused_quiet())]
     Completions {
         /// The shell to complete in.
         shell: clap_complete::Shell,
     },
     /// Print the man page, or write one per command into DIR.
+    #[command(arg = args::unused_store(), arg = args::unused_quiet())]
     Man {
         /// Write vmimg.1, vmimg-pull.1, … here instead of printing vmimg.1.
         dir: Option<PathBuf>,
@@ -326,6 +329,7 @@ enum Command {
     /// Reads only the header, so it also describes images that `convert`
     /// refuses (backing files, external data files, encryption). The JSON
     /// output has the shape of `qemu-img info --output=json`.
+    #[command(arg = args::unused_store(), arg = args::unused_quiet())]
     Info {
         /// The image file.
         file: PathBuf,
@@ -333,7 +337,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Read the file as this format instead of probing it.
-        #[arg(short = 'f', long, value_parser = parse_format)]
+        #[arg(short = 'f', long, value_parser = args::listed(parse_format, FORMATS.map(Format::name)))]
         format: Option<Format>,
     },
     /// Convert a raw or qcow2 image to a sparse raw disk.
@@ -343,6 +347,7 @@ enum Command {
     /// cores. The output appears at DST only when complete (written beside it,
     /// flushed, renamed). qcow2 images that name a backing file or an
     /// external data file are refused.
+    #[command(arg = args::unused_store())]
     Convert {
         /// The source image.
         src: PathBuf,
@@ -352,7 +357,7 @@ enum Command {
         /// Read the source as this format instead of probing it. Without
         /// it, a file with no image header is raw only if it is whole
         /// 512-byte sectors and not text; -f raw takes any file as raw.
-        #[arg(short = 'f', long, value_parser = parse_format)]
+        #[arg(short = 'f', long, value_parser = args::listed(parse_format, FORMATS.map(Format::name)))]
         format: Option<Format>,
         /// Output format (only raw for now).
         #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = ["raw"])]
@@ -418,10 +423,10 @@ enum BuildsCommand {
     /// Run again the builds a killed process left unfinished, and wait for them.
     Recover {
         /// Builds run at once.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = vmimg_store::ManagerOptions::default().concurrency, value_name = "N")]
         concurrency: usize,
         #[command(flatten)]
-        get: Box<GetArgs>,
+        get: Box<ContainerArgs>,
     },
     /// Remove a finished build's record and the image it made.
     Rm {
@@ -437,6 +442,7 @@ enum BuildsCommand {
 enum DiskCommand {
     /// Make an empty sparse ext4 disk at PATH (a volume, an overlay's upper
     /// layer); PATH must not exist.
+    #[command(arg = args::unused_store(), arg = args::unused_quiet())]
     NewExt4 {
         /// Where to make the disk.
         path: PathBuf,
@@ -609,6 +615,12 @@ enum CatalogCommand {
     },
 }
 
+/// The formats `info -f` and `convert -f` take.
+const FORMATS: [Format; 2] = [Format::Raw, Format::Qcow2];
+
+/// The disks `pull --format` builds.
+const ROOTFS_FORMATS: [RootfsFormat; 3] = [RootfsFormat::Ext4, RootfsFormat::Erofs, RootfsFormat::Cpio];
+
 fn parse_format(s: &str) -> Result<Format, String> {
     s.parse().map_err(|e: vmimg_disk::Error| e.to_string())
 }
@@ -646,7 +658,8 @@ fn init_logs(verbose: u8, daemon: bool) {
 /// The command line, or the exit code once clap's help or version is
 /// printed as clap prints it (0; the help for a missing command, 2), or a
 /// usage error as one `vmimg: error:` line (2): clap's message, its tips,
-/// the usage and where the help is.
+/// the usage and where the help is (the command's own: clap's usage names
+/// it, else the command line does).
 fn parse_command_line() -> Result<Cli, ExitCode> {
     use clap::error::ErrorKind as Clap;
     let error = match Cli::try_parse() {
@@ -661,12 +674,12 @@ fn parse_command_line() -> Result<Cli, ExitCode> {
     // clap renders paragraphs: the error (its details indented below it),
     // tips, `Usage: …`, `For more information, try '--help'.`
     let rendered = error.render().to_string();
-    let (mut message, mut notes, mut command) = (String::new(), Vec::new(), "vmimg".to_owned());
+    let (mut message, mut notes, mut command) = (String::new(), Vec::new(), None);
     for paragraph in rendered.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
         let joined = paragraph.lines().map(str::trim).collect::<Vec<_>>().join(" ");
         if let Some(usage) = joined.strip_prefix("Usage: ") {
             let words = usage.split(' ').take_while(|w| !w.starts_with(['[', '<', '-']));
-            command = words.collect::<Vec<_>>().join(" ");
+            command = Some(words.collect::<Vec<_>>().join(" "));
             notes.push(format!("usage: {usage}"));
         } else if joined.starts_with("tip: ") {
             notes.push(joined);
@@ -674,9 +687,50 @@ fn parse_command_line() -> Result<Cli, ExitCode> {
             message = joined.strip_prefix("error: ").unwrap_or(&joined).to_owned();
         }
     }
+    // A bad value has no usage in clap's message.
+    let command = command.unwrap_or_else(|| command_words(std::env::args_os()));
     notes.push(format!("`{command} --help` says more"));
     eprintln!("vmimg: error: {message} ({})", notes.join("; "));
     Err(ExitCode::from(2))
+}
+
+/// The words of the command that `args` (the process's arguments) name,
+/// as far as they name one: `vmimg`, `vmimg pull`, `vmimg builds recover`.
+/// Options are skipped with their values (`--store pull` names no command).
+fn command_words(args: impl IntoIterator<Item = std::ffi::OsString>) -> String {
+    let mut root = Cli::command();
+    root.build(); // global options into every command
+    let mut command = &root;
+    let mut words = vec![command.get_name()];
+    let takes_value = |arg: Option<&clap::Arg>| arg.is_some_and(|arg| arg.get_action().takes_values());
+    let mut args = args.into_iter().skip(1);
+    while command.has_subcommands()
+        && let Some(arg) = args.next()
+    {
+        let Some(arg) = arg.to_str().filter(|arg| *arg != "--") else { break };
+        if let Some(long) = arg.strip_prefix("--") {
+            let option = command.get_arguments().find(|option| option.get_long() == Some(long));
+            if takes_value(option) {
+                args.next(); // --NAME VALUE (--NAME=VALUE is one word, not found)
+            }
+        } else if let Some(shorts) = arg.strip_prefix('-').filter(|shorts| !shorts.is_empty()) {
+            // -qv, -fVALUE, -f VALUE: the first letter that takes a value
+            // takes the rest of the word, or the next word.
+            for (at, letter) in shorts.char_indices() {
+                if takes_value(command.get_arguments().find(|option| option.get_short() == Some(letter))) {
+                    if at + letter.len_utf8() == shorts.len() {
+                        args.next();
+                    }
+                    break;
+                }
+            }
+        } else {
+            let Some(sub) = command.find_subcommand(arg) else { break };
+            words.push(sub.get_name());
+            command = sub;
+        }
+    }
+    words.join(" ")
 }
 
 /// The exit code of an error of `kind` (README lists them): 2 is also
@@ -812,10 +866,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cat { source, arch, download, registry } => {
-            let source_args = SourceArgs { arch: arch.clone(), ..SourceArgs::default() };
             // cat keeps nothing: it reads only the store's registry settings, if the store exists.
             let opening = Opening {
-                source: Some(&source_args),
+                arch: arch.as_deref(),
                 download: Some(download),
                 registry: Some(registry),
                 read_only: true,
@@ -883,13 +936,13 @@ fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(async { Ok(cli.open(held)?.remove_instance(name).await?) })
         }
         Command::Catalog(CatalogCommand::List { json, catalog }) => {
-            catalog::list(&cli.open(catalog_only(catalog).opening())?, *json)
+            catalog::list(&cli.open(catalog_only(catalog))?, *json)
         }
         Command::Catalog(CatalogCommand::Show { alias, catalog }) => {
-            catalog::show(&cli.open(catalog_only(catalog).opening())?, alias)
+            catalog::show(&cli.open(catalog_only(catalog))?, alias)
         }
         Command::Catalog(CatalogCommand::Refresh { file, aliases, source, download }) => {
-            let store = cli.open(Opening { source: Some(source), download: Some(download), ..plain })?;
+            let store = cli.open(Opening { download: Some(download), ..source.opening() })?;
             runtime()?.block_on(catalog::refresh(&store, file, aliases))
         }
         Command::Info { file, json, format } => info::run(file, *format, *json),
@@ -918,19 +971,32 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Source options that name a catalog file and nothing else.
-struct CatalogOnly(SourceArgs);
-
-impl CatalogOnly {
-    fn opening(&self) -> Opening<'_> {
-        Opening { source: Some(&self.0), read_only: true, ..Opening::default() }
-    }
-}
-
-fn catalog_only(catalog: &Option<PathBuf>) -> CatalogOnly {
-    CatalogOnly(SourceArgs { catalog: catalog.clone(), ..SourceArgs::default() })
+/// The store read with a catalog file and nothing else.
+fn catalog_only(catalog: &Option<PathBuf>) -> Opening<'_> {
+    Opening { catalog: catalog.as_deref(), read_only: true, ..Opening::default() }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_words_skip_options_and_their_values() {
+        let cases: &[(&str, &str)] = &[
+            ("vmimg", "vmimg"),
+            ("vmimg frob pull", "vmimg"),
+            ("vmimg pull --arch sparc x", "vmimg pull"),
+            ("vmimg --store pull images", "vmimg images"),
+            ("vmimg --store=pull -v builds -q recover --concurrency x", "vmimg builds recover"),
+            ("vmimg -qv info -f vmdk x", "vmimg info"),
+            ("vmimg -- pull", "vmimg"),
+            ("vmimg disk new-ext4 --size x", "vmimg disk new-ext4"),
+        ];
+        for (line, words) in cases {
+            let args = line.split(' ').map(std::ffi::OsString::from);
+            assert_eq!(super::command_words(args), *words, "{line}");
+        }
+    }
 }

@@ -3,8 +3,9 @@
 //! one for every command that runs (`vmimg builds list`, not `vmimg
 //! builds`), each with its usage (the command's words, then its arguments:
 //! `NAME`, `[NAME]` if optional, `NAME...` if repeatable) and every long
-//! option it takes (`--help` and `--version` aside). A failure says what
-//! to add to README or remove from it.
+//! option it takes (`--help` and `--version` aside) with the value it
+//! takes as `--help` shows it (`--size SIZE`, `--format raw\|qcow2`). A
+//! failure says what to add to README or remove from it.
 
 use crate::Cli;
 use clap::{Arg, ArgAction, Command, CommandFactory};
@@ -21,7 +22,12 @@ struct Row {
 
 impl Row {
     fn has(&self, option: &str) -> bool {
-        self.options.iter().any(|(long, _)| long == option)
+        self.written(option).is_some()
+    }
+
+    /// How the row writes `option` (`--digest DIGEST`), if it has it.
+    fn written(&self, option: &str) -> Option<&str> {
+        self.options.iter().find(|(long, _)| long == option).map(|(_, written)| written.as_str())
     }
 }
 
@@ -123,8 +129,14 @@ fn fixes(readme: &BTreeMap<String, Row>, tree: &BTreeMap<String, Row>) -> Vec<St
         if theirs.usage != row.usage {
             fixes.push(format!("in the row of `{command}`, write the usage `{}`, not `{}`", row.usage, theirs.usage));
         }
-        for (_, written) in row.options.iter().filter(|(option, _)| !theirs.has(option)) {
-            fixes.push(format!("add `{written}` to the row of `{command}`"));
+        for (option, written) in &row.options {
+            match theirs.written(option) {
+                None => fixes.push(format!("add `{written}` to the row of `{command}`")),
+                Some(their) if their != written => fixes.push(format!(
+                    "in the row of `{command}`, write `{written}`, not `{their}` (or give the option's value that name in --help)"
+                )),
+                Some(_) => {}
+            }
         }
         for (option, _) in theirs.options.iter().filter(|(option, _)| !row.has(option)) {
             fixes.push(format!("remove `{option}` from the row of `{command}`: `{command} --help` has no {option}"));
@@ -152,15 +164,17 @@ fn every_kind_of_difference_is_told() {
     let tree = rows_of_the_tree();
     let readme = rows_of_the_readme(&format!(
         "{SECTION}\n\n| `vmimg rm IMAGES` | `--force` `--all` |\n| `vmimg gc` | `--dry-run` `--json` |\n\
-         | `vmimg frobnicate` | |\n\n## Next\n| `vmimg du` | |\n"
+         | `vmimg frobnicate` | |\n| `vmimg info FILE` | `--json` `--format FORMAT` |\n\n## Next\n| `vmimg du` | |\n"
     ));
-    assert_eq!(readme.len(), 3, "rows end at the next section: {readme:?}");
+    assert_eq!(readme.len(), 4, "rows end at the next section: {readme:?}");
     let fixes = fixes(&readme, &tree);
     let told = |text: &str| fixes.iter().any(|fix| fix.contains(text));
     assert!(told("in the row of `vmimg rm`, write the usage `vmimg rm IMAGE`, not `vmimg rm IMAGES`"), "{fixes:#?}");
     assert!(told("remove `--all` from the row of `vmimg rm`"), "{fixes:#?}");
-    assert!(told("add `--keep-under KEEP_UNDER` to the row of `vmimg gc`"), "{fixes:#?}");
+    assert!(told("add `--keep-under SIZE` to the row of `vmimg gc`"), "{fixes:#?}");
+    assert!(told("in the row of `vmimg info`, write `--format raw\\|qcow2`, not `--format FORMAT`"), "{fixes:#?}");
     assert!(told("remove the row of `vmimg frobnicate`"), "{fixes:#?}");
     assert!(told("add the row: | `vmimg pull SOURCE` | `--digest DIGEST` `--json`"), "{fixes:#?}");
     assert!(!told("`--force` to the row of `vmimg rm`"), "{fixes:#?}");
+    assert!(!told("`--json` to the row of `vmimg info`") && !told("write `--json`"), "{fixes:#?}");
 }

@@ -12,7 +12,7 @@ use vmimg_store::Store;
 pub struct ServeArgs {
     pub listen: Vec<Listen>,
     pub token_file: Option<PathBuf>,
-    pub builds: Option<usize>,
+    pub builds: usize,
     pub allow_local: Vec<PathBuf>,
     pub openapi: bool,
 }
@@ -37,10 +37,7 @@ pub fn run(open: impl FnOnce() -> Result<Store>, args: ServeArgs) -> Result<()> 
         }
         None => None,
     };
-    let mut limits = Limits::default();
-    if let Some(builds) = args.builds {
-        limits.builds = builds;
-    }
+    let limits = Limits { builds: args.builds, ..Limits::default() };
     let store = open()?;
     crate::runtime()?.block_on(async move {
         let mut terminate = signal(SignalKind::terminate())?;

@@ -1,7 +1,7 @@
 //! The `vmimg` binary as a user meets it: `info` against `qemu-img info`,
 //! `convert` results and refusals, one-line errors and exit codes (usage
 //! errors and tool failures too), destinations checked before any work,
-//! help.
+//! help, the form of `--json` outputs and of listings.
 
 mod common;
 
@@ -291,9 +291,90 @@ fn each_command_shows_its_own_options_each_described() {
     let help = |words: &[&str]| String::from_utf8(vmimg(&[words, &["--help"]].concat()).stdout).unwrap();
     assert!(help(&["build"]).contains("[possible values: ext4, erofs, cpio]"));
     assert!(help(&["instance", "create"]).contains("[possible values: qcow2, raw]"));
+    assert!(help(&["pull"]).contains("[possible values: ext4, erofs, cpio]"));
+    assert!(help(&["info"]).contains("[possible values: raw, qcow2]"));
+    assert!(help(&["convert"]).contains("[possible values: raw, qcow2]"));
+    let serve = help(&["serve"]);
+    assert!(serve.contains("Container image builds run at once [default: 2]"), "{serve}");
     let pull = help(&["pull"]);
     for group in ["Sources:", "Downloads:", "Registries:", "--retries", "--mirror", "--username", "VMIMG_RETRIES"] {
         assert!(pull.contains(group), "pull --help lacks {group}:\n{pull}");
+    }
+}
+
+/// The heading `option` sits under in `help` ("Options" for a command's
+/// own), or None if `help` lacks it.
+fn heading_of(help: &str, option: &str) -> Option<String> {
+    let mut heading = String::new();
+    for line in help.lines() {
+        if let Some(title) = line.strip_suffix(':').filter(|title| !title.starts_with(' ') && !title.contains(' ')) {
+            heading = title.to_owned();
+        }
+        let words = line.trim_start().split([' ', ',']).filter(|w| !w.is_empty());
+        if line.starts_with("  ") && words.take(2).any(|word| word == option) {
+            return Some(heading);
+        }
+    }
+    None
+}
+
+#[test]
+fn options_sit_under_their_group_s_heading() {
+    let help = |words: &[&str]| String::from_utf8(vmimg(&[words, &["-h"]].concat()).stdout).unwrap();
+    let serve = help(&["serve"]);
+    for option in ["--listen", "--token-file", "--builds", "--allow-local", "--openapi"] {
+        assert_eq!(heading_of(&serve, option).as_deref(), Some("Daemon"), "{option}:\n{serve}");
+    }
+    for (option, heading) in [("--catalog", "Sources"), ("--retries", "Downloads"), ("--username", "Registries")] {
+        assert_eq!(heading_of(&serve, option).as_deref(), Some(heading), "{option}:\n{serve}");
+    }
+    for command in [&["pull"][..], &["instance", "create"], &["serve"]] {
+        let help = help(command);
+        assert_eq!(heading_of(&help, "--threads").as_deref(), Some("Options"), "{command:?}:\n{help}");
+    }
+    // A container image is named by its reference (no alias, no URL to
+    // mirror) and unpacked, not converted.
+    for command in [&["build"][..], &["builds", "recover"]] {
+        let help = help(command);
+        for option in ["--catalog", "--mirror", "--threads"] {
+            assert_eq!(heading_of(&help, option), None, "{command:?} offers {option}:\n{help}");
+        }
+        assert_eq!(heading_of(&help, "--arch").as_deref(), Some("Sources"), "{command:?}:\n{help}");
+        assert_eq!(heading_of(&help, "--password").as_deref(), Some("Registries"), "{command:?}:\n{help}");
+    }
+}
+
+/// `--store` and `-q` are global, but a command that opens no store, or
+/// prints nothing but its result, does not show them; it still accepts
+/// them, anywhere on the line.
+#[test]
+fn global_options_are_shown_where_they_apply() {
+    let help = |words: &[&str]| String::from_utf8(vmimg(&[words, &["-h"]].concat()).stdout).unwrap();
+    let storeless: &[(&[&str], bool)] = &[
+        (&["info"], false),
+        (&["convert"], true),
+        (&["completions"], false),
+        (&["man"], false),
+        (&["disk", "new-ext4"], false),
+    ];
+    for (command, quiet) in storeless {
+        let help = help(command);
+        assert!(!help.contains("--store"), "{command:?} shows --store:\n{help}");
+        assert_eq!(help.contains("--quiet"), *quiet, "{command:?}:\n{help}");
+        assert!(help.contains("--verbose"), "{command:?}:\n{help}");
+    }
+    for command in [&["pull"][..], &["images"], &["copy"], &["catalog", "list"]] {
+        let help = help(command);
+        assert!(help.contains("--store") && help.contains("--quiet"), "{command:?}:\n{help}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("t.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", image.to_str().unwrap(), "1M"]);
+    let image = image.to_str().unwrap();
+    for args in [&["info", "--store", "/nonexistent", "-q", image][..], &["-q", "info", image, "--quiet"]] {
+        let out = vmimg(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(String::from_utf8(out.stdout).unwrap().contains("file format: qcow2"), "{args:?}");
     }
 }
 
@@ -465,6 +546,99 @@ fn json_output_from_gc_and_instance_create() {
     assert!(stderr(&gc).is_empty(), "--json says it all on stdout: {}", stderr(&gc));
 }
 
+/// Every key of every object in `value`, with where it is (`.disk.format`).
+fn keys(value: &Value, at: &str, found: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                found.push((at.to_owned(), key.clone()));
+                keys(inner, &format!("{at}.{key}"), found);
+            }
+        }
+        Value::Array(items) => items.iter().enumerate().for_each(|(i, item)| keys(item, &format!("{at}[{i}]"), found)),
+        _ => {}
+    }
+}
+
+/// Each command's --json is pretty (an indented object or array on
+/// several lines) and every key in it is snake_case, as README promises of
+/// the records the daemon serves too. `info --json` alone keeps qemu-img's
+/// names (`virtual-size`): checked against qemu-img above.
+#[test]
+fn json_outputs_are_pretty_and_snake_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    qemu_img(&["create", "-q", "-f", "qcow2", &p("a.qcow2"), "1M"]);
+    let on_store: &[&[&str]] = &[
+        &["pull", &p("a.qcow2"), "--json"],
+        &["instance", "create", &p("a.qcow2"), "--name", "vm1", "--json"],
+        &["image", "new", "blank", "--size", "1M", "--json"],
+        &["bundle", "export", "blank", &p("blank.tar.zst"), "--json"],
+        &["bundle", "import", &p("blank.tar.zst"), "--name", "again", "--json"],
+        &["images", "--json"],
+        &["inspect", &p("a.qcow2"), "--json"],
+        &["instance", "list", "--json"],
+        &["du", "--json"],
+        &["gc", "--dry-run", "--json"],
+    ];
+    let off_store: &[&[&str]] =
+        &[&["convert", &p("a.qcow2"), &p("a.raw"), "--json"], &["copy", &p("a.raw"), &p("b.raw"), "--json"]];
+    let runs = on_store.iter().map(|args| (args, common::vmimg(&store, args)));
+    for (args, out) in runs.chain(off_store.iter().map(|args| (args, vmimg(args)))) {
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() > 2 && lines[1].starts_with("  "), "{args:?} is not pretty:\n{text}");
+        let value: Value = serde_json::from_str(&text).unwrap();
+        let mut found = Vec::new();
+        keys(&value, "", &mut found);
+        assert!(!found.is_empty(), "{args:?}: {text}");
+        for (at, key) in found {
+            let snake = key.starts_with(|c: char| c.is_ascii_lowercase())
+                && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            assert!(snake, "{args:?}: the key {key:?} at {at:?} is not snake_case:\n{text}");
+        }
+    }
+}
+
+/// `instance list`'s columns start where their headers do, whatever the
+/// length of a name.
+#[test]
+fn instance_list_columns_stay_aligned_with_a_long_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let disk = dir.path().join("a.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "1M"]);
+    let long = "a-rather-long-instance-name-longer-than-any-column";
+    for (name, format) in [(long, "qcow2"), ("vm1", "raw")] {
+        let args = ["instance", "create", disk.to_str().unwrap(), "--name", name, "--format", format];
+        common::ok(&store, &args);
+    }
+    let listed = common::ok(&store, &["instance", "list"]);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 3, "{listed}");
+    let header = lines[0];
+    let column = |title: &str| header.find(title).unwrap_or_else(|| panic!("no {title} in {header:?}"));
+    let size_end = column("SIZE") + "SIZE".len();
+    for (row, (name, format)) in lines[1..].iter().zip([(long, "qcow2"), ("vm1", "raw")]) {
+        let row_at = |at: usize| row.get(at..).unwrap_or("");
+        assert!(row.starts_with(&format!("{name} ")), "{listed}");
+        assert!(row_at(column("FORMAT")).starts_with(&format!("{format} ")), "FORMAT:\n{listed}");
+        assert!(row[..size_end].ends_with(" MiB"), "SIZE ends where its header does:\n{listed}");
+        assert!(row_at(column("CREATED")).starts_with("20"), "CREATED:\n{listed}");
+        assert!(row_at(column("IMAGE")).starts_with("file-"), "IMAGE:\n{listed}");
+    }
+}
+
+#[test]
+fn images_help_says_its_order() {
+    for flag in ["-h", "--help"] {
+        let help = String::from_utf8(vmimg(&["images", flag]).stdout).unwrap();
+        assert!(help.contains("least recently used first"), "images {flag}:\n{help}");
+    }
+}
+
 /// The names in `dir`, sorted.
 fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> =
@@ -550,8 +724,19 @@ fn usage_errors_are_one_line_and_help_is_clap_s() {
         (&["convert", "--bogus", "a", "b"], &["unexpected argument '--bogus' found", "tip: to pass '--bogus'"]),
         (
             &["pull", "--arch", "sparc", "x"],
-            &["invalid value 'sparc' for '--arch <ARCH>' [possible values: amd64, arm64]"],
+            &[
+                "invalid value 'sparc' for '--arch <ARCH>' [possible values: amd64, arm64]",
+                "`vmimg pull --help` says more",
+            ],
         ),
+        // A bad value: clap gives no usage, the help named is still the command's.
+        (&["images", "--filter", "colour=red"], &["unknown filter \"colour\"", "`vmimg images --help` says more"]),
+        (
+            &["-q", "--store", "gc", "gc", "--keep-under", "lots"],
+            &["invalid size \"lots\"", "`vmimg gc --help` says more"],
+        ),
+        (&["builds", "recover", "--concurrency", "x"], &["'--concurrency <N>'", "`vmimg builds recover --help` says"]),
+        (&["-qv", "info", "-fvmdk", "x"], &["unknown image format", "`vmimg info --help` says more"]),
         (&["copy", "a", "b", "--size"], &["a value is required for '--size <SIZE>'"]),
         (&["info", "-f", "vmdk", "x"], &["unknown image format \"vmdk\": vmimg reads raw and qcow2"]),
     ];
