@@ -665,6 +665,56 @@ fn merged_layers_make_the_erofs_applying_and_mkfs_erofs_make() {
     assert!(entry("home/u/f").contains("trusted.origin") && entry("home/u/f").contains("1000:100"), "{want:#?}");
 }
 
+/// Uncompressed erofs is written by vmimg itself (no tree on the host):
+/// the same mounted tree as mkfs.erofs makes of the applied layers, with a
+/// directory of several blocks, a long symlink, sparse and empty files;
+/// and what the shadow tree cannot carry (xattrs on a symlink, ACLs).
+#[test]
+fn merged_layers_make_the_uncompressed_erofs_mkfs_erofs_makes() {
+    use vmimg_rootfs::erofs::{Compression, ErofsOptions};
+    let mut big = Tar::default();
+    for n in 0..700 {
+        big = big.file(&format!("big/entry-with-a-longish-name-{n:04}"), format!("{n}").as_bytes());
+    }
+    let mut sparse = vec![0u8; 3 << 20];
+    sparse[(2 << 20) + 5..(2 << 20) + 9].copy_from_slice(b"data");
+    let extra = big
+        .symlink("long", &"x/".repeat(1500))
+        .file("empty", b"")
+        .file("sparse", &sparse)
+        .file("exact", &[7; 8192])
+        .bytes();
+    let mut layers = layer_stack().to_vec();
+    layers.push(extra);
+    let dir = tempfile::tempdir().unwrap();
+    let (applied, shadow) = (dir.path().join("tree"), dir.path().join("shadow"));
+    let (from_tree, from_layers) = (dir.path().join("tree.img"), dir.path().join("layers.img"));
+    fs::create_dir(&applied).unwrap();
+    fs::create_dir(&shadow).unwrap();
+    apply(&applied, &layers).unwrap();
+    let options = ErofsOptions { compression: Compression::None, ..ErofsOptions::default() };
+    vmimg_rootfs::erofs::build(&applied, &from_tree, &options).unwrap();
+    vmimg_rootfs::erofs::build_merged(&merge(&layers), layer_reader(&layers), &shadow, &from_layers, &options).unwrap();
+    assert_eq!(fs::read_dir(&shadow).unwrap().count(), 0, "no tree on the host");
+    if let Some((want, got)) = mounted_trees(&from_tree, &from_layers, "erofs") {
+        assert_eq!(got, want);
+    }
+
+    // What a directory cannot carry, written natively.
+    let carried = [Tar::default()
+        .with(Item { link: "f", xattrs: &[("trusted.a", "1")], ..Item::new("l", b'2') })
+        .with(Item { xattrs: &[("user.a", "1"), ("trusted.a", "2")], ..Item::new("f", b'0') })
+        .bytes()];
+    let image = dir.path().join("carried.img");
+    vmimg_rootfs::erofs::build_merged(&merge(&carried), layer_reader(&carried), &shadow, &image, &options).unwrap();
+    if let Ok(mount) = vmimg_testserver::mounts::Mount::image_read_only(&image, "erofs") {
+        let tree = vmimg_testserver::trees::describe(mount.path());
+        let entry = |path: &str| tree.iter().find(|e| e.starts_with(&format!("{path} "))).unwrap().clone();
+        assert!(entry("l").contains("trusted.a"), "{tree:#?}");
+        assert!(entry("f").contains("trusted.a") && entry("f").contains("user.a"), "{tree:#?}");
+    }
+}
+
 #[test]
 fn a_merged_erofs_refuses_what_its_shadow_tree_cannot_carry() {
     let cases = [

@@ -36,7 +36,7 @@ use vmimg_disk::Replace;
 use vmimg_tar::Kind;
 
 use super::patch::{self, USER_INDEX, Wanted};
-use super::{ErofsImage, ErofsOptions, check_with, context, mkfs, scan, tool, validate, version};
+use super::{Compression, ErofsImage, ErofsOptions, check_with, context, mkfs, native, scan, tool, validate, version};
 use crate::apply::{RelPath, lossy};
 use crate::merge::{Content, Emit, LayerTar, Merged, Node, Xattrs, st_mode};
 
@@ -63,6 +63,14 @@ pub fn build_merged(
     validate(options)?;
     let fsck = tool(options, "fsck.erofs");
     let erofs_utils_version = version(&fsck)?;
+    if options.compression == Compression::None {
+        let bytes = vmimg_disk::publish_path(out, Replace::Yes, true, |image| {
+            let bytes = native::write(merged, open_layer, image, &options.uuid, options.timestamp)?;
+            check_with(image, &fsck)?;
+            Ok::<_, io::Error>(bytes)
+        })?;
+        return Ok(ErofsImage { bytes, erofs_utils_version });
+    }
     let root = rustix::fs::open(shadow, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| context(e.into(), shadow, "open"))?;
     let mut tree = Shadow { root, wanted: HashMap::new(), newest: 0 };
@@ -193,7 +201,7 @@ fn set_xattrs(fd: BorrowedFd<'_>, path: &[u8], xattrs: &Xattrs) -> io::Result<Ve
 }
 
 /// Linux's `new_encode_dev`, erofs's 32-bit device field.
-fn device_number((major, minor): (u32, u32), path: &[u8]) -> io::Result<u32> {
+pub(super) fn device_number((major, minor): (u32, u32), path: &[u8]) -> io::Result<u32> {
     if major >= 1 << 12 || minor >= 1 << 20 {
         return Err(refused(path, &format!("device {major}:{minor}, over erofs's 12-bit major or 20-bit minor")));
     }
@@ -208,7 +216,7 @@ fn at<'a>(path: &'a [u8], what: &'static str) -> impl FnOnce(rustix::io::Errno) 
     move |e| context(e.into(), name(path), what)
 }
 
-fn refused(path: &[u8], why: &str) -> io::Error {
+pub(super) fn refused(path: &[u8], why: &str) -> io::Error {
     let message = format!("erofs: {}: {why}; build an ext4 disk instead", lossy(path));
     io::Error::new(io::ErrorKind::InvalidInput, message)
 }

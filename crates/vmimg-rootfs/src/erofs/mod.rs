@@ -80,6 +80,7 @@ use crate::depth;
 use vmimg_disk::Replace;
 
 mod merged;
+mod native;
 mod patch;
 
 pub use merged::build_merged;

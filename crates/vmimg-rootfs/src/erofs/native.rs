@@ -1,0 +1,423 @@
+//! Uncompressed erofs images written by vmimg itself from layers merged in
+//! memory ([`crate::merge`]): no tree on the host, and the same bytes
+//! whoever builds them, since every field is written as the layers give it.
+//!
+//! Why vmimg writes the format: bookworm's mkfs.erofs (1.5) reads only a
+//! directory, which a user without root cannot give owners, devices or
+//! `security.*` xattrs, and which costs the whole tree on the host's disk
+//! (the shadow-tree path, `merged.rs`, which compressed images still take);
+//! no Rust crate writes erofs. Stored data is the simple part of the
+//! format, so it is written here and checked by `fsck.erofs --extract`
+//! before the image appears.
+//!
+//! The layout (Linux's `fs/erofs/erofs_fs.h`, 4 KiB blocks): block 0 holds
+//! the superblock at byte 1024; then every regular file's data, each file
+//! in whole blocks as its content arrives (`FLAT_PLAIN`; holes are left
+//! unwritten and read as zeros); then the full blocks of directories and
+//! symlink targets too long to sit beside their inode; then the metadata
+//! area: 64-byte inodes (32-bit owners, an mtime each), each followed by
+//! its xattrs and, where it fits in the inode's block, the last partial
+//! block of a directory or symlink (`FLAT_INLINE`), the root's first so its
+//! nid fits the superblock's 16 bits. Directory entries are sorted by name
+//! with `.` and `..`, as the kernel's binary search needs. xattrs are kept
+//! inline in five namespaces (`user.`, `trusted.`, `security.`, and POSIX
+//! ACLs, which erofs stores as the VFS gives them); any other is refused
+//! by name, as are owners over 32 bits and device numbers erofs's 32-bit
+//! field cannot hold.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use vmimg_tar::Kind;
+
+use super::merged::{device_number, refused};
+use crate::apply::{RelPath, lossy};
+use crate::merge::{Content, Emit, LayerTar, Merged, Node, Xattrs, st_mode};
+
+const BLOCK: u64 = 4096;
+const SUPERBLOCK_OFFSET: u64 = 1024;
+const MAGIC: u32 = 0xE0F5_E1E2;
+/// `feature_compat`: the superblock's block carries a CRC32C; inodes carry mtimes.
+const SB_CHKSUM: u32 = 1;
+const COMPAT_MTIME: u32 = 2;
+const INODE_SIZE: u64 = 64;
+/// Inodes start on 32-byte slots: a nid is a slot's number.
+const SLOT: u64 = 32;
+const DIRENT: usize = 12;
+/// A directory's file type in directory entries.
+const FT_DIR: u8 = 2;
+/// Linux's longest name.
+const MAX_NAME: usize = 255;
+const FLAT_PLAIN: u16 = 0;
+const FLAT_INLINE: u16 = 2;
+/// `i_format`: bit 0 set for an extended inode; the data layout above it.
+const EXTENDED: u16 = 1;
+/// The ibody xattr header before an inode's xattrs.
+const XATTR_HEADER: usize = 12;
+
+/// What an inode holds besides its metadata.
+enum Body {
+    /// A regular file's data, from this block on.
+    File {
+        size: u64,
+        block: u64,
+    },
+    /// A directory: its parent (itself for the root), and its names with
+    /// the inodes they name.
+    Dir {
+        parent: usize,
+        children: Vec<(Vec<u8>, usize)>,
+    },
+    Symlink(Vec<u8>),
+    /// A device node, FIFO or socket: its erofs device number (0 for a FIFO).
+    Special(u32),
+}
+
+struct Inode {
+    mode: u16,
+    uid: u32,
+    gid: u32,
+    mtime: u64,
+    nlink: u32,
+    /// The encoded xattr area (header and entries), empty when none.
+    xattrs: Vec<u8>,
+    body: Body,
+}
+
+/// Where an inode's data went.
+#[derive(Clone, Copy, Default)]
+struct Placed {
+    layout: u16,
+    /// `i_u`: the first data block, or the device number.
+    field: u32,
+    size: u64,
+    /// Bytes of data kept right after the inode and its xattrs.
+    inline: u64,
+}
+
+/// Writes the uncompressed erofs image of the tree `merged` stands for
+/// into `image` (an empty file); its file contents come from the layers
+/// `open_layer` gives. `timestamp` is the build time; mtimes after it are
+/// clamped to it (see [`super::ErofsOptions::timestamp`]). Returns the
+/// image's size in bytes.
+pub(super) fn write(
+    merged: &Merged,
+    open_layer: impl FnMut(usize) -> io::Result<LayerTar>,
+    image: &Path,
+    uuid: &[u8; 16],
+    timestamp: Option<u64>,
+) -> io::Result<u64> {
+    let file = File::options().read(true).write(true).open(image)?;
+    let mut tree = Tree { file: &file, inodes: Vec::new(), by_path: HashMap::new(), next_block: 1 };
+    merged.emit(&mut tree, open_layer)?;
+    let Tree { inodes, mut next_block, .. } = tree;
+    let newest = inodes.iter().map(|inode| inode.mtime).max().unwrap_or(0);
+    let timestamp = timestamp.unwrap_or(newest.saturating_add(1));
+    let placed = inodes
+        .iter()
+        .enumerate()
+        .map(|(n, inode)| place(inode, data_bytes(&inodes, n, &[]).len() as u64, &mut next_block))
+        .collect::<io::Result<Vec<_>>>()?;
+    let (slots, meta_bytes) = meta_layout(&inodes, &placed)?;
+    let meta_block = next_block;
+    let mut meta = vec![0u8; meta_bytes as usize];
+    for (n, (inode, placed)) in inodes.iter().zip(&placed).enumerate() {
+        let at = (slots[n] * SLOT) as usize;
+        meta[at..][..INODE_SIZE as usize].copy_from_slice(&inode_bytes(inode, placed, n, timestamp));
+        meta[at + INODE_SIZE as usize..][..inode.xattrs.len()].copy_from_slice(&inode.xattrs);
+        let data = data_bytes(&inodes, n, &slots);
+        let (in_blocks, inline) = data.split_at(data.len() - placed.inline as usize);
+        file.write_all_at(in_blocks, u64::from(placed.field) * BLOCK)?;
+        meta[at + INODE_SIZE as usize + inode.xattrs.len()..][..inline.len()].copy_from_slice(inline);
+    }
+    file.write_all_at(&meta, meta_block * BLOCK)?;
+    let blocks = meta_block + meta_bytes / BLOCK;
+    let superblock = superblock(inodes.len() as u64, blocks, meta_block, timestamp, uuid)?;
+    file.write_all_at(&superblock, SUPERBLOCK_OFFSET)?;
+    file.set_len(blocks * BLOCK)?;
+    file.sync_all()?;
+    Ok(blocks * BLOCK)
+}
+
+/// The tree as [`Merged::emit`] hands it over: inodes kept, file data
+/// written to the image as it comes.
+struct Tree<'a> {
+    file: &'a File,
+    inodes: Vec<Inode>,
+    by_path: HashMap<RelPath, usize>,
+    next_block: u64,
+}
+
+impl Emit for Tree<'_> {
+    fn node(&mut self, node: &Node<'_>) -> io::Result<()> {
+        let entry = &node.entry;
+        let path = &node.paths[0];
+        let body = match entry.kind {
+            Kind::Directory => Body::Dir { parent: self.parent_of(path)?, children: Vec::new() },
+            Kind::Symlink => Body::Symlink(entry.link_name.clone()),
+            Kind::CharDevice | Kind::BlockDevice => Body::Special(device_number(entry.device, path)?),
+            _ => Body::Special(0),
+        };
+        self.add(node, body)
+    }
+
+    fn file(&mut self, node: &Node<'_>, content: &mut Content<'_>) -> io::Result<()> {
+        let (size, block) = (node.entry.size, self.next_block);
+        let path = &node.paths[0];
+        self.next_block = block
+            .checked_add(size.div_ceil(BLOCK))
+            .filter(|&end| end < u64::from(u32::MAX))
+            .ok_or_else(|| refused(path, "more data than an erofs image's 32-bit block numbers reach"))?;
+        let start = block * BLOCK;
+        content(&mut |offset, bytes| {
+            if offset.checked_add(bytes.len() as u64).is_none_or(|end| end > size) {
+                return Err(io::Error::other(format!("{}: content past its size {size}", lossy(path))));
+            }
+            self.file.write_all_at(bytes, start + offset)
+        })?;
+        self.add(node, Body::File { size, block })
+    }
+}
+
+impl Tree<'_> {
+    /// The inode of the directory `path` is in (the root's own for `.`;
+    /// [`Merged::emit`] hands directories over parents first).
+    fn parent_of(&self, path: &[u8]) -> io::Result<usize> {
+        let parent = match path.iter().rposition(|&b| b == b'/') {
+            Some(slash) => &path[..slash],
+            None if path == b"." => return Ok(self.inodes.len()),
+            None => b".",
+        };
+        self.by_path.get(parent).copied().ok_or_else(|| io::Error::other("erofs: a name before its directory"))
+    }
+
+    /// Keeps `node`'s inode and names it in its parents' directories.
+    fn add(&mut self, node: &Node<'_>, body: Body) -> io::Result<()> {
+        let entry = &node.entry;
+        let first = &node.paths[0];
+        let owner = |id: u64, what: &str| {
+            u32::try_from(id).map_err(|_| refused(first, &format!("{what} {id}, over erofs's 32 bits")))
+        };
+        let inode = Inode {
+            mode: st_mode(entry.kind, entry.mode) as u16,
+            uid: owner(entry.uid, "the owner")?,
+            gid: owner(entry.gid, "the group")?,
+            mtime: entry.mtime,
+            nlink: u32::try_from(node.nlink).map_err(|_| refused(first, "more links than erofs counts"))?,
+            xattrs: encode_xattrs(&entry.xattrs, first)?,
+            body,
+        };
+        let n = self.inodes.len();
+        self.inodes.push(inode);
+        for path in node.paths {
+            if path == b"." {
+                continue;
+            }
+            let name = &path[path.iter().rposition(|&b| b == b'/').map_or(0, |slash| slash + 1)..];
+            if name.len() > MAX_NAME {
+                return Err(refused(path, &format!("a name of {} bytes, over Linux's {MAX_NAME}", name.len())));
+            }
+            let parent = self.parent_of(path)?;
+            match &mut self.inodes[parent].body {
+                Body::Dir { children, .. } => children.push((name.to_vec(), n)),
+                _ => return Err(io::Error::other("erofs: a name in what is not a directory")),
+            }
+            self.by_path.insert(path.clone(), n);
+        }
+        self.by_path.insert(first.clone(), n);
+        Ok(())
+    }
+}
+
+/// The xattr area of an inode: the ibody header, then each entry (name
+/// length, name index, value length, name after its prefix, value),
+/// padded to 4 bytes. Empty when there are none.
+fn encode_xattrs(xattrs: &Xattrs, path: &[u8]) -> io::Result<Vec<u8>> {
+    if xattrs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut area = vec![0u8; XATTR_HEADER];
+    for (name, value) in xattrs {
+        let (index, suffix) = name_index(name).ok_or_else(|| {
+            refused(path, &format!("the xattr {name}: erofs disks take user., trusted., security. and POSIX ACLs"))
+        })?;
+        let value_size =
+            u16::try_from(value.len()).map_err(|_| refused(path, &format!("the xattr {name}: over 64 KiB")))?;
+        area.extend([suffix.len() as u8, index]);
+        area.extend(value_size.to_le_bytes());
+        area.extend(suffix.as_bytes());
+        area.extend(value);
+        area.resize(area.len().next_multiple_of(4), 0);
+    }
+    if (area.len() - XATTR_HEADER) / 4 + 1 > usize::from(u16::MAX) || area.len() as u64 + INODE_SIZE > BLOCK {
+        return Err(refused(path, "more xattrs than an erofs inode's block holds"));
+    }
+    Ok(area)
+}
+
+/// erofs's name index of an xattr and the name after its prefix.
+fn name_index(name: &str) -> Option<(u8, &str)> {
+    match name {
+        "system.posix_acl_access" => return Some((2, "")),
+        "system.posix_acl_default" => return Some((3, "")),
+        _ => {}
+    }
+    let prefixes = [("user.", 1), ("trusted.", 4), ("security.", 6)];
+    prefixes.iter().find_map(|(prefix, index)| {
+        let suffix = name.strip_prefix(prefix)?;
+        (!suffix.is_empty() && suffix.len() <= MAX_NAME).then_some((*index, suffix))
+    })
+}
+
+/// What inode `n` keeps as data outside the image's file area: a
+/// directory's entries, a symlink's target; nothing for other inodes.
+/// `slots` are the inodes' nids (empty while only the size is wanted).
+fn data_bytes(inodes: &[Inode], n: usize, slots: &[u64]) -> Vec<u8> {
+    match &inodes[n].body {
+        Body::Dir { parent, children } => {
+            let nid = |i: usize| slots.get(i).copied().unwrap_or(0);
+            let mut entries: Vec<(&[u8], u64, u8)> = children
+                .iter()
+                .map(|(name, child)| (name.as_slice(), nid(*child), file_type(inodes[*child].mode)))
+                .collect();
+            entries.push((b".", nid(n), FT_DIR));
+            entries.push((b"..", nid(*parent), FT_DIR));
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            dir_blocks(&entries)
+        }
+        Body::Symlink(target) => target.clone(),
+        Body::File { .. } | Body::Special(_) => Vec::new(),
+    }
+}
+
+/// Sorted directory entries (name, nid, file type) in blocks: each block
+/// holds as many as fit, their 12-byte records (nid, the name's offset in
+/// the block, the type) then their names; the last block is cut after its
+/// last name.
+fn dir_blocks(entries: &[(&[u8], u64, u8)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let (mut count, mut used) = (0, 0);
+        while count < rest.len() && used + DIRENT + rest[count].0.len() <= BLOCK as usize {
+            used += DIRENT + rest[count].0.len();
+            count += 1;
+        }
+        let block_start = out.len();
+        let mut name_at = count * DIRENT;
+        for (name, nid, file_type) in &rest[..count] {
+            out.extend(nid.to_le_bytes());
+            out.extend((name_at as u16).to_le_bytes());
+            out.extend([*file_type, 0]);
+            name_at += name.len();
+        }
+        rest[..count].iter().for_each(|(name, ..)| out.extend(*name));
+        rest = &rest[count..];
+        if !rest.is_empty() {
+            out.resize(block_start + BLOCK as usize, 0);
+        }
+    }
+    out
+}
+
+/// A directory entry's file type, from the inode's mode.
+fn file_type(mode: u16) -> u8 {
+    match u32::from(mode) & 0o170000 {
+        0o100000 => 1,
+        0o040000 => FT_DIR,
+        0o020000 => 3,
+        0o060000 => 4,
+        0o010000 => 5,
+        0o140000 => 6,
+        0o120000 => 7,
+        _ => 0,
+    }
+}
+
+/// Decides where `inode`'s data goes: regular files and devices as they
+/// are; a directory's or symlink's last partial block inline when it fits
+/// beside the inode, the rest in blocks from `next_block`.
+fn place(inode: &Inode, data_len: u64, next_block: &mut u64) -> io::Result<Placed> {
+    let mut allocate = |len: u64| {
+        let block = *next_block;
+        *next_block += len.div_ceil(BLOCK);
+        u32::try_from(block).map_err(|_| io::Error::other("erofs: an image past 32-bit block numbers"))
+    };
+    Ok(match &inode.body {
+        Body::File { size, block } => {
+            let field = if *size == 0 { 0 } else { u32::try_from(*block).map_err(|_| io::Error::other("block"))? };
+            Placed { layout: FLAT_PLAIN, field, size: *size, inline: 0 }
+        }
+        Body::Special(rdev) => Placed { layout: FLAT_PLAIN, field: *rdev, size: 0, inline: 0 },
+        Body::Dir { .. } | Body::Symlink(_) => {
+            let size = match &inode.body {
+                Body::Symlink(target) => target.len() as u64,
+                _ => data_len,
+            };
+            let tail = size % BLOCK;
+            if tail > 0 && INODE_SIZE + inode.xattrs.len() as u64 + tail <= BLOCK {
+                let field = if size > tail { allocate(size - tail)? } else { 0 };
+                Placed { layout: FLAT_INLINE, field, size, inline: tail }
+            } else {
+                Placed { layout: FLAT_PLAIN, field: allocate(size)?, size, inline: 0 }
+            }
+        }
+    })
+}
+
+/// Each inode's slot in the metadata area (the root's first), none
+/// straddling a block, and the area's size in whole blocks.
+fn meta_layout(inodes: &[Inode], placed: &[Placed]) -> io::Result<(Vec<u64>, u64)> {
+    let mut slots = Vec::with_capacity(inodes.len());
+    let mut at = 0u64;
+    for (inode, placed) in inodes.iter().zip(placed) {
+        let need = INODE_SIZE + inode.xattrs.len() as u64 + placed.inline;
+        if at % BLOCK + need > BLOCK {
+            at = at.next_multiple_of(BLOCK);
+        }
+        slots.push(at / SLOT);
+        at = (at + need).next_multiple_of(SLOT);
+    }
+    if slots.first().is_some_and(|&root| root != 0) {
+        return Err(io::Error::other("erofs: the root is not the first inode"));
+    }
+    Ok((slots, at.next_multiple_of(BLOCK)))
+}
+
+/// The 64-byte extended inode of inode `n`.
+fn inode_bytes(inode: &Inode, placed: &Placed, n: usize, timestamp: u64) -> [u8; INODE_SIZE as usize] {
+    let mut raw = [0u8; INODE_SIZE as usize];
+    let xattr_icount = if inode.xattrs.is_empty() { 0 } else { ((inode.xattrs.len() - XATTR_HEADER) / 4 + 1) as u16 };
+    raw[0..2].copy_from_slice(&(EXTENDED | (placed.layout << 1)).to_le_bytes());
+    raw[2..4].copy_from_slice(&xattr_icount.to_le_bytes());
+    raw[4..6].copy_from_slice(&inode.mode.to_le_bytes());
+    raw[8..16].copy_from_slice(&placed.size.to_le_bytes());
+    raw[16..20].copy_from_slice(&placed.field.to_le_bytes());
+    raw[20..24].copy_from_slice(&(n as u32 + 1).to_le_bytes());
+    raw[24..28].copy_from_slice(&inode.uid.to_le_bytes());
+    raw[28..32].copy_from_slice(&inode.gid.to_le_bytes());
+    raw[32..40].copy_from_slice(&inode.mtime.min(timestamp).to_le_bytes());
+    raw[44..48].copy_from_slice(&inode.nlink.to_le_bytes());
+    raw
+}
+
+/// Block 0 from byte 1024 on: the superblock, its CRC32C over the rest of
+/// the block (the checksum field zeroed) as the kernel computes it.
+fn superblock(inos: u64, blocks: u64, meta_block: u64, timestamp: u64, uuid: &[u8; 16]) -> io::Result<Vec<u8>> {
+    let mut sb = vec![0u8; (BLOCK - SUPERBLOCK_OFFSET) as usize];
+    let blocks = u32::try_from(blocks).map_err(|_| io::Error::other("erofs: an image past 32-bit block numbers"))?;
+    sb[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    sb[8..12].copy_from_slice(&(SB_CHKSUM | COMPAT_MTIME).to_le_bytes());
+    sb[12] = 12; // 4 KiB blocks
+    sb[16..24].copy_from_slice(&inos.to_le_bytes());
+    sb[24..32].copy_from_slice(&timestamp.to_le_bytes());
+    sb[36..40].copy_from_slice(&blocks.to_le_bytes());
+    sb[40..44].copy_from_slice(&(meta_block as u32).to_le_bytes());
+    sb[48..64].copy_from_slice(uuid);
+    let checksum = !crc32c::crc32c(&sb);
+    sb[4..8].copy_from_slice(&checksum.to_le_bytes());
+    Ok(sb)
+}
