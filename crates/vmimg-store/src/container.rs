@@ -420,8 +420,7 @@ impl Assembly {
                 match format {
                     RootfsFormat::Cpio => write_cpio(out, |w| vmimg_rootfs::cpio::write_merged(&merged, open_layer, w)),
                     RootfsFormat::Erofs => {
-                        vmimg_rootfs::erofs::build_merged(&merged, open_layer, rootfs, out, &Default::default())
-                            .map(drop)
+                        vmimg_rootfs::erofs::build_merged(&merged, open_layer, out, &Default::default()).map(drop)
                     }
                     RootfsFormat::Ext4 => {
                         vmimg_rootfs::ext4::build_merged(&merged, open_layer, out, &Default::default()).map(drop)

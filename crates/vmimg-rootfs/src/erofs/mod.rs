@@ -1,8 +1,7 @@
 //! Compressed read-only erofs disks of a directory tree, made by erofs-utils'
 //! `mkfs.erofs` and checked by its `fsck.erofs` before they appear; and of
-//! layers merged in memory, for any user, by [`build_merged`] (a shadow
-//! tree for mkfs.erofs, the real metadata then set in the image: see
-//! `merged.rs` and `patch.rs`).
+//! layers merged in memory, for any user and with no tree on the host,
+//! written by vmimg itself ([`build_merged`], `native.rs` and `lz4.rs`).
 //!
 //! Why the external tool: no Rust crate writes a general erofs (see DESIGN.md),
 //! and erofs-utils is the format's reference implementation, maintained with
@@ -79,11 +78,10 @@ use std::process::{Command, Stdio};
 use crate::depth;
 use vmimg_disk::Replace;
 
-mod merged;
+mod lz4;
 mod native;
-mod patch;
 
-pub use merged::build_merged;
+pub use native::build_merged;
 
 /// The Debian package that ships `mkfs.erofs` and `fsck.erofs`.
 pub const DEBIAN_PACKAGE: &str = "erofs-utils";
@@ -165,7 +163,7 @@ pub fn build(root: &Path, out: &Path, options: &ErofsOptions) -> io::Result<Erof
     let fsck = tool(options, "fsck.erofs");
     let erofs_utils_version = version(&fsck)?;
     let bytes = vmimg_disk::publish_path(out, Replace::Yes, true, |image| {
-        mkfs(root, image, options, timestamp, &[])?;
+        mkfs(root, image, options, timestamp)?;
         check_with(image, &fsck)?;
         fs::metadata(image).map(|meta| meta.len()).map_err(|e| context(e, image, "stat"))
     })?;
@@ -219,7 +217,7 @@ fn tool(options: &ErofsOptions, name: &str) -> PathBuf {
     }
 }
 
-fn mkfs(root: &Path, image: &Path, options: &ErofsOptions, timestamp: u64, extra: &[&str]) -> io::Result<()> {
+fn mkfs(root: &Path, image: &Path, options: &ErofsOptions, timestamp: u64) -> io::Result<()> {
     let program = tool(options, "mkfs.erofs");
     let mut command = Command::new(&program);
     command.env("SOURCE_DATE_EPOCH", timestamp.to_string()).arg("--quiet").arg(format!("-U{}", uuid(&options.uuid)));
@@ -235,7 +233,7 @@ fn mkfs(root: &Path, image: &Path, options: &ErofsOptions, timestamp: u64, extra
     if options.compression != Compression::None && options.pcluster_size > 4096 {
         command.arg(format!("-C{}", options.pcluster_size));
     }
-    command.args(extra).arg(image).arg(root);
+    command.arg(image).arg(root);
     run(command, &program).map(drop)
 }
 

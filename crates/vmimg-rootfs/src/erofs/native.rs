@@ -1,29 +1,30 @@
-//! Uncompressed erofs images written by vmimg itself from layers merged in
-//! memory ([`crate::merge`]): no tree on the host, and the same bytes
-//! whoever builds them, since every field is written as the layers give it.
+//! erofs images written by vmimg itself from layers merged in memory
+//! ([`crate::merge`]), stored or LZ4-compressed: no tree on the host, and
+//! the same bytes whoever builds them, since every field is written as
+//! the layers give it.
 //!
 //! Why vmimg writes the format: bookworm's mkfs.erofs (1.5) reads only a
 //! directory, which a user without root cannot give owners, devices or
-//! `security.*` xattrs, and which costs the whole tree on the host's disk
-//! (the shadow-tree path, `merged.rs`, which compressed images still take);
-//! no Rust crate writes erofs. Stored data is the simple part of the
-//! format, so it is written here and checked by `fsck.erofs --extract`
-//! before the image appears.
+//! `security.*` xattrs, and which costs the whole tree on the host's disk;
+//! no Rust crate writes erofs. The image is checked by `fsck.erofs
+//! --extract` (every file decoded) before it appears.
 //!
 //! The layout (Linux's `fs/erofs/erofs_fs.h`, 4 KiB blocks): block 0 holds
-//! the superblock at byte 1024; then every regular file's data, each file
-//! in whole blocks as its content arrives (`FLAT_PLAIN`; holes are left
-//! unwritten and read as zeros); then the full blocks of directories and
-//! symlink targets too long to sit beside their inode; then the metadata
-//! area: 64-byte inodes (32-bit owners, an mtime each), each followed by
-//! its xattrs and, where it fits in the inode's block, the last partial
-//! block of a directory or symlink (`FLAT_INLINE`), the root's first so its
-//! nid fits the superblock's 16 bits. Directory entries are sorted by name
-//! with `.` and `..`, as the kernel's binary search needs. xattrs are kept
-//! inline in five namespaces (`user.`, `trusted.`, `security.`, and POSIX
-//! ACLs, which erofs stores as the VFS gives them); any other is refused
-//! by name, as are owners over 32 bits and device numbers erofs's 32-bit
-//! field cannot hold.
+//! the superblock at byte 1024; then every regular file's data as its
+//! content arrives, in whole blocks: stored (`FLAT_PLAIN`; holes left
+//! unwritten read as zeros) or as LZ4 extents of one block each
+//! ([`super::lz4`]); then the full blocks of directories and symlink
+//! targets too long to sit beside their inode; then the metadata area:
+//! 64-byte inodes (32-bit owners, an mtime each), each followed by its
+//! xattrs and either, where it fits in the inode's block, the last partial
+//! block of a directory or symlink (`FLAT_INLINE`), or a compressed file's
+//! map header and lcluster indexes (`COMPRESSED_FULL`); the root's inode
+//! first, so its nid fits the superblock's 16 bits. Directory entries are
+//! sorted by name with `.` and `..`, as the kernel's binary search needs.
+//! xattrs are kept inline in five namespaces (`user.`, `trusted.`,
+//! `security.`, and POSIX ACLs, which erofs stores as the VFS gives
+//! them), on any inode; any other is refused by name, as are owners over
+//! 32 bits and device numbers erofs's 32-bit field cannot hold.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -33,9 +34,11 @@ use std::path::Path;
 
 use vmimg_tar::Kind;
 
-use super::merged::{device_number, refused};
+use super::lz4::{Encoded, FileEncoder, Level};
+use super::{Compression, ErofsImage, ErofsOptions, check_with, invalid, tool, validate, version};
 use crate::apply::{RelPath, lossy};
 use crate::merge::{Content, Emit, LayerTar, Merged, Node, Xattrs, st_mode};
+use vmimg_disk::Replace;
 
 const BLOCK: u64 = 4096;
 const SUPERBLOCK_OFFSET: u64 = 1024;
@@ -53,6 +56,9 @@ const FT_DIR: u8 = 2;
 const MAX_NAME: usize = 255;
 const FLAT_PLAIN: u16 = 0;
 const FLAT_INLINE: u16 = 2;
+const COMPRESSED_FULL: u16 = 1;
+/// `feature_incompat`: compressed data ends its block, zeros before it.
+const ZERO_PADDING: u32 = 1;
 /// `i_format`: bit 0 set for an extended inode; the data layout above it.
 const EXTENDED: u16 = 1;
 /// The ibody xattr header before an inode's xattrs.
@@ -64,6 +70,13 @@ enum Body {
     File {
         size: u64,
         block: u64,
+    },
+    /// A regular file's data in LZ4 extents: their block count and the
+    /// file's lcluster indexes.
+    Compressed {
+        size: u64,
+        blocks: u64,
+        indexes: Vec<u8>,
     },
     /// A directory: its parent (itself for the root), and its names with
     /// the inodes they name.
@@ -91,31 +104,64 @@ struct Inode {
 #[derive(Clone, Copy, Default)]
 struct Placed {
     layout: u16,
-    /// `i_u`: the first data block, or the device number.
+    /// `i_u`: the first data block, the device number, or a compressed
+    /// file's block count.
     field: u32,
     size: u64,
     /// Bytes of data kept right after the inode and its xattrs.
     inline: u64,
 }
 
-/// Writes the uncompressed erofs image of the tree `merged` stands for
+/// Makes `out` an erofs image of the tree `merged` stands for, its file
+/// contents read from the layers `open_layer` gives (the same decompressed
+/// bytes [`Merged::add_layer`] read); it appears once `fsck.erofs` has
+/// decoded every file in it. Physical clusters are one block: bigger ones
+/// are for [`super::build`] from a directory.
+pub fn build_merged(
+    merged: &Merged,
+    open_layer: impl FnMut(usize) -> io::Result<LayerTar>,
+    out: &Path,
+    options: &ErofsOptions,
+) -> io::Result<ErofsImage> {
+    validate(options)?;
+    if options.pcluster_size != BLOCK as u32 {
+        return Err(invalid(format!(
+            "erofs: layers are written in physical clusters of one block, not {}",
+            options.pcluster_size
+        )));
+    }
+    let fsck = tool(options, "fsck.erofs");
+    let erofs_utils_version = version(&fsck)?;
+    let bytes = vmimg_disk::publish_path(out, Replace::Yes, true, |image| {
+        let bytes = write(merged, open_layer, image, options)?;
+        check_with(image, &fsck)?;
+        Ok::<_, io::Error>(bytes)
+    })?;
+    Ok(ErofsImage { bytes, erofs_utils_version })
+}
+
+/// Writes the erofs image of the tree `merged` stands for
 /// into `image` (an empty file); its file contents come from the layers
 /// `open_layer` gives. `timestamp` is the build time; mtimes after it are
 /// clamped to it (see [`super::ErofsOptions::timestamp`]). Returns the
 /// image's size in bytes.
-pub(super) fn write(
+fn write(
     merged: &Merged,
     open_layer: impl FnMut(usize) -> io::Result<LayerTar>,
     image: &Path,
-    uuid: &[u8; 16],
-    timestamp: Option<u64>,
+    options: &ErofsOptions,
 ) -> io::Result<u64> {
     let file = File::options().read(true).write(true).open(image)?;
-    let mut tree = Tree { file: &file, inodes: Vec::new(), by_path: HashMap::new(), next_block: 1 };
+    let level = match options.compression {
+        Compression::None => None,
+        Compression::Lz4 => Some(Level::Fast),
+        Compression::Lz4hc { level } => Some(Level::High(i32::from(level))),
+    };
+    let mut tree = Tree { file: &file, level, inodes: Vec::new(), by_path: HashMap::new(), next_block: 1 };
     merged.emit(&mut tree, open_layer)?;
-    let Tree { inodes, mut next_block, .. } = tree;
+    let Tree { inodes, mut next_block, level: tree_level, .. } = tree;
     let newest = inodes.iter().map(|inode| inode.mtime).max().unwrap_or(0);
-    let timestamp = timestamp.unwrap_or(newest.saturating_add(1));
+    let timestamp = options.timestamp.unwrap_or(newest.saturating_add(1));
     let placed = inodes
         .iter()
         .enumerate()
@@ -128,6 +174,11 @@ pub(super) fn write(
         let at = (slots[n] * SLOT) as usize;
         meta[at..][..INODE_SIZE as usize].copy_from_slice(&inode_bytes(inode, placed, n, timestamp));
         meta[at + INODE_SIZE as usize..][..inode.xattrs.len()].copy_from_slice(&inode.xattrs);
+        if let Body::Compressed { indexes, .. } = &inode.body {
+            // The map header (all zeros here) and 8 reserved bytes, then the indexes.
+            meta[at + map_start(inode) as usize + 16..][..indexes.len()].copy_from_slice(indexes);
+            continue;
+        }
         let data = data_bytes(&inodes, n, &slots);
         let (in_blocks, inline) = data.split_at(data.len() - placed.inline as usize);
         file.write_all_at(in_blocks, u64::from(placed.field) * BLOCK)?;
@@ -135,7 +186,8 @@ pub(super) fn write(
     }
     file.write_all_at(&meta, meta_block * BLOCK)?;
     let blocks = meta_block + meta_bytes / BLOCK;
-    let superblock = superblock(inodes.len() as u64, blocks, meta_block, timestamp, uuid)?;
+    let compressed = tree_level.is_some();
+    let superblock = superblock(inodes.len() as u64, blocks, meta_block, timestamp, &options.uuid, compressed)?;
     file.write_all_at(&superblock, SUPERBLOCK_OFFSET)?;
     file.set_len(blocks * BLOCK)?;
     file.sync_all()?;
@@ -146,6 +198,8 @@ pub(super) fn write(
 /// written to the image as it comes.
 struct Tree<'a> {
     file: &'a File,
+    /// How file data is compressed; None: stored.
+    level: Option<Level>,
     inodes: Vec<Inode>,
     by_path: HashMap<RelPath, usize>,
     next_block: u64,
@@ -165,6 +219,9 @@ impl Emit for Tree<'_> {
     }
 
     fn file(&mut self, node: &Node<'_>, content: &mut Content<'_>) -> io::Result<()> {
+        if let Some(level) = self.level {
+            return self.compressed_file(node, content, level);
+        }
         let (size, block) = (node.entry.size, self.next_block);
         let path = &node.paths[0];
         self.next_block = block
@@ -183,6 +240,29 @@ impl Emit for Tree<'_> {
 }
 
 impl Tree<'_> {
+    /// A regular file encoded in LZ4 extents as its content arrives, its
+    /// blocks written one after the other from the next free one.
+    fn compressed_file(&mut self, node: &Node<'_>, content: &mut Content<'_>, level: Level) -> io::Result<()> {
+        let (file, size, path) = (self.file, node.entry.size, &node.paths[0]);
+        let next_block = &mut self.next_block;
+        let mut write_block = |block: &[u8]| {
+            let address = *next_block;
+            if address >= u64::from(u32::MAX) {
+                return Err(refused(path, "more data than an erofs image's 32-bit block numbers reach"));
+            }
+            file.write_all_at(block, address * BLOCK)?;
+            *next_block += 1;
+            Ok(address)
+        };
+        let mut encoder = FileEncoder::new(level, size, &mut write_block);
+        content(&mut |offset, bytes| encoder.push(offset, bytes))?;
+        let body = match encoder.finish()? {
+            Encoded::Plain { block } => Body::File { size, block },
+            Encoded::Compressed { blocks, indexes } => Body::Compressed { size, blocks, indexes },
+        };
+        self.add(node, body)
+    }
+
     /// The inode of the directory `path` is in (the root's own for `.`;
     /// [`Merged::emit`] hands directories over parents first).
     fn parent_of(&self, path: &[u8]) -> io::Result<usize> {
@@ -289,7 +369,7 @@ fn data_bytes(inodes: &[Inode], n: usize, slots: &[u64]) -> Vec<u8> {
             dir_blocks(&entries)
         }
         Body::Symlink(target) => target.clone(),
-        Body::File { .. } | Body::Special(_) => Vec::new(),
+        Body::File { .. } | Body::Compressed { .. } | Body::Special(_) => Vec::new(),
     }
 }
 
@@ -352,6 +432,10 @@ fn place(inode: &Inode, data_len: u64, next_block: &mut u64) -> io::Result<Place
             Placed { layout: FLAT_PLAIN, field, size: *size, inline: 0 }
         }
         Body::Special(rdev) => Placed { layout: FLAT_PLAIN, field: *rdev, size: 0, inline: 0 },
+        Body::Compressed { size, blocks, .. } => {
+            let field = u32::try_from(*blocks).map_err(|_| io::Error::other("erofs: a file of 2^32 blocks"))?;
+            Placed { layout: COMPRESSED_FULL, field, size: *size, inline: 0 }
+        }
         Body::Dir { .. } | Body::Symlink(_) => {
             let size = match &inode.body {
                 Body::Symlink(target) => target.len() as u64,
@@ -374,17 +458,29 @@ fn meta_layout(inodes: &[Inode], placed: &[Placed]) -> io::Result<(Vec<u64>, u64
     let mut slots = Vec::with_capacity(inodes.len());
     let mut at = 0u64;
     for (inode, placed) in inodes.iter().zip(placed) {
-        let need = INODE_SIZE + inode.xattrs.len() as u64 + placed.inline;
-        if at % BLOCK + need > BLOCK {
+        // The inode, its xattrs and inline data stay in one block; a
+        // compressed file's indexes may run on into the next ones.
+        let kept_together = INODE_SIZE + inode.xattrs.len() as u64 + placed.inline;
+        if at % BLOCK + kept_together > BLOCK {
             at = at.next_multiple_of(BLOCK);
         }
         slots.push(at / SLOT);
+        let need = match &inode.body {
+            Body::Compressed { indexes, .. } => map_start(inode) + 16 + indexes.len() as u64,
+            _ => kept_together,
+        };
         at = (at + need).next_multiple_of(SLOT);
     }
     if slots.first().is_some_and(|&root| root != 0) {
         return Err(io::Error::other("erofs: the root is not the first inode"));
     }
     Ok((slots, at.next_multiple_of(BLOCK)))
+}
+
+/// Where a compressed file's map header starts, from its inode's start:
+/// the end of its xattrs, aligned to 8 bytes (inodes start on 32).
+fn map_start(inode: &Inode) -> u64 {
+    (INODE_SIZE + inode.xattrs.len() as u64).next_multiple_of(8)
 }
 
 /// The 64-byte extended inode of inode `n`.
@@ -406,7 +502,14 @@ fn inode_bytes(inode: &Inode, placed: &Placed, n: usize, timestamp: u64) -> [u8;
 
 /// Block 0 from byte 1024 on: the superblock, its CRC32C over the rest of
 /// the block (the checksum field zeroed) as the kernel computes it.
-fn superblock(inos: u64, blocks: u64, meta_block: u64, timestamp: u64, uuid: &[u8; 16]) -> io::Result<Vec<u8>> {
+fn superblock(
+    inos: u64,
+    blocks: u64,
+    meta_block: u64,
+    timestamp: u64,
+    uuid: &[u8; 16],
+    compressed: bool,
+) -> io::Result<Vec<u8>> {
     let mut sb = vec![0u8; (BLOCK - SUPERBLOCK_OFFSET) as usize];
     let blocks = u32::try_from(blocks).map_err(|_| io::Error::other("erofs: an image past 32-bit block numbers"))?;
     sb[0..4].copy_from_slice(&MAGIC.to_le_bytes());
@@ -417,7 +520,48 @@ fn superblock(inos: u64, blocks: u64, meta_block: u64, timestamp: u64, uuid: &[u
     sb[36..40].copy_from_slice(&blocks.to_le_bytes());
     sb[40..44].copy_from_slice(&(meta_block as u32).to_le_bytes());
     sb[48..64].copy_from_slice(uuid);
+    if compressed {
+        // Compressed data ends its block, zeros before it; LZ4 matches reach back 64 KiB at most.
+        sb[80..84].copy_from_slice(&ZERO_PADDING.to_le_bytes());
+        sb[84..86].copy_from_slice(&u16::MAX.to_le_bytes());
+    }
     let checksum = !crc32c::crc32c(&sb);
     sb[4..8].copy_from_slice(&checksum.to_le_bytes());
     Ok(sb)
+}
+
+/// Linux's `new_encode_dev`, erofs's 32-bit device field.
+fn device_number((major, minor): (u32, u32), path: &[u8]) -> io::Result<u32> {
+    if major >= 1 << 12 || minor >= 1 << 20 {
+        return Err(refused(path, &format!("device {major}:{minor}, over erofs's 12-bit major or 20-bit minor")));
+    }
+    Ok((minor & 0xff) | (major << 8) | ((minor & !0xff) << 12))
+}
+
+fn refused(path: &[u8], why: &str) -> io::Error {
+    let message = format!("erofs: {}: {why}; build an ext4 disk instead", lossy(path));
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_numbers_encode_as_linux_does() {
+        assert_eq!(device_number((1, 3), b"dev/null").unwrap(), 0x103);
+        assert_eq!(device_number((259, 0x12345), b"dev/x").unwrap(), 0x45 | (259 << 8) | (0x12300 << 12));
+        assert!(device_number((4096, 0), b"dev/x").is_err());
+    }
+
+    #[test]
+    fn directories_fill_blocks_and_sort_their_names() {
+        let names: Vec<Vec<u8>> = (0..400).map(|n| format!("name-{n:03}").into_bytes()).collect();
+        let entries: Vec<(&[u8], u64, u8)> = names.iter().map(|n| (n.as_slice(), 7, 1)).collect();
+        let bytes = dir_blocks(&entries);
+        // 20 bytes an entry: 204 fit a block, so 196 are in the second, cut after its last name.
+        assert_eq!(bytes.len(), BLOCK as usize + 196 * 20);
+        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 204 * 12);
+        assert_eq!(&bytes[204 * 12..204 * 12 + 8], b"name-000");
+    }
 }
