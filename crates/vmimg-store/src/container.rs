@@ -9,14 +9,16 @@
 //!    each under its own lock, checked for size and digest before it is
 //!    renamed in, so the cache holds only verified blobs) while, in order,
 //!    each is added to the tree as soon as it and the ones below it are in:
-//!    for ext4, where this host's mke2fs reads a tar (e2fsprogs 1.47.1 and
-//!    later), merged in memory ([`Assembly`]; the same disk for any user,
-//!    no tree on the host); else applied to a root directory in the work
-//!    directory (owners and device nodes only as root);
+//!    merged in memory ([`Assembly`]; the same disk for any user, no tree
+//!    on the host) for cpio, erofs, and ext4 where this host's mke2fs reads
+//!    a tar (e2fsprogs 1.47.1 and later), each layer's entries read (and
+//!    so decompressed) while it downloads, on a thread of its own
+//!    ([`EarlyEntries`]); else applied to a root directory in the work
+//!    directory (owners and devices only as root);
 //! 3. the tree becomes the disk (`vmimg-rootfs`: a merged tree is streamed
-//!    as one tar into `mke2fs -d -`, its file contents read again from the
-//!    cached layers), is checked (`e2fsck`, `fsck.erofs`), and the
-//!    directory is removed;
+//!    as one tar into `mke2fs -d -`, or written as cpio or erofs by vmimg,
+//!    its file contents read again from the cached layers), is checked
+//!    (`e2fsck`, `fsck.erofs`), and the directory is removed;
 //! 4. the image is published as any other: record written, work directory
 //!    renamed to `images/<key>`.
 //!
@@ -38,6 +40,7 @@
 
 use crate::error::{Error, Result};
 use crate::fsutil::blocking;
+use crate::growing::{EndOnDrop, GrowingFile, Sequential, Watermark};
 use crate::locks::{KeyLock, Lease};
 use crate::pull::Partials;
 use crate::record::{ContainerInfo, ImageRecord, Pulled, RootfsFormat, SourceFormat};
@@ -181,25 +184,18 @@ impl Store {
         use futures_util::StreamExt;
         let merges = blocking("the build", move || Assembly::merges(format)).await?;
         let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
-        // A merged tree's layers are read ahead as they arrive, in order,
-        // READ_AHEAD at most at once (each holds a permit until merged).
-        let read_ahead_permits = Arc::new(tokio::sync::Semaphore::new(READ_AHEAD));
+        // A merged tree's layers are read ahead, READ_AHEAD at most at once
+        // (each holds a permit until merged; the semaphore is fair, so the
+        // permits go in the layers' order).
+        let read_ahead_permits = merges.then(|| Arc::new(tokio::sync::Semaphore::new(READ_AHEAD)));
         let fetching = async move {
-            let fetches: Vec<_> =
-                image.layers.iter().map(|layer| self.cached_layer(origin, layer, observer.clone())).collect();
-            let mut in_order =
-                futures_util::stream::iter(fetches).buffered(LAYER_JOBS).zip(futures_util::stream::iter(&image.layers));
-            while let Some((fetched, layer)) = in_order.next().await {
-                let arrival = match (fetched, merges) {
-                    (Ok(relative), true) => {
-                        let permit = read_ahead_permits.clone().acquire_owned().await.expect("never closed");
-                        let (path, compression) = (self.root().join(&relative), layer.compression);
-                        blocking("the build", move || read_ahead(&path, compression))
-                            .await
-                            .map(|entries| (relative, Some(ReadAhead { entries, _permit: permit })))
-                    }
-                    (fetched, _) => fetched.map(|relative| (relative, None)),
-                };
+            let fetches: Vec<_> = image
+                .layers
+                .iter()
+                .map(|layer| self.arrived_layer(origin, layer, read_ahead_permits.clone(), observer.clone()))
+                .collect();
+            let mut in_order = futures_util::stream::iter(fetches).buffered(LAYER_JOBS);
+            while let Some(arrival) = in_order.next().await {
                 let failed = arrival.is_err();
                 // The applier has stopped (it failed) or this fetch did: stop too.
                 if arrived.send(arrival).is_err() || failed {
@@ -235,35 +231,122 @@ impl Store {
         tokio::join!(fetching, applying).1
     }
 
-    /// The layer's blob in the cache, downloaded (and checked) if missing.
+    /// The layer's blob in the cache (its store-relative path) and, given
+    /// read-ahead `permits` (a merged tree), its entries read ahead under
+    /// one of them: while it downloads, else from the cache.
+    async fn arrived_layer(
+        &self,
+        origin: &OciOrigin,
+        layer: &Layer,
+        permits: Option<Arc<tokio::sync::Semaphore>>,
+        observer: Arc<dyn BuildObserver>,
+    ) -> Result<(String, Option<ReadAhead>)> {
+        let permit = match permits {
+            Some(permits) => Some(permits.acquire_owned().await.expect("never closed")),
+            None => None,
+        };
+        let (relative, early) = self.cached_layer(origin, layer, permit.is_some(), observer).await?;
+        let Some(permit) = permit else { return Ok((relative, None)) };
+        let entries = match early {
+            Some(entries) => entries,
+            None => {
+                let (path, compression) = (self.root().join(&relative), layer.compression);
+                blocking("the build", move || read_ahead(&path, compression)).await?
+            }
+        };
+        Ok((relative, Some(ReadAhead { entries, _permit: permit })))
+    }
+
+    /// The layer's blob in the cache, downloaded (and checked) if missing;
+    /// with `read_early`, a download's entries as they arrive too (see
+    /// [`EarlyEntries`]).
     async fn cached_layer(
         &self,
         origin: &OciOrigin,
         layer: &Layer,
+        read_early: bool,
         observer: Arc<dyn BuildObserver>,
-    ) -> Result<String> {
+    ) -> Result<(String, Option<Entries>)> {
         let digest = &layer.descriptor.digest;
         let relative = crate::content::by_digest("layers", digest);
         let path = self.root().join(&relative);
         if path.exists() {
-            return Ok(relative);
+            return Ok((relative, None));
         }
         let _lock = self.lock(&format!("layer-{}", digest.hex())).await?;
         if path.exists() {
-            return Ok(relative);
+            return Ok((relative, None));
         }
         let partial = self.tmp().join(partial_layer_name(digest));
         let retries: Arc<dyn Progress> = Arc::new(BuildProgress(observer.clone()));
         let progress = crate::metrics::Received::new(Some(retries), move |bytes| observer.pulled(bytes));
+        let watermark = Watermark::new(Some(Arc::new(progress)));
+        let _release_reader = EndOnDrop(watermark.clone());
         let dropped_midway = RemoveOnDrop(Some(partial.clone()));
-        let fetched = origin.image_source(self)?.fetch_blob(digest, layer.descriptor.size, &partial, &progress).await;
+        // The entries are read as the blob arrives: the reader starts
+        // beside the download, and fails (it is then not used) if the
+        // download does.
+        let source = origin.image_source(self)?;
+        let early = async {
+            match read_early {
+                true => EarlyEntries::start(&partial, layer.compression, watermark.clone()).await.ok(),
+                false => None,
+            }
+        };
+        let fetch = async {
+            let fetched = source.fetch_blob(digest, layer.descriptor.size, &partial, &*watermark).await;
+            watermark.end(fetched.is_ok());
+            fetched
+        };
+        let (early, fetched) = tokio::join!(early, fetch);
         dropped_midway.disarm();
         let fetched = fetched?;
         if let Err(mismatch) = crate::content::check_blob(&layer.descriptor, &fetched.digest, fetched.size) {
             let _ = remove_partial(&partial);
             return Err(mismatch);
         }
-        self.keep_verified(&partial, "layers", digest)
+        let early = early.and_then(|early| early.if_whole(&partial, &watermark));
+        Ok((self.keep_verified(&partial, "layers", digest)?, early))
+    }
+}
+
+/// A layer's entries read from its partial file as the download writes it
+/// ([`GrowingFile`]), so that it decompresses while it arrives. They are
+/// handed on only once the blob is verified, and only if every byte read
+/// was a byte of the verified file: the download never started over (a
+/// resume from elsewhere, a mirror's wrong blob removed) and the file read
+/// is the one kept. Otherwise they are dropped, which stops their thread,
+/// and the layer is read again from the cache.
+struct EarlyEntries {
+    entries: Entries,
+    file: std::fs::File,
+}
+
+impl EarlyEntries {
+    /// Starts reading the layer at `partial` as `watermark` says it grows;
+    /// returns once its first bytes are in (a decompressor reads its header
+    /// at once), or fails if the download does.
+    async fn start(partial: &Path, compression: Compression, watermark: Arc<Watermark>) -> Result<EarlyEntries> {
+        let partial = partial.to_owned();
+        blocking("the build", move || {
+            let opened = std::fs::File::options().create(true).truncate(false).write(true).read(true).open(&partial);
+            let file = opened.map_err(Error::io("create", &partial))?;
+            let reader =
+                Sequential::new(GrowingFile::new(file.try_clone().map_err(Error::io("open", &partial))?, watermark));
+            let tar = decompressed(std::io::BufReader::with_capacity(1 << 20, reader), compression, &partial)?;
+            let entries = vmimg_rootfs::merge::read_ahead(tar).map_err(Error::io("read", &partial))?;
+            Ok(EarlyEntries { entries, file })
+        })
+        .await
+    }
+
+    /// The entries, if what they were read from is the whole verified blob at `partial`.
+    fn if_whole(self, partial: &Path, watermark: &Watermark) -> Option<Entries> {
+        use std::os::unix::fs::MetadataExt;
+        let read = self.file.metadata().ok()?;
+        let kept = std::fs::metadata(partial).ok()?;
+        let same_file = (read.dev(), read.ino()) == (kept.dev(), kept.ino());
+        (same_file && !watermark.restarted()).then_some(self.entries)
     }
 }
 
@@ -335,11 +418,10 @@ impl Drop for RemoveOnDrop {
 }
 
 /// Where a build puts its layers: merged in memory (`vmimg_rootfs::merge`:
-/// exact owners and devices for any user) for a cpio archive, an erofs disk
-/// (through a shadow tree in the work directory, its metadata then set in
-/// the image), and an ext4 disk when this host's mke2fs reads a tar (no
-/// tree on the host); else applied to a directory in the work directory
-/// (owners and devices only as root).
+/// exact owners and devices for any user, no tree on the host) for a cpio
+/// archive, an erofs disk, and an ext4 disk when this host's mke2fs reads
+/// a tar; else applied to a directory in the work directory (owners and
+/// devices only as root).
 enum Assembly {
     Merged(Merged),
     Tree { rootfs: Rootfs, options: ApplyOptions },
@@ -451,13 +533,21 @@ fn read_ahead(blob: &Path, compression: Compression) -> Result<Entries> {
 /// The tar stream of the layer in `blob`, decompressed.
 fn layer_tar(blob: &Path, compression: Compression) -> Result<vmimg_rootfs::merge::LayerTar> {
     let file = std::fs::File::open(blob).map_err(Error::io("open", blob))?;
+    decompressed(std::io::BufReader::with_capacity(1 << 20, file), compression, blob)
+}
+
+/// The tar stream in `compressed`, the layer blob at `blob`.
+fn decompressed(
+    compressed: impl std::io::Read + Send + 'static,
+    compression: Compression,
+    blob: &Path,
+) -> Result<vmimg_rootfs::merge::LayerTar> {
     let compression = match compression {
         Compression::None => apply::Compression::None,
         Compression::Gzip => apply::Compression::Gzip,
         Compression::Zstd => apply::Compression::Zstd,
     };
-    apply::decompress(std::io::BufReader::with_capacity(1 << 20, file), compression)
-        .map_err(Error::io("decompress", blob))
+    apply::decompress(compressed, compression).map_err(Error::io("decompress", blob))
 }
 
 /// Makes `out` the cpio archive `write` writes, synced.

@@ -238,3 +238,90 @@ fn a_mirror_serving_other_bytes_is_passed_over_and_the_disk_is_the_verified_one(
     let copied = ok(&dir.path().join("from-target"), &["pull", &copy]);
     assert_eq!(sha256_of(&copied), expected, "the copy is not the verified disk");
 }
+
+#[test]
+fn a_mirror_serving_another_layer_is_passed_over_and_the_tree_is_the_verified_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = RegistryServer::start();
+    let mirror =
+        RegistryServer::start_configured(&RegistryConfig { ip: Some("127.0.0.10".into()), ..Default::default() });
+    // The image's one layer, and another the mirror serves under its digest:
+    // other names, and shorter (zeros for noise), so the download reads all
+    // of it before the digest is found wrong. A merged build reads a layer's
+    // entries while it arrives: those of the mirror's must be dropped.
+    let tree = |name: &str, noise: bool| {
+        let root = dir.path().join(name);
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc").join(name), format!("{name}\n")).unwrap();
+        let mut data = vec![0u8; 256 << 10];
+        if noise {
+            std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut data).unwrap();
+        }
+        std::fs::write(root.join("etc/data"), data).unwrap();
+        vmimg_testserver::oci_image::ImageSpec::new().dir_layer(&root).cmd(&["/bin/sh"])
+    };
+    tree("upstream", true).push(&upstream.host(), "test/app", "1").unwrap();
+    let copied = std::process::Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--quiet", "--preserve-digests", "--src-tls-verify=false"])
+        .args(["--dest-tls-verify=false"])
+        .arg(format!("docker://{}/test/app:1", upstream.host()))
+        .arg(format!("docker://{}/test/app:1", mirror.host()))
+        .status()
+        .unwrap();
+    assert!(copied.success(), "skopeo copy to the mirror");
+    let layout = dir.path().join("other-layout");
+    tree("mirror", false).build_layout(&layout, "1").unwrap();
+    let other_layer = std::fs::read(layout_blob(&layout, &first_layer(&layout_manifest(&layout)))).unwrap();
+    let mirror_manifest = mirror_blob_path(&mirror, &skopeo_digest(&upstream, "test/app:1"));
+    let layer = first_layer(&serde_json::from_slice(&std::fs::read(mirror_manifest).unwrap()).unwrap());
+    let stored = mirror_blob_path(&mirror, &layer);
+    assert!(other_layer.len() < std::fs::metadata(&stored).unwrap().len() as usize, "the mirror's layer is shorter");
+    std::fs::write(&stored, other_layer).unwrap();
+
+    let store = fleet(dir.path(), &upstream, &mirror.url(), 1).remove(0);
+    let image = format!("oci://{}/test/app:1", upstream.host());
+    let out = command(&store, &["build", &image, "--format", "cpio", "--json"]).output().unwrap();
+    let built = json_of(std::slice::from_ref(&out)).remove(0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{} failed, trying {}", mirror.url(), upstream.url())), "{stderr}");
+    let listing = std::process::Command::new("cpio")
+        .args(["-it", "--quiet", "-F", built["path"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&listing.stdout);
+    assert!(names.lines().any(|n| n.ends_with("etc/upstream")), "the upstream's file is missing: {names}");
+    assert!(!names.contains("mirror"), "the mirror's layer got into the disk: {names}");
+}
+
+/// The digest (`sha256:…`) of the first layer of `manifest`.
+fn first_layer(manifest: &Value) -> String {
+    manifest["layers"][0]["digest"].as_str().unwrap().to_owned()
+}
+
+/// The manifest of the one image in OCI layout `layout`.
+fn layout_manifest(layout: &Path) -> Value {
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    serde_json::from_slice(&std::fs::read(layout_blob(layout, digest)).unwrap()).unwrap()
+}
+
+fn layout_blob(layout: &Path, digest: &str) -> PathBuf {
+    layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+}
+
+/// Where `registry` stores blob `digest` (`sha256:…`).
+fn mirror_blob_path(registry: &RegistryServer, digest: &str) -> PathBuf {
+    let hex = digest.trim_start_matches("sha256:");
+    registry.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+}
+
+/// The manifest digest of `registry`'s `name:tag`, as skopeo reads it.
+fn skopeo_digest(registry: &RegistryServer, name: &str) -> String {
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+        .arg(format!("docker://{}/{name}", registry.host()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
