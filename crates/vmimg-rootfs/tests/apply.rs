@@ -4,7 +4,7 @@
 //! memory (`merge`) extract to the same tree.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
@@ -664,46 +664,74 @@ fn merged_layers_make_the_erofs_applying_and_mkfs_erofs_make() {
     assert!(entry("home/u/f").contains("trusted.origin") && entry("home/u/f").contains("1000:100"), "{want:#?}");
 }
 
-/// Uncompressed erofs is written by vmimg itself (no tree on the host):
-/// the same mounted tree as mkfs.erofs makes of the applied layers, with a
-/// directory of several blocks, a long symlink, sparse and empty files;
-/// and what a directory for mkfs.erofs could not carry (a symlink's
-/// xattrs, two xattrs of one name in two namespaces).
-#[test]
-fn merged_layers_make_the_uncompressed_erofs_mkfs_erofs_makes() {
-    use vmimg_rootfs::erofs::{Compression, ErofsOptions};
+/// The layer stack and a layer of what stresses an erofs writer: a
+/// directory of several blocks, a long symlink, an empty file, a sparse
+/// one, one of exactly two blocks, and compressible files of many extents
+/// (text, zeros, text between random bytes, sizes around a block).
+fn erofs_layers() -> Vec<Vec<u8>> {
     let mut big = Tar::default();
     for n in 0..700 {
         big = big.file(&format!("big/entry-with-a-longish-name-{n:04}"), format!("{n}").as_bytes());
     }
     let mut sparse = vec![0u8; 3 << 20];
     sparse[(2 << 20) + 5..(2 << 20) + 9].copy_from_slice(b"data");
+    let text: Vec<u8> = (0..60_000u32).flat_map(|n| format!("line {n} of a text\n").into_bytes()).collect();
+    let mut random = vec![0u8; 50_000];
+    fs::File::open("/dev/urandom").unwrap().read_exact(&mut random).unwrap();
+    let mixed = [&text[..9000], &random[..], &text[..20_000], &vec![0; 300_000][..], &text[..3]].concat();
     let extra = big
         .symlink("long", &"x/".repeat(1500))
         .file("empty", b"")
         .file("sparse", &sparse)
         .file("exact", &[7; 8192])
+        .file("text", &text)
+        .file("text-4095", &text[..4095])
+        .file("text-4097", &text[..4097])
+        .file("mixed", &mixed)
+        .file("random", &random)
         .bytes();
     let mut layers = layer_stack().to_vec();
     layers.push(extra);
+    layers
+}
+
+/// erofs is written by vmimg itself (no tree on the host), stored, LZ4 or
+/// LZ4HC: each the same mounted tree as mkfs.erofs makes of the applied
+/// layers with the same compression (and checked by `fsck.erofs
+/// --extract`, which decodes every file, before it appears), and no more
+/// than 5% bigger.
+#[test]
+fn merged_layers_make_the_erofs_mkfs_erofs_makes_in_every_compression() {
+    use vmimg_rootfs::erofs::{Compression, ErofsOptions};
+    let layers = erofs_layers();
     let dir = tempfile::tempdir().unwrap();
     let applied = dir.path().join("tree");
-    let (from_tree, from_layers) = (dir.path().join("tree.img"), dir.path().join("layers.img"));
     fs::create_dir(&applied).unwrap();
     apply(&applied, &layers).unwrap();
-    let options = ErofsOptions { compression: Compression::None, ..ErofsOptions::default() };
-    vmimg_rootfs::erofs::build(&applied, &from_tree, &options).unwrap();
-    vmimg_rootfs::erofs::build_merged(&merge(&layers), layer_reader(&layers), &from_layers, &options).unwrap();
-    if let Some((want, got)) = mounted_trees(&from_tree, &from_layers, "erofs") {
-        assert_eq!(got, want);
+    for compression in [Compression::None, Compression::Lz4, Compression::Lz4hc { level: 9 }] {
+        let (from_tree, from_layers) = (dir.path().join("tree.img"), dir.path().join("layers.img"));
+        let options = ErofsOptions { compression, ..ErofsOptions::default() };
+        vmimg_rootfs::erofs::build(&applied, &from_tree, &options).unwrap();
+        vmimg_rootfs::erofs::build_merged(&merge(&layers), layer_reader(&layers), &from_layers, &options).unwrap();
+        if let Some((want, got)) = mounted_trees(&from_tree, &from_layers, "erofs") {
+            assert_eq!(got, want, "{compression:?}");
+        }
+        let (native, mkfs) = (fs::metadata(&from_layers).unwrap().len(), fs::metadata(&from_tree).unwrap().len());
+        assert!(native <= mkfs + mkfs / 20, "{compression:?}: vmimg's image {native} bytes, mkfs.erofs's {mkfs}");
     }
+}
 
-    // What a directory cannot carry, written natively.
+/// What a directory for mkfs.erofs could not carry, written natively: a
+/// symlink's xattrs, two xattrs of one name in two namespaces.
+#[test]
+fn a_merged_erofs_carries_what_a_directory_cannot() {
     let carried = [Tar::default()
         .with(Item { link: "f", xattrs: &[("trusted.a", "1")], ..Item::new("l", b'2') })
         .with(Item { xattrs: &[("user.a", "1"), ("trusted.a", "2")], ..Item::new("f", b'0') })
         .bytes()];
+    let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("carried.img");
+    let options = vmimg_rootfs::erofs::ErofsOptions::default();
     vmimg_rootfs::erofs::build_merged(&merge(&carried), layer_reader(&carried), &image, &options).unwrap();
     if let Ok(mount) = vmimg_testserver::mounts::Mount::image_read_only(&image, "erofs") {
         let tree = vmimg_testserver::trees::describe(mount.path());

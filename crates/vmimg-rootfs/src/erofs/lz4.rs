@@ -28,9 +28,11 @@
 use std::io;
 
 /// What an extent holds at most before it is encoded: bounds the memory a
-/// file takes while it streams in, and how much one block may decode to
-/// (runs of zeros compress far more than this).
-const WINDOW: usize = 128 << 10;
+/// file takes while it streams in (twice this), and how much one block may
+/// decode to. LZ4 puts little more than this into a block at best (a run
+/// of zeros, about 255 bytes a byte), so a block is never cut short by it;
+/// erofs-utils takes up to 900 KiB and more.
+const WINDOW: usize = 1 << 20;
 const BLOCK: usize = 4096;
 const TYPE_PLAIN: u16 = 0;
 const TYPE_LZ4: u16 = 1;

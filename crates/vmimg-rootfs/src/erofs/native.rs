@@ -12,13 +12,15 @@
 //! The layout (Linux's `fs/erofs/erofs_fs.h`, 4 KiB blocks): block 0 holds
 //! the superblock at byte 1024; then every regular file's data as its
 //! content arrives, in whole blocks: stored (`FLAT_PLAIN`; holes left
-//! unwritten read as zeros) or as LZ4 extents of one block each
-//! ([`super::lz4`]); then the full blocks of directories and symlink
-//! targets too long to sit beside their inode; then the metadata area:
-//! 64-byte inodes (32-bit owners, an mtime each), each followed by its
-//! xattrs and either, where it fits in the inode's block, the last partial
-//! block of a directory or symlink (`FLAT_INLINE`), or a compressed file's
-//! map header and lcluster indexes (`COMPRESSED_FULL`); the root's inode
+//! unwritten read as zeros) or, for a file of more than a block in a
+//! compressed image, as LZ4 extents of one block each ([`super::lz4`]);
+//! then the full blocks of directories and symlink targets too long to
+//! sit beside their inode; then the metadata area: 64-byte inodes (32-bit
+//! owners, an mtime each), each followed by its xattrs and either, where
+//! it fits in the inode's block, the last partial block of a stored file
+//! (kept in a temporary file meanwhile), directory or symlink
+//! (`FLAT_INLINE`), or a compressed file's map header and lcluster
+//! indexes (`COMPRESSED_FULL`); the root's inode
 //! first, so its nid fits the superblock's 16 bits. Directory entries are
 //! sorted by name with `.` and `..`, as the kernel's binary search needs.
 //! xattrs are kept inline in five namespaces (`user.`, `trusted.`,
@@ -66,10 +68,13 @@ const XATTR_HEADER: usize = 12;
 
 /// What an inode holds besides its metadata.
 enum Body {
-    /// A regular file's data, from this block on.
+    /// A regular file's data, from this block on; its last partial block
+    /// kept beside the inode instead when `tail` says where it waits in
+    /// [`Tree::tails`].
     File {
         size: u64,
         block: u64,
+        tail: Option<u64>,
     },
     /// A regular file's data in LZ4 extents: their block count and the
     /// file's lcluster indexes.
@@ -157,7 +162,16 @@ fn write(
         Compression::Lz4 => Some(Level::Fast),
         Compression::Lz4hc { level } => Some(Level::High(i32::from(level))),
     };
-    let mut tree = Tree { file: &file, level, inodes: Vec::new(), by_path: HashMap::new(), next_block: 1 };
+    let tails = tempfile::tempfile_in(image.parent().unwrap_or(Path::new(".")))?;
+    let mut tree = Tree {
+        file: &file,
+        level,
+        inodes: Vec::new(),
+        by_path: HashMap::new(),
+        next_block: 1,
+        tails: &tails,
+        tails_len: 0,
+    };
     merged.emit(&mut tree, open_layer)?;
     let Tree { inodes, mut next_block, level: tree_level, .. } = tree;
     let newest = inodes.iter().map(|inode| inode.mtime).max().unwrap_or(0);
@@ -169,22 +183,30 @@ fn write(
         .collect::<io::Result<Vec<_>>>()?;
     let (slots, meta_bytes) = meta_layout(&inodes, &placed)?;
     let meta_block = next_block;
-    let mut meta = vec![0u8; meta_bytes as usize];
+    let mut meta = MetaWriter::new(&file, meta_block * BLOCK);
+    let mut tail = Vec::new();
     for (n, (inode, placed)) in inodes.iter().zip(&placed).enumerate() {
-        let at = (slots[n] * SLOT) as usize;
-        meta[at..][..INODE_SIZE as usize].copy_from_slice(&inode_bytes(inode, placed, n, timestamp));
-        meta[at + INODE_SIZE as usize..][..inode.xattrs.len()].copy_from_slice(&inode.xattrs);
-        if let Body::Compressed { indexes, .. } = &inode.body {
+        let at = slots[n] * SLOT;
+        meta.put(at, &inode_bytes(inode, placed, n, timestamp))?;
+        meta.put(at + INODE_SIZE, &inode.xattrs)?;
+        let after_xattrs = at + INODE_SIZE + inode.xattrs.len() as u64;
+        match &inode.body {
             // The map header (all zeros here) and 8 reserved bytes, then the indexes.
-            meta[at + map_start(inode) as usize + 16..][..indexes.len()].copy_from_slice(indexes);
-            continue;
+            Body::Compressed { indexes, .. } => meta.put(at + map_start(inode) + 16, indexes)?,
+            Body::File { tail: Some(kept), .. } => {
+                tail.resize(placed.inline as usize, 0);
+                tails.read_exact_at(&mut tail, *kept)?;
+                meta.put(after_xattrs, &tail)?;
+            }
+            _ => {
+                let data = data_bytes(&inodes, n, &slots);
+                let (in_blocks, inline) = data.split_at(data.len() - placed.inline as usize);
+                file.write_all_at(in_blocks, u64::from(placed.field) * BLOCK)?;
+                meta.put(after_xattrs, inline)?;
+            }
         }
-        let data = data_bytes(&inodes, n, &slots);
-        let (in_blocks, inline) = data.split_at(data.len() - placed.inline as usize);
-        file.write_all_at(in_blocks, u64::from(placed.field) * BLOCK)?;
-        meta[at + INODE_SIZE as usize + inode.xattrs.len()..][..inline.len()].copy_from_slice(inline);
     }
-    file.write_all_at(&meta, meta_block * BLOCK)?;
+    meta.flush()?;
     let blocks = meta_block + meta_bytes / BLOCK;
     let compressed = tree_level.is_some();
     let superblock = superblock(inodes.len() as u64, blocks, meta_block, timestamp, &options.uuid, compressed)?;
@@ -192,6 +214,48 @@ fn write(
     file.set_len(blocks * BLOCK)?;
     file.sync_all()?;
     Ok(blocks * BLOCK)
+}
+
+/// Writes the metadata area front to back, in runs of up to 1 MiB: what
+/// lies between the pieces it is given stays a hole (zeros; the image
+/// starts empty), and the area is never whole in memory (a stored file's
+/// inline tail is up to a block, for each of millions of files).
+struct MetaWriter<'a> {
+    file: &'a File,
+    /// Where the area starts in the image.
+    base: u64,
+    /// The run being gathered, and where in the area it starts.
+    run: Vec<u8>,
+    run_at: u64,
+}
+
+impl<'a> MetaWriter<'a> {
+    const RUN: usize = 1 << 20;
+
+    fn new(file: &'a File, base: u64) -> MetaWriter<'a> {
+        MetaWriter { file, base, run: Vec::with_capacity(Self::RUN), run_at: 0 }
+    }
+
+    /// Puts `bytes` at `at` in the area, at or past the end of what was put.
+    fn put(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
+        let end = self.run_at + self.run.len() as u64;
+        debug_assert!(at >= end, "metadata is written front to back");
+        if (at > end && at - end > 64) || self.run.len() + bytes.len() > Self::RUN {
+            self.flush()?;
+            self.run_at = at;
+        } else {
+            self.run.resize((at - self.run_at) as usize, 0);
+        }
+        self.run.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.write_all_at(&self.run, self.base + self.run_at)?;
+        self.run_at += self.run.len() as u64;
+        self.run.clear();
+        Ok(())
+    }
 }
 
 /// The tree as [`Merged::emit`] hands it over: inodes kept, file data
@@ -203,6 +267,11 @@ struct Tree<'a> {
     inodes: Vec<Inode>,
     by_path: HashMap<RelPath, usize>,
     next_block: u64,
+    /// Stored files' last partial blocks, each kept here until the inode
+    /// it goes beside is written (a file, not memory: a tree may have
+    /// millions), and how much it holds.
+    tails: &'a File,
+    tails_len: u64,
 }
 
 impl Emit for Tree<'_> {
@@ -218,28 +287,56 @@ impl Emit for Tree<'_> {
         self.add(node, body)
     }
 
+    /// A file of more than a block is compressed when the image is (a
+    /// smaller one would take its block either way); else it is stored,
+    /// its last partial block beside its inode where it fits there (as
+    /// mkfs.erofs does), so a small file takes no block of its own.
     fn file(&mut self, node: &Node<'_>, content: &mut Content<'_>) -> io::Result<()> {
-        if let Some(level) = self.level {
+        let (size, path) = (node.entry.size, &node.paths[0]);
+        if let Some(level) = self.level
+            && size > BLOCK
+        {
             return self.compressed_file(node, content, level);
         }
-        let (size, block) = (node.entry.size, self.next_block);
-        let path = &node.paths[0];
+        let tail_len = size % BLOCK;
+        let xattrs_len = encode_xattrs(&node.entry.xattrs, path)?.len() as u64;
+        let inline = tail_len > 0 && INODE_SIZE + xattrs_len + tail_len <= BLOCK;
+        let in_blocks = if inline { size - tail_len } else { size };
+        let block = self.next_block;
         self.next_block = block
-            .checked_add(size.div_ceil(BLOCK))
+            .checked_add(in_blocks.div_ceil(BLOCK))
             .filter(|&end| end < u64::from(u32::MAX))
             .ok_or_else(|| refused(path, "more data than an erofs image's 32-bit block numbers reach"))?;
-        let start = block * BLOCK;
+        let (start, mut tail) = (block * BLOCK, vec![0u8; if inline { tail_len as usize } else { 0 }]);
         content(&mut |offset, bytes| {
             if offset.checked_add(bytes.len() as u64).is_none_or(|end| end > size) {
                 return Err(io::Error::other(format!("{}: content past its size {size}", lossy(path))));
             }
-            self.file.write_all_at(bytes, start + offset)
+            let split = in_blocks.saturating_sub(offset).min(bytes.len() as u64) as usize;
+            let (to_blocks, to_tail) = bytes.split_at(split);
+            self.file.write_all_at(to_blocks, start + offset)?;
+            let tail_offset = (offset + split as u64).saturating_sub(in_blocks) as usize;
+            tail[tail_offset..][..to_tail.len()].copy_from_slice(to_tail);
+            Ok(())
         })?;
-        self.add(node, Body::File { size, block })
+        let tail = match inline {
+            true => Some(self.keep_tail(&tail)?),
+            false => None,
+        };
+        self.add(node, Body::File { size, block, tail })
     }
 }
 
 impl Tree<'_> {
+    /// Keeps a stored file's last partial block until its inode is
+    /// written; returns where it is kept.
+    fn keep_tail(&mut self, tail: &[u8]) -> io::Result<u64> {
+        let at = self.tails_len;
+        self.tails.write_all_at(tail, at)?;
+        self.tails_len += tail.len() as u64;
+        Ok(at)
+    }
+
     /// A regular file encoded in LZ4 extents as its content arrives, its
     /// blocks written one after the other from the next free one.
     fn compressed_file(&mut self, node: &Node<'_>, content: &mut Content<'_>, level: Level) -> io::Result<()> {
@@ -257,7 +354,7 @@ impl Tree<'_> {
         let mut encoder = FileEncoder::new(level, size, &mut write_block);
         content(&mut |offset, bytes| encoder.push(offset, bytes))?;
         let body = match encoder.finish()? {
-            Encoded::Plain { block } => Body::File { size, block },
+            Encoded::Plain { block } => Body::File { size, block, tail: None },
             Encoded::Compressed { blocks, indexes } => Body::Compressed { size, blocks, indexes },
         };
         self.add(node, body)
@@ -417,9 +514,11 @@ fn file_type(mode: u16) -> u8 {
     }
 }
 
-/// Decides where `inode`'s data goes: regular files and devices as they
-/// are; a directory's or symlink's last partial block inline when it fits
-/// beside the inode, the rest in blocks from `next_block`.
+/// Decides where `inode`'s data goes: regular files where they were
+/// written (a stored file's last partial block inline when it was kept
+/// for that), devices as they are; a directory's or symlink's last
+/// partial block inline when it fits beside the inode, the rest in blocks
+/// from `next_block`.
 fn place(inode: &Inode, data_len: u64, next_block: &mut u64) -> io::Result<Placed> {
     let mut allocate = |len: u64| {
         let block = *next_block;
@@ -427,9 +526,14 @@ fn place(inode: &Inode, data_len: u64, next_block: &mut u64) -> io::Result<Place
         u32::try_from(block).map_err(|_| io::Error::other("erofs: an image past 32-bit block numbers"))
     };
     Ok(match &inode.body {
-        Body::File { size, block } => {
-            let field = if *size == 0 { 0 } else { u32::try_from(*block).map_err(|_| io::Error::other("block"))? };
-            Placed { layout: FLAT_PLAIN, field, size: *size, inline: 0 }
+        Body::File { size, block, tail } => {
+            let inline = if tail.is_some() { size % BLOCK } else { 0 };
+            let field = match size - inline {
+                0 => 0,
+                _ => u32::try_from(*block).map_err(|_| io::Error::other("erofs: a block past 32 bits"))?,
+            };
+            let layout = if tail.is_some() { FLAT_INLINE } else { FLAT_PLAIN };
+            Placed { layout, field, size: *size, inline }
         }
         Body::Special(rdev) => Placed { layout: FLAT_PLAIN, field: *rdev, size: 0, inline: 0 },
         Body::Compressed { size, blocks, .. } => {
