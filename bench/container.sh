@@ -56,21 +56,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Wall seconds and peak RSS in MiB of "$@" (its output discarded; on failure
-# its stderr is shown and the script stops).
-measure() {
-    local start end
-    start=$(date +%s.%N)
-    if ! /usr/bin/time -f %M -o "$tmp/rss" "$@" >/dev/null 2>"$tmp/stderr"; then
-        echo "bench: failed: $*" >&2
-        cat "$tmp/stderr" >&2
-        return 1
-    fi
-    end=$(date +%s.%N)
-    echo "$start $end" >"$tmp/span"
-    echo "$(echo "$end - $start" | bc) $(($(tail -1 "$tmp/rss") / 1024))"
-}
-
 # ---- The input: an OCI layout, cached (rebuilt when the recipe changes).
 recipe=3
 cache=$work/container
@@ -161,35 +146,13 @@ for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break;
 ref=127.0.0.1:$port/bench/rootfs:1
 skopeo copy -q --dest-tls-verify=false "oci:$layout:1" "docker://$ref"
 
-# ---- Disk use: the filesystem's free bytes (statfs; ext4 counts delayed
-# allocations as taken), sampled every 0.1 s while a command runs.
-free_bytes() { echo $(($(stat -f -c '%a * %S' "$work"))); }
-# Runs "$@" (its stdout passed on) and writes the most space it took at once
-# to $tmp/took, in bytes.
-watch_disk() {
-    local before watcher status=0
-    before=$(free_bytes)
-    (while :; do free_bytes; sleep 0.1; done) >"$tmp/free" &
-    watcher=$!
-    "$@" || status=$?
-    kill "$watcher" && wait "$watcher" 2>/dev/null || true
-    echo $((before - $(sort -n "$tmp/free" | head -1))) >"$tmp/took"
-    return $status
-}
-
 # ---- The runs, taking turns.
 # Creating files on ext4 within a minute of deleting thousands costs much
 # system time (the allocator skips recently deleted inodes, reading their
 # tables; measured here: umoci unpack 26 s instead of 15): so every run
 # works in new directories, all removed at exit (about 5 GB a run), and a
 # run waits SETTLE seconds (default 65) when files were just deleted: before
-# the first run, and after each vmimg build (vmimg removes its unpacked tree).
-settle() {
-    if ((${SETTLE:-65} > 0)); then
-        echo "bench: waiting ${SETTLE:-65}s for recent deletions to settle" >&2
-        sleep "${SETTLE:-65}"
-    fi
-}
+# the first run, and after each vmimg build (`settle`, bench/lib.sh).
 need_kib=$((runs * 5 * 1024 * 1024))
 if (($(df --output=avail -k "$work" | tail -1) < need_kib)); then
     echo "bench: $((need_kib / 1024 / 1024)) GiB free needed under $work for $runs runs" >&2

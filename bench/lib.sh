@@ -81,3 +81,48 @@ open(os.path.join(layout, "oci-layout"), "w").write('{"imageLayoutVersion": "1.0
 open(parts_list, "w").write("".join(l["digest"][7:] + "\n" for l in layers))
 EOF
 }
+
+# The helpers below write their records into $tmp, the calling script's
+# temporary directory.
+
+# Wall seconds and peak RSS in MiB of "$@" (its output discarded; on failure
+# its stderr is shown and the script stops); its start and end go to
+# $tmp/span.
+measure() {
+    local start end
+    start=$(date +%s.%N)
+    if ! /usr/bin/time -f %M -o "$tmp/rss" "$@" >/dev/null 2>"$tmp/stderr"; then
+        echo "bench: failed: $*" >&2
+        cat "$tmp/stderr" >&2
+        return 1
+    fi
+    end=$(date +%s.%N)
+    echo "$start $end" >"$tmp/span"
+    echo "$(echo "$end - $start" | bc) $(($(tail -1 "$tmp/rss") / 1024))"
+}
+
+# Disk use: the filesystem's free bytes (statfs; ext4 counts delayed
+# allocations as taken), sampled every 0.1 s while a command runs.
+free_bytes() { echo $(($(stat -f -c '%a * %S' "$work"))); }
+# Runs "$@" (its stdout passed on) and writes the most space it took at once
+# to $tmp/took, in bytes.
+watch_disk() {
+    local before watcher status=0
+    before=$(free_bytes)
+    (while :; do free_bytes; sleep 0.1; done) >"$tmp/free" &
+    watcher=$!
+    "$@" || status=$?
+    kill "$watcher" && wait "$watcher" 2>/dev/null || true
+    echo $((before - $(sort -n "$tmp/free" | head -1))) >"$tmp/took"
+    return $status
+}
+
+# Creating files on ext4 within a minute of deleting thousands costs much
+# system time (the allocator skips recently deleted inodes, reading their
+# tables): waits SETTLE seconds (default 65; 0: no wait).
+settle() {
+    if ((${SETTLE:-65} > 0)); then
+        echo "bench: waiting ${SETTLE:-65}s for recent deletions to settle" >&2
+        sleep "${SETTLE:-65}"
+    fi
+}

@@ -184,7 +184,7 @@ fn write(
     let (slots, meta_bytes) = meta_layout(&inodes, &placed)?;
     let meta_block = next_block;
     let mut meta = MetaWriter::new(&file, meta_block * BLOCK);
-    let mut tail = Vec::new();
+    let (mut tail, mut tails_read) = (Vec::new(), Freed { file: &tails, freed: 0 });
     for (n, (inode, placed)) in inodes.iter().zip(&placed).enumerate() {
         let at = slots[n] * SLOT;
         meta.put(at, &inode_bytes(inode, placed, n, timestamp))?;
@@ -197,6 +197,7 @@ fn write(
                 tail.resize(placed.inline as usize, 0);
                 tails.read_exact_at(&mut tail, *kept)?;
                 meta.put(after_xattrs, &tail)?;
+                tails_read.advance(*kept + placed.inline)?;
             }
             _ => {
                 let data = data_bytes(&inodes, n, &slots);
@@ -254,6 +255,32 @@ impl<'a> MetaWriter<'a> {
         self.file.write_all_at(&self.run, self.base + self.run_at)?;
         self.run_at += self.run.len() as u64;
         self.run.clear();
+        Ok(())
+    }
+}
+
+/// Frees the kept tails the metadata area has taken (they are read in the
+/// order they were kept), so the build never holds a tail twice on disk.
+struct Freed<'a> {
+    file: &'a File,
+    freed: u64,
+}
+
+impl Freed<'_> {
+    /// Every tail before `read` is in the image: frees them, 8 MiB at a
+    /// time (where the filesystem can punch holes; else they stay until
+    /// the end).
+    fn advance(&mut self, read: u64) -> io::Result<()> {
+        use rustix::fs::{FallocateFlags, fallocate};
+        if read - self.freed < 8 << 20 {
+            return Ok(());
+        }
+        let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        match fallocate(self.file, punch, self.freed, read - self.freed) {
+            Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.freed = read;
         Ok(())
     }
 }
@@ -650,6 +677,24 @@ fn refused(path: &[u8], why: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tails_taken_into_the_image_are_freed_behind() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = tempfile::tempfile_in(dir.path()).unwrap();
+        file.write_all_at(&vec![1u8; 20 << 20], 0).unwrap();
+        file.sync_all().unwrap();
+        let allocated = || file.metadata().unwrap().blocks() * 512;
+        let mut freed = Freed { file: &file, freed: 0 };
+        freed.advance(4 << 20).unwrap();
+        assert!(allocated() >= 20 << 20, "under 8 MiB read, nothing is freed yet");
+        freed.advance(12 << 20).unwrap();
+        assert!(allocated() <= 9 << 20, "{} bytes still allocated", allocated());
+        let mut rest = vec![0u8; 8 << 20];
+        file.read_exact_at(&mut rest, 12 << 20).unwrap();
+        assert!(rest.iter().all(|&b| b == 1), "the tails not yet read are kept");
+    }
 
     #[test]
     fn device_numbers_encode_as_linux_does() {
