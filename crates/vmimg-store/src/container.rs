@@ -284,7 +284,8 @@ impl Store {
         let _release_reader = EndOnDrop(watermark.clone());
         let dropped_midway = RemoveOnDrop(Some(partial.clone()));
         // The entries are read as the blob arrives: the reader starts
-        // beside the download, and fails (it is then not used) if the
+        // beside the download (polled first, it opens the partial before
+        // the download does), and fails (it is then not used) if the
         // download does.
         let source = origin.image_source(self)?;
         let early = async {
@@ -326,11 +327,16 @@ impl EarlyEntries {
     /// Starts reading the layer at `partial` as `watermark` says it grows;
     /// returns once its first bytes are in (a decompressor reads its header
     /// at once), or fails if the download does.
+    ///
+    /// The partial file is opened (made if missing) before the first await,
+    /// so before the download, polled after this, can touch it: a file the
+    /// download removes (a mirror's wrong blob, a cancelled build) is never
+    /// made again here.
     async fn start(partial: &Path, compression: Compression, watermark: Arc<Watermark>) -> Result<EarlyEntries> {
+        let opened = std::fs::File::options().create(true).truncate(false).write(true).read(true).open(partial);
+        let file = opened.map_err(Error::io("create", partial))?;
         let partial = partial.to_owned();
         blocking("the build", move || {
-            let opened = std::fs::File::options().create(true).truncate(false).write(true).read(true).open(&partial);
-            let file = opened.map_err(Error::io("create", &partial))?;
             let reader =
                 Sequential::new(GrowingFile::new(file.try_clone().map_err(Error::io("open", &partial))?, watermark));
             let tar = decompressed(std::io::BufReader::with_capacity(1 << 20, reader), compression, &partial)?;

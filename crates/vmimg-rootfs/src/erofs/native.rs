@@ -184,7 +184,7 @@ fn write(
     let (slots, meta_bytes) = meta_layout(&inodes, &placed)?;
     let meta_block = next_block;
     let mut meta = MetaWriter::new(&file, meta_block * BLOCK);
-    let (mut tail, mut tails_read) = (Vec::new(), Freed { file: &tails, freed: 0 });
+    let (mut tail, mut tails_read) = (Vec::new(), Freed::new(&tails));
     for (n, (inode, placed)) in inodes.iter().zip(&placed).enumerate() {
         let at = slots[n] * SLOT;
         meta.put(at, &inode_bytes(inode, placed, n, timestamp))?;
@@ -197,7 +197,7 @@ fn write(
                 tail.resize(placed.inline as usize, 0);
                 tails.read_exact_at(&mut tail, *kept)?;
                 meta.put(after_xattrs, &tail)?;
-                tails_read.advance(*kept + placed.inline)?;
+                tails_read.advance(*kept + placed.inline);
             }
             _ => {
                 let data = data_bytes(&inodes, n, &slots);
@@ -240,7 +240,9 @@ impl<'a> MetaWriter<'a> {
     /// Puts `bytes` at `at` in the area, at or past the end of what was put.
     fn put(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
         let end = self.run_at + self.run.len() as u64;
-        debug_assert!(at >= end, "metadata is written front to back");
+        if at < end {
+            return Err(io::Error::other(format!("erofs: metadata at {at}, before {end} already written")));
+        }
         if (at > end && at - end > 64) || self.run.len() + bytes.len() > Self::RUN {
             self.flush()?;
             self.run_at = at;
@@ -264,24 +266,26 @@ impl<'a> MetaWriter<'a> {
 struct Freed<'a> {
     file: &'a File,
     freed: u64,
+    /// The filesystem refused a hole once: the tails stay until the end.
+    refused: bool,
 }
 
-impl Freed<'_> {
+impl<'a> Freed<'a> {
+    fn new(file: &'a File) -> Freed<'a> {
+        Freed { file, freed: 0, refused: false }
+    }
+
     /// Every tail before `read` is in the image: frees them, 8 MiB at a
-    /// time (where the filesystem can punch holes; else they stay until
-    /// the end).
-    fn advance(&mut self, read: u64) -> io::Result<()> {
+    /// time, where the filesystem punches holes (a saving, never a reason
+    /// to fail the build: any refusal just stops the freeing).
+    fn advance(&mut self, read: u64) {
         use rustix::fs::{FallocateFlags, fallocate};
-        if read - self.freed < 8 << 20 {
-            return Ok(());
+        if self.refused || read - self.freed < 8 << 20 {
+            return;
         }
         let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
-        match fallocate(self.file, punch, self.freed, read - self.freed) {
-            Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.refused = fallocate(self.file, punch, self.freed, read - self.freed).is_err();
         self.freed = read;
-        Ok(())
     }
 }
 
@@ -686,10 +690,10 @@ mod tests {
         file.write_all_at(&vec![1u8; 20 << 20], 0).unwrap();
         file.sync_all().unwrap();
         let allocated = || file.metadata().unwrap().blocks() * 512;
-        let mut freed = Freed { file: &file, freed: 0 };
-        freed.advance(4 << 20).unwrap();
+        let mut freed = Freed::new(&file);
+        freed.advance(4 << 20);
         assert!(allocated() >= 20 << 20, "under 8 MiB read, nothing is freed yet");
-        freed.advance(12 << 20).unwrap();
+        freed.advance(12 << 20);
         assert!(allocated() <= 9 << 20, "{} bytes still allocated", allocated());
         let mut rest = vec![0u8; 8 << 20];
         file.read_exact_at(&mut rest, 12 << 20).unwrap();
