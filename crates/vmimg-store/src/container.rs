@@ -339,8 +339,7 @@ impl EarlyEntries {
         blocking("the build", move || {
             let reader =
                 Sequential::new(GrowingFile::new(file.try_clone().map_err(Error::io("open", &partial))?, watermark));
-            let tar = decompressed(std::io::BufReader::with_capacity(1 << 20, reader), compression, &partial)?;
-            let entries = vmimg_rootfs::merge::read_ahead(tar).map_err(Error::io("read", &partial))?;
+            let entries = entries_of(reader, compression, &partial)?;
             Ok(EarlyEntries { entries, file })
         })
         .await
@@ -533,16 +532,27 @@ fn partial_layer_name(digest: &Digest) -> String {
 
 /// The entries of the layer in `blob`, read ahead on a thread of their own.
 fn read_ahead(blob: &Path, compression: Compression) -> Result<Entries> {
-    vmimg_rootfs::merge::read_ahead(layer_tar(blob, compression)?).map_err(Error::io("read", blob))
+    entries_of(std::fs::File::open(blob).map_err(Error::io("open", blob))?, compression, blob)
+}
+
+/// The entries of the layer blob `compressed` (the file at `blob`), read
+/// ahead on a thread of their own.
+fn entries_of(
+    compressed: impl std::io::Read + Send + 'static,
+    compression: Compression,
+    blob: &Path,
+) -> Result<Entries> {
+    let tar = decompressed(compressed, compression, blob)?;
+    vmimg_rootfs::merge::read_ahead(tar).map_err(Error::io("read", blob))
 }
 
 /// The tar stream of the layer in `blob`, decompressed.
 fn layer_tar(blob: &Path, compression: Compression) -> Result<vmimg_rootfs::merge::LayerTar> {
-    let file = std::fs::File::open(blob).map_err(Error::io("open", blob))?;
-    decompressed(std::io::BufReader::with_capacity(1 << 20, file), compression, blob)
+    decompressed(std::fs::File::open(blob).map_err(Error::io("open", blob))?, compression, blob)
 }
 
-/// The tar stream in `compressed`, the layer blob at `blob`.
+/// The tar stream in `compressed`, the layer blob at `blob`, read in 1 MiB
+/// pieces.
 fn decompressed(
     compressed: impl std::io::Read + Send + 'static,
     compression: Compression,
@@ -553,7 +563,8 @@ fn decompressed(
         Compression::Gzip => apply::Compression::Gzip,
         Compression::Zstd => apply::Compression::Zstd,
     };
-    apply::decompress(compressed, compression).map_err(Error::io("decompress", blob))
+    apply::decompress(std::io::BufReader::with_capacity(1 << 20, compressed), compression)
+        .map_err(Error::io("decompress", blob))
 }
 
 /// Makes `out` the cpio archive `write` writes, synced.

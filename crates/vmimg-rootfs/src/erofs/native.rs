@@ -173,7 +173,7 @@ fn write(
         tails_len: 0,
     };
     merged.emit(&mut tree, open_layer)?;
-    let Tree { inodes, mut next_block, level: tree_level, .. } = tree;
+    let Tree { inodes, mut next_block, .. } = tree;
     let newest = inodes.iter().map(|inode| inode.mtime).max().unwrap_or(0);
     let timestamp = options.timestamp.unwrap_or(newest.saturating_add(1));
     let placed = inodes
@@ -209,8 +209,7 @@ fn write(
     }
     meta.flush()?;
     let blocks = meta_block + meta_bytes / BLOCK;
-    let compressed = tree_level.is_some();
-    let superblock = superblock(inodes.len() as u64, blocks, meta_block, timestamp, &options.uuid, compressed)?;
+    let superblock = superblock(inodes.len() as u64, blocks, meta_block, timestamp, &options.uuid, level.is_some())?;
     file.write_all_at(&superblock, SUPERBLOCK_OFFSET)?;
     file.set_len(blocks * BLOCK)?;
     file.sync_all()?;
@@ -330,14 +329,10 @@ impl Emit for Tree<'_> {
             return self.compressed_file(node, content, level);
         }
         let tail_len = size % BLOCK;
-        let xattrs_len = encode_xattrs(&node.entry.xattrs, path)?.len() as u64;
-        let inline = tail_len > 0 && INODE_SIZE + xattrs_len + tail_len <= BLOCK;
+        let xattrs = encode_xattrs(&node.entry.xattrs, path)?;
+        let inline = fits_beside_inode(&xattrs, tail_len);
         let in_blocks = if inline { size - tail_len } else { size };
-        let block = self.next_block;
-        self.next_block = block
-            .checked_add(in_blocks.div_ceil(BLOCK))
-            .filter(|&end| end < u64::from(u32::MAX))
-            .ok_or_else(|| refused(path, "more data than an erofs image's 32-bit block numbers reach"))?;
+        let block = reserve(&mut self.next_block, in_blocks.div_ceil(BLOCK), path)?;
         let (start, mut tail) = (block * BLOCK, vec![0u8; if inline { tail_len as usize } else { 0 }]);
         content(&mut |offset, bytes| {
             if offset.checked_add(bytes.len() as u64).is_none_or(|end| end > size) {
@@ -354,7 +349,7 @@ impl Emit for Tree<'_> {
             true => Some(self.keep_tail(&tail)?),
             false => None,
         };
-        self.add(node, Body::File { size, block, tail })
+        self.add_encoded(node, Body::File { size, block, tail }, xattrs)
     }
 }
 
@@ -374,12 +369,8 @@ impl Tree<'_> {
         let (file, size, path) = (self.file, node.entry.size, &node.paths[0]);
         let next_block = &mut self.next_block;
         let mut write_block = |block: &[u8]| {
-            let address = *next_block;
-            if address >= u64::from(u32::MAX) {
-                return Err(refused(path, "more data than an erofs image's 32-bit block numbers reach"));
-            }
+            let address = reserve(next_block, 1, path)?;
             file.write_all_at(block, address * BLOCK)?;
-            *next_block += 1;
             Ok(address)
         };
         let mut encoder = FileEncoder::new(level, size, &mut write_block);
@@ -404,6 +395,12 @@ impl Tree<'_> {
 
     /// Keeps `node`'s inode and names it in its parents' directories.
     fn add(&mut self, node: &Node<'_>, body: Body) -> io::Result<()> {
+        let xattrs = encode_xattrs(&node.entry.xattrs, &node.paths[0])?;
+        self.add_encoded(node, body, xattrs)
+    }
+
+    /// [`Tree::add`], its xattr area encoded already.
+    fn add_encoded(&mut self, node: &Node<'_>, body: Body, xattrs: Vec<u8>) -> io::Result<()> {
         let entry = &node.entry;
         let first = &node.paths[0];
         let owner = |id: u64, what: &str| {
@@ -415,7 +412,7 @@ impl Tree<'_> {
             gid: owner(entry.gid, "the group")?,
             mtime: entry.mtime,
             nlink: u32::try_from(node.nlink).map_err(|_| refused(first, "more links than erofs counts"))?,
-            xattrs: encode_xattrs(&entry.xattrs, first)?,
+            xattrs,
             body,
         };
         let n = self.inodes.len();
@@ -577,7 +574,7 @@ fn place(inode: &Inode, data_len: u64, next_block: &mut u64) -> io::Result<Place
                 _ => data_len,
             };
             let tail = size % BLOCK;
-            if tail > 0 && INODE_SIZE + inode.xattrs.len() as u64 + tail <= BLOCK {
+            if fits_beside_inode(&inode.xattrs, tail) {
                 let field = if size > tail { allocate(size - tail)? } else { 0 };
                 Placed { layout: FLAT_INLINE, field, size, inline: tail }
             } else {
@@ -585,6 +582,23 @@ fn place(inode: &Inode, data_len: u64, next_block: &mut u64) -> io::Result<Place
             }
         }
     })
+}
+
+/// Whether a last partial block of `tail` bytes fits beside its inode and
+/// the inode's `xattrs`, all in one block (none when there is no tail).
+fn fits_beside_inode(xattrs: &[u8], tail: u64) -> bool {
+    tail > 0 && INODE_SIZE + xattrs.len() as u64 + tail <= BLOCK
+}
+
+/// Takes `count` blocks for `path`'s data from `next_block` on, all of
+/// them within erofs's 32-bit block numbers; returns the first.
+fn reserve(next_block: &mut u64, count: u64, path: &[u8]) -> io::Result<u64> {
+    let first = *next_block;
+    *next_block = first
+        .checked_add(count)
+        .filter(|&end| end < u64::from(u32::MAX))
+        .ok_or_else(|| refused(path, "more data than an erofs image's 32-bit block numbers reach"))?;
+    Ok(first)
 }
 
 /// Each inode's slot in the metadata area (the root's first), none
